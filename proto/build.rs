@@ -1,0 +1,22 @@
+//! Compiles `proto/automc/v1/automc.proto` with protox (pure Rust, no system
+//! `protoc`) and feeds the same descriptor set to tonic's code generator and
+//! to server reflection.
+use prost::Message;
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let files = ["proto/automc/v1/automc.proto"];
+    for f in &files {
+        println!("cargo:rerun-if-changed={f}");
+    }
+    let descriptors = protox::compile(files, ["proto"])?;
+    let out = std::path::PathBuf::from(std::env::var("OUT_DIR")?);
+    std::fs::write(
+        out.join("automc_descriptor.bin"),
+        descriptors.encode_to_vec(),
+    )?;
+    tonic_prost_build::configure()
+        .build_server(true)
+        .build_client(true)
+        .compile_fds(descriptors)?;
+    Ok(())
+}

@@ -1,0 +1,21 @@
+//! The contract between `syncd` and `edge`: the generated gRPC code for
+//! `automc.v1`, and the routing rules both sides must agree on (hostname
+//! normalisation and route matching), so `GetRoute` on syncd answers exactly
+//! what an edge would do with the same hostname.
+#![forbid(unsafe_code)]
+
+pub mod hostname;
+pub mod table;
+
+/// Generated messages and services of package `automc.v1`.
+pub mod v1 {
+    #![allow(clippy::all, clippy::pedantic, missing_docs)]
+    tonic::include_proto!("automc.v1");
+}
+
+/// Encoded `FileDescriptorSet` of every automc `.proto`, for server reflection.
+pub const FILE_DESCRIPTOR_SET: &[u8] =
+    include_bytes!(concat!(env!("OUT_DIR"), "/automc_descriptor.bin"));
+
+pub use hostname::{normalize_domain, normalize_player_hostname};
+pub use table::{Match, MatchKind, RouteTable};
