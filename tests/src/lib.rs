@@ -1,1 +1,9 @@
-//! Test support.
+//! Test support for automc's integration tests: a throwaway Postgres cluster
+//! (`pg`), syncd and edge started in-process on port 0 (`stack`),
+//! Minecraft-protocol backends and clients (`mc`) and a fake waker (`waker`).
+//! Everything talks over real sockets on 127.0.0.1.
+
+pub mod mc;
+pub mod pg;
+pub mod stack;
+pub mod waker;
