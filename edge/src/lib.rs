@@ -1,1 +1,2 @@
 //! edge library.
+pub mod protocol;
