@@ -1,1 +1,4 @@
-//! edge library.
+//! automc edge: the player-facing Minecraft hostname proxy.
+#![forbid(unsafe_code)]
+
+pub mod limits;
