@@ -10,6 +10,7 @@ checked and exits non-zero with a reason on the first class of problems.
                                                    writes the dashboard's PromQL as a rule file
                                                    for `promtool check rules`
     python3 deploy/check.py parse                  every YAML/JSON file under deploy/ parses
+    python3 deploy/check.py runbooks               every alert's runbook anchor exists in docs/
 """
 
 import json
@@ -254,13 +255,44 @@ def cmd_parse():
     print(f"  {n} YAML/JSON files parse")
 
 
+# --- runbook links ----------------------------------------------------------------
+
+def slug(heading):
+    """GitHub's anchor for a Markdown heading."""
+    s = heading.strip().lower()
+    s = re.sub(r"[^\w\- ]", "", s)
+    return s.replace(" ", "-")
+
+
+def anchors(md_path):
+    text = re.sub(r"^```.*?^```", "", md_path.read_text(), flags=re.M | re.S)
+    return {slug(m.group(1)) for m in re.finditer(r"^#{1,6}\s+(.+?)\s*$", text, re.M)}
+
+
+def cmd_runbooks():
+    n = 0
+    for name, rule in ((r.get("alert"), r) for g in yaml.safe_load(
+            (DEPLOY / "observability" / "automc-alerts.yaml").read_text())["groups"] for r in g["rules"]):
+        link = rule.get("annotations", {}).get("runbook")
+        if not link:
+            raise CheckError(f"alert {name} has no runbook annotation")
+        path, _, anchor = link.partition("#")
+        doc = REPO / path
+        if not doc.exists():
+            raise CheckError(f"alert {name}: runbook {path} does not exist")
+        if anchor and anchor not in anchors(doc):
+            raise CheckError(f"alert {name}: {path} has no heading for #{anchor}")
+        n += 1
+    print(f"  {n} alerts link to existing runbook sections")
+
+
 def main(argv):
     if not argv:
         print(__doc__, file=sys.stderr)
         return 2
     cmd, args = argv[0], argv[1:]
     fn = {"kustomize-paths": cmd_kustomize_paths, "crds": cmd_crds, "drain": cmd_drain,
-          "metrics": cmd_metrics, "parse": cmd_parse}.get(cmd)
+          "metrics": cmd_metrics, "parse": cmd_parse, "runbooks": cmd_runbooks}.get(cmd)
     if fn is None:
         print(f"unknown check {cmd}\n{__doc__}", file=sys.stderr)
         return 2

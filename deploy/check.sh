@@ -162,6 +162,9 @@ sed "s#/etc/prometheus/automc-alerts.yaml#$repo/deploy/observability/automc-aler
   deploy/docker/prometheus.yml >"$tmp/prometheus.yml"
 promtool check config "$tmp/prometheus.yml"
 
+step "every alert links to an existing section of docs/troubleshooting.md"
+python3 deploy/check.py runbooks
+
 step "YAML/JSON files under deploy/ parse"
 python3 deploy/check.py parse
 
