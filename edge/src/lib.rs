@@ -1,2 +1,5 @@
-//! edge library.
+//! automc edge: the player-facing Minecraft hostname proxy.
+#![forbid(unsafe_code)]
+
+pub mod limits;
 pub mod protocol;
