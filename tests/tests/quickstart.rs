@@ -19,7 +19,10 @@ fn repo() -> PathBuf {
 /// Directory holding syncd, edge and automc-demo-backend from this build.
 async fn bin_dir() -> PathBuf {
     let backend = PathBuf::from(env!("CARGO_BIN_EXE_automc-demo-backend"));
-    let dir = backend.parent().expect("binary has a directory").to_path_buf();
+    let dir = backend
+        .parent()
+        .expect("binary has a directory")
+        .to_path_buf();
     // `cargo test --workspace` builds syncd and edge for their own CLI tests;
     // make sure they are there when this test runs alone.
     let status = Command::new(env!("CARGO"))
@@ -62,8 +65,14 @@ async fn quickstart_serves_the_demo_route_and_stops_on_ctrl_c() {
     })
     .await;
     // The alias row routes too.
-    let reply = status_ping(edge, "127.0.0.1", 767).await.expect("status via alias");
-    assert!(reply.motd().contains("automc demo backend"), "{}", reply.motd());
+    let reply = status_ping(edge, "127.0.0.1", 767)
+        .await
+        .expect("status via alias");
+    assert!(
+        reply.motd().contains("automc demo backend"),
+        "{}",
+        reply.motd()
+    );
 
     let killed = std::process::Command::new("kill")
         .args(["-INT", &pid.to_string()])
@@ -82,7 +91,10 @@ async fn quickstart_serves_the_demo_route_and_stops_on_ctrl_c() {
     if let Some(mut s) = child.stderr.take() {
         s.read_to_string(&mut err).await.ok();
     }
-    assert!(status.success(), "quickstart exited with {status}\n{out}\n{err}");
+    assert!(
+        status.success(),
+        "quickstart exited with {status}\n{out}\n{err}"
+    );
     assert!(out.contains("automc is running"), "{out}");
     assert!(out.contains("stopped"), "{out}");
     assert!(
