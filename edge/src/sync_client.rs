@@ -424,6 +424,10 @@ fn jitter(d: Duration) -> Duration {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use automc_proto::v1::route_sync_server::{RouteSync, RouteSyncServer};
+    use automc_proto::v1::*;
+    use tokio_stream::wrappers::TcpListenerStream;
+    use tonic::{Response, Streaming};
 
     #[test]
     fn jitter_stays_within_a_quarter() {
@@ -431,5 +435,238 @@ mod tests {
             let j = jitter(Duration::from_millis(400));
             assert!(j >= Duration::from_millis(300) && j <= Duration::from_millis(500));
         }
+    }
+
+    /// One watch stream as the fake syncd sees it.
+    struct Watch {
+        hello: WatchHello,
+        token: Option<String>,
+        acks: Streaming<WatchRequest>,
+        tx: mpsc::Sender<Result<WatchResponse, Status>>,
+    }
+
+    struct Fake {
+        watches: mpsc::Sender<Watch>,
+    }
+
+    #[tonic::async_trait]
+    impl RouteSync for Fake {
+        type WatchRoutesStream = ReceiverStream<Result<WatchResponse, Status>>;
+        async fn watch_routes(
+            &self,
+            req: Request<Streaming<WatchRequest>>,
+        ) -> Result<Response<Self::WatchRoutesStream>, Status> {
+            let token = req
+                .metadata()
+                .get("authorization")
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned);
+            let mut acks = req.into_inner();
+            let Some(Ok(WatchRequest {
+                msg: Some(watch_request::Msg::Hello(hello)),
+            })) = futures::StreamExt::next(&mut acks).await
+            else {
+                return Err(Status::invalid_argument("hello first"));
+            };
+            let (tx, rx) = mpsc::channel(16);
+            let _ = self
+                .watches
+                .send(Watch {
+                    hello,
+                    token,
+                    acks,
+                    tx,
+                })
+                .await;
+            Ok(Response::new(ReceiverStream::new(rx)))
+        }
+        async fn list_routes(
+            &self,
+            _: Request<ListRoutesRequest>,
+        ) -> Result<Response<ListRoutesResponse>, Status> {
+            Err(Status::unimplemented("fake"))
+        }
+        async fn get_route(
+            &self,
+            _: Request<GetRouteRequest>,
+        ) -> Result<Response<GetRouteResponse>, Status> {
+            Err(Status::unimplemented("fake"))
+        }
+        async fn wake(&self, req: Request<WakeRequest>) -> Result<Response<WakeResponse>, Status> {
+            match req.into_inner().server.as_str() {
+                "ok" => Ok(Response::new(WakeResponse {
+                    address: "10.0.0.9:25565".into(),
+                    reused: false,
+                    duration_ms: 1,
+                })),
+                _ => Err(Status::failed_precondition("waker returned 500")),
+            }
+        }
+        async fn list_edges(
+            &self,
+            _: Request<ListEdgesRequest>,
+        ) -> Result<Response<ListEdgesResponse>, Status> {
+            Err(Status::unimplemented("fake"))
+        }
+        async fn list_wakes(
+            &self,
+            _: Request<ListWakesRequest>,
+        ) -> Result<Response<ListWakesResponse>, Status> {
+            Err(Status::unimplemented("fake"))
+        }
+    }
+
+    fn route(server: &str, host: &str) -> Route {
+        Route {
+            server: server.into(),
+            hostnames: vec![host.into()],
+            address: format!("{server}:25565"),
+            state: "running".into(),
+        }
+    }
+
+    fn send(w: &Watch, msg: watch_response::Msg) {
+        w.tx.try_send(Ok(WatchResponse { msg: Some(msg) }))
+            .expect("stream open");
+    }
+
+    async fn next_ack(w: &mut Watch) -> WatchAck {
+        loop {
+            let m = tokio::time::timeout(Duration::from_secs(10), futures::StreamExt::next(&mut w.acks))
+                .await
+                .expect("ack in time")
+                .expect("stream open")
+                .expect("ok");
+            if let Some(watch_request::Msg::Ack(a)) = m.msg {
+                return a;
+            }
+        }
+    }
+
+    async fn next_watch(rx: &mut mpsc::Receiver<Watch>) -> Watch {
+        tokio::time::timeout(Duration::from_secs(10), rx.recv())
+            .await
+            .expect("edge subscribes in time")
+            .expect("fake alive")
+    }
+
+    #[tokio::test]
+    async fn snapshot_deltas_resume_and_resync_after_a_gap() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let (wtx, mut wrx) = mpsc::channel(4);
+        tokio::spawn(
+            tonic::transport::Server::builder()
+                .add_service(RouteSyncServer::new(Fake { watches: wtx }))
+                .serve_with_incoming(TcpListenerStream::new(listener)),
+        );
+        let config = Config {
+            syncd: vec![format!("http://{addr}")],
+            grpc_token: Some("t0ken".into()),
+            sync_backoff_min: Duration::from_millis(20),
+            sync_backoff_max: Duration::from_millis(100),
+            ..Config::default()
+        };
+        let routes = Arc::new(Routes::new());
+        let client = Arc::new(
+            SyncClient::new(&config, routes.clone(), Arc::new(Metrics::new())).expect("client"),
+        );
+        let cancel = CancellationToken::new();
+        tokio::spawn(client.clone().run(cancel.clone()));
+
+        // First contact: nothing held, snapshot, then a delta.
+        let mut w = next_watch(&mut wrx).await;
+        assert_eq!(w.hello.epoch, "");
+        assert_eq!(w.token.as_deref(), Some("Bearer t0ken"));
+        send(
+            &w,
+            watch_response::Msg::Snapshot(Snapshot {
+                epoch: "e1".into(),
+                version: 1,
+                routes: vec![route("a", "a.example.com")],
+                wakes: vec![WakeUpdate {
+                    server: "a".into(),
+                    phase: WakePhase::Waking as i32,
+                }],
+            }),
+        );
+        assert_eq!(next_ack(&mut w).await.version, 1);
+        assert!(routes.has_snapshot());
+        assert_eq!(routes.wake_phase("a"), Some(WakePhase::Waking));
+        send(
+            &w,
+            watch_response::Msg::Delta(Delta {
+                epoch: "e1".into(),
+                from_version: 1,
+                version: 2,
+                upserts: vec![route("b", "b.example.com")],
+                removed: vec!["a".into()],
+            }),
+        );
+        assert_eq!(next_ack(&mut w).await.version, 2);
+        let view = routes.view();
+        assert!(view.table.lookup("b.example.com").is_some());
+        assert!(view.table.lookup("a.example.com").is_none());
+        assert_eq!(client.sync_status().state, "connected");
+
+        // syncd goes away: the edge resumes with what it holds.
+        drop(w);
+        let w = next_watch(&mut wrx).await;
+        assert_eq!((w.hello.epoch.as_str(), w.hello.version), ("e1", 2));
+        assert!(routes.view().table.lookup("b.example.com").is_some(), "last table keeps serving");
+
+        // A delta that skips a version: drop and ask for a snapshot.
+        send(
+            &w,
+            watch_response::Msg::Delta(Delta {
+                epoch: "e1".into(),
+                from_version: 5,
+                version: 6,
+                upserts: vec![route("c", "c.example.com")],
+                removed: vec![],
+            }),
+        );
+        let mut w2 = next_watch(&mut wrx).await;
+        assert_eq!(w2.hello.epoch, "", "resubscribes asking for a snapshot");
+        assert!(routes.view().table.lookup("c.example.com").is_none());
+        send(
+            &w2,
+            watch_response::Msg::Snapshot(Snapshot {
+                epoch: "e2".into(),
+                version: 1,
+                routes: vec![route("c", "c.example.com")],
+                wakes: vec![],
+            }),
+        );
+        assert_eq!(next_ack(&mut w2).await.epoch, "e2");
+        assert!(routes.view().table.lookup("b.example.com").is_none());
+        assert!(routes.view().table.lookup("c.example.com").is_some());
+
+        // Wake answers and failures.
+        let ok = client.wake("ok", Duration::from_secs(5)).await.expect("wake ok");
+        assert_eq!(ok.address, "10.0.0.9:25565");
+        match client.wake("broken", Duration::from_secs(5)).await {
+            Err(WakeError::Failed(reason)) => assert_eq!(reason, "waker returned 500"),
+            other => panic!("unexpected {other:?}"),
+        }
+        cancel.cancel();
+    }
+
+    #[tokio::test]
+    async fn wake_with_syncd_unreachable_fails_fast_and_says_so() {
+        let port = {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+            l.local_addr().expect("addr").port()
+        };
+        let config = Config {
+            syncd: vec![format!("http://127.0.0.1:{port}")],
+            ..Config::default()
+        };
+        let client = SyncClient::new(&config, Arc::new(Routes::new()), Arc::new(Metrics::new()))
+            .expect("client");
+        let started = std::time::Instant::now();
+        let r = client.wake("x", Duration::from_secs(20)).await;
+        assert!(matches!(r, Err(WakeError::Unreachable(_))), "{r:?}");
+        assert!(started.elapsed() < Duration::from_secs(10));
     }
 }
