@@ -8,6 +8,7 @@
 //! means this edge missed something: the stream is dropped and the next
 //! hello asks for a full snapshot. The last table keeps serving meanwhile.
 use std::collections::HashMap;
+use std::error::Error as _;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -403,7 +404,13 @@ impl SyncClient {
                 Err(_) => return Err(WakeError::Timeout),
                 Ok(Ok(resp)) => return Ok(resp.into_inner()),
                 Ok(Err(status)) => match status.code() {
-                    Code::Unavailable | Code::Unimplemented | Code::Unauthenticated => {
+                    // A status with a source was made on this side (connect
+                    // failed, connection lost); one without came from syncd,
+                    // which reports failed wakes as UNAVAILABLE too.
+                    Code::Unavailable | Code::Unknown if status.source().is_some() => {
+                        last = WakeError::Unreachable(status.message().to_owned());
+                    }
+                    Code::Unimplemented | Code::Unauthenticated | Code::PermissionDenied => {
                         last = WakeError::Unreachable(status.message().to_owned());
                     }
                     Code::DeadlineExceeded | Code::Cancelled => return Err(WakeError::Timeout),
@@ -499,7 +506,10 @@ mod tests {
                     reused: false,
                     duration_ms: 1,
                 })),
-                _ => Err(Status::failed_precondition("waker returned 500")),
+                "gone" => Err(Status::unavailable(
+                    "wake of gone failed: waker returned 500",
+                )),
+                _ => Err(Status::failed_precondition("waker not configured")),
             }
         }
         async fn list_edges(
@@ -532,11 +542,14 @@ mod tests {
 
     async fn next_ack(w: &mut Watch) -> WatchAck {
         loop {
-            let m = tokio::time::timeout(Duration::from_secs(10), futures::StreamExt::next(&mut w.acks))
-                .await
-                .expect("ack in time")
-                .expect("stream open")
-                .expect("ok");
+            let m = tokio::time::timeout(
+                Duration::from_secs(10),
+                futures::StreamExt::next(&mut w.acks),
+            )
+            .await
+            .expect("ack in time")
+            .expect("stream open")
+            .expect("ok");
             if let Some(watch_request::Msg::Ack(a)) = m.msg {
                 return a;
             }
@@ -552,7 +565,9 @@ mod tests {
 
     #[tokio::test]
     async fn snapshot_deltas_resume_and_resync_after_a_gap() {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
         let addr = listener.local_addr().expect("addr");
         let (wtx, mut wrx) = mpsc::channel(4);
         tokio::spawn(
@@ -613,7 +628,10 @@ mod tests {
         drop(w);
         let w = next_watch(&mut wrx).await;
         assert_eq!((w.hello.epoch.as_str(), w.hello.version), ("e1", 2));
-        assert!(routes.view().table.lookup("b.example.com").is_some(), "last table keeps serving");
+        assert!(
+            routes.view().table.lookup("b.example.com").is_some(),
+            "last table keeps serving"
+        );
 
         // A delta that skips a version: drop and ask for a snapshot.
         send(
@@ -643,10 +661,19 @@ mod tests {
         assert!(routes.view().table.lookup("c.example.com").is_some());
 
         // Wake answers and failures.
-        let ok = client.wake("ok", Duration::from_secs(5)).await.expect("wake ok");
+        let ok = client
+            .wake("ok", Duration::from_secs(5))
+            .await
+            .expect("wake ok");
         assert_eq!(ok.address, "10.0.0.9:25565");
-        match client.wake("broken", Duration::from_secs(5)).await {
-            Err(WakeError::Failed(reason)) => assert_eq!(reason, "waker returned 500"),
+        match client.wake("gone", Duration::from_secs(5)).await {
+            Err(WakeError::Failed(reason)) => {
+                assert_eq!(reason, "wake of gone failed: waker returned 500");
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+        match client.wake("other", Duration::from_secs(5)).await {
+            Err(WakeError::Failed(reason)) => assert_eq!(reason, "waker not configured"),
             other => panic!("unexpected {other:?}"),
         }
         cancel.cancel();

@@ -1,1 +1,251 @@
-//! syncd library.
+//! syncd: one per Postgres database. It owns the single LISTEN connection on
+//! the `servers` table, keeps the route table in memory, streams versioned
+//! snapshots and deltas to every edge over gRPC, and is the only caller of
+//! the HTTP waker.
+//!
+//! In-process entry point (what `main.rs` and the tests use):
+//! [`start`] binds the listeners and spawns everything, returning a
+//! [`Running`] with the bound addresses; [`Running::wait`] resolves once the
+//! shutdown token is cancelled and everything has stopped.
+#![forbid(unsafe_code)]
+
+pub mod auth;
+pub mod config;
+pub mod diff;
+pub mod grpc;
+pub mod http;
+pub mod metrics;
+pub mod pg;
+pub mod ping;
+pub mod publisher;
+pub mod schema;
+pub mod wake;
+pub mod waker;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+pub use config::{Config, WakerConfig};
+pub use metrics::Metrics;
+
+/// Why syncd could not start or stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("invalid configuration: {0}")]
+    Config(String),
+    #[error("cannot listen on {addr} ({what}): {source}")]
+    Bind {
+        what: &'static str,
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("gRPC server: {0}")]
+    Grpc(#[from] tonic::transport::Error),
+    #[error("reflection descriptors: {0}")]
+    Reflection(String),
+    #[error("HTTP admin server: {0}")]
+    Http(std::io::Error),
+    #[error("task panicked: {0}")]
+    Panic(String),
+}
+
+/// A started syncd.
+pub struct Running {
+    pub grpc_addr: SocketAddr,
+    pub http_addr: SocketAddr,
+    /// Epoch id of this start (edges see it in every snapshot).
+    pub epoch: String,
+    pub metrics: Metrics,
+    /// True once the first full read of the routes is done.
+    pub ready: watch::Receiver<bool>,
+    shutdown: CancellationToken,
+    servers: Vec<JoinHandle<Result<(), Error>>>,
+    tasks: TaskTracker,
+}
+
+impl Running {
+    /// The token that stops this syncd (a child of the one given to `start`).
+    pub fn shutdown_token(&self) -> CancellationToken {
+        self.shutdown.clone()
+    }
+
+    /// Wait until shut down (or a server failed, which shuts down the rest).
+    pub async fn wait(self) -> Result<(), Error> {
+        let mut first_err = None;
+        for h in self.servers {
+            let r = match h.await {
+                Ok(r) => r,
+                Err(e) => Err(Error::Panic(e.to_string())),
+            };
+            if let Err(e) = r {
+                first_err.get_or_insert(e);
+            }
+        }
+        self.tasks.close();
+        self.tasks.wait().await;
+        first_err.map_or(Ok(()), Err)
+    }
+}
+
+/// Validate the config, bind both listeners and start every task.
+pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Running, Error> {
+    if config.database_url.trim().is_empty() {
+        return Err(Error::Config(
+            "no database URL: set --database-url, SYNCD_DATABASE_URL or AUTOMC_DSN".into(),
+        ));
+    }
+    let mut pg: tokio_postgres::Config = config.database_url.parse().map_err(|e| {
+        Error::Config(format!(
+            "database URL {} is not a valid Postgres DSN: {e}",
+            schema::redact_dsn(&config.database_url)
+        ))
+    })?;
+    pg.application_name("automc-syncd")
+        .keepalives(true)
+        .keepalives_idle(std::time::Duration::from_secs(30));
+    let shutdown = shutdown.child_token();
+    let metrics = Metrics::new();
+    let waker = match &config.waker.url {
+        Some(url) if !url.trim().is_empty() => Some(
+            waker::WakerClient::new(
+                url.trim(),
+                config.waker.token.clone(),
+                config.waker.request_timeout,
+                metrics.clone(),
+            )
+            .map_err(|e| Error::Config(e.to_string()))?,
+        ),
+        _ => None,
+    };
+    let grpc_listener = bind("gRPC", config.grpc_listen).await?;
+    let http_listener = bind("HTTP", config.http_listen).await?;
+    let grpc_addr = local_addr("gRPC", config.grpc_listen, &grpc_listener)?;
+    let http_addr = local_addr("HTTP", config.http_listen, &http_listener)?;
+
+    let tasks = TaskTracker::new();
+    let publisher = publisher::Publisher::new(
+        config.watcher_queue,
+        config.history_len,
+        config.heartbeat_interval,
+        metrics.clone(),
+        shutdown.clone(),
+    );
+    let epoch = publisher.epoch().to_owned();
+    let (ready_tx, ready_rx) = watch::channel(false);
+    let wakes = wake::Wakes::new(
+        config.waker.clone(),
+        waker,
+        publisher.clone(),
+        metrics.clone(),
+        shutdown.clone(),
+        tasks.clone(),
+    );
+    let target = schema::redact_dsn(&config.database_url);
+    tracing::info!(
+        %grpc_addr,
+        %http_addr,
+        epoch = %epoch,
+        db = %target,
+        waker = config.waker.url.as_deref().unwrap_or("(none)"),
+        auth = config.grpc_token.is_some(),
+        "syncd starting"
+    );
+    let hook_wakes = wakes.clone();
+    let listener = pg::Listener {
+        pg,
+        target,
+        publisher: publisher.clone(),
+        metrics: metrics.clone(),
+        ready: ready_tx,
+        on_change: Arc::new(move |c| hook_wakes.routes_changed(c)),
+        reconnect_min: config.reconnect_min,
+        reconnect_max: config.reconnect_max.max(config.reconnect_min),
+        probe_interval: config.pg_probe_interval,
+        probe_timeout: config.pg_probe_timeout,
+        shutdown: shutdown.clone(),
+    };
+    tasks.spawn(listener.run());
+
+    let grpc = {
+        let shutdown = shutdown.clone();
+        let ready = ready_rx.clone();
+        let token = config.grpc_token.clone();
+        tokio::spawn(async move {
+            let r = grpc::serve(
+                grpc_listener,
+                publisher,
+                wakes,
+                token.as_deref(),
+                ready,
+                shutdown.clone(),
+            )
+            .await;
+            if let Err(e) = &r {
+                tracing::error!(error = %e, "gRPC server failed; shutting down");
+                shutdown.cancel();
+            }
+            r
+        })
+    };
+    let http = {
+        let shutdown = shutdown.clone();
+        let router = http::router(metrics.clone(), ready_rx.clone(), shutdown.clone());
+        tokio::spawn(async move {
+            let r = http::serve(http_listener, router, shutdown.clone())
+                .await
+                .map_err(Error::Http);
+            if let Err(e) = &r {
+                tracing::error!(error = %e, "HTTP admin server failed; shutting down");
+                shutdown.cancel();
+            }
+            r
+        })
+    };
+    Ok(Running {
+        grpc_addr,
+        http_addr,
+        epoch,
+        metrics,
+        ready: ready_rx,
+        shutdown,
+        servers: vec![grpc, http],
+        tasks,
+    })
+}
+
+async fn bind(what: &'static str, addr: SocketAddr) -> Result<TcpListener, Error> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| Error::Bind { what, addr, source })
+}
+
+fn local_addr(what: &'static str, addr: SocketAddr, l: &TcpListener) -> Result<SocketAddr, Error> {
+    l.local_addr()
+        .map_err(|source| Error::Bind { what, addr, source })
+}
+
+/// Run `syncd migrate` against a database.
+pub async fn migrate(database_url: &str) -> Result<(), tokio_postgres::Error> {
+    let (mut client, conn) = tokio_postgres::connect(database_url, tokio_postgres::NoTls).await?;
+    let driver = tokio::spawn(conn);
+    let r = schema::migrate(&mut client).await;
+    drop(client);
+    let _ = driver.await;
+    r
+}
+
+/// Run `syncd check` against a database.
+pub async fn check(database_url: &str) -> Result<Vec<schema::Finding>, tokio_postgres::Error> {
+    let (client, conn) = tokio_postgres::connect(database_url, tokio_postgres::NoTls).await?;
+    let driver = tokio::spawn(conn);
+    let r = schema::check(&client).await;
+    drop(client);
+    let _ = driver.await;
+    r
+}

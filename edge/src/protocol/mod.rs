@@ -1,121 +1,74 @@
-//! STUB of the pure Minecraft protocol module (being written in parallel);
-//! replaced wholesale by the real module on merge. Signatures only.
-#![allow(unused_variables, dead_code, clippy::all)]
-use std::net::SocketAddr;
+//! The Minecraft Java Edition wire protocol, as far as a hostname router needs it.
+//!
+//! Everything here is pure: functions over byte slices and plain values, no I/O, no async.
+//! Parsers look at "everything read so far" and answer `Ok(None)` when more bytes are needed,
+//! so the connection code can read under a timeout into a capped buffer and replay the exact
+//! bytes to the backend afterwards (the linkerd `parse_sni` shape).
+//!
+//! Hard caps: VarInts ≤ 5 bytes, packet length prefixes ≤ 3 bytes, the framed handshake
+//! ≤ [`MAX_HANDSHAKE_BYTES`], the server address ≤ [`MAX_ADDRESS_CHARS`]. No length read from
+//! the wire is ever used to allocate before the bytes it describes are present.
 
-pub const MAX_HANDSHAKE_BYTES: usize = 1024;
-pub const MAX_ADDRESS_CHARS: usize = 255;
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum NextState {
-    Status,
-    Login,
-    Transfer,
-}
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Handshake {
-    pub protocol_version: i32,
-    pub server_address: String,
-    pub server_port: u16,
-    pub next_state: NextState,
-}
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum LegacyForm {
-    Bare,
-    V1_4,
-    V1_6,
-}
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct LegacyPing {
-    pub form: LegacyForm,
-    pub protocol_version: Option<u8>,
-    pub hostname: Option<String>,
-    pub port: Option<u16>,
-}
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum FirstPacket {
-    Modern { handshake: Handshake, len: usize },
-    Legacy { ping: LegacyPing, len: usize },
-}
-#[derive(Debug, Clone, PartialEq, Eq)]
+mod handshake;
+mod legacy;
+mod packets;
+pub mod proxy_header;
+mod status;
+mod varint;
+
+#[cfg(test)]
+mod tests;
+
+pub use handshake::{
+    parse_first_packet, FirstPacket, Handshake, NextState, MAX_ADDRESS_CHARS, MAX_HANDSHAKE_BYTES,
+};
+pub use legacy::{
+    encode_legacy_ping_v1_6, encode_legacy_response, parse_legacy_bare_timeout, LegacyForm,
+    LegacyPing, MAX_LEGACY_PING_BYTES,
+};
+pub use packets::{
+    encode_handshake, encode_login_disconnect, encode_login_start, encode_ping, encode_pong,
+    encode_status_request, encode_status_response, parse_login_start, parse_pong,
+    parse_status_packet, parse_status_response, StatusPacket, MAX_LOGIN_START_BYTES,
+    MAX_USERNAME_CHARS,
+};
+pub use proxy_header::{
+    detect_proxy_header, encode_proxy_v1, encode_proxy_v2, parse_proxy_header, ProxyHeader,
+    ProxyHeaderError, MAX_PROXY_HEADER_BYTES,
+};
+pub use status::{mark_status_stale, status_json, StatusInfo};
+pub use varint::{read_varint, varint_len, write_varint, MAX_PACKET_BYTES, MAX_VARINT_BYTES};
+
+/// Why bytes from a peer are not a packet we accept. `reason()` is the metrics label.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ProtocolError {
-    Bad,
+    #[error("VarInt longer than 5 bytes")]
+    VarIntTooLong,
+    #[error("packet longer than {max} bytes")]
+    PacketTooLarge { max: usize },
+    #[error("unexpected packet id {0:#04x}")]
+    BadPacketId(i32),
+    #[error("server address longer than {MAX_ADDRESS_CHARS} characters")]
+    AddressTooLong,
+    #[error("string is not valid UTF-8 (or UTF-16)")]
+    InvalidUtf8,
+    #[error("handshake next state {0} is not status (1), login (2) or transfer (3)")]
+    BadNextState(i32),
+    #[error("malformed packet: {0}")]
+    Malformed(&'static str),
 }
+
 impl ProtocolError {
+    /// Short snake_case label for `automc_edge_handshake_errors_total{reason}`.
     pub fn reason(&self) -> &'static str {
-        "bad"
+        match self {
+            Self::VarIntTooLong => "varint_too_long",
+            Self::PacketTooLarge { .. } => "packet_too_large",
+            Self::BadPacketId(_) => "bad_packet_id",
+            Self::AddressTooLong => "address_too_long",
+            Self::InvalidUtf8 => "invalid_utf8",
+            Self::BadNextState(_) => "bad_next_state",
+            Self::Malformed(_) => "malformed",
+        }
     }
-}
-pub fn parse_first_packet(buf: &[u8]) -> Result<Option<FirstPacket>, ProtocolError> {
-    Ok(None)
-}
-pub fn parse_legacy_bare_timeout(buf: &[u8]) -> Option<LegacyPing> {
-    None
-}
-pub enum StatusPacket {
-    Request,
-    Ping(i64),
-}
-pub fn parse_status_packet(buf: &[u8]) -> Result<Option<(StatusPacket, usize)>, ProtocolError> {
-    Ok(None)
-}
-pub fn parse_login_start(buf: &[u8]) -> Result<Option<(String, usize)>, ProtocolError> {
-    Ok(None)
-}
-pub fn parse_status_response(
-    buf: &[u8],
-    max: usize,
-) -> Result<Option<(String, usize)>, ProtocolError> {
-    Ok(None)
-}
-pub fn parse_pong(buf: &[u8]) -> Result<Option<(i64, usize)>, ProtocolError> {
-    Ok(None)
-}
-pub fn encode_handshake(h: &Handshake) -> Vec<u8> {
-    vec![]
-}
-pub fn encode_status_request() -> Vec<u8> {
-    vec![]
-}
-pub fn encode_ping(p: i64) -> Vec<u8> {
-    vec![]
-}
-pub fn encode_status_response(json: &str) -> Vec<u8> {
-    vec![]
-}
-pub fn encode_pong(p: i64) -> Vec<u8> {
-    vec![]
-}
-pub fn encode_login_disconnect(message: &str) -> Vec<u8> {
-    vec![]
-}
-pub struct StatusInfo<'a> {
-    pub motd: &'a str,
-    pub version_name: &'a str,
-    pub protocol: i32,
-    pub online: i64,
-    pub max: i64,
-}
-pub fn status_json(info: &StatusInfo) -> String {
-    String::new()
-}
-pub fn mark_status_stale(json: &str, note: &str) -> Option<String> {
-    None
-}
-pub fn encode_legacy_response(ping: &LegacyPing, info: &StatusInfo) -> Vec<u8> {
-    vec![]
-}
-pub struct ProxyHeader {
-    pub source: Option<SocketAddr>,
-    pub destination: Option<SocketAddr>,
-}
-#[derive(Debug)]
-pub struct ProxyHeaderError;
-pub fn detect_proxy_header(buf: &[u8]) -> Option<bool> {
-    None
-}
-pub fn parse_proxy_header(buf: &[u8]) -> Result<Option<(ProxyHeader, usize)>, ProxyHeaderError> {
-    Ok(None)
-}
-pub fn encode_proxy_v2(source: SocketAddr, destination: SocketAddr) -> Vec<u8> {
-    vec![]
 }

@@ -1,0 +1,206 @@
+//! The gRPC side: `automc.v1.RouteSync` plus `grpc.health.v1` and server
+//! reflection (v1 and v1alpha, so grpcurl 1.8+ works without .proto files).
+//! The bearer token guards RouteSync and reflection; health stays open.
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use automc_proto::v1::route_sync_server::{RouteSync, RouteSyncServer};
+use automc_proto::v1::{
+    watch_request, GetRouteRequest, GetRouteResponse, ListEdgesRequest, ListEdgesResponse,
+    ListRoutesRequest, ListRoutesResponse, ListWakesRequest, ListWakesResponse, WakeRequest,
+    WakeResponse, WatchRequest, WatchResponse,
+};
+use futures::Stream;
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+use tokio_util::sync::CancellationToken;
+use tonic::service::interceptor::InterceptedService;
+use tonic::{Request, Response, Status, Streaming};
+
+use crate::auth::BearerAuth;
+use crate::publisher::Publisher;
+use crate::wake::Wakes;
+
+/// How long a new watch stream may take to send its `WatchHello`.
+const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
+/// After shutdown starts, streams get this long to end before the server
+/// stops waiting for them (a stuck client never reads its final status).
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+
+pub struct RouteSyncService {
+    publisher: Arc<Publisher>,
+    wakes: Arc<Wakes>,
+}
+
+type WatchStream = Pin<Box<dyn Stream<Item = Result<WatchResponse, Status>> + Send + 'static>>;
+
+#[tonic::async_trait]
+impl RouteSync for RouteSyncService {
+    type WatchRoutesStream = WatchStream;
+
+    async fn watch_routes(
+        &self,
+        req: Request<Streaming<WatchRequest>>,
+    ) -> Result<Response<Self::WatchRoutesStream>, Status> {
+        let peer = req.remote_addr().map(|a| a.to_string()).unwrap_or_default();
+        let mut inbound = req.into_inner();
+        let first = tokio::time::timeout(HELLO_TIMEOUT, inbound.message())
+            .await
+            .map_err(|_| Status::deadline_exceeded("no WatchHello within 10s"))??;
+        let hello = match first.and_then(|m| m.msg) {
+            Some(watch_request::Msg::Hello(h)) => h,
+            _ => {
+                return Err(Status::invalid_argument(
+                    "the first message of WatchRoutes must be a WatchHello",
+                ))
+            }
+        };
+        let stream = self.publisher.subscribe(&hello, peer);
+        let id = stream.id();
+        let publisher = self.publisher.clone();
+        // Acks arrive on the inbound half; it may also be closed early (a
+        // grpcurl user closes stdin) without ending the watch.
+        tokio::spawn(async move {
+            while let Ok(Some(m)) = inbound.message().await {
+                if let Some(watch_request::Msg::Ack(a)) = m.msg {
+                    publisher.ack(id, &a.epoch, a.version);
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(stream.into_stream())))
+    }
+
+    async fn list_routes(
+        &self,
+        _req: Request<ListRoutesRequest>,
+    ) -> Result<Response<ListRoutesResponse>, Status> {
+        let (version, routes) = self.publisher.routes();
+        Ok(Response::new(ListRoutesResponse {
+            epoch: self.publisher.epoch().to_owned(),
+            version,
+            routes,
+        }))
+    }
+
+    async fn get_route(
+        &self,
+        req: Request<GetRouteRequest>,
+    ) -> Result<Response<GetRouteResponse>, Status> {
+        Ok(Response::new(
+            self.publisher.resolve(&req.get_ref().hostname),
+        ))
+    }
+
+    async fn wake(&self, req: Request<WakeRequest>) -> Result<Response<WakeResponse>, Status> {
+        let r = req.into_inner();
+        if r.server.is_empty() {
+            return Err(Status::invalid_argument("server is required"));
+        }
+        self.wakes
+            .wake(&r.server, &r.caller)
+            .await
+            .map(Response::new)
+    }
+
+    async fn list_edges(
+        &self,
+        _req: Request<ListEdgesRequest>,
+    ) -> Result<Response<ListEdgesResponse>, Status> {
+        let (version, edges) = self.publisher.edges();
+        Ok(Response::new(ListEdgesResponse {
+            epoch: self.publisher.epoch().to_owned(),
+            version,
+            edges,
+        }))
+    }
+
+    async fn list_wakes(
+        &self,
+        _req: Request<ListWakesRequest>,
+    ) -> Result<Response<ListWakesResponse>, Status> {
+        Ok(Response::new(ListWakesResponse {
+            wakes: self.wakes.list(),
+        }))
+    }
+}
+
+/// Serve until `shutdown`; health turns SERVING once `ready` is true.
+pub async fn serve(
+    listener: TcpListener,
+    publisher: Arc<Publisher>,
+    wakes: Arc<Wakes>,
+    token: Option<&str>,
+    mut ready: tokio::sync::watch::Receiver<bool>,
+    shutdown: CancellationToken,
+) -> Result<(), crate::Error> {
+    let auth = BearerAuth::new(token);
+    let (health, health_svc) = tonic_health::server::health_reporter();
+    health
+        .set_not_serving::<RouteSyncServer<RouteSyncService>>()
+        .await;
+    let reflection = || {
+        tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(automc_proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+    };
+    let v1 = reflection()
+        .build_v1()
+        .map_err(|e| crate::Error::Reflection(e.to_string()))?;
+    let v1alpha = reflection()
+        .build_v1alpha()
+        .map_err(|e| crate::Error::Reflection(e.to_string()))?;
+    let svc = RouteSyncServer::new(RouteSyncService { publisher, wakes });
+    let health_task = {
+        let health = health.clone();
+        let shutdown = shutdown.clone();
+        tokio::spawn(async move {
+            if ready.wait_for(|r| *r).await.is_ok() {
+                health
+                    .set_serving::<RouteSyncServer<RouteSyncService>>()
+                    .await;
+            }
+            shutdown.cancelled().await;
+            health
+                .set_not_serving::<RouteSyncServer<RouteSyncService>>()
+                .await;
+        })
+    };
+    let server = builder()
+        .add_service(health_svc)
+        .add_service(InterceptedService::new(svc, auth.clone()))
+        .add_service(InterceptedService::new(v1, auth.clone()))
+        .add_service(InterceptedService::new(v1alpha, auth))
+        .serve_with_incoming_shutdown(
+            TcpListenerStream::new(listener),
+            shutdown.clone().cancelled_owned(),
+        );
+    let r = with_grace(server, &shutdown).await;
+    health_task.abort();
+    r.map_err(crate::Error::Grpc)
+}
+
+fn builder() -> tonic::transport::Server {
+    tonic::transport::Server::builder()
+        .tcp_nodelay(true)
+        .http2_keepalive_interval(Some(Duration::from_secs(20)))
+        .http2_keepalive_timeout(Some(Duration::from_secs(10)))
+}
+
+/// Run the server; once shutdown starts, wait at most [`SHUTDOWN_GRACE`].
+async fn with_grace(
+    server: impl std::future::Future<Output = Result<(), tonic::transport::Error>>,
+    shutdown: &CancellationToken,
+) -> Result<(), tonic::transport::Error> {
+    tokio::pin!(server);
+    tokio::select! {
+        r = &mut server => r,
+        _ = async {
+            shutdown.cancelled().await;
+            tokio::time::sleep(SHUTDOWN_GRACE).await;
+        } => {
+            tracing::warn!("gRPC streams did not end within {SHUTDOWN_GRACE:?} of shutdown; closing");
+            Ok(())
+        }
+    }
+}

@@ -1,0 +1,171 @@
+//! Prometheus metrics of syncd. Names are part of the contract (dashboards
+//! and alerts): keep them exactly. prometheus-client appends `_total` to
+//! counters, so counters are registered without the suffix.
+use std::sync::Arc;
+
+use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+
+type Labels = Vec<(String, String)>;
+
+/// Every syncd metric, cheap to clone (all handles are `Arc`s inside).
+#[derive(Clone)]
+pub struct Metrics {
+    registry: Arc<Registry>,
+    pub routes: Gauge,
+    pub table_version: Gauge,
+    pub notifications: Counter,
+    pub reloads: Counter,
+    pub pg_reconnects: Counter,
+    pub pg_connected: Gauge,
+    pub watchers: Gauge,
+    pub watchers_cut: Counter,
+    pub watcher_lag_max: Gauge,
+    wakes: Family<Labels, Counter>,
+    pub wake_duration: Histogram,
+    waker_http_responses: Family<Labels, Counter>,
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let mut r = Registry::default();
+        let routes = Gauge::default();
+        let table_version = Gauge::default();
+        let notifications = Counter::default();
+        let reloads = Counter::default();
+        let pg_reconnects = Counter::default();
+        let pg_connected = Gauge::default();
+        let watchers = Gauge::default();
+        let watchers_cut = Counter::default();
+        let watcher_lag_max = Gauge::default();
+        let wakes = Family::<Labels, Counter>::default();
+        let wake_duration = Histogram::new(exponential_buckets(0.05, 2.0, 14));
+        let waker_http_responses = Family::<Labels, Counter>::default();
+        r.register("automc_syncd_routes", "Routes in the table", routes.clone());
+        r.register(
+            "automc_syncd_table_version",
+            "Version of the route table (bumps on every applied change set)",
+            table_version.clone(),
+        );
+        r.register(
+            "automc_syncd_notifications",
+            "NOTIFY messages received on automc_routes_changed",
+            notifications.clone(),
+        );
+        r.register(
+            "automc_syncd_reloads",
+            "Re-reads of the servers table (full or partial)",
+            reloads.clone(),
+        );
+        r.register(
+            "automc_syncd_pg_reconnects",
+            "Reconnects of the LISTEN connection",
+            pg_reconnects.clone(),
+        );
+        r.register(
+            "automc_syncd_pg_connected",
+            "1 while the LISTEN connection is up",
+            pg_connected.clone(),
+        );
+        r.register(
+            "automc_syncd_watchers",
+            "Connected WatchRoutes streams",
+            watchers.clone(),
+        );
+        r.register(
+            "automc_syncd_watchers_cut",
+            "Watchers cut off because their queue was full",
+            watchers_cut.clone(),
+        );
+        r.register(
+            "automc_syncd_watcher_lag_max",
+            "Largest table version minus acknowledged version over all watchers",
+            watcher_lag_max.clone(),
+        );
+        r.register("automc_syncd_wakes", "Wakes by outcome", wakes.clone());
+        r.register(
+            "automc_syncd_wake_duration_seconds",
+            "Duration of wakes, from the first caller to the outcome",
+            wake_duration.clone(),
+        );
+        r.register(
+            "automc_syncd_waker_http_responses",
+            "HTTP responses from the waker by status (or transport error)",
+            waker_http_responses.clone(),
+        );
+        Self {
+            registry: Arc::new(r),
+            routes,
+            table_version,
+            notifications,
+            reloads,
+            pg_reconnects,
+            pg_connected,
+            watchers,
+            watchers_cut,
+            watcher_lag_max,
+            wakes,
+            wake_duration,
+            waker_http_responses,
+        }
+    }
+
+    pub fn wake_outcome(&self, outcome: &str) {
+        self.wakes
+            .get_or_create(&vec![("outcome".to_owned(), outcome.to_owned())])
+            .inc();
+    }
+
+    pub fn waker_response(&self, status: &str) {
+        self.waker_http_responses
+            .get_or_create(&vec![("status".to_owned(), status.to_owned())])
+            .inc();
+    }
+
+    /// Prometheus text exposition.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        // Writing into a String cannot fail.
+        let _ = encode(&mut out, &self.registry);
+        out
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn metric_names_match_the_contract() {
+        let m = Metrics::new();
+        m.wake_outcome("success");
+        m.waker_response("202");
+        let text = m.render();
+        for name in [
+            "automc_syncd_routes ",
+            "automc_syncd_table_version ",
+            "automc_syncd_notifications_total ",
+            "automc_syncd_reloads_total ",
+            "automc_syncd_pg_reconnects_total ",
+            "automc_syncd_pg_connected ",
+            "automc_syncd_watchers ",
+            "automc_syncd_watchers_cut_total ",
+            "automc_syncd_watcher_lag_max ",
+            "automc_syncd_wakes_total{outcome=\"success\"} ",
+            "automc_syncd_wake_duration_seconds_count ",
+            "automc_syncd_waker_http_responses_total{status=\"202\"} ",
+        ] {
+            assert!(text.contains(name), "missing {name} in\n{text}");
+        }
+    }
+}

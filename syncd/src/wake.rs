@@ -1,0 +1,378 @@
+//! One wake per server, however many edges ask.
+//!
+//! A map of server name → `watch::Receiver<WakeState>`: the first caller
+//! spawns the wake task and later callers subscribe to the same receiver.
+//! The task belongs to syncd, not to the RPC that started it, so a caller
+//! that gives up (deadline, disconnect) does not cancel the wake for the
+//! others. A success is reused for a short while; a `state = running` seen
+//! through LISTEN ends the polling early; an opt-in status ping makes sure
+//! "running" also means "answers". Every edge learns about wakes through
+//! the watch stream (`WakeUpdate`), and `ListWakes` shows in-flight and
+//! recent ones.
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use automc_proto::v1::{WakeInfo, WakePhase, WakeResponse};
+use tokio::sync::{watch, Notify};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tonic::Status;
+
+use crate::config::WakerConfig;
+use crate::diff::Change;
+use crate::metrics::Metrics;
+use crate::ping;
+use crate::publisher::{now_ms, Publisher};
+use crate::waker::{WakerClient, WakerError};
+
+/// Why a wake failed; the text is what the edge shows (after its own prefix).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum WakeFailure {
+    #[error("{0}")]
+    Waker(#[from] WakerError),
+    #[error("server did not report running within {0:?}")]
+    TimedOut(Duration),
+    #[error("server reported running but {address} does not answer a status ping: {reason}")]
+    NotReady { address: String, reason: String },
+    #[error("syncd is shutting down")]
+    Shutdown,
+}
+
+/// Where a wake stands; what callers wait on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum WakeState {
+    Waking,
+    Running { address: String },
+    Failed(WakeFailure),
+}
+
+struct InFlight {
+    rx: watch::Receiver<WakeState>,
+    callers: Arc<AtomicU64>,
+    running_seen: Arc<Notify>,
+    started: Instant,
+    started_ms: i64,
+}
+
+struct Finished {
+    server: String,
+    state: WakeState,
+    started_ms: i64,
+    duration: Duration,
+    callers: u64,
+    ended: Instant,
+}
+
+#[derive(Default)]
+struct Book {
+    inflight: HashMap<String, InFlight>,
+    recent: VecDeque<Finished>,
+}
+
+/// The wake coordinator.
+pub struct Wakes {
+    cfg: WakerConfig,
+    waker: Option<Arc<WakerClient>>,
+    publisher: Arc<Publisher>,
+    metrics: Metrics,
+    shutdown: CancellationToken,
+    tasks: TaskTracker,
+    book: Mutex<Book>,
+}
+
+impl Wakes {
+    pub fn new(
+        cfg: WakerConfig,
+        waker: Option<WakerClient>,
+        publisher: Arc<Publisher>,
+        metrics: Metrics,
+        shutdown: CancellationToken,
+        tasks: TaskTracker,
+    ) -> Arc<Self> {
+        Arc::new(Self {
+            cfg,
+            waker: waker.map(Arc::new),
+            publisher,
+            metrics,
+            shutdown,
+            tasks,
+            book: Mutex::new(Book::default()),
+        })
+    }
+
+    fn book(&self) -> MutexGuard<'_, Book> {
+        self.book.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Wake `server` (or join the wake in flight) and wait for the outcome.
+    pub async fn wake(
+        self: &Arc<Self>,
+        server: &str,
+        caller: &str,
+    ) -> Result<WakeResponse, Status> {
+        let Some(waker) = self.waker.clone() else {
+            self.metrics.wake_outcome("not_configured");
+            return Err(Status::failed_precondition("waker not configured"));
+        };
+        let Some(route) = self.publisher.route(server) else {
+            return Err(Status::not_found(format!("no route for server {server:?}")));
+        };
+        let (mut rx, started) = {
+            let mut book = self.book();
+            if let Some(reused) = self.recent_success(&book, server) {
+                self.metrics.wake_outcome("reused");
+                tracing::debug!(server, caller, "reusing a recent successful wake");
+                return Ok(WakeResponse {
+                    address: reused,
+                    reused: true,
+                    duration_ms: 0,
+                });
+            }
+            match book.inflight.get(server) {
+                Some(f) => {
+                    f.callers.fetch_add(1, Ordering::Relaxed);
+                    tracing::debug!(server, caller, "joining the wake in flight");
+                    (f.rx.clone(), f.started)
+                }
+                None => {
+                    let (tx, rx) = watch::channel(WakeState::Waking);
+                    let running_seen = Arc::new(Notify::new());
+                    let started = Instant::now();
+                    book.inflight.insert(
+                        server.to_owned(),
+                        InFlight {
+                            rx: rx.clone(),
+                            callers: Arc::new(AtomicU64::new(1)),
+                            running_seen: running_seen.clone(),
+                            started,
+                            started_ms: now_ms(),
+                        },
+                    );
+                    drop(book);
+                    tracing::info!(server, caller, "wake started");
+                    self.publisher.set_wake(server, WakePhase::Waking);
+                    let this = self.clone();
+                    let server = server.to_owned();
+                    self.tasks.spawn(async move {
+                        this.run(waker, server, route.address, tx, running_seen)
+                            .await;
+                    });
+                    (rx, started)
+                }
+            }
+        };
+        let state = match rx.wait_for(|s| *s != WakeState::Waking).await {
+            Ok(s) => s.clone(),
+            Err(_) => WakeState::Failed(WakeFailure::Shutdown),
+        };
+        let duration_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
+        match state {
+            WakeState::Running { address } => Ok(WakeResponse {
+                address,
+                reused: false,
+                duration_ms,
+            }),
+            WakeState::Failed(WakeFailure::TimedOut(d)) => Err(Status::deadline_exceeded(format!(
+                "wake of {server} failed: server did not report running within {d:?}"
+            ))),
+            WakeState::Failed(f) => {
+                Err(Status::unavailable(format!("wake of {server} failed: {f}")))
+            }
+            WakeState::Waking => Err(Status::internal("wake ended without an outcome")),
+        }
+    }
+
+    fn recent_success(&self, book: &Book, server: &str) -> Option<String> {
+        book.recent.iter().rev().find_map(|f| match &f.state {
+            WakeState::Running { address }
+                if f.server == server && f.ended.elapsed() < self.cfg.reuse_for =>
+            {
+                Some(address.clone())
+            }
+            _ => None,
+        })
+    }
+
+    /// The wake task: outlives every caller.
+    async fn run(
+        self: Arc<Self>,
+        waker: Arc<WakerClient>,
+        server: String,
+        fallback: String,
+        tx: watch::Sender<WakeState>,
+        running_seen: Arc<Notify>,
+    ) {
+        let started = Instant::now();
+        let outcome = tokio::select! {
+            _ = self.shutdown.cancelled() => Err(WakeFailure::Shutdown),
+            r = tokio::time::timeout(
+                self.cfg.timeout,
+                self.drive(&waker, &server, &fallback, &running_seen),
+            ) => r.unwrap_or(Err(WakeFailure::TimedOut(self.cfg.timeout))),
+        };
+        let duration = started.elapsed();
+        self.metrics.wake_duration.observe(duration.as_secs_f64());
+        let state = match outcome {
+            Ok(address) => {
+                self.metrics.wake_outcome("success");
+                tracing::info!(server = %server, address = %address, ?duration, "wake succeeded");
+                WakeState::Running { address }
+            }
+            Err(f) => {
+                let label = match &f {
+                    WakeFailure::TimedOut(_) => "timeout",
+                    WakeFailure::NotReady { .. } => "not_ready",
+                    WakeFailure::Shutdown => "shutdown",
+                    WakeFailure::Waker(_) => "failed",
+                };
+                self.metrics.wake_outcome(label);
+                tracing::warn!(server = %server, reason = %f, ?duration, "wake failed");
+                WakeState::Failed(f)
+            }
+        };
+        {
+            let mut book = self.book();
+            let callers = book
+                .inflight
+                .remove(&server)
+                .map(|f| f.callers.load(Ordering::Relaxed))
+                .unwrap_or(0);
+            book.recent.push_back(Finished {
+                server: server.clone(),
+                state: state.clone(),
+                started_ms: now_ms() - i64::try_from(duration.as_millis()).unwrap_or(0),
+                duration,
+                callers,
+                ended: Instant::now(),
+            });
+            while book.recent.len() > self.cfg.history.max(1) {
+                book.recent.pop_front();
+            }
+        }
+        let phase = match &state {
+            WakeState::Running { .. } => WakePhase::Running,
+            _ => WakePhase::Failed,
+        };
+        self.publisher.set_wake(&server, phase);
+        tx.send_replace(state);
+    }
+
+    /// Start, poll until running (or LISTEN says so), optionally ping.
+    async fn drive(
+        &self,
+        waker: &WakerClient,
+        server: &str,
+        fallback: &str,
+        running_seen: &Notify,
+    ) -> Result<String, WakeFailure> {
+        waker.start(server).await?;
+        let address = loop {
+            tokio::select! {
+                biased;
+                _ = running_seen.notified() => {
+                    tracing::debug!(server, "state=running seen through LISTEN");
+                    break self.route_address(server).unwrap_or_else(|| fallback.to_owned());
+                }
+                st = waker.status(server) => {
+                    let st = st?;
+                    if st.state == "running" {
+                        break st
+                            .address
+                            .filter(|a| !a.is_empty())
+                            .unwrap_or_else(|| fallback.to_owned());
+                    }
+                    tracing::debug!(server, state = %st.state, "waiting for the server to run");
+                }
+            }
+            tokio::select! {
+                _ = running_seen.notified() => {
+                    break self.route_address(server).unwrap_or_else(|| fallback.to_owned());
+                }
+                _ = tokio::time::sleep(self.cfg.poll_interval) => {}
+            }
+        };
+        if self.cfg.ready_check {
+            self.wait_ready(server, &address).await?;
+        }
+        Ok(address)
+    }
+
+    fn route_address(&self, server: &str) -> Option<String> {
+        self.publisher.route(server).map(|r| r.address)
+    }
+
+    /// Ping until the address answers; the overall wake timeout bounds it.
+    async fn wait_ready(&self, server: &str, address: &str) -> Result<(), WakeFailure> {
+        let pause = self.cfg.poll_interval.min(Duration::from_millis(500));
+        let mut last = String::new();
+        // Keep trying until the caller's timeout fires; remember the last
+        // reason so a timeout while pinging can say why.
+        loop {
+            match ping::status_ping(address, self.cfg.ready_check_timeout).await {
+                Ok(_) => return Ok(()),
+                Err(e) => {
+                    let reason = e.to_string();
+                    if reason != last {
+                        tracing::debug!(server, address, reason = %reason, "not ready yet");
+                        last = reason;
+                    }
+                }
+            }
+            tokio::time::sleep(pause).await;
+        }
+    }
+
+    /// Hook for applied change sets: a wake in flight for a server whose
+    /// row now says `state = running` ends without waiting for the next poll.
+    pub fn routes_changed(&self, change: &Change) {
+        let book = self.book();
+        if book.inflight.is_empty() {
+            return;
+        }
+        for r in &change.upserts {
+            if r.state == "running" {
+                if let Some(f) = book.inflight.get(&r.server) {
+                    f.running_seen.notify_one();
+                }
+            }
+        }
+    }
+
+    /// In-flight wakes first (oldest first), then recent ones (newest first).
+    pub fn list(&self) -> Vec<WakeInfo> {
+        let book = self.book();
+        let mut out: Vec<WakeInfo> = book
+            .inflight
+            .iter()
+            .map(|(server, f)| WakeInfo {
+                server: server.clone(),
+                outcome: "waking".into(),
+                reason: String::new(),
+                address: String::new(),
+                started_ms: f.started_ms,
+                duration_ms: u64::try_from(f.started.elapsed().as_millis()).unwrap_or(u64::MAX),
+                callers: f.callers.load(Ordering::Relaxed),
+            })
+            .collect();
+        out.sort_by_key(|w| w.started_ms);
+        out.extend(book.recent.iter().rev().map(|f| {
+            let (outcome, reason, address) = match &f.state {
+                WakeState::Running { address } => ("running", String::new(), address.clone()),
+                WakeState::Failed(r) => ("failed", r.to_string(), String::new()),
+                WakeState::Waking => ("waking", String::new(), String::new()),
+            };
+            WakeInfo {
+                server: f.server.clone(),
+                outcome: outcome.into(),
+                reason,
+                address,
+                started_ms: f.started_ms,
+                duration_ms: u64::try_from(f.duration.as_millis()).unwrap_or(u64::MAX),
+                callers: f.callers,
+            }
+        }));
+        out
+    }
+}

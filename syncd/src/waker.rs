@@ -1,0 +1,182 @@
+//! HTTP client of the waker (SPEC §4): `POST {waker}/servers/{name}/start`
+//! with `X-API-Key`, then `GET {waker}/servers/{name}` for the state and
+//! address. One pooled client, a timeout on every request, and a distinct
+//! error per way the waker can fail. The token is never logged or put in an
+//! error.
+use std::time::Duration;
+
+use reqwest::{StatusCode, Url};
+
+use crate::metrics::Metrics;
+
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
+pub enum WakerError {
+    #[error("invalid waker URL: {0}")]
+    BadUrl(String),
+    #[error("waker answered HTTP {0} to the start request")]
+    StartRejected(u16),
+    #[error("waker answered HTTP {0} to the status request")]
+    StatusRejected(u16),
+    #[error("waker unreachable: {0}")]
+    Unreachable(String),
+    #[error("waker did not answer within {0:?}")]
+    NoAnswer(Duration),
+    #[error("waker sent a status body that is not the expected JSON ({0})")]
+    BadBody(String),
+}
+
+/// What `GET /servers/{name}` says.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize)]
+pub struct ServerStatus {
+    pub state: String,
+    #[serde(default)]
+    pub address: Option<String>,
+}
+
+pub struct WakerClient {
+    http: reqwest::Client,
+    base: Url,
+    token: Option<String>,
+    request_timeout: Duration,
+    metrics: Metrics,
+}
+
+impl WakerClient {
+    pub fn new(
+        base: &str,
+        token: Option<String>,
+        request_timeout: Duration,
+        metrics: Metrics,
+    ) -> Result<Self, WakerError> {
+        let mut base = Url::parse(base).map_err(|e| WakerError::BadUrl(format!("{base}: {e}")))?;
+        if !matches!(base.scheme(), "http" | "https") || base.cannot_be_a_base() {
+            return Err(WakerError::BadUrl(format!(
+                "{base}: must be http(s)://host[:port][/path]"
+            )));
+        }
+        // Make `join`-free path pushing predictable: no trailing empty segment.
+        if let Ok(mut segs) = base.path_segments_mut() {
+            segs.pop_if_empty();
+        }
+        let http = reqwest::Client::builder()
+            .timeout(request_timeout)
+            .connect_timeout(request_timeout)
+            .pool_idle_timeout(Duration::from_secs(60))
+            .user_agent(concat!("automc-syncd/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .map_err(|e| WakerError::BadUrl(format!("http client: {e}")))?;
+        Ok(Self {
+            http,
+            base,
+            token: token.filter(|t| !t.is_empty()),
+            request_timeout,
+            metrics,
+        })
+    }
+
+    pub fn base(&self) -> &Url {
+        &self.base
+    }
+
+    fn url(&self, server: &str, start: bool) -> Url {
+        let mut url = self.base.clone();
+        if let Ok(mut segs) = url.path_segments_mut() {
+            segs.push("servers").push(server);
+            if start {
+                segs.push("start");
+            }
+        }
+        url
+    }
+
+    fn request(&self, method: reqwest::Method, url: Url) -> reqwest::RequestBuilder {
+        let req = self.http.request(method, url);
+        match &self.token {
+            Some(t) => req.header("X-API-Key", t),
+            None => req,
+        }
+    }
+
+    fn transport_error(&self, e: &reqwest::Error) -> WakerError {
+        self.metrics.waker_response("error");
+        if e.is_timeout() {
+            WakerError::NoAnswer(self.request_timeout)
+        } else {
+            WakerError::Unreachable(root_cause(e))
+        }
+    }
+
+    /// Ask the waker to start `server`; 2xx and 409 (already starting) are
+    /// success.
+    pub async fn start(&self, server: &str) -> Result<(), WakerError> {
+        let resp = self
+            .request(reqwest::Method::POST, self.url(server, true))
+            .send()
+            .await
+            .map_err(|e| self.transport_error(&e))?;
+        let status = resp.status();
+        self.metrics.waker_response(status.as_str());
+        if status.is_success() || status == StatusCode::CONFLICT {
+            Ok(())
+        } else {
+            Err(WakerError::StartRejected(status.as_u16()))
+        }
+    }
+
+    /// The waker's view of `server`.
+    pub async fn status(&self, server: &str) -> Result<ServerStatus, WakerError> {
+        let resp = self
+            .request(reqwest::Method::GET, self.url(server, false))
+            .send()
+            .await
+            .map_err(|e| self.transport_error(&e))?;
+        let status = resp.status();
+        self.metrics.waker_response(status.as_str());
+        if !status.is_success() {
+            return Err(WakerError::StatusRejected(status.as_u16()));
+        }
+        let body = resp.bytes().await.map_err(|e| self.transport_error(&e))?;
+        serde_json::from_slice::<ServerStatus>(&body)
+            .map_err(|e| WakerError::BadBody(e.to_string()))
+    }
+}
+
+/// The innermost error message (e.g. "Connection refused (os error 111)").
+fn root_cause(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut cur = e;
+    while let Some(next) = cur.source() {
+        cur = next;
+    }
+    cur.to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls_follow_the_contract_and_escape_names() {
+        let c = WakerClient::new(
+            "http://w:8080/api/",
+            None,
+            Duration::from_secs(1),
+            Metrics::new(),
+        )
+        .expect("client");
+        assert_eq!(
+            c.url("lobby", true).as_str(),
+            "http://w:8080/api/servers/lobby/start"
+        );
+        assert_eq!(
+            c.url("lobby", false).as_str(),
+            "http://w:8080/api/servers/lobby"
+        );
+        assert_eq!(
+            c.url("a/b c", false).as_str(),
+            "http://w:8080/api/servers/a%2Fb%20c"
+        );
+        assert!(
+            WakerClient::new("not a url", None, Duration::from_secs(1), Metrics::new()).is_err()
+        );
+    }
+}
