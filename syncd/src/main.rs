@@ -30,7 +30,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run syncd (the default).
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Create or upgrade the schema and triggers (idempotent, keeps rows).
     Migrate(DbArgs),
     /// Diagnose a database: table, columns, triggers, routes, waker.
@@ -194,7 +194,7 @@ fn main() -> ExitCode {
     };
     runtime.block_on(async move {
         match cli.command {
-            Some(Command::Serve(args)) => serve(args).await,
+            Some(Command::Serve(args)) => serve(*args).await,
             None => serve(cli.serve).await,
             Some(Command::Migrate(db)) => migrate(db).await,
             Some(Command::Check(args)) => check(args).await,
