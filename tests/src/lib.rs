@@ -5,5 +5,6 @@
 
 pub mod mc;
 pub mod pg;
+pub mod procs;
 pub mod stack;
 pub mod waker;
