@@ -1,1 +1,72 @@
-fn main() {}
+//! `edge` binary: parse flags, set up logging, start, wait for SIGINT/SIGTERM.
+#![forbid(unsafe_code)]
+
+use clap::Parser;
+use edge::{Args, LogFormat};
+use tokio_util::sync::CancellationToken;
+
+/// Exit code for a configuration that cannot run (sysexits EX_USAGE).
+const EXIT_CONFIG: i32 = 64;
+
+fn init_tracing(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+async fn signalled() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    init_tracing(args.log_format);
+    let config = match args.into_config() {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("edge: {e}");
+            std::process::exit(EXIT_CONFIG);
+        }
+    };
+    tracing::info!(?config, "starting edge");
+    let shutdown = CancellationToken::new();
+    let running = match edge::start(config, shutdown.clone()).await {
+        Ok(r) => r,
+        Err(e @ (edge::Error::Config(_) | edge::Error::Bind { .. } | edge::Error::Sync(_))) => {
+            eprintln!("edge: {e}");
+            std::process::exit(EXIT_CONFIG);
+        }
+        Err(e) => return Err(e.into()),
+    };
+    signalled().await;
+    tracing::info!("signal received: draining");
+    shutdown.cancel();
+    tokio::select! {
+        r = running.wait() => r?,
+        () = signalled() => tracing::warn!("second signal: exiting without waiting"),
+    }
+    Ok(())
+}

@@ -1,0 +1,467 @@
+//! Side-by-side benchmark of the player path: direct to a backend, through
+//! `edge` (the release binary, fed by a tiny in-process RouteSync fake), and
+//! through HAProxy in TCP mode, all on this machine in one run.
+//!
+//! Run: `ulimit -n 20000; cargo bench -p edge --bench proxy`
+//! (env `BENCH_SECS` = seconds per ping measurement, default 3;
+//! `BENCH_IDLE` = idle connections, default 8000; `BENCH_BULK_MIB`, default 2048).
+//!
+//! Measures: status-ping connections per second and latency p50/p99 at 1, 64
+//! and 256 concurrent clients (each ping is a new TCP connection: handshake,
+//! status request, response, ping, pong); bulk throughput of one connection;
+//! RSS per idle spliced connection.
+use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use automc_proto::v1::route_sync_server::{RouteSync, RouteSyncServer};
+use automc_proto::v1::*;
+use edge::protocol::{self, FirstPacket, Handshake, NextState};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
+use tonic::{Request, Response, Status, Streaming};
+
+const HOST: &str = "bench.example.com";
+const STATUS_JSON: &str = r#"{"version":{"name":"bench","protocol":767},"players":{"online":1,"max":100},"description":{"text":"bench backend"}}"#;
+
+type BoxErr = Box<dyn std::error::Error + Send + Sync>;
+
+// ---------------------------------------------------------------- backend
+
+/// Connections the backend holds in login mode right now.
+static BACKEND_LOGINS: AtomicUsize = AtomicUsize::new(0);
+
+async fn backend(l: TcpListener) {
+    loop {
+        let Ok((s, _)) = l.accept().await else {
+            continue;
+        };
+        tokio::spawn(async move {
+            let _ = serve_backend(s).await;
+        });
+    }
+}
+
+async fn serve_backend(mut s: TcpStream) -> Result<(), BoxErr> {
+    s.set_nodelay(true)?;
+    let mut buf = Vec::with_capacity(512);
+    let (hs, len) = loop {
+        if let Some(FirstPacket::Modern { handshake, len }) =
+            protocol::parse_first_packet(&buf).map_err(|e| e.reason())?
+        {
+            break (handshake, len);
+        }
+        if s.read_buf(&mut buf).await? == 0 {
+            return Ok(());
+        }
+    };
+    let mut rest = buf.split_off(len);
+    match hs.next_state {
+        NextState::Status => loop {
+            match protocol::parse_status_packet(&rest).map_err(|e| e.reason())? {
+                Some((protocol::StatusPacket::Request, n)) => {
+                    rest.drain(..n);
+                    s.write_all(&protocol::encode_status_response(STATUS_JSON))
+                        .await?;
+                }
+                Some((protocol::StatusPacket::Ping(p), _)) => {
+                    s.write_all(&protocol::encode_pong(p)).await?;
+                    return Ok(());
+                }
+                None => {
+                    if s.read_buf(&mut rest).await? == 0 {
+                        return Ok(());
+                    }
+                }
+            }
+        },
+        _ => {
+            // Login: count every byte until EOF, then report the count.
+            BACKEND_LOGINS.fetch_add(1, Ordering::Relaxed);
+            let mut total = rest.len() as u64;
+            let mut chunk = vec![0u8; 64 * 1024];
+            let r = async {
+                loop {
+                    let n = s.read(&mut chunk).await?;
+                    if n == 0 {
+                        break;
+                    }
+                    total += n as u64;
+                }
+                s.write_all(&total.to_be_bytes()).await?;
+                Ok::<_, std::io::Error>(())
+            }
+            .await;
+            BACKEND_LOGINS.fetch_sub(1, Ordering::Relaxed);
+            r?;
+            Ok(())
+        }
+    }
+}
+
+// ---------------------------------------------------------------- fake syncd
+
+struct FakeSyncd {
+    backend: SocketAddr,
+}
+
+#[tonic::async_trait]
+impl RouteSync for FakeSyncd {
+    type WatchRoutesStream = ReceiverStream<Result<WatchResponse, Status>>;
+    async fn watch_routes(
+        &self,
+        _req: Request<Streaming<WatchRequest>>,
+    ) -> Result<Response<Self::WatchRoutesStream>, Status> {
+        let (tx, rx) = tokio::sync::mpsc::channel(4);
+        let snapshot = Snapshot {
+            epoch: "bench".into(),
+            version: 1,
+            routes: vec![Route {
+                server: "bench".into(),
+                hostnames: vec![HOST.into()],
+                address: self.backend.to_string(),
+                state: "running".into(),
+            }],
+            wakes: vec![],
+        };
+        tokio::spawn(async move {
+            let mut msg = Some(watch_response::Msg::Snapshot(snapshot));
+            loop {
+                let m = msg
+                    .take()
+                    .unwrap_or(watch_response::Msg::Heartbeat(Heartbeat {
+                        epoch: "bench".into(),
+                        version: 1,
+                    }));
+                if tx.send(Ok(WatchResponse { msg: Some(m) })).await.is_err() {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_secs(5)).await;
+            }
+        });
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+    async fn list_routes(
+        &self,
+        _: Request<ListRoutesRequest>,
+    ) -> Result<Response<ListRoutesResponse>, Status> {
+        Err(Status::unimplemented("bench"))
+    }
+    async fn get_route(
+        &self,
+        _: Request<GetRouteRequest>,
+    ) -> Result<Response<GetRouteResponse>, Status> {
+        Err(Status::unimplemented("bench"))
+    }
+    async fn wake(&self, _: Request<WakeRequest>) -> Result<Response<WakeResponse>, Status> {
+        Err(Status::unimplemented("bench"))
+    }
+    async fn list_edges(
+        &self,
+        _: Request<ListEdgesRequest>,
+    ) -> Result<Response<ListEdgesResponse>, Status> {
+        Err(Status::unimplemented("bench"))
+    }
+    async fn list_wakes(
+        &self,
+        _: Request<ListWakesRequest>,
+    ) -> Result<Response<ListWakesResponse>, Status> {
+        Err(Status::unimplemented("bench"))
+    }
+}
+
+// ---------------------------------------------------------------- clients
+
+fn handshake(next: NextState) -> Vec<u8> {
+    protocol::encode_handshake(&Handshake {
+        protocol_version: 767,
+        server_address: HOST.into(),
+        server_port: 25565,
+        next_state: next,
+    })
+}
+
+async fn status_ping(addr: SocketAddr) -> Result<Duration, BoxErr> {
+    let start = Instant::now();
+    let mut s = TcpStream::connect(addr).await?;
+    s.set_nodelay(true)?;
+    let mut out = handshake(NextState::Status);
+    out.extend(protocol::encode_status_request());
+    s.write_all(&out).await?;
+    let mut buf = Vec::with_capacity(512);
+    let used = loop {
+        if let Some((_, n)) =
+            protocol::parse_status_response(&buf, 1 << 20).map_err(|e| e.reason())?
+        {
+            break n;
+        }
+        if s.read_buf(&mut buf).await? == 0 {
+            return Err("closed before status".into());
+        }
+    };
+    buf.drain(..used);
+    s.write_all(&protocol::encode_ping(7)).await?;
+    loop {
+        if let Some((7, _)) = protocol::parse_pong(&buf).map_err(|e| e.reason())? {
+            break;
+        }
+        if s.read_buf(&mut buf).await? == 0 {
+            return Err("closed before pong".into());
+        }
+    }
+    Ok(start.elapsed())
+}
+
+struct PingResult {
+    rate: f64,
+    p50: Duration,
+    p99: Duration,
+    errors: usize,
+}
+
+async fn ping_load(addr: SocketAddr, concurrency: usize, secs: f64) -> PingResult {
+    let until = Instant::now() + Duration::from_secs_f64(secs);
+    let start = Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..concurrency {
+        tasks.push(tokio::spawn(async move {
+            let mut lat = Vec::new();
+            let mut errors = 0;
+            while Instant::now() < until {
+                match status_ping(addr).await {
+                    Ok(d) => lat.push(d),
+                    Err(_) => errors += 1,
+                }
+            }
+            (lat, errors)
+        }));
+    }
+    let mut all = Vec::new();
+    let mut errors = 0;
+    for t in tasks {
+        if let Ok((l, e)) = t.await {
+            all.extend(l);
+            errors += e;
+        }
+    }
+    let elapsed = start.elapsed().as_secs_f64();
+    all.sort();
+    let pct = |p: f64| {
+        all.get(((all.len() as f64 * p) as usize).min(all.len().saturating_sub(1)))
+            .copied()
+            .unwrap_or_default()
+    };
+    PingResult {
+        rate: all.len() as f64 / elapsed,
+        p50: pct(0.50),
+        p99: pct(0.99),
+        errors,
+    }
+}
+
+async fn bulk(addr: SocketAddr, mib: usize) -> Result<f64, BoxErr> {
+    let mut s = TcpStream::connect(addr).await?;
+    s.set_nodelay(true)?;
+    let hs = handshake(NextState::Login);
+    s.write_all(&hs).await?;
+    let chunk = vec![0x5au8; 1024 * 1024];
+    let start = Instant::now();
+    for _ in 0..mib {
+        s.write_all(&chunk).await?;
+    }
+    s.shutdown().await?;
+    let mut count = [0u8; 8];
+    s.read_exact(&mut count).await?;
+    let secs = start.elapsed().as_secs_f64();
+    if u64::from_be_bytes(count) != (mib * 1024 * 1024) as u64 {
+        return Err("byte count mismatch".into());
+    }
+    Ok(mib as f64 / 1024.0 / secs)
+}
+
+fn rss_kib(pid: u32) -> Option<u64> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = s.lines().find(|l| l.starts_with("VmRSS:"))?;
+    line.split_whitespace().nth(1)?.parse().ok()
+}
+
+async fn idle_rss(addr: SocketAddr, pid: u32, n: usize) -> Result<f64, BoxErr> {
+    let before = rss_kib(pid).ok_or("no rss")?;
+    let base = BACKEND_LOGINS.load(Ordering::Relaxed);
+    let mut conns = Vec::with_capacity(n);
+    let hs = handshake(NextState::Login);
+    for _ in 0..n {
+        let mut s = TcpStream::connect(addr).await?;
+        s.write_all(&hs).await?;
+        s.write_all(b"\x05\x00\x03abc").await?;
+        conns.push(s);
+    }
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while BACKEND_LOGINS.load(Ordering::Relaxed) < base + n && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let after = rss_kib(pid).ok_or("no rss")?;
+    drop(conns);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while BACKEND_LOGINS.load(Ordering::Relaxed) > base && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    Ok((after.saturating_sub(before)) as f64 * 1024.0 / n as f64)
+}
+
+// ---------------------------------------------------------------- processes
+
+struct Proc(Child);
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn free_port() -> Result<SocketAddr, BoxErr> {
+    let l = std::net::TcpListener::bind("127.0.0.1:0")?;
+    Ok(l.local_addr()?)
+}
+
+async fn wait_serving(addr: SocketAddr) -> Result<(), BoxErr> {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Ok(Ok(_)) = tokio::time::timeout(Duration::from_secs(1), status_ping(addr)).await {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            return Err(format!("{addr} never served a status ping").into());
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+fn env_num(name: &str, default: f64) -> f64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+#[tokio::main]
+async fn main() -> Result<(), BoxErr> {
+    // `cargo bench` passes `--bench`; nothing to parse.
+    let secs = env_num("BENCH_SECS", 3.0);
+    let idle_n = env_num("BENCH_IDLE", 8000.0) as usize;
+    let bulk_mib = env_num("BENCH_BULK_MIB", 2048.0) as usize;
+
+    let bl = TcpListener::bind("127.0.0.1:0").await?;
+    let backend_addr = bl.local_addr()?;
+    tokio::spawn(backend(bl));
+
+    let sl = TcpListener::bind("127.0.0.1:0").await?;
+    let syncd_addr = sl.local_addr()?;
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(RouteSyncServer::new(FakeSyncd {
+                backend: backend_addr,
+            }))
+            .serve_with_incoming(TcpListenerStream::new(sl)),
+    );
+
+    let edge_addr = free_port()?;
+    let edge = Proc(
+        Command::new(env!("CARGO_BIN_EXE_edge"))
+            .args([
+                "--listen",
+                &edge_addr.to_string(),
+                "--syncd",
+                &format!("http://{syncd_addr}"),
+                "--http-listen",
+                "127.0.0.1:0",
+                "--grpc-listen",
+                "127.0.0.1:0",
+                "--max-connections",
+                "0",
+                "--max-connections-per-ip",
+                "0",
+                "--rate-per-ip",
+                "0",
+            ])
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()?,
+    );
+
+    let haproxy_addr = free_port()?;
+    let dir = std::env::temp_dir().join(format!("edge-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let cfg = dir.join("haproxy.cfg");
+    std::fs::write(
+        &cfg,
+        format!(
+            "global\n  maxconn 40000\n\ndefaults\n  mode tcp\n  timeout connect 3s\n  timeout client 1h\n  timeout server 1h\n\n\
+             listen mc\n  bind {haproxy_addr}\n  server b1 {backend_addr}\n"
+        ),
+    )?;
+    let haproxy = Proc(
+        Command::new("haproxy")
+            .args(["-db", "-f"])
+            .arg(&cfg)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()?,
+    );
+
+    wait_serving(backend_addr).await?;
+    wait_serving(edge_addr).await?;
+    wait_serving(haproxy_addr).await?;
+
+    let targets = [
+        ("direct", backend_addr, None),
+        ("edge", edge_addr, Some(edge.0.id())),
+        ("haproxy", haproxy_addr, Some(haproxy.0.id())),
+    ];
+
+    println!("## status pings ({secs} s per cell, new connection per ping)\n");
+    println!("| target | concurrency | pings/s | p50 | p99 | errors |");
+    println!("|---|---|---|---|---|---|");
+    for c in [1usize, 64, 256] {
+        for (name, addr, _) in &targets {
+            let r = ping_load(*addr, c, secs).await;
+            println!(
+                "| {name} | {c} | {:.0} | {:.2} ms | {:.2} ms | {} |",
+                r.rate,
+                r.p50.as_secs_f64() * 1000.0,
+                r.p99.as_secs_f64() * 1000.0,
+                r.errors
+            );
+        }
+    }
+
+    println!("\n## bulk, one connection, {bulk_mib} MiB player → backend\n");
+    println!("| target | GiB/s |");
+    println!("|---|---|");
+    for (name, addr, _) in &targets {
+        match bulk(*addr, bulk_mib).await {
+            Ok(g) => println!("| {name} | {g:.2} |"),
+            Err(e) => println!("| {name} | error: {e} |"),
+        }
+    }
+
+    println!("\n## RSS per idle spliced connection ({idle_n} connections)\n");
+    println!("| target | RSS before | bytes per connection |");
+    println!("|---|---|---|");
+    for (name, addr, pid) in &targets {
+        let Some(pid) = pid else { continue };
+        let before = rss_kib(*pid).unwrap_or_default();
+        match idle_rss(*addr, *pid, idle_n).await {
+            Ok(b) => println!("| {name} | {before} KiB | {b:.0} |"),
+            Err(e) => println!("| {name} | {before} KiB | error: {e} |"),
+        }
+    }
+    drop(edge);
+    drop(haproxy);
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(())
+}

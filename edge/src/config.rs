@@ -1,0 +1,362 @@
+//! Edge configuration: the plain [`Config`] that [`crate::start`] takes
+//! (tests build it directly) and the clap [`Args`] that `main` parses, with
+//! an environment variable behind every flag (SPEC §7).
+use std::fmt;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use clap::Parser;
+use ipnet::IpNet;
+
+use crate::limits::LimitsConfig;
+
+pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
+pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+/// The vanilla client gives up after ~30 s without a packet while logging in.
+pub const DEFAULT_HOLD_TIMEOUT: Duration = Duration::from_secs(25);
+pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
+pub const DEFAULT_STATUS_CACHE_TTL: Duration = Duration::from_secs(1);
+pub const DEFAULT_STATUS_STALE_FOR: Duration = Duration::from_secs(60);
+pub const DEFAULT_HEARTBEAT_TIMEOUT: Duration = Duration::from_secs(30);
+pub const DEFAULT_SYNC_BACKOFF_MIN: Duration = Duration::from_millis(200);
+pub const DEFAULT_SYNC_BACKOFF_MAX: Duration = Duration::from_secs(10);
+pub const DEFAULT_ASLEEP_MOTD: &str = "§7Server is asleep. §fJoin to wake it up!";
+pub const DEFAULT_STARTING_MOTD: &str = "§eServer is starting, §fplease wait...";
+pub const DEFAULT_UNKNOWN_HOST: &str = "§cUnknown server address";
+
+/// What an unknown hostname gets.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum UnknownHost {
+    /// Status pings get this MOTD, logins a Disconnect with it.
+    Motd(String),
+    /// The connection is closed without an answer.
+    Close,
+}
+
+impl UnknownHost {
+    pub fn parse(s: &str) -> Self {
+        if s.trim().eq_ignore_ascii_case("close") {
+            Self::Close
+        } else {
+            Self::Motd(s.to_owned())
+        }
+    }
+}
+
+/// Everything [`crate::start`] needs. `Debug` is written by hand so the
+/// gRPC token never reaches a log.
+#[derive(Clone)]
+pub struct Config {
+    pub listen: SocketAddr,
+    /// syncd gRPC URLs, tried in rotation.
+    pub syncd: Vec<String>,
+    pub grpc_token: Option<String>,
+    pub http_listen: SocketAddr,
+    pub grpc_listen: SocketAddr,
+    pub handshake_timeout: Duration,
+    pub connect_timeout: Duration,
+    pub hold_timeout: Duration,
+    pub drain_timeout: Duration,
+    pub asleep_motd: String,
+    pub starting_motd: String,
+    pub unknown_host: UnknownHost,
+    pub proxy_protocol_trusted: Vec<IpNet>,
+    pub send_proxy_protocol: bool,
+    pub edge_id: String,
+    /// How long a backend's status answer is reused as fresh.
+    pub status_cache_ttl: Duration,
+    /// How long the last good status may be served, marked stale, while the
+    /// backend is unreachable.
+    pub status_stale_for: Duration,
+    /// A watch stream silent this long (no heartbeat) is reconnected.
+    pub heartbeat_timeout: Duration,
+    pub sync_backoff_min: Duration,
+    pub sync_backoff_max: Duration,
+    /// Admission limits on the player port (zero = no limit).
+    pub limits: LimitsConfig,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([0, 0, 0, 0], 25565)),
+            syncd: Vec::new(),
+            grpc_token: None,
+            http_listen: SocketAddr::from(([0, 0, 0, 0], 8080)),
+            grpc_listen: SocketAddr::from(([0, 0, 0, 0], 50052)),
+            handshake_timeout: DEFAULT_HANDSHAKE_TIMEOUT,
+            connect_timeout: DEFAULT_CONNECT_TIMEOUT,
+            hold_timeout: DEFAULT_HOLD_TIMEOUT,
+            drain_timeout: DEFAULT_DRAIN_TIMEOUT,
+            asleep_motd: DEFAULT_ASLEEP_MOTD.to_owned(),
+            starting_motd: DEFAULT_STARTING_MOTD.to_owned(),
+            unknown_host: UnknownHost::Motd(DEFAULT_UNKNOWN_HOST.to_owned()),
+            proxy_protocol_trusted: Vec::new(),
+            send_proxy_protocol: false,
+            edge_id: default_edge_id(),
+            status_cache_ttl: DEFAULT_STATUS_CACHE_TTL,
+            status_stale_for: DEFAULT_STATUS_STALE_FOR,
+            heartbeat_timeout: DEFAULT_HEARTBEAT_TIMEOUT,
+            sync_backoff_min: DEFAULT_SYNC_BACKOFF_MIN,
+            sync_backoff_max: DEFAULT_SYNC_BACKOFF_MAX,
+            limits: LimitsConfig::default(),
+        }
+    }
+}
+
+impl fmt::Debug for Config {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Config")
+            .field("listen", &self.listen)
+            .field("syncd", &self.syncd)
+            .field(
+                "grpc_token",
+                &self.grpc_token.as_ref().map(|_| "<redacted>"),
+            )
+            .field("http_listen", &self.http_listen)
+            .field("grpc_listen", &self.grpc_listen)
+            .field("handshake_timeout", &self.handshake_timeout)
+            .field("connect_timeout", &self.connect_timeout)
+            .field("hold_timeout", &self.hold_timeout)
+            .field("drain_timeout", &self.drain_timeout)
+            .field("asleep_motd", &self.asleep_motd)
+            .field("starting_motd", &self.starting_motd)
+            .field("unknown_host", &self.unknown_host)
+            .field("proxy_protocol_trusted", &self.proxy_protocol_trusted)
+            .field("send_proxy_protocol", &self.send_proxy_protocol)
+            .field("edge_id", &self.edge_id)
+            .field("status_cache_ttl", &self.status_cache_ttl)
+            .field("status_stale_for", &self.status_stale_for)
+            .field("heartbeat_timeout", &self.heartbeat_timeout)
+            .field("limits", &self.limits)
+            .finish_non_exhaustive()
+    }
+}
+
+fn default_edge_id() -> String {
+    std::env::var("HOSTNAME")
+        .ok()
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| format!("edge-{}", std::process::id()))
+}
+
+/// A configuration that cannot run.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("no syncd endpoint: pass --syncd (or EDGE_SYNCD) at least once")]
+    NoSyncd,
+    #[error("syncd endpoint {0:?} is not an http:// URL (TLS to syncd is not built in)")]
+    BadSyncdUrl(String),
+    #[error("--hold-timeout must be greater than zero")]
+    ZeroHoldTimeout,
+}
+
+impl Config {
+    /// Check what clap cannot.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.syncd.is_empty() {
+            return Err(ConfigError::NoSyncd);
+        }
+        for url in &self.syncd {
+            if !url.starts_with("http://") {
+                return Err(ConfigError::BadSyncdUrl(url.clone()));
+            }
+        }
+        if self.hold_timeout.is_zero() {
+            return Err(ConfigError::ZeroHoldTimeout);
+        }
+        Ok(())
+    }
+}
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// Command line of `edge`.
+#[derive(Parser, Clone)]
+#[command(
+    name = "edge",
+    version,
+    about = "automc edge: Minecraft hostname proxy fed by syncd"
+)]
+pub struct Args {
+    /// Player listen address.
+    #[arg(long, env = "EDGE_LISTEN", default_value = "0.0.0.0:25565")]
+    pub listen: SocketAddr,
+    /// syncd gRPC URL; repeat (or comma-separate in EDGE_SYNCD) for several.
+    #[arg(
+        long = "syncd",
+        env = "EDGE_SYNCD",
+        value_delimiter = ',',
+        required = true
+    )]
+    pub syncd: Vec<String>,
+    /// Bearer token presented to syncd.
+    #[arg(long, env = "EDGE_GRPC_TOKEN", hide_env_values = true)]
+    pub grpc_token: Option<String>,
+    /// HTTP admin address (/metrics, /healthz, /readyz).
+    #[arg(long, env = "EDGE_HTTP_LISTEN", default_value = "0.0.0.0:8080")]
+    pub http_listen: SocketAddr,
+    /// gRPC admin address (EdgeAdmin, health, reflection).
+    #[arg(long, env = "EDGE_GRPC_LISTEN", default_value = "0.0.0.0:50052")]
+    pub grpc_listen: SocketAddr,
+    /// Longest wait for a complete handshake.
+    #[arg(long, env = "EDGE_HANDSHAKE_TIMEOUT", default_value = "5s", value_parser = humantime::parse_duration)]
+    pub handshake_timeout: Duration,
+    /// Longest wait for a backend to accept a TCP connection.
+    #[arg(long, env = "EDGE_CONNECT_TIMEOUT", default_value = "3s", value_parser = humantime::parse_duration)]
+    pub connect_timeout: Duration,
+    /// Longest a login is held while its server wakes (keep under ~30s).
+    #[arg(long, env = "EDGE_HOLD_TIMEOUT", default_value = "25s", value_parser = humantime::parse_duration)]
+    pub hold_timeout: Duration,
+    /// Longest wait for connections to finish after SIGTERM.
+    #[arg(long, env = "EDGE_DRAIN_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration)]
+    pub drain_timeout: Duration,
+    /// MOTD shown for a server that is stopped or unreachable.
+    #[arg(long, env = "EDGE_ASLEEP_MOTD", default_value = DEFAULT_ASLEEP_MOTD)]
+    pub asleep_motd: String,
+    /// MOTD shown while a server is waking.
+    #[arg(long, env = "EDGE_STARTING_MOTD", default_value = DEFAULT_STARTING_MOTD)]
+    pub starting_motd: String,
+    /// What an unknown hostname gets: a MOTD text, or the word `close`.
+    #[arg(long, env = "EDGE_UNKNOWN_HOST", default_value = DEFAULT_UNKNOWN_HOST)]
+    pub unknown_host: String,
+    /// CIDRs allowed to send a PROXY protocol header (comma list).
+    #[arg(long, env = "EDGE_PROXY_PROTOCOL_TRUSTED", value_delimiter = ',')]
+    pub proxy_protocol_trusted: Vec<IpNet>,
+    /// Send a PROXY protocol v2 header to backends.
+    #[arg(long, env = "EDGE_SEND_PROXY_PROTOCOL")]
+    pub send_proxy_protocol: bool,
+    /// Id shown by syncd's ListEdges (default: $HOSTNAME).
+    #[arg(long, env = "EDGE_ID")]
+    pub edge_id: Option<String>,
+    /// How long a backend's status answer is reused as fresh.
+    #[arg(long, env = "EDGE_STATUS_CACHE_TTL", default_value = "1s", value_parser = humantime::parse_duration)]
+    pub status_cache_ttl: Duration,
+    /// How long a backend's last good status is served, marked stale.
+    #[arg(long, env = "EDGE_STATUS_STALE_FOR", default_value = "60s", value_parser = humantime::parse_duration)]
+    pub status_stale_for: Duration,
+    /// Most concurrent player connections (0 = no limit).
+    #[arg(long, env = "EDGE_MAX_CONNECTIONS", default_value_t = LimitsConfig::default().max_connections)]
+    pub max_connections: usize,
+    /// Most concurrent connections from one IP (0 = no limit).
+    #[arg(long, env = "EDGE_MAX_CONNECTIONS_PER_IP", default_value_t = LimitsConfig::default().max_connections_per_ip)]
+    pub max_connections_per_ip: usize,
+    /// New connections per second from one IP (0 = no limit).
+    #[arg(long, env = "EDGE_RATE_PER_IP", default_value_t = LimitsConfig::default().rate_per_ip)]
+    pub rate_per_ip: f64,
+    /// Burst of new connections one IP may open at once.
+    #[arg(long, env = "EDGE_RATE_BURST", default_value_t = LimitsConfig::default().rate_burst)]
+    pub rate_burst: f64,
+    /// Log format.
+    #[arg(long, env = "EDGE_LOG_FORMAT", value_enum, default_value = "text")]
+    pub log_format: LogFormat,
+}
+
+impl fmt::Debug for Args {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Args")
+            .field("listen", &self.listen)
+            .field("syncd", &self.syncd)
+            .field(
+                "grpc_token",
+                &self.grpc_token.as_ref().map(|_| "<redacted>"),
+            )
+            .finish_non_exhaustive()
+    }
+}
+
+impl Args {
+    pub fn into_config(self) -> Result<Config, ConfigError> {
+        let syncd = self
+            .syncd
+            .iter()
+            .map(|s| s.trim().to_owned())
+            .filter(|s| !s.is_empty())
+            .collect();
+        let d = Config::default();
+        let cfg = Config {
+            listen: self.listen,
+            syncd,
+            grpc_token: self.grpc_token.filter(|t| !t.is_empty()),
+            http_listen: self.http_listen,
+            grpc_listen: self.grpc_listen,
+            handshake_timeout: self.handshake_timeout,
+            connect_timeout: self.connect_timeout,
+            hold_timeout: self.hold_timeout,
+            drain_timeout: self.drain_timeout,
+            asleep_motd: self.asleep_motd,
+            starting_motd: self.starting_motd,
+            unknown_host: UnknownHost::parse(&self.unknown_host),
+            proxy_protocol_trusted: self.proxy_protocol_trusted,
+            send_proxy_protocol: self.send_proxy_protocol,
+            edge_id: self.edge_id.unwrap_or(d.edge_id),
+            status_cache_ttl: self.status_cache_ttl,
+            status_stale_for: self.status_stale_for,
+            limits: LimitsConfig {
+                max_connections: self.max_connections,
+                max_connections_per_ip: self.max_connections_per_ip,
+                rate_per_ip: self.rate_per_ip,
+                rate_burst: self.rate_burst,
+            },
+            ..Config::default()
+        };
+        cfg.validate()?;
+        Ok(cfg)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flags_parse_into_config() {
+        let args = Args::try_parse_from([
+            "edge",
+            "--syncd",
+            "http://a:1",
+            "--syncd",
+            "http://b:2",
+            "--hold-timeout",
+            "20s",
+            "--unknown-host",
+            "close",
+            "--proxy-protocol-trusted",
+            "10.0.0.0/8,127.0.0.1/32",
+            "--grpc-token",
+            "sekrit",
+        ])
+        .unwrap_or_else(|e| panic!("{e}"));
+        assert!(!format!("{args:?}").contains("sekrit"));
+        let cfg = args.into_config().unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(cfg.syncd, ["http://a:1", "http://b:2"]);
+        assert_eq!(cfg.hold_timeout, Duration::from_secs(20));
+        assert_eq!(cfg.unknown_host, UnknownHost::Close);
+        assert_eq!(cfg.proxy_protocol_trusted.len(), 2);
+        assert!(!format!("{cfg:?}").contains("sekrit"));
+    }
+
+    #[test]
+    fn bad_syncd_url_is_rejected() {
+        let args = Args::try_parse_from(["edge", "--syncd", "localhost:50051"])
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert!(matches!(
+            args.into_config(),
+            Err(ConfigError::BadSyncdUrl(_))
+        ));
+    }
+
+    #[test]
+    fn unknown_host_word_close_is_case_insensitive() {
+        assert_eq!(UnknownHost::parse("Close"), UnknownHost::Close);
+        assert_eq!(
+            UnknownHost::parse("No such server"),
+            UnknownHost::Motd("No such server".into())
+        );
+    }
+}

@@ -1,0 +1,579 @@
+//! One player connection: PROXY header (trusted peers only) → handshake
+//! (under `--handshake-timeout`, at most [`protocol::MAX_HANDSHAKE_BYTES`]
+//! buffered) → route lookup → status answer, or login: dial (waking the
+//! server through syncd and holding the player when needed) → replay every
+//! byte read so far → splice.
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use automc_proto::normalize_player_hostname;
+use automc_proto::v1::{Route, WakePhase};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, field, info, info_span, Instrument, Span};
+
+use crate::listener::{ConnEntry, Phase};
+use crate::protocol::{self, FirstPacket, Handshake, NextState};
+use crate::splice::{splice, Tally};
+use crate::status::{self, ConverseEnd};
+use crate::sync_client::WakeError;
+use crate::{Shared, UnknownHost};
+
+/// Most bytes a PROXY header may take (v2 TLVs from load balancers are small).
+const MAX_PROXY_HEADER_BYTES: usize = 1024;
+/// After a lone `FE` (or `FE 01`), how long to wait for the rest of a 1.6 ping.
+const LEGACY_GRACE: Duration = Duration::from_millis(300);
+/// Bytes a held player may send while waiting (replayed to the backend).
+const MAX_HELD_BYTES: usize = 64 * 1024;
+
+/// How a connection ended: the `outcome` label and span field.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    Proxied,
+    Status,
+    Legacy,
+    UnknownHost,
+    Offline,
+    WakeFailed,
+    HandshakeError(&'static str),
+    Refused(&'static str),
+    ClientGone,
+    Cut,
+}
+
+impl Outcome {
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::Proxied => "proxied",
+            Self::Status => "status",
+            Self::Legacy => "legacy_status",
+            Self::UnknownHost => "unknown_host",
+            Self::Offline => "backend_unreachable",
+            Self::WakeFailed => "wake_failed",
+            Self::HandshakeError(_) => "handshake_error",
+            Self::Refused(_) => "refused",
+            Self::ClientGone => "client_gone",
+            Self::Cut => "cut",
+        }
+    }
+}
+
+/// Serve one accepted connection to its end.
+pub async fn handle(
+    stream: TcpStream,
+    peer: SocketAddr,
+    shared: Arc<Shared>,
+    cut: CancellationToken,
+) {
+    let m = &shared.metrics;
+    let _permit = match shared.admission.admit_connection() {
+        Ok(p) => p,
+        Err(r) => {
+            m.refused(r.reason());
+            m.connection_ended("refused");
+            debug!(client.addr = %peer, reason = r.reason(), "connection refused");
+            return;
+        }
+    };
+    let guard = shared.conns.register(peer);
+    m.connections_active.inc();
+    let span = info_span!(
+        "conn",
+        client.addr = %peer,
+        hostname = field::Empty,
+        route = field::Empty,
+        server.addr = field::Empty,
+        outcome = field::Empty,
+        bytes.up = field::Empty,
+        bytes.down = field::Empty,
+    );
+    let outcome = tokio::select! {
+        o = serve(stream, peer, &shared, &guard.entry).instrument(span.clone()) => o,
+        () = cut.cancelled() => Outcome::Cut,
+    };
+    let up = guard
+        .entry
+        .bytes_up
+        .load(std::sync::atomic::Ordering::Relaxed);
+    let down = guard
+        .entry
+        .bytes_down
+        .load(std::sync::atomic::Ordering::Relaxed);
+    span.record("outcome", outcome.label());
+    span.record("bytes.up", up);
+    span.record("bytes.down", down);
+    m.connection_ended(outcome.label());
+    m.connections_active.dec();
+    let _e = span.enter();
+    match outcome {
+        Outcome::HandshakeError(reason) => {
+            m.handshake_error(reason);
+            debug!(reason, "handshake failed");
+        }
+        Outcome::Refused(reason) => {
+            m.refused(reason);
+            info!(reason, "connection refused");
+        }
+        Outcome::Offline | Outcome::WakeFailed | Outcome::Cut => info!("connection ended"),
+        _ => debug!("connection ended"),
+    }
+}
+
+/// Why reading more handshake bytes stopped.
+enum ReadEnd {
+    Eof,
+    Timeout,
+    Io,
+}
+
+/// Read more bytes into `buf` (never past `cap`) before `deadline`.
+async fn read_more(
+    stream: &mut TcpStream,
+    buf: &mut Vec<u8>,
+    cap: usize,
+    deadline: Instant,
+) -> Result<(), ReadEnd> {
+    let room = cap.saturating_sub(buf.len());
+    if room == 0 {
+        return Err(ReadEnd::Io);
+    }
+    let mut limited = (&mut *stream).take(room as u64);
+    match tokio::time::timeout_at(deadline, limited.read_buf(buf)).await {
+        Err(_) => Err(ReadEnd::Timeout),
+        Ok(Err(_)) => Err(ReadEnd::Io),
+        Ok(Ok(0)) => Err(ReadEnd::Eof),
+        Ok(Ok(_)) => Ok(()),
+    }
+}
+
+fn read_end_outcome(e: ReadEnd, buf: &[u8]) -> Outcome {
+    match e {
+        ReadEnd::Timeout => Outcome::HandshakeError("timeout"),
+        ReadEnd::Eof if buf.is_empty() => Outcome::ClientGone,
+        ReadEnd::Eof => Outcome::HandshakeError("truncated"),
+        ReadEnd::Io => Outcome::HandshakeError("io"),
+    }
+}
+
+/// The player's real address, once any PROXY header is consumed.
+struct Peer {
+    client: SocketAddr,
+    /// Destination named by the PROXY header, if one was sent.
+    destination: Option<SocketAddr>,
+}
+
+async fn serve(
+    mut stream: TcpStream,
+    peer: SocketAddr,
+    shared: &Shared,
+    entry: &ConnEntry,
+) -> Outcome {
+    let _ = stream.set_nodelay(true);
+    let cfg = &shared.config;
+    let deadline = Instant::now() + cfg.handshake_timeout;
+    let mut buf: Vec<u8> = Vec::with_capacity(512);
+
+    let who = match read_proxy_header(&mut stream, peer, shared, &mut buf, deadline).await {
+        Ok(w) => w,
+        Err(o) => return o,
+    };
+    if who.client != peer {
+        Span::current().record("client.addr", field::display(who.client));
+        entry.update(|d| d.client = who.client.to_string());
+    }
+    let _ip_permit = match shared
+        .admission
+        .admit_ip(who.client.ip(), std::time::Instant::now())
+    {
+        Ok(p) => p,
+        Err(r) => return Outcome::Refused(r.reason()),
+    };
+
+    let first = match read_first_packet(&mut stream, &mut buf, deadline).await {
+        Ok(f) => f,
+        Err(o) => return o,
+    };
+    match first {
+        FirstPacket::Legacy { ping, .. } => {
+            entry.set_phase(Phase::Status);
+            let raw = ping.hostname.clone().unwrap_or_default();
+            let route = lookup(shared, entry, &raw);
+            if let Some(answer) = status::legacy_answer(shared, route.as_ref(), &ping).await {
+                let _ = stream.write_all(&answer).await;
+                let _ = stream.shutdown().await;
+                Outcome::Legacy
+            } else {
+                Outcome::UnknownHost
+            }
+        }
+        FirstPacket::Modern { handshake, len } => {
+            let route = lookup(shared, entry, &handshake.server_address);
+            match handshake.next_state {
+                NextState::Status => {
+                    entry.set_phase(Phase::Status);
+                    let rest = buf.split_off(len.min(buf.len()));
+                    serve_status(&mut stream, shared, route.as_ref(), &handshake, &who, rest).await
+                }
+                NextState::Login | NextState::Transfer => {
+                    login(stream, shared, entry, route, &handshake, &who, buf).await
+                }
+            }
+        }
+    }
+}
+
+/// Consume a PROXY header when the peer is trusted; refuse one from anyone else.
+async fn read_proxy_header(
+    stream: &mut TcpStream,
+    peer: SocketAddr,
+    shared: &Shared,
+    buf: &mut Vec<u8>,
+    deadline: Instant,
+) -> Result<Peer, Outcome> {
+    let trusted = shared
+        .config
+        .proxy_protocol_trusted
+        .iter()
+        .any(|net| net.contains(&peer.ip()));
+    let mut who = Peer {
+        client: peer,
+        destination: None,
+    };
+    loop {
+        match protocol::detect_proxy_header(buf) {
+            Some(false) => return Ok(who),
+            Some(true) if !trusted => return Err(Outcome::Refused("untrusted_proxy_header")),
+            Some(true) => match protocol::parse_proxy_header(buf) {
+                Ok(Some((header, n))) => {
+                    buf.drain(..n);
+                    if let Some(src) = header.source {
+                        who.client = src;
+                    }
+                    who.destination = header.destination;
+                    return Ok(who);
+                }
+                Ok(None) => {}
+                Err(_) => return Err(Outcome::HandshakeError("bad_proxy_header")),
+            },
+            None => {}
+        }
+        read_more(stream, buf, MAX_PROXY_HEADER_BYTES, deadline)
+            .await
+            .map_err(|e| read_end_outcome(e, buf))?;
+    }
+}
+
+async fn read_first_packet(
+    stream: &mut TcpStream,
+    buf: &mut Vec<u8>,
+    deadline: Instant,
+) -> Result<FirstPacket, Outcome> {
+    loop {
+        match protocol::parse_first_packet(buf) {
+            Ok(Some(f)) => return Ok(f),
+            Ok(None) => {}
+            Err(e) => return Err(Outcome::HandshakeError(e.reason())),
+        }
+        if buf.len() >= protocol::MAX_HANDSHAKE_BYTES {
+            return Err(Outcome::HandshakeError("too_large"));
+        }
+        // A bare `FE` (or `FE 01`) may be all a legacy client sends: answer
+        // after a short grace instead of waiting for bytes that never come.
+        let legacy = buf.first() == Some(&0xFE);
+        let until = if legacy {
+            deadline.min(Instant::now() + LEGACY_GRACE)
+        } else {
+            deadline
+        };
+        match read_more(stream, buf, protocol::MAX_HANDSHAKE_BYTES, until).await {
+            Ok(()) => {}
+            Err(ReadEnd::Timeout | ReadEnd::Eof) if legacy => {
+                return protocol::parse_legacy_bare_timeout(buf)
+                    .map(|ping| FirstPacket::Legacy {
+                        ping,
+                        len: buf.len(),
+                    })
+                    .ok_or(Outcome::HandshakeError("bad_legacy_ping"));
+            }
+            Err(e) => return Err(read_end_outcome(e, buf)),
+        }
+    }
+}
+
+/// Resolve the player's hostname against the current table.
+fn lookup(shared: &Shared, entry: &ConnEntry, raw: &str) -> Option<Route> {
+    let hostname = normalize_player_hostname(raw);
+    let view = shared.routes.view();
+    let route = view.table.lookup(&hostname).map(|m| m.route.clone());
+    shared.metrics.route_lookup(route.is_some());
+    let span = Span::current();
+    span.record("hostname", hostname.as_str());
+    if let Some(r) = &route {
+        span.record("route", r.server.as_str());
+    }
+    entry.update(|d| {
+        d.hostname = hostname;
+        if let Some(r) = &route {
+            d.server.clone_from(&r.server);
+        }
+    });
+    route
+}
+
+fn proxy_pair(shared: &Shared, who: &Peer, stream: &TcpStream) -> Option<(SocketAddr, SocketAddr)> {
+    if !shared.config.send_proxy_protocol {
+        return None;
+    }
+    let dst = who
+        .destination
+        .or_else(|| stream.local_addr().ok())
+        .unwrap_or(who.client);
+    Some((who.client, dst))
+}
+
+async fn serve_status(
+    stream: &mut TcpStream,
+    shared: &Shared,
+    route: Option<&Route>,
+    handshake: &Handshake,
+    who: &Peer,
+    rest: Vec<u8>,
+) -> Outcome {
+    let proxy = proxy_pair(shared, who, stream);
+    let Some(json) = status::status_json_for(shared, route, handshake, proxy).await else {
+        return Outcome::UnknownHost;
+    };
+    match status::converse(stream, rest, &json, shared.config.handshake_timeout).await {
+        Ok(()) => {
+            if route.is_none() {
+                Outcome::UnknownHost
+            } else {
+                Outcome::Status
+            }
+        }
+        Err(ConverseEnd::ClientGone) => Outcome::ClientGone,
+        Err(ConverseEnd::Timeout) => Outcome::HandshakeError("timeout"),
+        Err(ConverseEnd::Protocol(r)) => Outcome::HandshakeError(r),
+    }
+}
+
+async fn dial(address: &str, timeout: Duration) -> io::Result<TcpStream> {
+    let s = tokio::time::timeout(timeout, TcpStream::connect(address))
+        .await
+        .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "connect timed out"))??;
+    let _ = s.set_nodelay(true);
+    Ok(s)
+}
+
+async fn disconnect(stream: &mut TcpStream, message: &str) {
+    let _ = stream
+        .write_all(&protocol::encode_login_disconnect(message))
+        .await;
+    let _ = stream.shutdown().await;
+}
+
+/// Player-facing texts for each way a login can fail.
+pub mod messages {
+    pub const OFFLINE: &str = "§cThis server is offline right now.\n§7Please try again later.";
+    pub const STARTING: &str = "§eThe server is starting.\n§7Please try again in a moment.";
+    pub const NOT_ACCEPTING: &str =
+        "§eThe server has started but is not accepting players yet.\n§7Please try again in a moment.";
+    pub const UNREACHABLE_SYNCD: &str =
+        "§cThe server cannot be started right now (the router's control plane is unreachable).\n§7Please try again in a moment.";
+    pub const UNKNOWN_HOST: &str = "§cThere is no server at this address.";
+
+    pub fn could_not_start(reason: &str) -> String {
+        format!("§cThe server could not be started.\n§7{reason}")
+    }
+}
+
+async fn login(
+    mut stream: TcpStream,
+    shared: &Shared,
+    entry: &ConnEntry,
+    route: Option<Route>,
+    handshake: &Handshake,
+    who: &Peer,
+    mut buf: Vec<u8>,
+) -> Outcome {
+    let cfg = &shared.config;
+    let Some(route) = route else {
+        let msg = match &cfg.unknown_host {
+            UnknownHost::Motd(m) => m.as_str(),
+            UnknownHost::Close => messages::UNKNOWN_HOST,
+        };
+        disconnect(&mut stream, msg).await;
+        return Outcome::UnknownHost;
+    };
+    let _ = handshake;
+    let asleep = route.state == "stopped"
+        || shared.routes.wake_phase(&route.server) == Some(WakePhase::Waking);
+    let mut address = route.address.clone();
+    let mut dialed = None;
+    let mut dial_error = None;
+    if !asleep {
+        match dial(&address, cfg.connect_timeout).await {
+            Ok(s) => dialed = Some(s),
+            Err(e) => dial_error = Some(e),
+        }
+    }
+    let upstream = match dialed {
+        Some(s) => s,
+        None => {
+            if let Some(e) = &dial_error {
+                info!(backend = %address, error = %e, "backend unreachable; waking");
+            }
+            match hold_for_wake(&mut stream, shared, entry, &route, &mut buf).await {
+                Held::Woke(addr) => {
+                    if !addr.is_empty() {
+                        address = addr;
+                    }
+                    match dial(&address, cfg.connect_timeout).await {
+                        Ok(s) => s,
+                        Err(e) => {
+                            info!(backend = %address, error = %e, "woken backend unreachable");
+                            disconnect(&mut stream, messages::NOT_ACCEPTING).await;
+                            return Outcome::Offline;
+                        }
+                    }
+                }
+                Held::ClientGone => return Outcome::ClientGone,
+                Held::Failed(e) => {
+                    // Without a usable waker a "stopped" route may still be up:
+                    // try it once before giving up.
+                    if asleep {
+                        if let Ok(s) = dial(&address, cfg.connect_timeout).await {
+                            return proxy(stream, s, shared, entry, who, &address, buf).await;
+                        }
+                    }
+                    let (msg, outcome) = wake_failure_message(&e);
+                    info!(server = %route.server, error = %e, "login ended: wake failed");
+                    disconnect(&mut stream, &msg).await;
+                    return outcome;
+                }
+            }
+        }
+    };
+    proxy(stream, upstream, shared, entry, who, &address, buf).await
+}
+
+fn wake_failure_message(e: &WakeError) -> (String, Outcome) {
+    match e {
+        WakeError::Timeout => (messages::STARTING.to_owned(), Outcome::WakeFailed),
+        WakeError::Unreachable(_) => (messages::UNREACHABLE_SYNCD.to_owned(), Outcome::WakeFailed),
+        WakeError::Failed(reason) if reason.to_ascii_lowercase().contains("not configured") => {
+            (messages::OFFLINE.to_owned(), Outcome::Offline)
+        }
+        WakeError::Failed(reason) => (messages::could_not_start(reason), Outcome::WakeFailed),
+    }
+}
+
+enum Held {
+    Woke(String),
+    Failed(WakeError),
+    ClientGone,
+}
+
+/// Ask syncd to wake `route`'s server and hold the player meanwhile; bytes
+/// the player sends while held are kept for the replay.
+async fn hold_for_wake(
+    stream: &mut TcpStream,
+    shared: &Shared,
+    entry: &ConnEntry,
+    route: &Route,
+    buf: &mut Vec<u8>,
+) -> Held {
+    entry.set_phase(Phase::Holding);
+    shared.metrics.held_logins.inc();
+    let started = Instant::now();
+    let wake = shared.sync.wake(&route.server, shared.config.hold_timeout);
+    tokio::pin!(wake);
+    let mut client_open = true;
+    let result = loop {
+        tokio::select! {
+            r = &mut wake => break r,
+            n = async {
+                let room = MAX_HELD_BYTES.saturating_sub(buf.len()) as u64;
+                (&mut *stream).take(room).read_buf(buf).await
+            }, if client_open => {
+                match n {
+                    Ok(0) if buf.len() >= MAX_HELD_BYTES => client_open = false,
+                    Ok(0) | Err(_) => {
+                        shared.metrics.held_logins.dec();
+                        shared.metrics.wake("abandoned");
+                        return Held::ClientGone;
+                    }
+                    Ok(_) => {}
+                }
+            }
+        }
+    };
+    shared.metrics.held_logins.dec();
+    let held_ms = started.elapsed().as_millis() as u64;
+    match result {
+        Ok(resp) => {
+            shared.metrics.wake("ok");
+            info!(server = %route.server, held_ms, address = %resp.address, "server woke; releasing the held login");
+            Held::Woke(resp.address)
+        }
+        Err(e) => {
+            shared.metrics.wake(e.outcome());
+            Held::Failed(e)
+        }
+    }
+}
+
+/// Connect the player to `upstream`: optional PROXY v2, every buffered byte,
+/// then splice.
+async fn proxy(
+    mut stream: TcpStream,
+    mut upstream: TcpStream,
+    shared: &Shared,
+    entry: &ConnEntry,
+    who: &Peer,
+    address: &str,
+    buf: Vec<u8>,
+) -> Outcome {
+    Span::current().record("server.addr", address);
+    entry.update(|d| d.backend = address.to_owned());
+    entry.set_phase(Phase::Proxying);
+    let mut head = Vec::with_capacity(buf.len() + 64);
+    if let Some((src, dst)) = proxy_pair(shared, who, &stream) {
+        head.extend(protocol::encode_proxy_v2(src, dst));
+    }
+    head.extend_from_slice(&buf);
+    drop(buf);
+    if let Err(e) = upstream.write_all(&head).await {
+        info!(backend = %address, error = %e, "backend closed before the handshake was written");
+        disconnect(&mut stream, messages::OFFLINE).await;
+        return Outcome::Offline;
+    }
+    entry
+        .bytes_up
+        .fetch_add(head.len() as u64, std::sync::atomic::Ordering::Relaxed);
+    let up_counter = shared.metrics.bytes_counter("upstream");
+    up_counter.inc_by(head.len() as u64);
+    drop(head);
+    let r = splice(
+        stream,
+        upstream,
+        Tally {
+            live: &entry.bytes_up,
+            metric: up_counter,
+        },
+        Tally {
+            live: &entry.bytes_down,
+            metric: shared.metrics.bytes_counter("downstream"),
+        },
+    )
+    .instrument(Span::current())
+    .await;
+    if let Err(e) = r {
+        debug!(error = %e, "splice ended with an error");
+    }
+    Outcome::Proxied
+}

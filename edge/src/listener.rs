@@ -1,0 +1,196 @@
+//! The player listener: the accept loop (backing off on accept errors such as
+//! running out of file descriptors) and the registry of live connections,
+//! which `EdgeAdmin.ListConnections` reports and drain waits on.
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::warn;
+
+use crate::Shared;
+
+/// What a connection is doing, as `ListConnections` names it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Phase {
+    Handshake = 0,
+    Status = 1,
+    Holding = 2,
+    Proxying = 3,
+}
+
+impl Phase {
+    fn from_u8(v: u8) -> Self {
+        match v {
+            1 => Self::Status,
+            2 => Self::Holding,
+            3 => Self::Proxying,
+            _ => Self::Handshake,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Handshake => "handshake",
+            Self::Status => "status",
+            Self::Holding => "holding",
+            Self::Proxying => "proxying",
+        }
+    }
+}
+
+/// Who a connection is and where it goes; filled in as it progresses.
+#[derive(Debug, Clone, Default)]
+pub struct ConnDetail {
+    pub client: String,
+    pub hostname: String,
+    pub server: String,
+    pub backend: String,
+}
+
+/// One live connection.
+#[derive(Debug)]
+pub struct ConnEntry {
+    pub id: u64,
+    pub started_ms: i64,
+    detail: Mutex<ConnDetail>,
+    phase: AtomicU8,
+    pub bytes_up: AtomicU64,
+    pub bytes_down: AtomicU64,
+}
+
+impl ConnEntry {
+    pub fn set_phase(&self, p: Phase) {
+        self.phase.store(p as u8, Ordering::Relaxed);
+    }
+
+    pub fn phase(&self) -> Phase {
+        Phase::from_u8(self.phase.load(Ordering::Relaxed))
+    }
+
+    pub fn update(&self, f: impl FnOnce(&mut ConnDetail)) {
+        if let Ok(mut d) = self.detail.lock() {
+            f(&mut d);
+        }
+    }
+
+    pub fn detail(&self) -> ConnDetail {
+        self.detail.lock().map(|d| d.clone()).unwrap_or_default()
+    }
+}
+
+/// Every live connection of this edge.
+#[derive(Debug, Default)]
+pub struct Connections {
+    next_id: AtomicU64,
+    map: Mutex<HashMap<u64, Arc<ConnEntry>>>,
+}
+
+impl Connections {
+    /// Register a connection; it is forgotten when the guard drops.
+    pub fn register(self: &Arc<Self>, client: SocketAddr) -> ConnGuard {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed) + 1;
+        let started_ms = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+            .unwrap_or_default();
+        let entry = Arc::new(ConnEntry {
+            id,
+            started_ms,
+            detail: Mutex::new(ConnDetail {
+                client: client.to_string(),
+                ..Default::default()
+            }),
+            phase: AtomicU8::new(Phase::Handshake as u8),
+            bytes_up: AtomicU64::new(0),
+            bytes_down: AtomicU64::new(0),
+        });
+        if let Ok(mut m) = self.map.lock() {
+            m.insert(id, entry.clone());
+        }
+        ConnGuard {
+            conns: self.clone(),
+            entry,
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.map.lock().map(|m| m.len()).unwrap_or_default()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Snapshot of every live connection, oldest first.
+    pub fn list(&self) -> Vec<Arc<ConnEntry>> {
+        let mut v: Vec<_> = self
+            .map
+            .lock()
+            .map(|m| m.values().cloned().collect())
+            .unwrap_or_default();
+        v.sort_by_key(|e| e.id);
+        v
+    }
+}
+
+/// Keeps a connection registered while alive.
+#[derive(Debug)]
+pub struct ConnGuard {
+    conns: Arc<Connections>,
+    pub entry: Arc<ConnEntry>,
+}
+
+impl Drop for ConnGuard {
+    fn drop(&mut self) {
+        if let Ok(mut m) = self.conns.map.lock() {
+            m.remove(&self.entry.id);
+        }
+    }
+}
+
+const ACCEPT_BACKOFF_MIN: Duration = Duration::from_millis(5);
+const ACCEPT_BACKOFF_MAX: Duration = Duration::from_secs(1);
+
+/// Accept players until `stop`; each connection runs on `tracker` and ends
+/// early when `cut` fires.
+pub async fn accept_loop(
+    listener: TcpListener,
+    shared: Arc<Shared>,
+    stop: CancellationToken,
+    cut: CancellationToken,
+    tracker: TaskTracker,
+) {
+    let mut backoff = ACCEPT_BACKOFF_MIN;
+    loop {
+        let accepted = tokio::select! {
+            () = stop.cancelled() => break,
+            r = listener.accept() => r,
+        };
+        match accepted {
+            Ok((stream, peer)) => {
+                backoff = ACCEPT_BACKOFF_MIN;
+                let shared = shared.clone();
+                let cut = cut.clone();
+                tracker.spawn(async move {
+                    crate::conn::handle(stream, peer, shared, cut).await;
+                });
+            }
+            Err(e) => {
+                // EMFILE/ENFILE and friends: the listener is fine, the process
+                // is out of something; wait instead of spinning.
+                warn!(error = %e, backoff_ms = backoff.as_millis() as u64, "accept failed");
+                tokio::select! {
+                    () = stop.cancelled() => break,
+                    () = tokio::time::sleep(backoff) => {}
+                }
+                backoff = (backoff * 2).min(ACCEPT_BACKOFF_MAX);
+            }
+        }
+    }
+}

@@ -1,0 +1,77 @@
+//! The Minecraft Java Edition wire protocol, as far as a hostname router needs it.
+//!
+//! Everything here is pure: functions over byte slices and plain values, no I/O, no async.
+//! Parsers look at "everything read so far" and answer `Ok(None)` when more bytes are needed,
+//! so the connection code can read under a timeout into a capped buffer and replay the exact
+//! bytes to the backend afterwards (the linkerd `parse_sni` shape).
+//!
+//! Hard caps: VarInts ≤ 5 bytes, packet length prefixes ≤ 3 bytes, the framed handshake
+//! ≤ [`MAX_HANDSHAKE_BYTES`], the server address ≤ [`MAX_ADDRESS_CHARS`]. No length read from
+//! the wire is ever used to allocate before the bytes it describes are present.
+
+mod handshake;
+mod legacy;
+mod packets;
+pub mod proxy_header;
+mod status;
+mod varint;
+
+#[cfg(test)]
+mod tests;
+
+pub use handshake::{
+    parse_first_packet, FirstPacket, Handshake, NextState, MAX_ADDRESS_CHARS, MAX_HANDSHAKE_BYTES,
+};
+pub use legacy::{
+    encode_legacy_ping_v1_6, encode_legacy_response, parse_legacy_bare_timeout, LegacyForm,
+    LegacyPing, MAX_LEGACY_PING_BYTES,
+};
+pub use packets::{
+    encode_handshake, encode_login_disconnect, encode_login_start, encode_ping, encode_pong,
+    encode_status_request, encode_status_response, parse_login_start, parse_pong,
+    parse_status_packet, parse_status_response, StatusPacket, MAX_LOGIN_START_BYTES,
+    MAX_USERNAME_CHARS,
+};
+pub use proxy_header::{
+    detect_proxy_header, encode_proxy_v1, encode_proxy_v2, parse_proxy_header, ProxyHeader,
+    ProxyHeaderError, MAX_PROXY_HEADER_BYTES,
+};
+pub use status::{mark_status_stale, status_json, StatusInfo};
+
+/// Same as [`parse_legacy_bare_timeout`] (the name used in some notes).
+pub use legacy::parse_legacy_bare_timeout as legacy_from_bare;
+pub use varint::{read_varint, varint_len, write_varint, MAX_PACKET_BYTES, MAX_VARINT_BYTES};
+
+/// Why bytes from a peer are not a packet we accept. `reason()` is the metrics label.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ProtocolError {
+    #[error("VarInt longer than 5 bytes")]
+    VarIntTooLong,
+    #[error("packet longer than {max} bytes")]
+    PacketTooLarge { max: usize },
+    #[error("unexpected packet id {0:#04x}")]
+    BadPacketId(i32),
+    #[error("server address longer than {MAX_ADDRESS_CHARS} characters")]
+    AddressTooLong,
+    #[error("string is not valid UTF-8 (or UTF-16)")]
+    InvalidUtf8,
+    #[error("handshake next state {0} is not status (1), login (2) or transfer (3)")]
+    BadNextState(i32),
+    #[error("malformed packet: {0}")]
+    Malformed(&'static str),
+}
+
+impl ProtocolError {
+    /// Short snake_case label for `automc_edge_handshake_errors_total{reason}`.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Self::VarIntTooLong => "varint_too_long",
+            Self::PacketTooLarge { .. } => "packet_too_large",
+            Self::BadPacketId(_) => "bad_packet_id",
+            Self::AddressTooLong => "address_too_long",
+            Self::InvalidUtf8 => "invalid_utf8",
+            Self::BadNextState(_) => "bad_next_state",
+            Self::Malformed(_) => "malformed",
+        }
+    }
+}

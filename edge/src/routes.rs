@@ -1,0 +1,184 @@
+//! The route table as this edge holds it: an `Arc<RouteTable>` plus its
+//! epoch and version behind an [`ArcSwap`], so the connection path reads it
+//! without locks and a sync step replaces it whole (clone, apply, swap:
+//! readers never see half an update). Wake phases per server live beside it.
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Instant, SystemTime};
+
+use arc_swap::ArcSwap;
+use automc_proto::v1::{Route, WakePhase};
+use automc_proto::RouteTable;
+use tokio::sync::watch;
+
+/// One applied version of the table.
+#[derive(Debug, Clone)]
+pub struct TableView {
+    pub table: Arc<RouteTable>,
+    /// Empty until the first snapshot.
+    pub epoch: String,
+    pub version: u64,
+    pub applied_at: SystemTime,
+}
+
+impl Default for TableView {
+    fn default() -> Self {
+        Self {
+            table: Arc::new(RouteTable::new()),
+            epoch: String::new(),
+            version: 0,
+            applied_at: SystemTime::now(),
+        }
+    }
+}
+
+/// Shared route state of the edge.
+#[derive(Debug)]
+pub struct Routes {
+    current: ArcSwap<TableView>,
+    wakes: ArcSwap<HashMap<String, WakePhase>>,
+    /// Last time syncd changed or confirmed the table (heartbeat).
+    confirmed: Mutex<Instant>,
+    has_snapshot: AtomicBool,
+    version_tx: watch::Sender<u64>,
+}
+
+impl Default for Routes {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Routes {
+    pub fn new() -> Self {
+        Self {
+            current: ArcSwap::from_pointee(TableView::default()),
+            wakes: ArcSwap::from_pointee(HashMap::new()),
+            confirmed: Mutex::new(Instant::now()),
+            has_snapshot: AtomicBool::new(false),
+            version_tx: watch::channel(0).0,
+        }
+    }
+
+    /// The table as of now; cheap, lock-free.
+    pub fn view(&self) -> Arc<TableView> {
+        self.current.load_full()
+    }
+
+    /// True once a first snapshot was applied (the edge is ready).
+    pub fn has_snapshot(&self) -> bool {
+        self.has_snapshot.load(Ordering::Acquire)
+    }
+
+    /// Replace everything with a snapshot.
+    pub fn apply_snapshot(
+        &self,
+        epoch: String,
+        version: u64,
+        routes: Vec<Route>,
+        wakes: HashMap<String, WakePhase>,
+    ) {
+        let view = TableView {
+            table: Arc::new(RouteTable::from_routes(routes)),
+            epoch,
+            version,
+            applied_at: SystemTime::now(),
+        };
+        self.current.store(Arc::new(view));
+        self.wakes.store(Arc::new(wakes));
+        self.has_snapshot.store(true, Ordering::Release);
+        self.confirm();
+        self.version_tx.send_replace(version);
+    }
+
+    /// Apply a delta on a copy of the current table and swap it in.
+    pub fn apply_delta(&self, version: u64, upserts: Vec<Route>, removed: &[String]) {
+        let old = self.view();
+        let mut table = RouteTable::clone(&old.table);
+        table.apply(upserts, removed);
+        let view = TableView {
+            table: Arc::new(table),
+            epoch: old.epoch.clone(),
+            version,
+            applied_at: SystemTime::now(),
+        };
+        self.current.store(Arc::new(view));
+        self.confirm();
+        self.version_tx.send_replace(version);
+    }
+
+    pub fn set_wake(&self, server: String, phase: WakePhase) {
+        self.wakes.rcu(|w| {
+            let mut w = HashMap::clone(w);
+            w.insert(server.clone(), phase);
+            w
+        });
+    }
+
+    pub fn wake_phase(&self, server: &str) -> Option<WakePhase> {
+        self.wakes.load().get(server).copied()
+    }
+
+    /// syncd confirmed the table is current.
+    pub fn confirm(&self) {
+        if let Ok(mut c) = self.confirmed.lock() {
+            *c = Instant::now();
+        }
+    }
+
+    /// Time since syncd last changed or confirmed the table.
+    pub fn age(&self) -> std::time::Duration {
+        self.confirmed
+            .lock()
+            .map(|c| c.elapsed())
+            .unwrap_or_default()
+    }
+
+    /// Resolves whenever a new version is applied.
+    pub fn subscribe(&self) -> watch::Receiver<u64> {
+        self.version_tx.subscribe()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn route(server: &str, host: &str) -> Route {
+        Route {
+            server: server.into(),
+            hostnames: vec![host.into()],
+            address: format!("{server}:25565"),
+            state: "running".into(),
+        }
+    }
+
+    #[test]
+    fn delta_applies_on_a_copy() {
+        let routes = Routes::new();
+        assert!(!routes.has_snapshot());
+        routes.apply_snapshot(
+            "e1".into(),
+            3,
+            vec![route("a", "a.example.com")],
+            HashMap::new(),
+        );
+        let before = routes.view();
+        routes.apply_delta(4, vec![route("b", "b.example.com")], &["a".into()]);
+        let after = routes.view();
+        assert!(before.table.lookup("a.example.com").is_some());
+        assert!(after.table.lookup("a.example.com").is_none());
+        assert!(after.table.lookup("b.example.com").is_some());
+        assert_eq!((after.epoch.as_str(), after.version), ("e1", 4));
+        assert!(routes.has_snapshot());
+    }
+
+    #[test]
+    fn wake_phases_are_per_server() {
+        let routes = Routes::new();
+        routes.set_wake("a".into(), WakePhase::Waking);
+        assert_eq!(routes.wake_phase("a"), Some(WakePhase::Waking));
+        assert_eq!(routes.wake_phase("b"), None);
+    }
+}

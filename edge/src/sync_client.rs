@@ -1,0 +1,699 @@
+//! The edge's side of `automc.v1.RouteSync`: a `WatchRoutes` stream kept open
+//! against the configured syncd endpoints (rotating on failure, backoff with
+//! jitter), feeding [`Routes`], and the `Wake` call used by held logins.
+//!
+//! Resume rules (see the .proto): the hello carries the epoch and version
+//! held, so syncd can answer with only the missed deltas. A delta that does
+//! not start at the held version, or a heartbeat naming another version,
+//! means this edge missed something: the stream is dropped and the next
+//! hello asks for a full snapshot. The last table keeps serving meanwhile.
+use std::collections::HashMap;
+use std::error::Error as _;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use automc_proto::v1::route_sync_client::RouteSyncClient;
+use automc_proto::v1::{
+    watch_request, watch_response, Delta, Heartbeat, Snapshot, WakePhase, WakeRequest,
+    WakeResponse, WakeUpdate, WatchAck, WatchHello, WatchRequest,
+};
+use rand::Rng;
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_util::sync::CancellationToken;
+use tonic::metadata::{Ascii, MetadataValue};
+use tonic::service::interceptor::InterceptedService;
+use tonic::service::Interceptor;
+use tonic::transport::{Channel, Endpoint};
+use tonic::{Code, Request, Status};
+use tracing::{debug, info, info_span, warn, Instrument};
+
+use crate::metrics::Metrics;
+use crate::routes::Routes;
+use crate::Config;
+
+/// Adds `authorization: Bearer …` to every call when a token is configured.
+#[derive(Clone)]
+pub struct Bearer(Option<MetadataValue<Ascii>>);
+
+impl Interceptor for Bearer {
+    fn call(&mut self, mut req: Request<()>) -> Result<Request<()>, Status> {
+        if let Some(v) = &self.0 {
+            req.metadata_mut().insert("authorization", v.clone());
+        }
+        Ok(req)
+    }
+}
+
+type Client = RouteSyncClient<InterceptedService<Channel, Bearer>>;
+
+/// Why a watch stream ended.
+#[derive(Debug, thiserror::Error)]
+pub enum SyncError {
+    #[error("syncd call failed: {0}")]
+    Status(#[from] Status),
+    #[error("no message from syncd within {0:?} (heartbeat timeout)")]
+    HeartbeatTimeout(Duration),
+    #[error("syncd closed the stream")]
+    Ended,
+    #[error("missed a change (held {held}, got a delta from {from}): resubscribing")]
+    Gap { held: u64, from: u64 },
+    #[error("heartbeat names version {theirs}, held {held}: resubscribing")]
+    Behind { held: u64, theirs: u64 },
+    #[error("delta for epoch {0:?} does not match the held epoch: resubscribing")]
+    OtherEpoch(String),
+}
+
+impl SyncError {
+    /// A resync is an orderly step, not a failing endpoint.
+    fn is_resync(&self) -> bool {
+        matches!(
+            self,
+            Self::Gap { .. } | Self::Behind { .. } | Self::OtherEpoch(_)
+        )
+    }
+}
+
+/// Why a wake did not give an address. Each maps to a message a player can act on.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum WakeError {
+    #[error("the server did not start within the hold timeout")]
+    Timeout,
+    #[error("the server could not be started: {0}")]
+    Failed(String),
+    #[error("syncd unreachable: {0}")]
+    Unreachable(String),
+}
+
+impl WakeError {
+    pub fn outcome(&self) -> &'static str {
+        match self {
+            Self::Timeout => "timeout",
+            Self::Failed(_) => "failed",
+            Self::Unreachable(_) => "unreachable",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default)]
+struct StatusInner {
+    state: &'static str,
+    endpoint: String,
+    last_error: String,
+    reconnects: u64,
+}
+
+/// Connection to syncd: the watch loop and wake calls.
+pub struct SyncClient {
+    endpoints: Vec<(String, Channel)>,
+    bearer: Bearer,
+    routes: Arc<Routes>,
+    metrics: Arc<Metrics>,
+    edge_id: String,
+    heartbeat_timeout: Duration,
+    backoff_min: Duration,
+    backoff_max: Duration,
+    /// Index of the endpoint last connected, tried first by `wake`.
+    current: AtomicUsize,
+    /// Next hello asks for a snapshot whatever is held.
+    force_snapshot: AtomicBool,
+    status: Mutex<StatusInner>,
+}
+
+/// A syncd URL or the token could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum SetupError {
+    #[error("bad syncd URL {0:?}: {1}")]
+    Url(String, tonic::transport::Error),
+    #[error("the gRPC token is not a valid header value")]
+    Token,
+}
+
+impl SyncClient {
+    pub fn new(
+        config: &Config,
+        routes: Arc<Routes>,
+        metrics: Arc<Metrics>,
+    ) -> Result<Self, SetupError> {
+        let mut endpoints = Vec::new();
+        for url in &config.syncd {
+            let ep = Endpoint::from_shared(url.clone())
+                .map_err(|e| SetupError::Url(url.clone(), e))?
+                .connect_timeout(Duration::from_secs(3))
+                .tcp_nodelay(true)
+                .http2_keep_alive_interval(Duration::from_secs(10))
+                .keep_alive_timeout(Duration::from_secs(5))
+                .keep_alive_while_idle(true);
+            endpoints.push((url.clone(), ep.connect_lazy()));
+        }
+        let bearer = match &config.grpc_token {
+            Some(t) => Some(
+                format!("Bearer {t}")
+                    .parse::<MetadataValue<Ascii>>()
+                    .map_err(|_| SetupError::Token)?,
+            ),
+            None => None,
+        };
+        Ok(Self {
+            endpoints,
+            bearer: Bearer(bearer),
+            routes,
+            metrics,
+            edge_id: config.edge_id.clone(),
+            heartbeat_timeout: config.heartbeat_timeout,
+            backoff_min: config.sync_backoff_min,
+            backoff_max: config.sync_backoff_max,
+            current: AtomicUsize::new(0),
+            force_snapshot: AtomicBool::new(false),
+            status: Mutex::new(StatusInner {
+                state: "connecting",
+                ..Default::default()
+            }),
+        })
+    }
+
+    fn client(&self, idx: usize) -> Option<Client> {
+        let (_, ch) = self.endpoints.get(idx)?;
+        Some(RouteSyncClient::with_interceptor(
+            ch.clone(),
+            self.bearer.clone(),
+        ))
+    }
+
+    fn set_status(&self, f: impl FnOnce(&mut StatusInner)) {
+        if let Ok(mut s) = self.status.lock() {
+            f(&mut s);
+        }
+    }
+
+    /// Sync state as `EdgeAdmin.GetSyncStatus` reports it.
+    pub fn sync_status(&self) -> automc_proto::v1::SyncStatus {
+        let s = self.status.lock().map(|s| s.clone()).unwrap_or_default();
+        let view = self.routes.view();
+        automc_proto::v1::SyncStatus {
+            state: s.state.to_owned(),
+            endpoint: s.endpoint,
+            epoch: view.epoch.clone(),
+            version: view.version,
+            age_ms: u64::try_from(self.routes.age().as_millis()).unwrap_or(u64::MAX),
+            routes: view.table.len() as u64,
+            last_error: s.last_error,
+            reconnects: s.reconnects,
+        }
+    }
+
+    /// Keep a watch stream open until `cancel`.
+    pub async fn run(self: Arc<Self>, cancel: CancellationToken) {
+        let n = self.endpoints.len().max(1);
+        let mut idx = 0usize;
+        let mut backoff = self.backoff_min;
+        loop {
+            let endpoint = self
+                .endpoints
+                .get(idx)
+                .map(|(u, _)| u.clone())
+                .unwrap_or_default();
+            self.set_status(|s| {
+                s.state = "connecting";
+                s.endpoint = endpoint.clone();
+            });
+            let span = info_span!("sync", syncd.endpoint = %endpoint);
+            let mut progressed = false;
+            let result = tokio::select! {
+                () = cancel.cancelled() => break,
+                r = self.watch_once(idx, &mut progressed).instrument(span) => r,
+            };
+            self.metrics.sync_connected.set(0);
+            let resync = result.as_ref().err().is_some_and(SyncError::is_resync);
+            if let Err(e) = &result {
+                if resync {
+                    info!(syncd.endpoint = %endpoint, "{e}");
+                } else {
+                    warn!(syncd.endpoint = %endpoint, error = %e, "route stream to syncd lost; serving the last table");
+                }
+                let msg = e.to_string();
+                self.set_status(|s| {
+                    s.state = "disconnected";
+                    s.last_error = msg;
+                    s.reconnects += 1;
+                });
+            }
+            if progressed {
+                backoff = self.backoff_min;
+            }
+            if !resync {
+                idx = (idx + 1) % n;
+            }
+            let pause = if resync {
+                Duration::ZERO
+            } else {
+                jitter(backoff)
+            };
+            if !progressed && !resync {
+                backoff = (backoff * 2).min(self.backoff_max);
+            }
+            tokio::select! {
+                () = cancel.cancelled() => break,
+                () = tokio::time::sleep(pause) => {}
+            }
+        }
+        self.metrics.sync_connected.set(0);
+        self.set_status(|s| s.state = "disconnected");
+    }
+
+    async fn watch_once(&self, idx: usize, progressed: &mut bool) -> Result<(), SyncError> {
+        let Some(mut client) = self.client(idx) else {
+            return Err(SyncError::Ended);
+        };
+        let (tx, rx) = mpsc::channel::<WatchRequest>(16);
+        let held = self.routes.view();
+        let resume =
+            self.routes.has_snapshot() && !self.force_snapshot.swap(false, Ordering::AcqRel);
+        let hello = WatchHello {
+            edge_id: self.edge_id.clone(),
+            epoch: if resume {
+                held.epoch.clone()
+            } else {
+                String::new()
+            },
+            version: if resume { held.version } else { 0 },
+        };
+        debug!(epoch = %hello.epoch, version = hello.version, "subscribing");
+        // The receiver is alive: the stream below owns it.
+        let _ = tx.try_send(WatchRequest {
+            msg: Some(watch_request::Msg::Hello(hello)),
+        });
+        let call = client.watch_routes(ReceiverStream::new(rx));
+        let mut stream = tokio::time::timeout(self.heartbeat_timeout, call)
+            .await
+            .map_err(|_| SyncError::HeartbeatTimeout(self.heartbeat_timeout))??
+            .into_inner();
+        self.current.store(idx, Ordering::Relaxed);
+        self.set_status(|s| s.state = "connected");
+        self.metrics.sync_connected.set(1);
+        loop {
+            let msg = tokio::time::timeout(self.heartbeat_timeout, stream.message())
+                .await
+                .map_err(|_| SyncError::HeartbeatTimeout(self.heartbeat_timeout))??
+                .ok_or(SyncError::Ended)?;
+            let Some(msg) = msg.msg else { continue };
+            let ack = match msg {
+                watch_response::Msg::Snapshot(s) => Some(self.apply_snapshot(s)),
+                watch_response::Msg::Delta(d) => Some(self.apply_delta(d)?),
+                watch_response::Msg::Heartbeat(h) => {
+                    self.check_heartbeat(&h)?;
+                    None
+                }
+                watch_response::Msg::Wake(w) => {
+                    self.apply_wake(w);
+                    None
+                }
+            };
+            *progressed = true;
+            if let Some((epoch, version)) = ack {
+                self.metrics
+                    .table_version
+                    .set(i64::try_from(version).unwrap_or(i64::MAX));
+                // A full queue only delays the ack; the next one supersedes it.
+                let _ = tx.try_send(WatchRequest {
+                    msg: Some(watch_request::Msg::Ack(WatchAck { epoch, version })),
+                });
+            }
+        }
+    }
+
+    fn apply_snapshot(&self, s: Snapshot) -> (String, u64) {
+        let wakes: HashMap<String, WakePhase> = s
+            .wakes
+            .iter()
+            .map(|w| (w.server.clone(), w.phase()))
+            .collect();
+        info!(epoch = %s.epoch, version = s.version, routes = s.routes.len(), "applied route snapshot");
+        self.routes
+            .apply_snapshot(s.epoch.clone(), s.version, s.routes, wakes);
+        (s.epoch, s.version)
+    }
+
+    fn apply_delta(&self, d: Delta) -> Result<(String, u64), SyncError> {
+        let held = self.routes.view();
+        if d.epoch != held.epoch {
+            self.force_snapshot.store(true, Ordering::Release);
+            return Err(SyncError::OtherEpoch(d.epoch));
+        }
+        if d.from_version != held.version {
+            self.force_snapshot.store(true, Ordering::Release);
+            return Err(SyncError::Gap {
+                held: held.version,
+                from: d.from_version,
+            });
+        }
+        debug!(
+            from = d.from_version,
+            version = d.version,
+            upserts = d.upserts.len(),
+            removed = d.removed.len(),
+            "applied route delta"
+        );
+        self.routes.apply_delta(d.version, d.upserts, &d.removed);
+        Ok((d.epoch, d.version))
+    }
+
+    fn check_heartbeat(&self, h: &Heartbeat) -> Result<(), SyncError> {
+        let held = self.routes.view();
+        if h.epoch != held.epoch || h.version != held.version {
+            self.force_snapshot.store(true, Ordering::Release);
+            return Err(SyncError::Behind {
+                held: held.version,
+                theirs: h.version,
+            });
+        }
+        self.routes.confirm();
+        Ok(())
+    }
+
+    fn apply_wake(&self, w: WakeUpdate) {
+        let phase = w.phase();
+        debug!(server = %w.server, ?phase, "wake update");
+        self.routes.set_wake(w.server, phase);
+    }
+
+    /// Ask syncd to wake `server`, waiting at most `budget`. Tries the endpoint
+    /// of the live watch stream first, then the others.
+    pub async fn wake(&self, server: &str, budget: Duration) -> Result<WakeResponse, WakeError> {
+        let deadline = Instant::now() + budget;
+        let n = self.endpoints.len();
+        let start = self.current.load(Ordering::Relaxed);
+        let mut last = WakeError::Unreachable("no syncd endpoint configured".into());
+        for i in 0..n {
+            let idx = (start + i) % n;
+            let Some(mut client) = self.client(idx) else {
+                continue;
+            };
+            let remaining = deadline.saturating_duration_since(Instant::now());
+            if remaining.is_zero() {
+                return Err(WakeError::Timeout);
+            }
+            let mut req = Request::new(WakeRequest {
+                server: server.to_owned(),
+                caller: self.edge_id.clone(),
+            });
+            req.set_timeout(remaining);
+            match tokio::time::timeout(remaining, client.wake(req)).await {
+                Err(_) => return Err(WakeError::Timeout),
+                Ok(Ok(resp)) => return Ok(resp.into_inner()),
+                Ok(Err(status)) => match status.code() {
+                    // A status with a source was made on this side (connect
+                    // failed, connection lost); one without came from syncd,
+                    // which reports failed wakes as UNAVAILABLE too.
+                    Code::Unavailable | Code::Unknown if status.source().is_some() => {
+                        last = WakeError::Unreachable(status.message().to_owned());
+                    }
+                    Code::Unimplemented | Code::Unauthenticated | Code::PermissionDenied => {
+                        last = WakeError::Unreachable(status.message().to_owned());
+                    }
+                    Code::DeadlineExceeded | Code::Cancelled => return Err(WakeError::Timeout),
+                    _ => return Err(WakeError::Failed(status.message().to_owned())),
+                },
+            }
+        }
+        Err(last)
+    }
+}
+
+/// Up to ±25% around `d`, so edges that lost syncd together do not return together.
+fn jitter(d: Duration) -> Duration {
+    let f = rand::rng().random_range(0.75..1.25);
+    d.mul_f64(f)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use automc_proto::v1::route_sync_server::{RouteSync, RouteSyncServer};
+    use automc_proto::v1::*;
+    use tokio_stream::wrappers::TcpListenerStream;
+    use tonic::{Response, Streaming};
+
+    #[test]
+    fn jitter_stays_within_a_quarter() {
+        for _ in 0..1000 {
+            let j = jitter(Duration::from_millis(400));
+            assert!(j >= Duration::from_millis(300) && j <= Duration::from_millis(500));
+        }
+    }
+
+    /// One watch stream as the fake syncd sees it.
+    struct Watch {
+        hello: WatchHello,
+        token: Option<String>,
+        acks: Streaming<WatchRequest>,
+        tx: mpsc::Sender<Result<WatchResponse, Status>>,
+    }
+
+    struct Fake {
+        watches: mpsc::Sender<Watch>,
+    }
+
+    #[tonic::async_trait]
+    impl RouteSync for Fake {
+        type WatchRoutesStream = ReceiverStream<Result<WatchResponse, Status>>;
+        async fn watch_routes(
+            &self,
+            req: Request<Streaming<WatchRequest>>,
+        ) -> Result<Response<Self::WatchRoutesStream>, Status> {
+            let token = req
+                .metadata()
+                .get("authorization")
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned);
+            let mut acks = req.into_inner();
+            let Some(Ok(WatchRequest {
+                msg: Some(watch_request::Msg::Hello(hello)),
+            })) = futures::StreamExt::next(&mut acks).await
+            else {
+                return Err(Status::invalid_argument("hello first"));
+            };
+            let (tx, rx) = mpsc::channel(16);
+            let _ = self
+                .watches
+                .send(Watch {
+                    hello,
+                    token,
+                    acks,
+                    tx,
+                })
+                .await;
+            Ok(Response::new(ReceiverStream::new(rx)))
+        }
+        async fn list_routes(
+            &self,
+            _: Request<ListRoutesRequest>,
+        ) -> Result<Response<ListRoutesResponse>, Status> {
+            Err(Status::unimplemented("fake"))
+        }
+        async fn get_route(
+            &self,
+            _: Request<GetRouteRequest>,
+        ) -> Result<Response<GetRouteResponse>, Status> {
+            Err(Status::unimplemented("fake"))
+        }
+        async fn wake(&self, req: Request<WakeRequest>) -> Result<Response<WakeResponse>, Status> {
+            match req.into_inner().server.as_str() {
+                "ok" => Ok(Response::new(WakeResponse {
+                    address: "10.0.0.9:25565".into(),
+                    reused: false,
+                    duration_ms: 1,
+                })),
+                "gone" => Err(Status::unavailable(
+                    "wake of gone failed: waker returned 500",
+                )),
+                _ => Err(Status::failed_precondition("waker not configured")),
+            }
+        }
+        async fn list_edges(
+            &self,
+            _: Request<ListEdgesRequest>,
+        ) -> Result<Response<ListEdgesResponse>, Status> {
+            Err(Status::unimplemented("fake"))
+        }
+        async fn list_wakes(
+            &self,
+            _: Request<ListWakesRequest>,
+        ) -> Result<Response<ListWakesResponse>, Status> {
+            Err(Status::unimplemented("fake"))
+        }
+    }
+
+    fn route(server: &str, host: &str) -> Route {
+        Route {
+            server: server.into(),
+            hostnames: vec![host.into()],
+            address: format!("{server}:25565"),
+            state: "running".into(),
+        }
+    }
+
+    fn send(w: &Watch, msg: watch_response::Msg) {
+        w.tx.try_send(Ok(WatchResponse { msg: Some(msg) }))
+            .expect("stream open");
+    }
+
+    async fn next_ack(w: &mut Watch) -> WatchAck {
+        loop {
+            let m = tokio::time::timeout(
+                Duration::from_secs(10),
+                futures::StreamExt::next(&mut w.acks),
+            )
+            .await
+            .expect("ack in time")
+            .expect("stream open")
+            .expect("ok");
+            if let Some(watch_request::Msg::Ack(a)) = m.msg {
+                return a;
+            }
+        }
+    }
+
+    async fn next_watch(rx: &mut mpsc::Receiver<Watch>) -> Watch {
+        tokio::time::timeout(Duration::from_secs(10), rx.recv())
+            .await
+            .expect("edge subscribes in time")
+            .expect("fake alive")
+    }
+
+    #[tokio::test]
+    async fn snapshot_deltas_resume_and_resync_after_a_gap() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let (wtx, mut wrx) = mpsc::channel(4);
+        tokio::spawn(
+            tonic::transport::Server::builder()
+                .add_service(RouteSyncServer::new(Fake { watches: wtx }))
+                .serve_with_incoming(TcpListenerStream::new(listener)),
+        );
+        let config = Config {
+            syncd: vec![format!("http://{addr}")],
+            grpc_token: Some("t0ken".into()),
+            sync_backoff_min: Duration::from_millis(20),
+            sync_backoff_max: Duration::from_millis(100),
+            ..Config::default()
+        };
+        let routes = Arc::new(Routes::new());
+        let client = Arc::new(
+            SyncClient::new(&config, routes.clone(), Arc::new(Metrics::new())).expect("client"),
+        );
+        let cancel = CancellationToken::new();
+        tokio::spawn(client.clone().run(cancel.clone()));
+
+        // First contact: nothing held, snapshot, then a delta.
+        let mut w = next_watch(&mut wrx).await;
+        assert_eq!(w.hello.epoch, "");
+        assert_eq!(w.token.as_deref(), Some("Bearer t0ken"));
+        send(
+            &w,
+            watch_response::Msg::Snapshot(Snapshot {
+                epoch: "e1".into(),
+                version: 1,
+                routes: vec![route("a", "a.example.com")],
+                wakes: vec![WakeUpdate {
+                    server: "a".into(),
+                    phase: WakePhase::Waking as i32,
+                }],
+            }),
+        );
+        assert_eq!(next_ack(&mut w).await.version, 1);
+        assert!(routes.has_snapshot());
+        assert_eq!(routes.wake_phase("a"), Some(WakePhase::Waking));
+        send(
+            &w,
+            watch_response::Msg::Delta(Delta {
+                epoch: "e1".into(),
+                from_version: 1,
+                version: 2,
+                upserts: vec![route("b", "b.example.com")],
+                removed: vec!["a".into()],
+            }),
+        );
+        assert_eq!(next_ack(&mut w).await.version, 2);
+        let view = routes.view();
+        assert!(view.table.lookup("b.example.com").is_some());
+        assert!(view.table.lookup("a.example.com").is_none());
+        assert_eq!(client.sync_status().state, "connected");
+
+        // syncd goes away: the edge resumes with what it holds.
+        drop(w);
+        let w = next_watch(&mut wrx).await;
+        assert_eq!((w.hello.epoch.as_str(), w.hello.version), ("e1", 2));
+        assert!(
+            routes.view().table.lookup("b.example.com").is_some(),
+            "last table keeps serving"
+        );
+
+        // A delta that skips a version: drop and ask for a snapshot.
+        send(
+            &w,
+            watch_response::Msg::Delta(Delta {
+                epoch: "e1".into(),
+                from_version: 5,
+                version: 6,
+                upserts: vec![route("c", "c.example.com")],
+                removed: vec![],
+            }),
+        );
+        let mut w2 = next_watch(&mut wrx).await;
+        assert_eq!(w2.hello.epoch, "", "resubscribes asking for a snapshot");
+        assert!(routes.view().table.lookup("c.example.com").is_none());
+        send(
+            &w2,
+            watch_response::Msg::Snapshot(Snapshot {
+                epoch: "e2".into(),
+                version: 1,
+                routes: vec![route("c", "c.example.com")],
+                wakes: vec![],
+            }),
+        );
+        assert_eq!(next_ack(&mut w2).await.epoch, "e2");
+        assert!(routes.view().table.lookup("b.example.com").is_none());
+        assert!(routes.view().table.lookup("c.example.com").is_some());
+
+        // Wake answers and failures.
+        let ok = client
+            .wake("ok", Duration::from_secs(5))
+            .await
+            .expect("wake ok");
+        assert_eq!(ok.address, "10.0.0.9:25565");
+        match client.wake("gone", Duration::from_secs(5)).await {
+            Err(WakeError::Failed(reason)) => {
+                assert_eq!(reason, "wake of gone failed: waker returned 500");
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+        match client.wake("other", Duration::from_secs(5)).await {
+            Err(WakeError::Failed(reason)) => assert_eq!(reason, "waker not configured"),
+            other => panic!("unexpected {other:?}"),
+        }
+        cancel.cancel();
+    }
+
+    #[tokio::test]
+    async fn wake_with_syncd_unreachable_fails_fast_and_says_so() {
+        let port = {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+            l.local_addr().expect("addr").port()
+        };
+        let config = Config {
+            syncd: vec![format!("http://127.0.0.1:{port}")],
+            ..Config::default()
+        };
+        let client = SyncClient::new(&config, Arc::new(Routes::new()), Arc::new(Metrics::new()))
+            .expect("client");
+        let started = std::time::Instant::now();
+        let r = client.wake("x", Duration::from_secs(20)).await;
+        assert!(matches!(r, Err(WakeError::Unreachable(_))), "{r:?}");
+        assert!(started.elapsed() < Duration::from_secs(10));
+    }
+}
