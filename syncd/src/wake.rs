@@ -19,6 +19,7 @@ use tokio::sync::{watch, Notify};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tonic::Status;
+use tracing::Instrument;
 
 use crate::config::WakerConfig;
 use crate::diff::Change;
@@ -154,11 +155,15 @@ impl Wakes {
                     tracing::info!(server, caller, "wake started");
                     self.publisher.set_wake(server, WakePhase::Waking);
                     let this = self.clone();
+                    let span = tracing::info_span!("wake", server = %server);
                     let server = server.to_owned();
-                    self.tasks.spawn(async move {
-                        this.run(waker, server, route.address, tx, running_seen)
-                            .await;
-                    });
+                    self.tasks.spawn(
+                        async move {
+                            this.run(waker, server, route.address, tx, running_seen)
+                                .await;
+                        }
+                        .instrument(span),
+                    );
                     (rx, started)
                 }
             }
