@@ -14,7 +14,10 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const WAIT: Duration = Duration::from_secs(20);
 
-async fn stack(rows: &str, tweak: impl FnOnce(&mut edge::Config)) -> (TestPg, SyncdHandle, EdgeHandle) {
+async fn stack(
+    rows: &str,
+    tweak: impl FnOnce(&mut edge::Config),
+) -> (TestPg, SyncdHandle, EdgeHandle) {
     let pg = migrated_pg().await;
     if !rows.is_empty() {
         pg.execute(rows).await;
@@ -76,7 +79,12 @@ async fn players_are_routed_by_hostname_case_dot_forge_wildcard_alias_and_defaul
     assert_routed(&edge, "lobby.example.com\0FML\0", &lobby).await;
     assert_routed(&edge, "lobby.example.com\0FML2\0", &lobby).await;
     assert_routed(&edge, "lobby.example.com\0FML3\0", &lobby).await;
-    assert_routed(&edge, "lobby.example.com///203.0.113.9:5555///1700000000///sig", &lobby).await;
+    assert_routed(
+        &edge,
+        "lobby.example.com///203.0.113.9:5555///1700000000///sig",
+        &lobby,
+    )
+    .await;
     assert_routed(&edge, "a.mini.example.com", &mini).await;
     assert_routed(&edge, "deep.b.mini.example.com", &mini).await;
     assert_routed(&edge, "smp.example.com", &survival).await;
@@ -94,8 +102,15 @@ async fn players_are_routed_by_hostname_case_dot_forge_wildcard_alias_and_defaul
     )
     .await
     .expect("login");
-    let recs = lobby.wait_for_logins(before + 1, WAIT).await.expect("login arrives");
-    assert!(recs.last().expect("rec").received.starts_with(&conn.sent_first));
+    let recs = lobby
+        .wait_for_logins(before + 1, WAIT)
+        .await
+        .expect("login arrives");
+    assert!(recs
+        .last()
+        .expect("rec")
+        .received
+        .starts_with(&conn.sent_first));
     assert!(edge.metric("automc_edge_route_lookups_total{result=\"hit\"}") >= 12.0);
 }
 
@@ -103,7 +118,10 @@ async fn players_are_routed_by_hostname_case_dot_forge_wildcard_alias_and_defaul
 async fn sixty_four_mib_each_way_arrive_intact_and_half_close_is_honoured() {
     const SIZE: u64 = 64 * 1024 * 1024;
     let bulk = McBackend::start(BackendOptions {
-        login: LoginMode::Bulk { send: SIZE, seed: 2 },
+        login: LoginMode::Bulk {
+            send: SIZE,
+            seed: 2,
+        },
         ..BackendOptions::default()
     })
     .await
@@ -137,7 +155,9 @@ async fn a_backend_half_close_still_lets_the_player_finish_sending() {
         echo.addr()
     );
     let (_pg, _syncd, edge) = stack(&rows, |_| {}).await;
-    let mut conn = login(edge.listen_addr, "e.example.com", "steve").await.expect("login");
+    let mut conn = login(edge.listen_addr, "e.example.com", "steve")
+        .await
+        .expect("login");
     conn.send(b"first").await.expect("send");
     assert_eq!(conn.read_exact(5).await.expect("echo"), b"first");
     // The player closes its sending side; the echo backend then finishes
@@ -160,9 +180,13 @@ async fn hostile_handshakes_are_closed_within_the_timeout_while_others_are_serve
     let full = mc::handshake_packet(DEFAULT_PROTOCOL, "good.example.com", 25565, 2);
 
     // Truncated: half a handshake, then silence.
-    let mut truncated = send_bytes(addr, &full[..full.len() / 2]).await.expect("connect");
+    let mut truncated = send_bytes(addr, &full[..full.len() / 2])
+        .await
+        .expect("connect");
     // Oversized: a length prefix far beyond the handshake cap.
-    let mut oversized = send_bytes(addr, &[0xd0, 0x0f, 0x00]).await.expect("connect");
+    let mut oversized = send_bytes(addr, &[0xd0, 0x0f, 0x00])
+        .await
+        .expect("connect");
     // A VarInt longer than five bytes.
     let mut bad_varint = send_bytes(addr, &[0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x01])
         .await
@@ -186,14 +210,24 @@ async fn hostile_handshakes_are_closed_within_the_timeout_while_others_are_serve
         .expect("status while under attack");
     assert_eq!(reply.motd(), "still serving");
 
-    assert!(truncated.closed_within(WAIT).await, "truncated handshake closed");
-    assert!(oversized.closed_within(WAIT).await, "oversized handshake closed");
+    assert!(
+        truncated.closed_within(WAIT).await,
+        "truncated handshake closed"
+    );
+    assert!(
+        oversized.closed_within(WAIT).await,
+        "oversized handshake closed"
+    );
     assert!(bad_varint.closed_within(WAIT).await, "bad VarInt closed");
     let mut sink = Vec::new();
     let slow_closed = tokio::time::timeout(WAIT, slow_r.read_to_end(&mut sink)).await;
     assert!(slow_closed.is_ok(), "slow handshake closed");
     dripper.abort();
-    assert_eq!(good.logins().len(), 0, "no hostile connection reached the backend");
+    assert_eq!(
+        good.logins().len(),
+        0,
+        "no hostile connection reached the backend"
+    );
     assert!(edge.metric("automc_edge_handshake_errors_total{reason=\"timeout\"}") >= 2.0);
     let text = edge.metrics();
     assert!(
@@ -231,12 +265,22 @@ async fn proxy_protocol_from_a_trusted_peer_names_the_player_and_is_sent_upstrea
         let mut first = header;
         first.extend_from_slice(&mc_bytes);
         let _conn = send_bytes(edge.listen_addr, &first).await.expect("connect");
-        let recs = b.wait_for_logins(before + 1, WAIT).await.expect("login arrives");
+        let recs = b
+            .wait_for_logins(before + 1, WAIT)
+            .await
+            .expect("login arrives");
         let rec = recs.last().expect("rec");
         let proxy = rec.proxy.as_ref().expect("backend got a PROXY header");
         assert_eq!(proxy.version, 2, "the edge always sends v2");
-        assert_eq!(proxy.source, Some(player), "the player's address, not the balancer's");
-        assert!(rec.received.starts_with(&mc_bytes), "Minecraft bytes follow unchanged");
+        assert_eq!(
+            proxy.source,
+            Some(player),
+            "the player's address, not the balancer's"
+        );
+        assert!(
+            rec.received.starts_with(&mc_bytes),
+            "Minecraft bytes follow unchanged"
+        );
     }
 }
 
@@ -252,7 +296,12 @@ async fn proxy_protocol_from_an_untrusted_peer_is_refused() {
         "203.0.113.7:41234".parse().expect("addr"),
         "198.51.100.1:25565".parse().expect("addr"),
     );
-    first.extend(mc::handshake_packet(DEFAULT_PROTOCOL, "p.example.com", 25565, 2));
+    first.extend(mc::handshake_packet(
+        DEFAULT_PROTOCOL,
+        "p.example.com",
+        25565,
+        2,
+    ));
     first.extend(mc::login_start_packet(DEFAULT_PROTOCOL, "steve"));
     let mut conn = send_bytes(edge.listen_addr, &first).await.expect("connect");
     assert!(conn.closed_within(WAIT).await);
@@ -271,35 +320,49 @@ async fn sigterm_drain_lets_an_active_connection_finish() {
         echo.addr()
     );
     let (_pg, _syncd, edge) = stack(&rows, |c| c.drain_timeout = Duration::from_secs(30)).await;
-    let mut conn = login(edge.listen_addr, "e.example.com", "steve").await.expect("login");
+    let mut conn = login(edge.listen_addr, "e.example.com", "steve")
+        .await
+        .expect("login");
     conn.send(b"before").await.expect("send");
     assert_eq!(conn.read_exact(6).await.expect("echo"), b"before");
-    assert_eq!(http_get(edge.http_addr, "/readyz").await.expect("readyz").0, 200);
+    assert_eq!(
+        http_get(edge.http_addr, "/readyz").await.expect("readyz").0,
+        200
+    );
 
     edge.shutdown.cancel();
     let http = edge.http_addr;
-    eventually("/readyz turns 503 while draining", DEADLINE, || async move {
-        matches!(http_get(http, "/readyz").await, Ok((503, _)))
-    })
+    eventually(
+        "/readyz turns 503 while draining",
+        DEADLINE,
+        || async move { matches!(http_get(http, "/readyz").await, Ok((503, _))) },
+    )
     .await;
     let listen = edge.listen_addr;
-    eventually("no new connections while draining", DEADLINE, || async move {
-        match tokio::net::TcpStream::connect(listen).await {
-            Err(_) => true,
-            Ok(mut s) => {
-                let mut b = [0u8; 1];
-                matches!(
-                    tokio::time::timeout(Duration::from_secs(2), s.read(&mut b)).await,
-                    Ok(Ok(0) | Err(_))
-                )
+    eventually(
+        "no new connections while draining",
+        DEADLINE,
+        || async move {
+            match tokio::net::TcpStream::connect(listen).await {
+                Err(_) => true,
+                Ok(mut s) => {
+                    let mut b = [0u8; 1];
+                    matches!(
+                        tokio::time::timeout(Duration::from_secs(2), s.read(&mut b)).await,
+                        Ok(Ok(0) | Err(_))
+                    )
+                }
             }
-        }
-    })
+        },
+    )
     .await;
 
     // The player who was already in keeps playing until they leave.
     conn.send(b"during").await.expect("send while draining");
-    assert_eq!(conn.read_exact(6).await.expect("echo while draining"), b"during");
+    assert_eq!(
+        conn.read_exact(6).await.expect("echo while draining"),
+        b"during"
+    );
     conn.shutdown_write().await.expect("shutdown");
     conn.read_until_close(WAIT).await.expect("closed");
     tokio::time::timeout(WAIT, edge.stop())
