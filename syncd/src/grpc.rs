@@ -1,6 +1,9 @@
 //! The gRPC side: `automc.v1.RouteSync` plus `grpc.health.v1` and server
 //! reflection (v1 and v1alpha, so grpcurl 1.8+ works without .proto files).
-//! The bearer token guards RouteSync and reflection; health stays open.
+//! The bearer token guards RouteSync. Health stays open for probes, and so
+//! does reflection: it serves only the API schema (public in the repo), and
+//! without it `grpcurl ... grpc.health.v1.Health/Check` could not work
+//! without the token.
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
@@ -168,9 +171,9 @@ pub async fn serve(
     };
     let server = builder()
         .add_service(health_svc)
-        .add_service(InterceptedService::new(svc, auth.clone()))
-        .add_service(InterceptedService::new(v1, auth.clone()))
-        .add_service(InterceptedService::new(v1alpha, auth))
+        .add_service(InterceptedService::new(svc, auth))
+        .add_service(v1)
+        .add_service(v1alpha)
         .serve_with_incoming_shutdown(
             TcpListenerStream::new(listener),
             shutdown.clone().cancelled_owned(),

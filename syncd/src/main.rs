@@ -1,1 +1,325 @@
-fn main() {}
+//! `syncd` command line: parse flags (every flag also reads an environment
+//! variable, including the original automc ones), set up logging, convert to
+//! [`syncd::Config`], run until SIGINT/SIGTERM. Bad configuration exits 64.
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use tokio_util::sync::CancellationToken;
+
+const EXIT_CONFIG: u8 = 64;
+
+#[derive(Parser)]
+#[command(
+    name = "syncd",
+    version,
+    about = "automc syncd: Postgres route table streamed to edges over gRPC; the one waker caller",
+    args_conflicts_with_subcommands = true
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    /// `serve` flags, accepted without the subcommand too.
+    #[command(flatten)]
+    serve: ServeArgs,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run syncd (the default).
+    Serve(Box<ServeArgs>),
+    /// Create or upgrade the schema and triggers (idempotent, keeps rows).
+    Migrate(DbArgs),
+    /// Diagnose a database: table, columns, triggers, routes, waker.
+    Check(CheckArgs),
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Args, Clone)]
+struct DbArgs {
+    /// Postgres DSN (URL or key=value). Falls back to AUTOMC_DSN.
+    #[arg(long, env = "SYNCD_DATABASE_URL", hide_env_values = true)]
+    database_url: Option<String>,
+    /// Log format: text or json (RUST_LOG filters).
+    #[arg(long, env = "SYNCD_LOG_FORMAT", value_enum, default_value = "text")]
+    log_format: LogFormat,
+}
+
+#[derive(Args, Clone)]
+struct CheckArgs {
+    #[command(flatten)]
+    db: DbArgs,
+    /// Waker base URL to probe. Falls back to AUTOMC_WAKER_URL.
+    #[arg(long, env = "SYNCD_WAKER_URL")]
+    waker_url: Option<String>,
+}
+
+#[derive(Args, Clone)]
+struct ServeArgs {
+    #[command(flatten)]
+    db: DbArgs,
+    /// gRPC address for edges and grpcurl.
+    #[arg(long, env = "SYNCD_GRPC_LISTEN", default_value = syncd::config::DEFAULT_GRPC_LISTEN)]
+    grpc_listen: SocketAddr,
+    /// HTTP address for /metrics, /healthz, /readyz.
+    #[arg(long, env = "SYNCD_HTTP_LISTEN", default_value = syncd::config::DEFAULT_HTTP_LISTEN)]
+    http_listen: SocketAddr,
+    /// Bearer token required on every RPC except health.
+    #[arg(long, env = "SYNCD_GRPC_TOKEN", hide_env_values = true)]
+    grpc_token: Option<String>,
+    /// Waker base URL; unset = wakes fail with "waker not configured".
+    /// Falls back to AUTOMC_WAKER_URL.
+    #[arg(long, env = "SYNCD_WAKER_URL")]
+    waker_url: Option<String>,
+    /// Sent as X-API-Key. Falls back to AUTOMC_WAKER_TOKEN.
+    #[arg(
+        long,
+        env = "SYNCD_WAKER_TOKEN",
+        hide_env_values = true,
+        conflicts_with = "waker_token_file"
+    )]
+    waker_token: Option<String>,
+    /// File holding the waker token (surrounding whitespace is ignored).
+    #[arg(long, env = "SYNCD_WAKER_TOKEN_FILE")]
+    waker_token_file: Option<PathBuf>,
+    /// How often to poll the waker for the server's state.
+    #[arg(long, env = "SYNCD_WAKER_POLL_INTERVAL", value_parser = humantime::parse_duration, default_value = "2s")]
+    waker_poll_interval: Duration,
+    /// Give up on a wake after this long.
+    #[arg(long, env = "SYNCD_WAKER_TIMEOUT", value_parser = humantime::parse_duration, default_value = "90s")]
+    waker_timeout: Duration,
+    /// Bound on each HTTP request to the waker.
+    #[arg(long, env = "SYNCD_WAKER_REQUEST_TIMEOUT", value_parser = humantime::parse_duration, default_value = "10s")]
+    waker_request_timeout: Duration,
+    /// A wake also needs the server to answer a Minecraft status ping.
+    #[arg(long, env = "SYNCD_WAKER_READY_CHECK")]
+    waker_ready_check: bool,
+    /// Reuse a successful wake for this long.
+    #[arg(long, env = "SYNCD_WAKE_REUSE", value_parser = humantime::parse_duration, default_value = "10s")]
+    wake_reuse: Duration,
+    /// Heartbeat on a watch stream idle for this long.
+    #[arg(long, env = "SYNCD_HEARTBEAT_INTERVAL", value_parser = humantime::parse_duration, default_value = "5s")]
+    heartbeat_interval: Duration,
+    /// Messages queued per watcher before it is cut off as stuck.
+    #[arg(long, env = "SYNCD_WATCHER_QUEUE", default_value_t = syncd::config::DEFAULT_WATCHER_QUEUE)]
+    watcher_queue: usize,
+    /// Change sets kept so reconnecting edges resume without a snapshot.
+    #[arg(long, env = "SYNCD_HISTORY", default_value_t = syncd::config::DEFAULT_HISTORY_LEN)]
+    history: usize,
+    /// Probe the LISTEN connection with SELECT 1 this often.
+    #[arg(long, env = "SYNCD_PG_PROBE_INTERVAL", value_parser = humantime::parse_duration, default_value = "10s")]
+    pg_probe_interval: Duration,
+}
+
+fn env_fallback(value: Option<String>, legacy: &str) -> Option<String> {
+    value
+        .or_else(|| std::env::var(legacy).ok())
+        .filter(|v| !v.trim().is_empty())
+}
+
+impl DbArgs {
+    fn database_url(&self) -> anyhow::Result<String> {
+        env_fallback(self.database_url.clone(), "AUTOMC_DSN")
+            .context("no database URL: set --database-url, SYNCD_DATABASE_URL or AUTOMC_DSN")
+    }
+}
+
+impl ServeArgs {
+    fn into_config(self) -> anyhow::Result<syncd::Config> {
+        let mut c = syncd::Config::new(self.db.database_url()?);
+        c.grpc_listen = self.grpc_listen;
+        c.http_listen = self.http_listen;
+        c.grpc_token = self.grpc_token.filter(|t| !t.is_empty());
+        c.heartbeat_interval = self.heartbeat_interval;
+        c.watcher_queue = self.watcher_queue;
+        c.history_len = self.history;
+        c.pg_probe_interval = self.pg_probe_interval;
+        c.waker.url = env_fallback(self.waker_url, "AUTOMC_WAKER_URL");
+        c.waker.token = match self.waker_token_file {
+            Some(path) => Some(
+                std::fs::read_to_string(&path)
+                    .with_context(|| format!("cannot read --waker-token-file {}", path.display()))?
+                    .trim()
+                    .to_owned(),
+            ),
+            None => env_fallback(self.waker_token, "AUTOMC_WAKER_TOKEN"),
+        };
+        c.waker.poll_interval = self.waker_poll_interval;
+        c.waker.timeout = self.waker_timeout;
+        c.waker.request_timeout = self.waker_request_timeout;
+        c.waker.ready_check = self.waker_ready_check;
+        c.waker.reuse_for = self.wake_reuse;
+        Ok(c)
+    }
+}
+
+fn init_tracing(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => {
+            use clap::error::ErrorKind;
+            let _ = e.print();
+            return match e.kind() {
+                ErrorKind::DisplayHelp
+                | ErrorKind::DisplayVersion
+                | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand => ExitCode::SUCCESS,
+                _ => ExitCode::from(EXIT_CONFIG),
+            };
+        }
+    };
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("syncd: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(async move {
+        match cli.command {
+            Some(Command::Serve(args)) => serve(*args).await,
+            None => serve(cli.serve).await,
+            Some(Command::Migrate(db)) => migrate(db).await,
+            Some(Command::Check(args)) => check(args).await,
+        }
+    })
+}
+
+fn config_error(e: impl std::fmt::Display) -> ExitCode {
+    eprintln!("syncd: {e}");
+    ExitCode::from(EXIT_CONFIG)
+}
+
+async fn serve(args: ServeArgs) -> ExitCode {
+    init_tracing(args.db.log_format);
+    let config = match args.into_config() {
+        Ok(c) => c,
+        Err(e) => return config_error(format!("{e:#}")),
+    };
+    let shutdown = CancellationToken::new();
+    let running = match syncd::start(config, shutdown.clone()).await {
+        Ok(r) => r,
+        Err(e @ syncd::Error::Config(_)) => return config_error(e),
+        Err(e) => {
+            tracing::error!(error = %e, "syncd failed to start");
+            return ExitCode::FAILURE;
+        }
+    };
+    tokio::spawn(async move {
+        wait_for_signal().await;
+        tracing::info!("shutting down");
+        shutdown.cancel();
+    });
+    match running.wait().await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!(error = %e, "syncd stopped with an error");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn wait_for_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = tokio::signal::ctrl_c() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+async fn migrate(db: DbArgs) -> ExitCode {
+    init_tracing(db.log_format);
+    let url = match db.database_url() {
+        Ok(u) => u,
+        Err(e) => return config_error(e),
+    };
+    match syncd::migrate(&url).await {
+        Ok(()) => {
+            println!(
+                "schema of {} is up to date (servers, server_aliases, notify triggers)",
+                syncd::schema::redact_dsn(&url)
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("syncd migrate failed: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn check(args: CheckArgs) -> ExitCode {
+    init_tracing(args.db.log_format);
+    let url = match args.db.database_url() {
+        Ok(u) => u,
+        Err(e) => return config_error(e),
+    };
+    println!("checking {}", syncd::schema::redact_dsn(&url));
+    let mut failed = false;
+    match syncd::check(&url).await {
+        Ok(findings) => {
+            for f in findings {
+                failed |= f.level == syncd::schema::Level::Error;
+                println!("{f}");
+            }
+        }
+        Err(e) => {
+            println!("ERROR cannot connect or query: {e}");
+            failed = true;
+        }
+    }
+    match env_fallback(args.waker_url, "AUTOMC_WAKER_URL") {
+        None => println!("warn  no waker URL: wakes will fail with \"waker not configured\""),
+        Some(url) => match probe_waker(&url).await {
+            Ok(status) => println!("ok    waker {url} reachable (HTTP {status})"),
+            Err(e) => {
+                println!("ERROR waker {url} unreachable: {e}");
+                failed = true;
+            }
+        },
+    }
+    if failed {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    }
+}
+
+async fn probe_waker(url: &str) -> anyhow::Result<u16> {
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(5))
+        .build()?;
+    let resp = client.get(url).send().await?;
+    Ok(resp.status().as_u16())
+}

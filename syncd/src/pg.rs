@@ -142,14 +142,14 @@ impl Listener {
         let (tx, mut rx) = mpsc::unbounded_channel();
         let driver = AbortOnDrop(tokio::spawn(drive(conn, tx)));
 
-        let shape = schema::detect(&client).await?;
+        let mut shape = schema::detect(&client).await?;
         if !shape.has_servers {
             return Err(ListenError::MissingTable);
         }
         client
             .batch_execute(&format!("LISTEN {}", schema::CHANNEL))
             .await?;
-        let queries = Queries::prepare(&client, shape).await?;
+        let mut queries = Queries::prepare(&client, shape).await?;
         // Everything notified so far is covered by the full read below.
         while rx.try_recv().is_ok() {}
         let mut pending = Pending {
@@ -177,6 +177,18 @@ impl Listener {
                 }
             }
             self.drain(&mut rx, &mut pending);
+            if !pending.names.is_empty() && !shape.is_current() {
+                // A named payload comes from our own trigger: `syncd migrate`
+                // ran while we were connected. Look again so the new columns
+                // and the alias table are read.
+                shape = schema::detect(&client).await?;
+                queries = Queries::prepare(&client, shape).await?;
+                pending.everything = true;
+                tracing::info!(
+                    ?shape,
+                    "schema upgraded while connected; reading everything again"
+                );
+            }
             pending = self.reread(&client, &queries, pending, &mut rx).await?;
             if first {
                 first = false;

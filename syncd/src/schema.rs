@@ -147,6 +147,11 @@ pub async fn detect(client: &Client) -> Result<Shape, tokio_postgres::Error> {
 }
 
 impl Shape {
+    /// Everything `syncd migrate` creates is there.
+    pub fn is_current(&self) -> bool {
+        self.has_servers && self.has_enabled && self.has_state && self.has_aliases
+    }
+
     /// `SELECT` of every server row (`only_names = false`) or of the servers
     /// named in `$1::text[]`.
     pub fn read_query(&self, only_names: bool) -> String {

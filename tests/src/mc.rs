@@ -1199,6 +1199,71 @@ mod tests {
         }
     }
 
+    /// The two implementations are independent; here they must agree on the wire bytes.
+    #[test]
+    fn test_peers_and_edge_protocol_agree_on_the_wire() {
+        use edge::protocol as p;
+        for (proto, host, state) in [
+            (47, "a.example", 1),
+            (769, "mc.example.com\0FML3\0", 2),
+            (769, "x", 3),
+        ] {
+            let ours = handshake_packet(proto, host, 25565, state);
+            let Ok(Some(p::FirstPacket::Modern { handshake, len })) = p::parse_first_packet(&ours)
+            else {
+                panic!("edge does not parse {ours:02x?}");
+            };
+            assert_eq!(
+                (
+                    handshake.protocol_version,
+                    handshake.server_address.as_str(),
+                    len
+                ),
+                (proto, host, ours.len())
+            );
+            assert_eq!(p::encode_handshake(&handshake), ours);
+        }
+        let ls = login_start_packet(769, "Alex");
+        assert_eq!(
+            p::parse_login_start(&ls),
+            Ok(Some(("Alex".to_owned(), ls.len())))
+        );
+        assert_eq!(p::encode_ping(-9), ping_packet(-9));
+        assert_eq!(
+            p::encode_login_disconnect("a \"b\""),
+            login_disconnect_packet("a \"b\"")
+        );
+        let v16 = legacy_1_6_bytes("mc.example.com", 25565, 78);
+        assert_eq!(p::encode_legacy_ping_v1_6(78, "mc.example.com", 25565), v16);
+        let src: SocketAddr = "[2001:db8::7]:51234".parse().expect("addr");
+        let dst: SocketAddr = "[2001:db8::1]:25565".parse().expect("addr");
+        let info = parse_proxy(&p::encode_proxy_v2(src, dst))
+            .expect("parse")
+            .expect("complete");
+        assert_eq!((info.source, info.destination), (Some(src), Some(dst)));
+        let info = parse_proxy(&p::encode_proxy_v1(src, dst))
+            .expect("parse")
+            .expect("complete");
+        assert_eq!((info.source, info.destination), (Some(src), Some(dst)));
+        let answer = p::encode_legacy_response(
+            &p::LegacyPing {
+                form: p::LegacyForm::V1_6,
+                protocol_version: Some(78),
+                hostname: None,
+                port: None,
+            },
+            &p::StatusInfo {
+                motd: "hi",
+                version_name: "1.21.4",
+                protocol: 769,
+                online: 1,
+                max: 2,
+            },
+        );
+        let reply = decode_legacy_reply(&answer[3..]).expect("decode");
+        assert_eq!(reply.fields, ["78", "1.21.4", "hi", "1", "2"]);
+    }
+
     #[test]
     fn proxy_v1_parses() {
         let info = parse_proxy(b"PROXY TCP4 1.2.3.4 5.6.7.8 1 2\r\nxx")

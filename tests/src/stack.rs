@@ -75,6 +75,45 @@ pub async fn migrated_pg() -> TestPg {
     pg
 }
 
+/// Create a non-superuser login role `syncd` that can read the routing
+/// tables, and return a DSN for it. A test can then lock syncd out
+/// (`ALTER ROLE syncd NOLOGIN`) while it keeps changing data as `postgres`.
+pub async fn syncd_role_dsn(pg: &TestPg) -> String {
+    pg.execute(
+        "CREATE ROLE syncd LOGIN;
+         GRANT SELECT ON ALL TABLES IN SCHEMA public TO syncd;",
+    )
+    .await;
+    format!(
+        "postgres://syncd@127.0.0.1:{}/{}",
+        pg.port(),
+        crate::pg::DATABASE
+    )
+}
+
+/// Terminate every backend of role `syncd` (its LISTEN connection).
+pub async fn terminate_syncd_backends(pg: &TestPg) -> u64 {
+    let c = pg.client().await;
+    match c
+        .query_one(
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE usename = 'syncd'",
+            &[],
+        )
+        .await
+    {
+        Ok(row) => row.get::<_, i64>(0) as u64,
+        Err(e) => panic!("pg_terminate_backend failed: {e}"),
+    }
+}
+
+/// Value of a metric line `name ` (or `name{labels} `) in Prometheus text.
+pub fn metric_value(text: &str, name: &str) -> Option<f64> {
+    text.lines()
+        .find(|l| l.starts_with(name) && l[name.len()..].starts_with([' ', '{']))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+}
+
 /// A syncd running in-process.
 pub struct SyncdHandle {
     pub grpc_addr: SocketAddr,
@@ -247,6 +286,38 @@ impl RouteWatcher {
         hello: WatchHello,
         token: Option<&str>,
     ) -> Result<RouteWatcher, tonic::Status> {
+        Self::open(url, hello, token, WatchState::default()).await
+    }
+
+    /// Reconnect holding `held` (an earlier watcher's state): the hello
+    /// carries its epoch and version, so syncd may answer with only what
+    /// was missed. Counters (snapshots, deltas, ...) start from zero.
+    pub async fn resume(
+        url: &str,
+        edge_id: &str,
+        held: &WatchState,
+    ) -> Result<RouteWatcher, tonic::Status> {
+        let hello = WatchHello {
+            edge_id: edge_id.into(),
+            epoch: held.epoch.clone(),
+            version: held.version,
+        };
+        let state = WatchState {
+            table: held.table.clone(),
+            epoch: held.epoch.clone(),
+            version: held.version,
+            wakes: held.wakes.clone(),
+            ..WatchState::default()
+        };
+        Self::open(url, hello, None, state).await
+    }
+
+    async fn open(
+        url: &str,
+        hello: WatchHello,
+        token: Option<&str>,
+        initial: WatchState,
+    ) -> Result<RouteWatcher, tonic::Status> {
         let mut client = RouteSyncClient::connect(url.to_owned())
             .await
             .map_err(|e| tonic::Status::unavailable(e.to_string()))?
@@ -267,7 +338,7 @@ impl RouteWatcher {
         let mut inbound = client.watch_routes(req).await?.into_inner();
         // The first message tells whether the watch really started (auth
         // errors can arrive here).
-        let state = Arc::new(Mutex::new(WatchState::default()));
+        let state = Arc::new(Mutex::new(initial));
         let (changed_tx, changed) = watch::channel(0u64);
         let first = match inbound.next().await {
             Some(Ok(m)) => m,

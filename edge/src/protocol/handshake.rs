@@ -95,7 +95,18 @@ fn parse_handshake_body(body: &[u8]) -> Result<Handshake, ProtocolError> {
         return Err(ProtocolError::BadPacketId(id));
     }
     let protocol_version = r.varint()?;
-    let server_address = r.string(MAX_ADDRESS_CHARS, ProtocolError::AddressTooLong)?;
+    // The whole field is bounded by the packet cap; the hostname part (before
+    // a Forge `\0` marker or a TCPShield `///ip:port///timestamp///signature`
+    // suffix, whose signature alone is ~350 characters) by MAX_ADDRESS_CHARS.
+    let server_address = r.string(MAX_HANDSHAKE_BYTES, ProtocolError::AddressTooLong)?;
+    let host_part = server_address
+        .split('\0')
+        .next()
+        .and_then(|h| h.split("///").next())
+        .unwrap_or_default();
+    if host_part.encode_utf16().count() > MAX_ADDRESS_CHARS {
+        return Err(ProtocolError::AddressTooLong);
+    }
     let server_port = r.u16()?;
     let next_state = NextState::from_wire(r.varint()?)?;
     if !r.is_empty() {

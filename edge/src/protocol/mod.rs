@@ -37,6 +37,9 @@ pub use proxy_header::{
     ProxyHeaderError, MAX_PROXY_HEADER_BYTES,
 };
 pub use status::{mark_status_stale, status_json, StatusInfo};
+
+/// Same as [`parse_legacy_bare_timeout`] (the name used in some notes).
+pub use legacy::parse_legacy_bare_timeout as legacy_from_bare;
 pub use varint::{read_varint, varint_len, write_varint, MAX_PACKET_BYTES, MAX_VARINT_BYTES};
 
 /// Why bytes from a peer are not a packet we accept. `reason()` is the metrics label.

@@ -855,3 +855,27 @@ fn modern_frames_whose_length_starts_with_fe_are_not_legacy() {
     );
     assert_eq!(parse_first_packet(&[0xfe, 0x02, 0x00]), Ok(None));
 }
+
+#[test]
+fn tcpshield_address_with_a_long_signature_is_accepted() {
+    // TCPShield appends ///client-ip:port///timestamp///base64-signature,
+    // well past 255 characters; only the hostname before it is capped.
+    let address = format!(
+        "play.example.com///203.0.113.9:53122///1700000000///{}",
+        "A".repeat(344)
+    );
+    assert!(address.len() > 255);
+    let bytes = handshake_with_address(&address);
+    match parse_first_packet(&bytes) {
+        Ok(Some(FirstPacket::Modern { handshake, len })) => {
+            assert_eq!(handshake.server_address, address);
+            assert_eq!(len, bytes.len());
+        }
+        other => panic!("expected a handshake, got {other:?}"),
+    }
+    let long_host = format!("{}///203.0.113.9:53122", "a".repeat(256));
+    assert_eq!(
+        parse_first_packet(&handshake_with_address(&long_host)),
+        Err(ProtocolError::AddressTooLong)
+    );
+}

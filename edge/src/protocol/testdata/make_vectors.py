@@ -41,6 +41,15 @@ def login_start(name, uid=None):
     return frame(body)
 
 
+def login_start_1_19_2(name, uid):
+    """1.19.1/1.19.2 (760): name, has_sig_data, timestamp, public key, signature, has_uuid, uuid."""
+    key = bytes(range(256)) + bytes(38)  # 294 bytes, the size of an X.509 RSA-2048 key
+    sig = bytes((i * 7) & 0xFF for i in range(512))
+    body = (varint(0) + string(name) + b"\x01" + struct.pack(">q", 1732770000123)
+            + varint(len(key)) + key + varint(len(sig)) + sig + b"\x01" + uuid.UUID(uid).bytes)
+    return frame(body)
+
+
 STATUS_REQUEST = frame(varint(0))
 UID = "069a79f4-44e9-4726-a5be-fca90e38aaf5"
 
@@ -56,6 +65,7 @@ V = {
     "vanilla_1_8_status": handshake(47, "mc.example.com", 25565, 1) + STATUS_REQUEST,
     "vanilla_1_8_login": handshake(47, "mc.example.com", 25565, 2) + login_start("Notch"),
     "vanilla_1_12_2_login": handshake(340, "play.example.net", 25565, 2) + login_start("jeb_"),
+    "vanilla_1_19_2_login": handshake(760, "mc.example.com", 25565, 2) + login_start_1_19_2("Alex", UID),
     "vanilla_1_20_4_status": handshake(765, "mc.example.com", 25565, 1) + STATUS_REQUEST,
     "vanilla_1_20_4_login": handshake(765, "Play.Example.NET.", 25565, 2) + login_start("Alex", UID),
     "vanilla_1_20_4_handshake_only": handshake(765, "mc.example.com", 25565, 2),

@@ -1,0 +1,125 @@
+//! Postgres goes away (restart, terminated backend) and changes are made
+//! while syncd is disconnected: all of them reach the watchers afterwards,
+//! and the table keeps serving meanwhile.
+use automc_tests::stack::{
+    eventually, metric_value, migrated_pg, start_syncd, syncd_role_dsn, terminate_syncd_backends,
+    DEADLINE,
+};
+
+const SEED: &str = "INSERT INTO servers (name, domain, address) VALUES
+    ('a', 'a.example.com', '10.0.0.1:25565'),
+    ('b', 'b.example.com', '10.0.0.2:25565'),
+    ('c', 'c.example.com', '10.0.0.3:25565')";
+
+const WHILE_AWAY: &str =
+    "INSERT INTO servers (name, domain, address) VALUES ('d', 'd.example.com', '10.0.0.4:25565');
+    UPDATE servers SET address = '10.0.0.22:25565' WHERE name = 'b';
+    DELETE FROM servers WHERE name = 'c';";
+
+fn caught_up(s: &automc_tests::stack::WatchState) -> bool {
+    s.table.get("d").is_some()
+        && s.table.get("c").is_none()
+        && s.address_of("b").as_deref() == Some("10.0.0.22:25565")
+}
+
+#[tokio::test]
+async fn changes_made_while_postgres_restarted_reach_the_watchers() {
+    let mut pg = migrated_pg().await;
+    pg.execute(SEED).await;
+    let dsn = syncd_role_dsn(&pg).await;
+    let syncd = start_syncd(&dsn, |_| {}).await;
+    let mut w = syncd.watch("edge").await;
+    assert_eq!(w.state().table.len(), 3);
+
+    // Keep syncd out after the restart until the changes are in.
+    pg.execute("ALTER ROLE syncd NOLOGIN").await;
+    pg.restart().await;
+    pg.execute(WHILE_AWAY).await;
+    let metrics_at = syncd.http_addr;
+    eventually(
+        "syncd notices the lost connection",
+        DEADLINE,
+        || async move {
+            let text = automc_tests::stack::http_get(metrics_at, "/metrics")
+                .await
+                .map(|(_, b)| b)
+                .unwrap_or_default();
+            metric_value(&text, "automc_syncd_pg_connected") == Some(0.0)
+                && metric_value(&text, "automc_syncd_pg_reconnects_total").unwrap_or(0.0) >= 1.0
+        },
+    )
+    .await;
+    // The table kept serving meanwhile.
+    let mut client = syncd.client().await;
+    let listed = client
+        .list_routes(automc_proto::v1::ListRoutesRequest {})
+        .await
+        .expect("ListRoutes while Postgres is away")
+        .into_inner();
+    assert_eq!(listed.routes.len(), 3);
+
+    pg.execute("ALTER ROLE syncd LOGIN").await;
+    let st = w
+        .wait_until("changes made while away arrive", DEADLINE, caught_up)
+        .await;
+    assert!(!st.gap);
+    assert_eq!(st.snapshots, 1, "the edge keeps its stream: deltas only");
+}
+
+#[tokio::test]
+async fn changes_made_after_the_backend_is_terminated_reach_the_watchers() {
+    let pg = migrated_pg().await;
+    pg.execute(SEED).await;
+    let dsn = syncd_role_dsn(&pg).await;
+    let syncd = start_syncd(&dsn, |_| {}).await;
+    let mut w = syncd.watch("edge").await;
+
+    pg.execute("ALTER ROLE syncd NOLOGIN").await;
+    assert_eq!(
+        terminate_syncd_backends(&pg).await,
+        1,
+        "one LISTEN connection"
+    );
+    pg.execute(WHILE_AWAY).await;
+    pg.execute("ALTER ROLE syncd LOGIN").await;
+    w.wait_until("changes made while away arrive", DEADLINE, caught_up)
+        .await;
+
+    // And the new connection listens again.
+    pg.execute("UPDATE servers SET address = '10.0.0.99:1' WHERE name = 'a'")
+        .await;
+    w.wait_until("later change arrives", DEADLINE, |s| {
+        s.address_of("a").as_deref() == Some("10.0.0.99:1")
+    })
+    .await;
+    let c = pg.client().await;
+    let n: i64 = c
+        .query_one(
+            "SELECT count(*) FROM pg_stat_activity WHERE usename = 'syncd'",
+            &[],
+        )
+        .await
+        .expect("count")
+        .get(0);
+    assert_eq!(n, 1, "exactly one Postgres connection for LISTEN and reads");
+}
+
+#[tokio::test]
+async fn syncd_starting_before_postgres_becomes_ready_once_it_can_read() {
+    let mut pg = migrated_pg().await;
+    pg.execute(SEED).await;
+    pg.stop().await;
+    let syncd = automc_tests::stack::spawn_syncd(&pg.dsn(), |_| {}).await;
+    let (status, _) = automc_tests::stack::http_get(syncd.http_addr, "/readyz")
+        .await
+        .expect("readyz");
+    assert_eq!(status, 503, "not ready before the first read");
+    let (status, _) = automc_tests::stack::http_get(syncd.http_addr, "/healthz")
+        .await
+        .expect("healthz");
+    assert_eq!(status, 200);
+    pg.start_again().await;
+    syncd.wait_ready().await;
+    let w = syncd.watch("edge").await;
+    assert_eq!(w.state().table.len(), 3);
+}

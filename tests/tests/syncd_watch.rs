@@ -1,0 +1,243 @@
+//! The watch protocol: resume by epoch+version, acks seen in ListEdges,
+//! heartbeats, no-op notifications, and a stuck watcher cut off while the
+//! others keep receiving.
+use std::time::Duration;
+
+use futures::StreamExt as _;
+
+use automc_proto::v1::route_sync_client::RouteSyncClient;
+use automc_proto::v1::{watch_request, ListEdgesRequest, WatchHello, WatchRequest};
+use automc_tests::stack::{
+    eventually, metric_value, migrated_pg, start_syncd, RouteWatcher, DEADLINE,
+};
+
+const SEED: &str = "INSERT INTO servers (name, domain, address) VALUES
+    ('a', 'a.example.com', '10.0.0.1:25565'),
+    ('b', 'b.example.com', '10.0.0.2:25565')";
+
+#[tokio::test]
+async fn resume_by_epoch_and_version_sends_only_what_was_missed() {
+    let pg = migrated_pg().await;
+    pg.execute(SEED).await;
+    let syncd = start_syncd(&pg.dsn(), |_| {}).await;
+    let w = syncd.watch("edge").await;
+    let held = w.state();
+    drop(w);
+
+    pg.execute(
+        "INSERT INTO servers (name, domain, address) VALUES ('c', 'c.example.com', '10.0.0.3:1')",
+    )
+    .await;
+    pg.execute("UPDATE servers SET address = '10.0.0.9:1' WHERE name = 'a'")
+        .await;
+    pg.execute("DELETE FROM servers WHERE name = 'b'").await;
+    let mut client = syncd.client().await;
+    let end = std::time::Instant::now() + DEADLINE;
+    while client
+        .list_routes(automc_proto::v1::ListRoutesRequest {})
+        .await
+        .expect("ListRoutes")
+        .into_inner()
+        .routes
+        .iter()
+        .any(|r| r.server == "b")
+    {
+        assert!(std::time::Instant::now() < end, "delete never applied");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+
+    let w = RouteWatcher::resume(&syncd.grpc_url(), "edge", &held)
+        .await
+        .expect("resume");
+    let st = w.state();
+    assert_eq!(st.snapshots, 0, "no snapshot when resuming");
+    assert_eq!(st.deltas.len(), 1, "one delta with everything missed");
+    let d = st.deltas[0];
+    assert_eq!(d.from_version, held.version);
+    assert_eq!(d.changes, 3, "c added, a changed, b removed");
+    assert!(!st.gap);
+    let names: Vec<_> = st.table.routes().map(|r| r.server.clone()).collect();
+    assert_eq!(names, vec!["a", "c"]);
+    assert_eq!(st.address_of("a").as_deref(), Some("10.0.0.9:1"));
+}
+
+#[tokio::test]
+async fn resume_after_syncd_restart_gets_a_fresh_snapshot() {
+    let pg = migrated_pg().await;
+    pg.execute(SEED).await;
+    let first = start_syncd(&pg.dsn(), |_| {}).await;
+    let held = first.watch("edge").await.state();
+    first.stop().await;
+    let second = start_syncd(&pg.dsn(), |_| {}).await;
+    assert_ne!(second.epoch, held.epoch);
+    let w = RouteWatcher::resume(&second.grpc_url(), "edge", &held)
+        .await
+        .expect("resume");
+    let st = w.state();
+    assert_eq!(st.snapshots, 1, "another epoch means a snapshot");
+    assert_eq!(st.epoch, second.epoch);
+    assert_eq!(st.table.len(), 2);
+}
+
+#[tokio::test]
+async fn up_to_date_edge_gets_a_heartbeat_and_idle_streams_keep_getting_them() {
+    let pg = migrated_pg().await;
+    pg.execute(SEED).await;
+    let syncd = start_syncd(&pg.dsn(), |c| {
+        c.heartbeat_interval = Duration::from_millis(100)
+    })
+    .await;
+    let held = syncd.watch("edge").await.state();
+    let mut w = RouteWatcher::resume(&syncd.grpc_url(), "edge", &held)
+        .await
+        .expect("resume");
+    let st = w.state();
+    assert_eq!((st.snapshots, st.deltas.len(), st.heartbeats), (0, 0, 1));
+    w.wait_until("heartbeats on an idle stream", DEADLINE, |s| {
+        s.heartbeats >= 3
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_notification_that_changes_nothing_sends_nothing() {
+    let pg = migrated_pg().await;
+    pg.execute(SEED).await;
+    let syncd = start_syncd(&pg.dsn(), |_| {}).await;
+    let mut w = syncd.watch("edge").await;
+    let v = w.state().version;
+    // Same value written, and an empty-payload NOTIFY: both re-read, neither changes.
+    pg.execute("UPDATE servers SET address = address WHERE name = 'a'")
+        .await;
+    pg.execute("NOTIFY automc_routes_changed, ''").await;
+    let http = syncd.http_addr;
+    eventually("both notifications processed", DEADLINE, || async move {
+        let text = automc_tests::stack::http_get(http, "/metrics")
+            .await
+            .map(|(_, b)| b)
+            .unwrap_or_default();
+        metric_value(&text, "automc_syncd_notifications_total").unwrap_or(0.0) >= 2.0
+    })
+    .await;
+    pg.execute("UPDATE servers SET address = '10.0.0.5:1' WHERE name = 'b'")
+        .await;
+    let st = w
+        .wait_until("the real change", DEADLINE, |s| {
+            s.address_of("b").as_deref() == Some("10.0.0.5:1")
+        })
+        .await;
+    assert_eq!(st.version, v + 1, "only the real change bumped the version");
+    assert_eq!(st.deltas.len(), 1);
+}
+
+#[tokio::test]
+async fn list_edges_shows_each_watcher_and_the_version_it_acknowledged() {
+    let pg = migrated_pg().await;
+    pg.execute(SEED).await;
+    let syncd = start_syncd(&pg.dsn(), |_| {}).await;
+    let _w1 = syncd.watch("edge-one").await;
+    let mut w2 = syncd.watch("edge-two").await;
+    pg.execute("UPDATE servers SET address = '10.0.0.7:1' WHERE name = 'a'")
+        .await;
+    let version = w2
+        .wait_until("delta", DEADLINE, |s| {
+            s.address_of("a").as_deref() == Some("10.0.0.7:1")
+        })
+        .await
+        .version;
+    let mut client = syncd.client().await;
+    let end = std::time::Instant::now() + DEADLINE;
+    loop {
+        let r = client
+            .list_edges(ListEdgesRequest {})
+            .await
+            .expect("ListEdges")
+            .into_inner();
+        let mut ids: Vec<_> = r.edges.iter().map(|e| e.edge_id.as_str()).collect();
+        ids.sort_unstable();
+        assert_eq!(ids, vec!["edge-one", "edge-two"]);
+        if r.edges
+            .iter()
+            .all(|e| e.acked_version == version && e.lag == 0)
+        {
+            assert!(r.edges.iter().all(|e| e.acked_epoch == syncd.epoch
+                && e.peer.starts_with("127.0.0.1:")
+                && e.connected_since_ms > 0));
+            break;
+        }
+        assert!(std::time::Instant::now() < end, "acks never arrived: {r:?}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_stuck_watcher_is_cut_off_while_the_others_keep_receiving() {
+    let pg = migrated_pg().await;
+    pg.execute(SEED).await;
+    let syncd = start_syncd(&pg.dsn(), |c| c.watcher_queue = 64).await;
+    let mut live = syncd.watch("live").await;
+
+    // The stuck edge opens a stream with a tiny HTTP/2 window and never reads.
+    let channel = tonic::transport::Endpoint::from_shared(syncd.grpc_url())
+        .expect("endpoint")
+        .initial_stream_window_size(Some(16 * 1024))
+        .initial_connection_window_size(Some(16 * 1024))
+        .connect()
+        .await
+        .expect("connect");
+    let mut stuck_client = RouteSyncClient::new(channel);
+    let hello = WatchRequest {
+        msg: Some(watch_request::Msg::Hello(WatchHello {
+            edge_id: "stuck".into(),
+            ..Default::default()
+        })),
+    };
+    let _stuck = stuck_client
+        .watch_routes(futures::stream::iter(vec![hello]).chain(futures::stream::pending()))
+        .await
+        .expect("stuck watch opened");
+
+    // 400 single-row commits, each delta carrying an 8 KiB address.
+    pg.execute(
+        "INSERT INTO servers (name, domain, address)
+         SELECT 'big' || i, 'big' || i || '.example.com', '10.0.0.1:1' FROM generate_series(1, 400) i",
+    )
+    .await;
+    live.wait_until("bulk insert", DEADLINE, |s| s.table.len() == 402)
+        .await;
+    let c = pg.client().await;
+    for i in 1..=400 {
+        c.batch_execute(&format!(
+            "UPDATE servers SET address = '10.0.0.2:' || repeat('9', 8192) WHERE name = 'big{i}'"
+        ))
+        .await
+        .expect("update");
+    }
+    let st = live
+        .wait_until("live watcher gets every update", DEADLINE, |s| {
+            s.table.routes().filter(|r| r.address.len() > 8000).count() == 400
+        })
+        .await;
+    assert!(
+        st.ended.is_none(),
+        "live watcher must not be cut: {:?}",
+        st.ended
+    );
+    assert!(!st.gap);
+    let text = syncd.metrics_text().await;
+    assert_eq!(
+        metric_value(&text, "automc_syncd_watchers_cut_total"),
+        Some(1.0),
+        "{text}"
+    );
+    let edges = syncd
+        .client()
+        .await
+        .list_edges(ListEdgesRequest {})
+        .await
+        .expect("ListEdges")
+        .into_inner()
+        .edges;
+    let ids: Vec<_> = edges.iter().map(|e| e.edge_id.as_str()).collect();
+    assert_eq!(ids, vec!["live"], "the stuck watcher is gone");
+}
