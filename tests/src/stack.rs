@@ -614,7 +614,7 @@ impl EdgeHandle {
 
     /// Value of one sample line of `/metrics` (`name{labels}`), 0 when absent.
     pub fn metric(&self, sample: &str) -> f64 {
-        metric_value(&self.metrics(), sample)
+        metric_sample(&self.metrics(), sample)
     }
 }
 
@@ -625,7 +625,7 @@ impl Drop for EdgeHandle {
 }
 
 /// Value of the sample `name{labels}` in Prometheus text, 0 when absent.
-pub fn metric_value(text: &str, sample: &str) -> f64 {
+pub fn metric_sample(text: &str, sample: &str) -> f64 {
     text.lines()
         .filter(|l| !l.starts_with('#'))
         .find_map(|l| {
