@@ -624,7 +624,7 @@ impl Drop for EdgeHandle {
     }
 }
 
-/// Value of the sample `name{labels}` in Prometheus text, 0 when absent.
+/// Value of the exact sample `name{labels}` in Prometheus text, 0 when absent.
 pub fn metric_sample(text: &str, sample: &str) -> f64 {
     text.lines()
         .filter(|l| !l.starts_with('#'))
