@@ -60,6 +60,8 @@ pub struct Shared {
     pub conns: Arc<listener::Connections>,
     pub status_cache: status::StatusCache,
     pub admission: limits::Admission,
+    /// Refusals are logged at most once a second (a flood must not flood the logs).
+    pub refusal_log: limits::LogThrottle,
     draining: AtomicBool,
 }
 
@@ -149,6 +151,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
     let shared = Arc::new(Shared {
         status_cache: status::StatusCache::new(),
         admission: limits::Admission::new(config.limits),
+        refusal_log: limits::LogThrottle::new(Duration::from_secs(1)),
         config,
         routes,
         metrics,
