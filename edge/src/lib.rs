@@ -121,10 +121,22 @@ impl Running {
     }
 }
 
+/// Accept queue length asked of the kernel (capped by `net.core.somaxconn`):
+/// bursts of pings must not overflow it, or players wait a SYN retransmit.
+const LISTEN_BACKLOG: u32 = 4096;
+
 async fn bind(addr: SocketAddr) -> Result<TcpListener, Error> {
-    TcpListener::bind(addr)
-        .await
-        .map_err(|source| Error::Bind { addr, source })
+    let bind = || {
+        let socket = if addr.is_ipv4() {
+            tokio::net::TcpSocket::new_v4()?
+        } else {
+            tokio::net::TcpSocket::new_v6()?
+        };
+        socket.set_reuseaddr(true)?;
+        socket.bind(addr)?;
+        socket.listen(LISTEN_BACKLOG)
+    };
+    bind().map_err(|source| Error::Bind { addr, source })
 }
 
 fn local(l: &TcpListener, fallback: SocketAddr) -> SocketAddr {
