@@ -42,7 +42,20 @@ async fn signalled() {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let args = Args::parse();
+    let args = match Args::try_parse() {
+        Ok(a) => a,
+        Err(e) => {
+            use clap::error::ErrorKind;
+            let _ = e.print();
+            let code = match e.kind() {
+                ErrorKind::DisplayHelp
+                | ErrorKind::DisplayVersion
+                | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand => 0,
+                _ => EXIT_CONFIG,
+            };
+            std::process::exit(code);
+        }
+    };
     init_tracing(args.log_format);
     let config = match args.into_config() {
         Ok(c) => c,

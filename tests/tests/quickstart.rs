@@ -23,15 +23,18 @@ async fn bin_dir() -> PathBuf {
         .parent()
         .expect("binary has a directory")
         .to_path_buf();
-    // `cargo test --workspace` builds syncd and edge for their own CLI tests;
-    // make sure they are there when this test runs alone.
-    let status = Command::new(env!("CARGO"))
-        .args(["build", "--quiet", "-p", "syncd", "-p", "edge"])
-        .current_dir(repo())
-        .status()
-        .await
-        .expect("run cargo build");
-    assert!(status.success(), "cargo build -p syncd -p edge failed");
+    // `cargo test --workspace` builds syncd and edge for their own CLI tests
+    // (syncd/tests/cli.rs, edge/tests/cli.rs); build them when this test
+    // runs alone.
+    if !dir.join("syncd").exists() || !dir.join("edge").exists() {
+        let status = Command::new(env!("CARGO"))
+            .args(["build", "--quiet", "-p", "syncd", "-p", "edge"])
+            .current_dir(repo())
+            .status()
+            .await
+            .expect("run cargo build");
+        assert!(status.success(), "cargo build -p syncd -p edge failed");
+    }
     for b in ["syncd", "edge", "automc-demo-backend"] {
         assert!(dir.join(b).exists(), "{} missing", dir.join(b).display());
     }
