@@ -75,7 +75,9 @@ pub async fn handle(
         Err(r) => {
             m.refused(r.reason());
             m.connection_ended("refused");
-            debug!(client.addr = %peer, reason = r.reason(), "connection refused");
+            if let Some(suppressed) = shared.refusal_log.check(std::time::Instant::now()) {
+                info!(client.addr = %peer, reason = r.reason(), suppressed, "connection refused");
+            }
             return;
         }
     };
@@ -116,7 +118,9 @@ pub async fn handle(
         }
         Outcome::Refused(reason) => {
             m.refused(reason);
-            info!(reason, "connection refused");
+            if let Some(suppressed) = shared.refusal_log.check(std::time::Instant::now()) {
+                info!(reason, suppressed, "connection refused");
+            }
         }
         Outcome::Offline | Outcome::WakeFailed | Outcome::Cut => info!("connection ended"),
         _ => debug!("connection ended"),
