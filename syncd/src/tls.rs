@@ -3,8 +3,9 @@
 //! rustls with the ring provider only. The server config is built from three
 //! PEM files: the certificate chain, its private key and, for mutual TLS, the
 //! CA that client (edge) certificates must chain to. A reload task looks at
-//! the files' modification times every `reload_interval` and, when one
-//! changed, builds a new config and swaps it in; every new connection takes
+//! the files every `reload_interval` (a fingerprint of their contents: no
+//! mtime granularity surprises) and, when one changed, builds a new config
+//! and swaps it in; every new connection takes
 //! the current config, established connections keep theirs. A bad file
 //! (half-written, wrong key) is logged and the previous config stays: a
 //! rotation never takes the port down. No SIGHUP is needed (and none is
@@ -12,10 +13,11 @@
 //!
 //! Handshakes run in their own tasks under a timeout, so a client that opens
 //! a socket and says nothing holds a task, not the accept loop.
+use std::hash::{Hash, Hasher};
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use futures::Stream;
 use rustls::pki_types::pem::PemObject;
@@ -146,7 +148,7 @@ pub fn load(files: &TlsFiles) -> Result<ServerConfig, TlsError> {
 pub struct ServerTls {
     files: TlsFiles,
     current: RwLock<Arc<ServerConfig>>,
-    stamp: RwLock<Vec<Option<(SystemTime, u64)>>>,
+    stamp: RwLock<u64>,
 }
 
 impl ServerTls {
@@ -212,16 +214,16 @@ impl ServerTls {
     }
 }
 
-fn stamps(files: &TlsFiles) -> Vec<Option<(SystemTime, u64)>> {
-    std::iter::once(&files.cert)
+/// A fingerprint of the files' contents (a missing file counts as empty).
+fn stamps(files: &TlsFiles) -> u64 {
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    for p in std::iter::once(&files.cert)
         .chain(std::iter::once(&files.key))
         .chain(files.client_ca.iter())
-        .map(|p| {
-            std::fs::metadata(p)
-                .ok()
-                .and_then(|m| Some((m.modified().ok()?, m.len())))
-        })
-        .collect()
+    {
+        std::fs::read(p).unwrap_or_default().hash(&mut h);
+    }
+    h.finish()
 }
 
 /// Accept TCP connections and hand out finished TLS streams.
@@ -269,4 +271,50 @@ pub fn incoming(
         }
     });
     ReceiverStream::new(rx)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pair(dir: &Path, tag: &str) -> (PathBuf, PathBuf) {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = rcgen::CertificateParams::new(vec!["localhost".to_string()])
+            .unwrap()
+            .self_signed(&key)
+            .unwrap();
+        let (c, k) = (
+            dir.join(format!("{tag}.pem")),
+            dir.join(format!("{tag}.key")),
+        );
+        std::fs::write(&c, cert.pem()).unwrap();
+        std::fs::write(&k, key.serialize_pem()).unwrap();
+        (c, k)
+    }
+
+    #[test]
+    fn a_mismatched_pair_keeps_the_previous_config() {
+        let dir = std::env::temp_dir().join(format!("automc-tls-unit-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let (cert, key) = pair(&dir, "a");
+        let (new_cert, new_key) = pair(&dir, "b");
+        let tls = ServerTls::new(TlsFiles::new(&cert, &key)).unwrap();
+        let first = tls.current();
+        assert!(!tls.reload_if_changed().unwrap(), "nothing changed");
+
+        // Half a rotation: the new certificate with the old key.
+        std::fs::copy(&new_cert, &cert).unwrap();
+        assert!(tls.reload_if_changed().is_err());
+        assert!(Arc::ptr_eq(&first, &tls.current()), "old config kept");
+        // Reported once, not on every tick.
+        assert!(!tls.reload_if_changed().unwrap());
+
+        std::fs::copy(&new_key, &key).unwrap();
+        assert!(tls.reload_if_changed().unwrap());
+        assert!(!Arc::ptr_eq(&first, &tls.current()), "new config in force");
+
+        // A missing file is an error at start, not a panic.
+        assert!(ServerTls::new(TlsFiles::new(dir.join("nope.pem"), &key)).is_err());
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }
