@@ -5,7 +5,6 @@
 //! a log line.
 use std::fmt;
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::time::Duration;
 
 pub const DEFAULT_GRPC_LISTEN: &str = "0.0.0.0:50051";
@@ -35,9 +34,6 @@ pub struct Config {
     pub http_listen: SocketAddr,
     /// Bearer token required on every RPC except health. `None` = open.
     pub grpc_token: Option<String>,
-    /// Serve gRPC over TLS (and require client certificates when a client
-    /// CA is given). `None` = plaintext.
-    pub grpc_tls: Option<GrpcTls>,
     /// A watch stream that carried nothing for this long gets a heartbeat.
     pub heartbeat_interval: Duration,
     /// Messages queued per watcher before it counts as stuck and is cut off.
@@ -54,18 +50,6 @@ pub struct Config {
     /// The HTTP waker; `url: None` makes every wake fail with
     /// "waker not configured".
     pub waker: WakerConfig,
-}
-
-/// PEM files for gRPC TLS.
-#[derive(Clone, Debug, Default)]
-pub struct GrpcTls {
-    /// Server certificate chain.
-    pub cert: PathBuf,
-    /// Its private key.
-    pub key: PathBuf,
-    /// When set, clients must present a certificate signed by this CA
-    /// (mutual TLS).
-    pub client_ca: Option<PathBuf>,
 }
 
 /// How syncd calls the waker (SPEC §4).
@@ -116,7 +100,6 @@ impl Default for Config {
             grpc_listen: any,
             http_listen: any,
             grpc_token: None,
-            grpc_tls: None,
             heartbeat_interval: DEFAULT_HEARTBEAT_INTERVAL,
             watcher_queue: DEFAULT_WATCHER_QUEUE,
             history_len: DEFAULT_HISTORY_LEN,
@@ -157,7 +140,6 @@ impl fmt::Debug for Config {
             .field("grpc_listen", &self.grpc_listen)
             .field("http_listen", &self.http_listen)
             .field("grpc_token", &redact(&self.grpc_token))
-            .field("grpc_tls", &self.grpc_tls)
             .field("heartbeat_interval", &self.heartbeat_interval)
             .field("watcher_queue", &self.watcher_queue)
             .field("history_len", &self.history_len)

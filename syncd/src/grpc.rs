@@ -19,7 +19,6 @@ use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
 use tonic::service::interceptor::InterceptedService;
-use tonic::transport::ServerTlsConfig;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::auth::BearerAuth;
@@ -136,7 +135,6 @@ pub async fn serve(
     wakes: Arc<Wakes>,
     token: Option<&str>,
     mut ready: tokio::sync::watch::Receiver<bool>,
-    tls: Option<ServerTlsConfig>,
     shutdown: CancellationToken,
 ) -> Result<(), crate::Error> {
     let auth = BearerAuth::new(token);
@@ -171,13 +169,7 @@ pub async fn serve(
                 .await;
         })
     };
-    let mut server = builder();
-    if let Some(tls) = tls {
-        server = server
-            .tls_config(tls)
-            .map_err(|e| crate::Error::Config(format!("gRPC TLS: {e}")))?;
-    }
-    let server = server
+    let server = builder()
         .add_service(health_svc)
         .add_service(InterceptedService::new(svc, auth))
         .add_service(v1)

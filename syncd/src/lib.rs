@@ -31,7 +31,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-pub use config::{Config, GrpcTls, WakerConfig};
+pub use config::{Config, WakerConfig};
 pub use metrics::Metrics;
 
 /// Why syncd could not start or stopped with an error.
@@ -123,7 +123,6 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
         ),
         _ => None,
     };
-    let tls = config.grpc_tls.as_ref().map(load_tls).transpose()?;
     let grpc_listener = bind("gRPC", config.grpc_listen).await?;
     let http_listener = bind("HTTP", config.http_listen).await?;
     let grpc_addr = local_addr("gRPC", config.grpc_listen, &grpc_listener)?;
@@ -155,8 +154,6 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
         db = %target,
         waker = config.waker.url.as_deref().unwrap_or("(none)"),
         auth = config.grpc_token.is_some(),
-        tls = config.grpc_tls.is_some(),
-        mtls = config.grpc_tls.as_ref().is_some_and(|t| t.client_ca.is_some()),
         "syncd starting"
     );
     let hook_wakes = wakes.clone();
@@ -189,7 +186,6 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
                 wakes,
                 token.as_deref(),
                 ready,
-                tls,
                 shutdown.clone(),
             )
             .await;
@@ -224,28 +220,6 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
         servers: vec![grpc, http],
         tasks,
     })
-}
-
-fn load_tls(t: &GrpcTls) -> Result<tonic::transport::ServerTlsConfig, Error> {
-    use tonic::transport::{Certificate, Identity, ServerTlsConfig};
-    let read = |what: &str, path: &std::path::Path| {
-        std::fs::read(path)
-            .map_err(|e| Error::Config(format!("cannot read {what} {}: {e}", path.display())))
-    };
-    let identity = Identity::from_pem(
-        read("--grpc-tls-cert", &t.cert)?,
-        read("--grpc-tls-key", &t.key)?,
-    );
-    let mut cfg = ServerTlsConfig::new().identity(identity);
-    if let Some(ca) = &t.client_ca {
-        cfg = cfg.client_ca_root(Certificate::from_pem(read("--grpc-tls-client-ca", ca)?));
-    }
-    // Build it once here so a bad certificate or key is a config error at
-    // start, not a failure of the server task later.
-    tonic::transport::Server::builder()
-        .tls_config(cfg.clone())
-        .map_err(|e| Error::Config(format!("gRPC TLS certificate or key: {e}")))?;
-    Ok(cfg)
 }
 
 async fn bind(what: &'static str, addr: SocketAddr) -> Result<TcpListener, Error> {

@@ -75,15 +75,6 @@ struct ServeArgs {
     /// Bearer token required on every RPC except health.
     #[arg(long, env = "SYNCD_GRPC_TOKEN", hide_env_values = true)]
     grpc_token: Option<String>,
-    /// Serve gRPC over TLS with this PEM certificate chain (needs --grpc-tls-key).
-    #[arg(long, env = "SYNCD_GRPC_TLS_CERT", requires = "grpc_tls_key")]
-    grpc_tls_cert: Option<PathBuf>,
-    /// PEM private key of --grpc-tls-cert.
-    #[arg(long, env = "SYNCD_GRPC_TLS_KEY", requires = "grpc_tls_cert")]
-    grpc_tls_key: Option<PathBuf>,
-    /// Require client certificates signed by this PEM CA (mutual TLS).
-    #[arg(long, env = "SYNCD_GRPC_TLS_CLIENT_CA", requires = "grpc_tls_cert")]
-    grpc_tls_client_ca: Option<PathBuf>,
     /// Waker base URL; unset = wakes fail with "waker not configured".
     /// Falls back to AUTOMC_WAKER_URL.
     #[arg(long, env = "SYNCD_WAKER_URL")]
@@ -147,13 +138,6 @@ impl ServeArgs {
         c.grpc_listen = self.grpc_listen;
         c.http_listen = self.http_listen;
         c.grpc_token = self.grpc_token.filter(|t| !t.is_empty());
-        if let (Some(cert), Some(key)) = (self.grpc_tls_cert, self.grpc_tls_key) {
-            c.grpc_tls = Some(syncd::GrpcTls {
-                cert,
-                key,
-                client_ca: self.grpc_tls_client_ca,
-            });
-        }
         c.heartbeat_interval = self.heartbeat_interval;
         c.watcher_queue = self.watcher_queue;
         c.history_len = self.history;
