@@ -170,7 +170,10 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
         probe_timeout: config.pg_probe_timeout,
         shutdown: shutdown.clone(),
     };
-    tasks.spawn(listener.run());
+    tasks.spawn(tracing::Instrument::instrument(
+        listener.run(),
+        tracing::info_span!("pg_listener"),
+    ));
 
     let grpc = {
         let shutdown = shutdown.clone();

@@ -23,7 +23,7 @@ use automc_proto::v1::{
 };
 use automc_proto::{normalize_player_hostname, RouteTable};
 use futures::Stream;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tonic::Status;
 
@@ -39,8 +39,14 @@ pub struct Publisher {
     next_watcher: AtomicU64,
     metrics: Metrics,
     shutdown: CancellationToken,
+    /// Snapshot copies being encoded at once: a burst of new edges at 100k
+    /// routes would otherwise hold one full copy each.
+    snapshot_slots: Arc<Semaphore>,
     state: Mutex<State>,
 }
+
+/// See `Publisher::snapshot_slots`.
+const SNAPSHOT_SLOTS: usize = 2;
 
 #[derive(Default)]
 struct State {
@@ -99,6 +105,7 @@ impl Publisher {
             next_watcher: AtomicU64::new(1),
             metrics,
             shutdown,
+            snapshot_slots: Arc::new(Semaphore::new(SNAPSHOT_SLOTS)),
             state: Mutex::new(State::default()),
         })
     }
@@ -273,12 +280,12 @@ impl Publisher {
             .front()
             .is_some_and(|(v, _)| v.saturating_sub(1) <= hello.version);
         let (acked_epoch, acked_version, how) = if resumed && hello.version == st.version {
-            initial.push_back(WatchResponse {
+            initial.push_back(Arc::new(WatchResponse {
                 msg: Some(watch_response::Msg::Heartbeat(Heartbeat {
                     epoch: self.epoch.clone(),
                     version: st.version,
                 })),
-            });
+            }));
             (self.epoch.clone(), hello.version, "up to date")
         } else if resumed && covered {
             let missed = diff::compose(
@@ -287,7 +294,7 @@ impl Publisher {
                     .filter(|(v, _)| *v > hello.version)
                     .map(|(_, c)| c.as_ref()),
             );
-            initial.push_back(WatchResponse {
+            initial.push_back(Arc::new(WatchResponse {
                 msg: Some(watch_response::Msg::Delta(Delta {
                     epoch: self.epoch.clone(),
                     from_version: hello.version,
@@ -295,19 +302,21 @@ impl Publisher {
                     upserts: missed.upserts,
                     removed: missed.removed,
                 })),
-            });
+            }));
             (self.epoch.clone(), hello.version, "resumed")
         } else {
             let snap = self.snapshot_locked(&mut st);
-            initial.push_back((*snap).clone());
+            // Shared, not copied: the copy tonic needs is made when it is
+            // sent, a few at a time (see `snapshot_slots`).
+            initial.push_back(snap);
             (String::new(), 0, "snapshot")
         };
         if resumed {
             // A resumed edge did not see wake updates while away.
             for w in waking_updates(&st.waking) {
-                initial.push_back(WatchResponse {
+                initial.push_back(Arc::new(WatchResponse {
                     msg: Some(watch_response::Msg::Wake(w)),
-                });
+                }));
             }
         }
         st.watchers.insert(
@@ -342,6 +351,7 @@ impl Publisher {
             initial,
             rx,
             cut,
+            snapshot_slot: None,
         }
     }
 
@@ -438,9 +448,12 @@ fn waking_updates(waking: &BTreeMap<String, WakePhase>) -> Vec<WakeUpdate> {
 pub struct WatchStream {
     id: u64,
     publisher: Arc<Publisher>,
-    initial: VecDeque<WatchResponse>,
+    initial: VecDeque<Arc<WatchResponse>>,
     rx: mpsc::Receiver<Arc<WatchResponse>>,
     cut: CancellationToken,
+    /// Held from handing out a snapshot copy until tonic asks for the next
+    /// message (by then it has encoded the copy and dropped it).
+    snapshot_slot: Option<OwnedSemaphorePermit>,
 }
 
 impl WatchStream {
@@ -449,10 +462,20 @@ impl WatchStream {
     }
 
     async fn next_message(&mut self) -> Option<Result<WatchResponse, Status>> {
-        if let Some(m) = self.initial.pop_front() {
-            return Some(Ok(m));
-        }
+        self.snapshot_slot = None;
         let shutdown = self.publisher.shutdown.clone();
+        if let Some(m) = self.initial.pop_front() {
+            if matches!(m.msg, Some(watch_response::Msg::Snapshot(_))) {
+                let slots = self.publisher.snapshot_slots.clone();
+                tokio::select! {
+                    _ = shutdown.cancelled() => {
+                        return Some(Err(Status::unavailable("syncd is shutting down")))
+                    }
+                    p = slots.acquire_owned() => self.snapshot_slot = p.ok(),
+                }
+            }
+            return Some(Ok(WatchResponse::clone(&m)));
+        }
         tokio::select! {
             biased;
             _ = self.cut.cancelled() => Some(Err(Status::resource_exhausted(

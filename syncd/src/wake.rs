@@ -19,6 +19,7 @@ use tokio::sync::{watch, Notify};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tonic::Status;
+use tracing::Instrument;
 
 use crate::config::WakerConfig;
 use crate::diff::Change;
@@ -154,11 +155,15 @@ impl Wakes {
                     tracing::info!(server, caller, "wake started");
                     self.publisher.set_wake(server, WakePhase::Waking);
                     let this = self.clone();
+                    let span = tracing::info_span!("wake", server = %server);
                     let server = server.to_owned();
-                    self.tasks.spawn(async move {
-                        this.run(waker, server, route.address, tx, running_seen)
-                            .await;
-                    });
+                    self.tasks.spawn(
+                        async move {
+                            this.run(waker, server, route.address, tx, running_seen)
+                                .await;
+                        }
+                        .instrument(span),
+                    );
                     (rx, started)
                 }
             }
@@ -205,12 +210,10 @@ impl Wakes {
         running_seen: Arc<Notify>,
     ) {
         let started = Instant::now();
+        let deadline = tokio::time::Instant::now() + self.cfg.timeout;
         let outcome = tokio::select! {
             _ = self.shutdown.cancelled() => Err(WakeFailure::Shutdown),
-            r = tokio::time::timeout(
-                self.cfg.timeout,
-                self.drive(&waker, &server, &fallback, &running_seen),
-            ) => r.unwrap_or(Err(WakeFailure::TimedOut(self.cfg.timeout))),
+            r = self.drive(&waker, &server, &fallback, &running_seen, deadline) => r,
         };
         let duration = started.elapsed();
         self.metrics.wake_duration.observe(duration.as_secs_f64());
@@ -266,6 +269,26 @@ impl Wakes {
         server: &str,
         fallback: &str,
         running_seen: &Notify,
+        deadline: tokio::time::Instant,
+    ) -> Result<String, WakeFailure> {
+        let address = tokio::time::timeout_at(
+            deadline,
+            self.until_running(waker, server, fallback, running_seen),
+        )
+        .await
+        .unwrap_or(Err(WakeFailure::TimedOut(self.cfg.timeout)))?;
+        if self.cfg.ready_check {
+            self.wait_ready(server, &address, deadline).await?;
+        }
+        Ok(address)
+    }
+
+    async fn until_running(
+        &self,
+        waker: &WakerClient,
+        server: &str,
+        fallback: &str,
+        running_seen: &Notify,
     ) -> Result<String, WakeFailure> {
         waker.start(server).await?;
         let address = loop {
@@ -293,9 +316,6 @@ impl Wakes {
                 _ = tokio::time::sleep(self.cfg.poll_interval) => {}
             }
         };
-        if self.cfg.ready_check {
-            self.wait_ready(server, &address).await?;
-        }
         Ok(address)
     }
 
@@ -303,14 +323,24 @@ impl Wakes {
         self.publisher.route(server).map(|r| r.address)
     }
 
-    /// Ping until the address answers; the overall wake timeout bounds it.
-    async fn wait_ready(&self, server: &str, address: &str) -> Result<(), WakeFailure> {
+    /// Ping until the address answers, up to the wake's deadline.
+    async fn wait_ready(
+        &self,
+        server: &str,
+        address: &str,
+        deadline: tokio::time::Instant,
+    ) -> Result<(), WakeFailure> {
         let pause = self.cfg.poll_interval.min(Duration::from_millis(500));
-        let mut last = String::new();
-        // Keep trying until the caller's timeout fires; remember the last
-        // reason so a timeout while pinging can say why.
+        let mut last = String::from("no ping attempted before the wake timeout");
         loop {
-            match ping::status_ping(address, self.cfg.ready_check_timeout).await {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            if left.is_zero() {
+                return Err(WakeFailure::NotReady {
+                    address: address.to_owned(),
+                    reason: last,
+                });
+            }
+            match ping::status_ping(address, self.cfg.ready_check_timeout.min(left)).await {
                 Ok(_) => return Ok(()),
                 Err(e) => {
                     let reason = e.to_string();
@@ -320,7 +350,7 @@ impl Wakes {
                     }
                 }
             }
-            tokio::time::sleep(pause).await;
+            tokio::time::sleep_until((tokio::time::Instant::now() + pause).min(deadline)).await;
         }
     }
 

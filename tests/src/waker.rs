@@ -1,1 +1,219 @@
-//! (to be written)
+//! A fake waker: a real HTTP server (axum on 127.0.0.1:0) speaking the
+//! waker contract (`POST /servers/{name}/start`, `GET /servers/{name}`),
+//! with a behaviour per server that models what real wakers do: start after
+//! a delay, answer 409, fail with 5xx, send garbage JSON, hang, never finish.
+//! It counts requests and records every `X-API-Key` it was sent.
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::Router;
+use tokio_util::sync::CancellationToken;
+
+/// How the fake waker treats one server.
+#[derive(Debug, Clone)]
+pub enum Behaviour {
+    /// `POST` answers 202 (409 when `conflict`); `GET` says "starting" until
+    /// `delay` after the first `POST`, then "running" with `address` (no
+    /// address field when `None`).
+    Starts {
+        delay: Duration,
+        address: Option<String>,
+        conflict: bool,
+    },
+    /// `POST` answers this status (e.g. 503).
+    StartFails(u16),
+    /// `POST` answers 202, `GET` answers 200 with a body that is not JSON.
+    GarbageStatus,
+    /// `POST` never answers.
+    Hangs,
+    /// `POST` answers 202, `GET` says "starting" forever.
+    NeverRuns,
+}
+
+impl Behaviour {
+    /// Starts after `delay`, no address in the answer.
+    pub fn starts_after(delay: Duration) -> Self {
+        Self::Starts {
+            delay,
+            address: None,
+            conflict: false,
+        }
+    }
+
+    /// Starts after `delay` and reports `address`.
+    pub fn starts_at(delay: Duration, address: &str) -> Self {
+        Self::Starts {
+            delay,
+            address: Some(address.to_owned()),
+            conflict: false,
+        }
+    }
+}
+
+#[derive(Default)]
+struct Inner {
+    behaviours: HashMap<String, Behaviour>,
+    first_post: HashMap<String, Instant>,
+    posts: HashMap<String, u64>,
+    gets: HashMap<String, u64>,
+    api_keys: Vec<Option<String>>,
+}
+
+type Shared = Arc<Mutex<Inner>>;
+
+/// A running fake waker; stops when dropped.
+pub struct FakeWaker {
+    addr: SocketAddr,
+    inner: Shared,
+    shutdown: CancellationToken,
+}
+
+fn lock(s: &Shared) -> MutexGuard<'_, Inner> {
+    s.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl FakeWaker {
+    /// Start on 127.0.0.1:0. Servers without a behaviour start after 100 ms.
+    pub async fn start() -> FakeWaker {
+        let inner: Shared = Arc::default();
+        let app = Router::new()
+            .route("/servers/{name}/start", post(start_server))
+            .route("/servers/{name}", get(server_status))
+            .with_state(inner.clone());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .unwrap_or_else(|e| panic!("fake waker cannot bind: {e}"));
+        let addr = listener
+            .local_addr()
+            .unwrap_or_else(|e| panic!("fake waker local_addr: {e}"));
+        let shutdown = CancellationToken::new();
+        let stop = shutdown.clone();
+        tokio::spawn(async move {
+            let _ = axum::serve(listener, app)
+                .with_graceful_shutdown(stop.cancelled_owned())
+                .await;
+        });
+        FakeWaker {
+            addr,
+            inner,
+            shutdown,
+        }
+    }
+
+    /// Base URL to configure as `--waker-url`.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    pub fn set(&self, server: &str, behaviour: Behaviour) {
+        lock(&self.inner)
+            .behaviours
+            .insert(server.to_owned(), behaviour);
+    }
+
+    /// `POST /servers/{server}/start` requests received.
+    pub fn posts(&self, server: &str) -> u64 {
+        lock(&self.inner).posts.get(server).copied().unwrap_or(0)
+    }
+
+    /// `GET /servers/{server}` requests received.
+    pub fn gets(&self, server: &str) -> u64 {
+        lock(&self.inner).gets.get(server).copied().unwrap_or(0)
+    }
+
+    /// The `X-API-Key` of every request, in arrival order.
+    pub fn api_keys(&self) -> Vec<Option<String>> {
+        lock(&self.inner).api_keys.clone()
+    }
+}
+
+impl Drop for FakeWaker {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}
+
+fn behaviour(inner: &Inner, server: &str) -> Behaviour {
+    inner
+        .behaviours
+        .get(server)
+        .cloned()
+        .unwrap_or_else(|| Behaviour::starts_after(Duration::from_millis(100)))
+}
+
+fn record(inner: &mut Inner, headers: &HeaderMap) {
+    let key = headers
+        .get("x-api-key")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    inner.api_keys.push(key);
+}
+
+async fn start_server(
+    State(inner): State<Shared>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    let b = {
+        let mut i = lock(&inner);
+        record(&mut i, &headers);
+        *i.posts.entry(name.clone()).or_default() += 1;
+        i.first_post
+            .entry(name.clone())
+            .or_insert_with(Instant::now);
+        behaviour(&i, &name)
+    };
+    match b {
+        Behaviour::Starts { conflict: true, .. } => {
+            (StatusCode::CONFLICT, "already starting").into_response()
+        }
+        Behaviour::StartFails(code) => (
+            StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+            "boom",
+        )
+            .into_response(),
+        Behaviour::Hangs => std::future::pending::<Response>().await,
+        _ => (StatusCode::ACCEPTED, r#"{"ok":true}"#).into_response(),
+    }
+}
+
+async fn server_status(
+    State(inner): State<Shared>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    let (b, since) = {
+        let mut i = lock(&inner);
+        record(&mut i, &headers);
+        *i.gets.entry(name.clone()).or_default() += 1;
+        (behaviour(&i, &name), i.first_post.get(&name).copied())
+    };
+    let json = |v: serde_json::Value| {
+        (
+            StatusCode::OK,
+            [("content-type", "application/json")],
+            v.to_string(),
+        )
+            .into_response()
+    };
+    match b {
+        Behaviour::Starts { delay, address, .. } => {
+            let running = since.is_some_and(|t| t.elapsed() >= delay);
+            match (running, address) {
+                (false, _) => json(serde_json::json!({"state": "starting"})),
+                (true, Some(a)) => json(serde_json::json!({"state": "running", "address": a})),
+                (true, None) => json(serde_json::json!({"state": "running"})),
+            }
+        }
+        Behaviour::GarbageStatus => (StatusCode::OK, "<html>not json</html>").into_response(),
+        Behaviour::NeverRuns | Behaviour::StartFails(_) | Behaviour::Hangs => {
+            json(serde_json::json!({"state": "starting"}))
+        }
+    }
+}
