@@ -223,7 +223,7 @@ async fn serve(
                     serve_status(&mut stream, shared, route.as_ref(), &handshake, &who, rest).await
                 }
                 NextState::Login | NextState::Transfer => {
-                    login(stream, shared, entry, route, &handshake, &who, buf).await
+                    login(stream, shared, entry, route, &who, buf).await
                 }
             }
         }
@@ -420,7 +420,6 @@ async fn login(
     shared: &Shared,
     entry: &ConnEntry,
     route: Option<Route>,
-    handshake: &Handshake,
     who: &Peer,
     mut buf: Vec<u8>,
 ) -> Outcome {
@@ -433,7 +432,6 @@ async fn login(
         disconnect(&mut stream, msg).await;
         return Outcome::UnknownHost;
     };
-    let _ = handshake;
     let asleep = route.state == "stopped"
         || shared.routes.wake_phase(&route.server) == Some(WakePhase::Waking);
     let mut address = route.address.clone();
