@@ -247,3 +247,38 @@ async fn admin_endpoints_report_routes_sync_state_and_connections() {
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("\"state\": \"connected\""), "{text}");
 }
+
+#[tokio::test]
+async fn the_edge_presents_its_grpc_token_and_a_wrong_one_keeps_it_unready() {
+    let pg = migrated_pg().await;
+    pg.execute("INSERT INTO servers (name, domain, address, state) VALUES ('a', 'a.example.com', '127.0.0.1:1', 'running')")
+        .await;
+    let syncd = start_syncd(&pg.dsn(), |c| c.grpc_token = Some("s3cret-token".into())).await;
+    let good = start_edge(&[syncd.grpc_url()], |c| {
+        c.grpc_token = Some("s3cret-token".into())
+    })
+    .await;
+    good.ready().await;
+    good.wait_route("a.example.com", Some("a")).await;
+
+    let bad = start_edge(&[syncd.grpc_url()], |c| c.grpc_token = Some("wrong".into())).await;
+    eventually("the refused edge reports why", DEADLINE, || async {
+        let s = bad.running().sync_status();
+        s.reconnects >= 1 && !s.last_error.is_empty()
+    })
+    .await;
+    assert!(
+        !bad.running().is_ready(),
+        "no snapshot without a valid token"
+    );
+    let status = bad.running().sync_status();
+    assert!(
+        !status.last_error.contains("wrong"),
+        "the token never shows up: {}",
+        status.last_error
+    );
+    assert_eq!(
+        http_get(bad.http_addr, "/readyz").await.expect("readyz").0,
+        503
+    );
+}

@@ -178,7 +178,11 @@ async fn many_logins_on_several_edges_cause_one_wake_and_all_join() {
     let (_pg, syncd, edge1) = stack(&url, &backend.addr().to_string(), "stopped", WAIT).await;
     let mut edges = vec![edge1];
     for _ in 0..2 {
-        let e = start_edge(&[syncd.grpc_url()], |c| c.hold_timeout = WAIT).await;
+        let e = start_edge(&[syncd.grpc_url()], |c| {
+            c.hold_timeout = WAIT;
+            c.starting_motd = "Starting up".into();
+        })
+        .await;
         e.ready().await;
         edges.push(e);
     }
@@ -199,6 +203,13 @@ async fn many_logins_on_several_edges_cause_one_wake_and_all_join() {
             == 60.0
     })
     .await;
+    // Every edge shows the starting MOTD, not just the ones holding players.
+    for e in &edges {
+        let reply = status_ping(e.listen_addr, "mc.example.com", DEFAULT_PROTOCOL)
+            .await
+            .expect("status");
+        assert_eq!(reply.motd(), "Starting up");
+    }
     waker.release();
     let recs = backend
         .wait_for_logins(60, WAIT)
@@ -269,4 +280,50 @@ async fn with_syncd_unreachable_a_login_to_a_down_server_ends_quickly_with_a_cle
         .await
         .expect("disconnect well before the hold timeout");
     assert!(text.contains("unreachable"), "{text}");
+}
+
+#[tokio::test]
+async fn a_player_leaving_while_held_does_not_cancel_the_wake_for_the_next() {
+    let backend = McBackend::start(BackendOptions::default())
+        .await
+        .expect("backend");
+    let (waker, url) = Waker::start(Mode::Starts {
+        address: backend.addr().to_string(),
+    })
+    .await;
+    let (_pg, _syncd, edge) = stack(&url, &dead_address(), "stopped", WAIT).await;
+    let quitter = login(edge.listen_addr, "mc.example.com", "quitter")
+        .await
+        .expect("connect");
+    eventually("the first login is held", DEADLINE, || async {
+        edge.metric("automc_edge_held_logins") == 1.0
+    })
+    .await;
+    drop(quitter);
+    eventually("the quitter is no longer held", DEADLINE, || async {
+        edge.metric("automc_edge_held_logins") == 0.0
+    })
+    .await;
+    assert_eq!(
+        edge.metric("automc_edge_wakes_total{outcome=\"abandoned\"}"),
+        1.0
+    );
+    let addr = edge.listen_addr;
+    let next = tokio::spawn(async move { login(addr, "mc.example.com", "next").await });
+    eventually("the next login is held", DEADLINE, || async {
+        edge.metric("automc_edge_held_logins") == 1.0
+    })
+    .await;
+    waker.release();
+    let conn = next.await.expect("task").expect("login");
+    let recs = backend
+        .wait_for_logins(1, WAIT)
+        .await
+        .expect("the next player joins");
+    assert!(recs[0].received.starts_with(&conn.sent_first));
+    assert_eq!(
+        waker.posts(),
+        1,
+        "the wake in flight was joined, not restarted"
+    );
 }
