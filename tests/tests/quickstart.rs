@@ -61,6 +61,26 @@ async fn quickstart_serves_the_demo_route_and_stops_on_ctrl_c() {
         .spawn()
         .expect("start deploy/quickstart.sh");
     let pid = child.id().expect("quickstart has a pid");
+    // Read stdout as it comes: Ctrl-C must wait until the script has said it
+    // is running (the edge can answer before the script's own readiness poll).
+    let stdout = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+    let reader = {
+        let stdout = stdout.clone();
+        let mut pipe = child.stdout.take().expect("stdout piped");
+        tokio::spawn(async move {
+            let mut buf = [0u8; 4096];
+            while let Ok(n) = pipe.read(&mut buf).await {
+                if n == 0 {
+                    break;
+                }
+                let text = String::from_utf8_lossy(&buf[..n]).into_owned();
+                stdout
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .push_str(&text);
+            }
+        })
+    };
 
     let edge: std::net::SocketAddr = ([127, 0, 0, 1], edge_port).into();
     eventually("the demo MOTD through the edge", Duration::from_secs(90), || async {
@@ -77,6 +97,20 @@ async fn quickstart_serves_the_demo_route_and_stops_on_ctrl_c() {
         reply.motd()
     );
 
+    let said = stdout.clone();
+    eventually(
+        "the script says it is running",
+        Duration::from_secs(60),
+        || {
+            let said = said.clone();
+            async move {
+                said.lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .contains("automc is running")
+            }
+        },
+    )
+    .await;
     let killed = std::process::Command::new("kill")
         .args(["-INT", &pid.to_string()])
         .status()
@@ -86,10 +120,8 @@ async fn quickstart_serves_the_demo_route_and_stops_on_ctrl_c() {
         .await
         .expect("quickstart stops within 60 s of Ctrl-C")
         .expect("wait for quickstart");
-    let mut out = String::new();
-    if let Some(mut s) = child.stdout.take() {
-        s.read_to_string(&mut out).await.ok();
-    }
+    let _ = tokio::time::timeout(Duration::from_secs(10), reader).await;
+    let out = stdout.lock().unwrap_or_else(|p| p.into_inner()).clone();
     let mut err = String::new();
     if let Some(mut s) = child.stderr.take() {
         s.read_to_string(&mut err).await.ok();
