@@ -23,8 +23,6 @@ use crate::status::{self, ConverseEnd};
 use crate::sync_client::WakeError;
 use crate::{Shared, UnknownHost};
 
-/// Most bytes a PROXY header may take (v2 TLVs from load balancers are small).
-const MAX_PROXY_HEADER_BYTES: usize = 1024;
 /// After a lone `FE` (or `FE 01`), how long to wait for the rest of a 1.6 ping.
 const LEGACY_GRACE: Duration = Duration::from_millis(300);
 /// Bytes a held player may send while waiting (replayed to the backend).
@@ -265,7 +263,7 @@ async fn read_proxy_header(
             },
             None => {}
         }
-        read_more(stream, buf, MAX_PROXY_HEADER_BYTES, deadline)
+        read_more(stream, buf, protocol::MAX_PROXY_HEADER_BYTES, deadline)
             .await
             .map_err(|e| read_end_outcome(e, buf))?;
     }
