@@ -598,3 +598,35 @@ async fn proxy(
     }
     Outcome::Proxied
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_wake_failure_has_a_message_the_player_can_act_on() {
+        let cases = [
+            (WakeError::Timeout, "try again in a moment", "wake_failed"),
+            (
+                WakeError::Unreachable("tcp connect error".into()),
+                "control plane is unreachable",
+                "wake_failed",
+            ),
+            (
+                WakeError::Failed("waker not configured".into()),
+                "offline",
+                "backend_unreachable",
+            ),
+            (
+                WakeError::Failed("waker answered HTTP 503 to the start request".into()),
+                "could not be started.\n§7waker answered HTTP 503",
+                "wake_failed",
+            ),
+        ];
+        for (err, needle, outcome) in cases {
+            let (msg, o) = wake_failure_message(&err);
+            assert!(msg.contains(needle), "{err:?}: {msg}");
+            assert_eq!(o.label(), outcome, "{err:?}");
+        }
+    }
+}
