@@ -18,6 +18,7 @@ pub mod routes;
 pub mod splice;
 pub mod status;
 pub mod sync_client;
+pub mod tls;
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};

@@ -50,6 +50,9 @@ pub struct Config {
     /// The HTTP waker; `url: None` makes every wake fail with
     /// "waker not configured".
     pub waker: WakerConfig,
+    /// TLS on the gRPC port (`None` = plaintext); mutual TLS when the files
+    /// name a client CA.
+    pub tls: Option<crate::tls::TlsFiles>,
 }
 
 /// How syncd calls the waker (SPEC §4).
@@ -108,6 +111,7 @@ impl Default for Config {
             pg_probe_interval: DEFAULT_PG_PROBE_INTERVAL,
             pg_probe_timeout: DEFAULT_PG_PROBE_TIMEOUT,
             waker: WakerConfig::default(),
+            tls: None,
         }
     }
 }
@@ -148,6 +152,7 @@ impl fmt::Debug for Config {
             .field("pg_probe_interval", &self.pg_probe_interval)
             .field("pg_probe_timeout", &self.pg_probe_timeout)
             .field("waker", &self.waker)
+            .field("tls", &self.tls)
             .finish()
     }
 }

@@ -16,9 +16,11 @@ pub mod grpc;
 pub mod http;
 pub mod metrics;
 pub mod pg;
+pub mod pg_tls;
 pub mod ping;
 pub mod publisher;
 pub mod schema;
+pub mod tls;
 pub mod wake;
 pub mod waker;
 
@@ -100,7 +102,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
             "no database URL: set --database-url, SYNCD_DATABASE_URL or AUTOMC_DSN".into(),
         ));
     }
-    let mut pg: tokio_postgres::Config = config.database_url.parse().map_err(|e| {
+    let (mut pg, pg_tls) = pg_tls::parse(&config.database_url).map_err(|e| {
         Error::Config(format!(
             "database URL {} is not a valid Postgres DSN: {e}",
             schema::redact_dsn(&config.database_url)
@@ -122,6 +124,12 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
             .map_err(|e| Error::Config(e.to_string()))?,
         ),
         _ => None,
+    };
+    let tls = match &config.tls {
+        Some(files) => {
+            Some(tls::ServerTls::new(files.clone()).map_err(|e| Error::Config(e.to_string()))?)
+        }
+        None => None,
     };
     let grpc_listener = bind("gRPC", config.grpc_listen).await?;
     let http_listener = bind("HTTP", config.http_listen).await?;
@@ -154,11 +162,17 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
         db = %target,
         waker = config.waker.url.as_deref().unwrap_or("(none)"),
         auth = config.grpc_token.is_some(),
+        tls = config.tls.is_some(),
+        mutual_tls = config.tls.as_ref().is_some_and(|t| t.client_ca.is_some()),
         "syncd starting"
     );
+    if let Some(t) = &tls {
+        tasks.spawn(t.clone().watch(shutdown.clone()));
+    }
     let hook_wakes = wakes.clone();
     let listener = pg::Listener {
         pg,
+        tls: pg_tls,
         target,
         publisher: publisher.clone(),
         metrics: metrics.clone(),
@@ -186,6 +200,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
                 wakes,
                 token.as_deref(),
                 ready,
+                tls,
                 shutdown.clone(),
             )
             .await;
@@ -234,21 +249,19 @@ fn local_addr(what: &'static str, addr: SocketAddr, l: &TcpListener) -> Result<S
 }
 
 /// Run `syncd migrate` against a database.
-pub async fn migrate(database_url: &str) -> Result<(), tokio_postgres::Error> {
-    let (mut client, conn) = tokio_postgres::connect(database_url, tokio_postgres::NoTls).await?;
-    let driver = tokio::spawn(conn);
+pub async fn migrate(database_url: &str) -> Result<(), pg_tls::ConnectError> {
+    let (mut client, driver) = pg_tls::connect(database_url).await?;
     let r = schema::migrate(&mut client).await;
     drop(client);
     let _ = driver.await;
-    r
+    Ok(r?)
 }
 
 /// Run `syncd check` against a database.
-pub async fn check(database_url: &str) -> Result<Vec<schema::Finding>, tokio_postgres::Error> {
-    let (client, conn) = tokio_postgres::connect(database_url, tokio_postgres::NoTls).await?;
-    let driver = tokio::spawn(conn);
+pub async fn check(database_url: &str) -> Result<Vec<schema::Finding>, pg_tls::ConnectError> {
+    let (client, driver) = pg_tls::connect(database_url).await?;
     let r = schema::check(&client).await;
     drop(client);
     let _ = driver.await;
-    r
+    Ok(r?)
 }

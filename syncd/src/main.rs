@@ -117,6 +117,18 @@ struct ServeArgs {
     /// Probe the LISTEN connection with SELECT 1 this often.
     #[arg(long, env = "SYNCD_PG_PROBE_INTERVAL", value_parser = humantime::parse_duration, default_value = "10s")]
     pg_probe_interval: Duration,
+    /// PEM certificate chain: serve gRPC over TLS (needs --tls-key).
+    #[arg(long, env = "SYNCD_TLS_CERT", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// PEM private key of --tls-cert.
+    #[arg(long, env = "SYNCD_TLS_KEY", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// PEM CA bundle: require client certificates chaining to it (mutual TLS).
+    #[arg(long, env = "SYNCD_TLS_CLIENT_CA", requires = "tls_cert")]
+    tls_client_ca: Option<PathBuf>,
+    /// Check the TLS files this often; changed files are loaded without a restart.
+    #[arg(long, env = "SYNCD_TLS_RELOAD_INTERVAL", value_parser = humantime::parse_duration, default_value = "10s")]
+    tls_reload_interval: Duration,
 }
 
 fn env_fallback(value: Option<String>, legacy: &str) -> Option<String> {
@@ -157,6 +169,15 @@ impl ServeArgs {
         c.waker.request_timeout = self.waker_request_timeout;
         c.waker.ready_check = self.waker_ready_check;
         c.waker.reuse_for = self.wake_reuse;
+        c.tls = match (self.tls_cert, self.tls_key) {
+            (Some(cert), Some(key)) => Some(syncd::tls::TlsFiles {
+                cert,
+                key,
+                client_ca: self.tls_client_ca,
+                reload_interval: self.tls_reload_interval,
+            }),
+            _ => None,
+        };
         Ok(c)
     }
 }

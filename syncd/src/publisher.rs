@@ -132,7 +132,7 @@ impl Publisher {
 
     /// Replace the whole table by `routes` (a full re-read): publishes the
     /// difference, if any.
-    pub fn apply_full(&self, routes: &Routes) -> Option<(Applied, Change)> {
+    pub fn apply_full(&self, routes: &Routes) -> Option<(Applied, Arc<Change>)> {
         let mut st = self.lock();
         let change = diff::diff_all(&st.table, routes);
         self.publish_locked(&mut st, change)
@@ -143,13 +143,13 @@ impl Publisher {
         &self,
         names: &std::collections::BTreeSet<String>,
         routes: &Routes,
-    ) -> Option<(Applied, Change)> {
+    ) -> Option<(Applied, Arc<Change>)> {
         let mut st = self.lock();
         let change = diff::diff_some(&st.table, names, routes);
         self.publish_locked(&mut st, change)
     }
 
-    fn publish_locked(&self, st: &mut State, change: Change) -> Option<(Applied, Change)> {
+    fn publish_locked(&self, st: &mut State, change: Change) -> Option<(Applied, Arc<Change>)> {
         if change.is_empty() {
             return None;
         }
@@ -159,21 +159,29 @@ impl Publisher {
         st.table
             .apply(change.upserts.iter().cloned(), &change.removed);
         let change = Arc::new(change);
-        st.history.push_back((version, change.clone()));
-        while st.history.len() > self.history_len {
-            st.history.pop_front();
+        if change.len() > history_entry_limit(st.table.len()) {
+            // Resuming across a change this big costs about a snapshot
+            // anyway; keeping it would pin a second copy of the table.
+            st.history.clear();
+        } else {
+            st.history.push_back((version, change.clone()));
+            while st.history.len() > self.history_len {
+                st.history.pop_front();
+            }
         }
         st.snapshot = None;
-        let msg = Arc::new(WatchResponse {
-            msg: Some(watch_response::Msg::Delta(Delta {
-                epoch: self.epoch.clone(),
-                from_version: from,
-                version,
-                upserts: change.upserts.clone(),
-                removed: change.removed.clone(),
-            })),
-        });
-        self.broadcast_locked(st, msg);
+        if !st.watchers.is_empty() {
+            let msg = Arc::new(WatchResponse {
+                msg: Some(watch_response::Msg::Delta(Delta {
+                    epoch: self.epoch.clone(),
+                    from_version: from,
+                    version,
+                    upserts: change.upserts.clone(),
+                    removed: change.removed.clone(),
+                })),
+            });
+            self.broadcast_locked(st, msg);
+        }
         self.metrics.routes.set(st.table.len() as i64);
         self.metrics.table_version.set(version as i64);
         self.update_lag_locked(st);
@@ -182,7 +190,7 @@ impl Publisher {
                 version,
                 changes: change.len(),
             },
-            (*change).clone(),
+            change,
         ))
     }
 
@@ -430,6 +438,11 @@ impl Publisher {
             })),
         }
     }
+}
+
+/// Change sets larger than this are not kept for resume.
+fn history_entry_limit(table_len: usize) -> usize {
+    (table_len / 4).max(1024)
 }
 
 fn waking_updates(waking: &BTreeMap<String, WakePhase>) -> Vec<WakeUpdate> {

@@ -17,6 +17,19 @@ use tokio::sync::mpsc;
 
 const CHANGES: usize = 1000;
 const WATCHERS: usize = 50;
+const ORIGINAL_CHANGES: usize = 100;
+
+/// The original automc schema: no `enabled`, empty NOTIFY payload.
+const ORIGINAL_SCHEMA: &str = r#"
+CREATE TABLE servers (
+    name TEXT PRIMARY KEY, domain TEXT NOT NULL UNIQUE, address TEXT NOT NULL,
+    state TEXT NOT NULL DEFAULT 'stopped');
+CREATE FUNCTION automc_notify_routes_changed() RETURNS trigger AS $$
+BEGIN PERFORM pg_notify('automc_routes_changed', ''); RETURN NULL; END; $$ LANGUAGE plpgsql;
+CREATE TRIGGER automc_servers_route_notify
+    AFTER INSERT OR UPDATE OF domain, address, state OR DELETE ON servers
+    FOR EACH ROW EXECUTE FUNCTION automc_notify_routes_changed();
+"#;
 
 struct Syncd {
     child: Child,
@@ -123,7 +136,12 @@ fn ms(d: Duration) -> String {
 }
 
 /// Single-row commits, one at a time; each waits for its delta.
-async fn propagation(pg: &TestPg, url: &str, routes: usize) -> (Vec<Duration>, usize) {
+async fn propagation(
+    pg: &TestPg,
+    url: &str,
+    routes: usize,
+    changes: usize,
+) -> (Vec<Duration>, usize) {
     let (tx, mut rx) = mpsc::unbounded_channel();
     watch(url, tx).await;
     let (_, _, first) = rx.recv().await.expect("snapshot");
@@ -133,9 +151,9 @@ async fn propagation(pg: &TestPg, url: &str, routes: usize) -> (Vec<Duration>, u
         .prepare("UPDATE servers SET address = $1 WHERE name = $2")
         .await
         .expect("prepare");
-    let mut lat = Vec::with_capacity(CHANGES);
+    let mut lat = Vec::with_capacity(changes);
     let mut delta_bytes = 0;
-    for i in 0..CHANGES {
+    for i in 0..changes {
         let name = format!("s{}", 1 + (i * 7919) % routes);
         let addr = format!("10.9.{}.{}:{}", i / 250, i % 250, 20000 + i);
         let t0 = Instant::now();
@@ -167,8 +185,9 @@ async fn main() {
         syncd::migrate(&pg.dsn()).await.expect("migrate");
         seed(&pg, routes).await;
         let syncd = start_syncd(&pg.dsn()).await;
+        let rss_ready = rss_mib(syncd.child.id());
 
-        let (lat, delta_bytes) = propagation(&pg, &syncd.grpc, routes).await;
+        let (lat, delta_bytes) = propagation(&pg, &syncd.grpc, routes, CHANGES).await;
         report.push_str(&format!(
             "| {routes} routes | propagation p50 {} | p99 {} | max {} | single-row delta {} bytes |\n",
             ms(pct(&lat, 0.5)),
@@ -231,11 +250,29 @@ async fn main() {
             }
             let with_watchers = rss_mib(pid);
             report.push_str(&format!(
-                "| {routes} routes | syncd RSS: {idle:.0} MiB with 6 watchers, {with_watchers:.0} MiB with {WATCHERS} more | {WATCHERS} snapshots served in {} |\n",
+                "| {routes} routes | syncd RSS: {rss_ready:.0} MiB with no watcher, {idle:.0} MiB with 6 watchers, {with_watchers:.0} MiB with {WATCHERS} more | {WATCHERS} snapshots served in {} |\n",
                 ms(all_snapshots)
             ));
         }
         drop(syncd);
+    }
+
+    // The original automc trigger (empty payload): every change re-reads
+    // the whole table. Fewer samples: each one scans 100k rows.
+    {
+        let routes = 100_000;
+        let pg = TestPg::start().await;
+        pg.execute(ORIGINAL_SCHEMA).await;
+        seed(&pg, routes).await;
+        let syncd = start_syncd(&pg.dsn()).await;
+        let (lat, _) = propagation(&pg, &syncd.grpc, routes, ORIGINAL_CHANGES).await;
+        report.push_str(&format!(
+            "| {routes} routes, original automc trigger (empty payload, full re-read) | propagation p50 {} | p99 {} | max {} | {ORIGINAL_CHANGES} changes |\n",
+            ms(pct(&lat, 0.5)),
+            ms(pct(&lat, 0.99)),
+            ms(*lat.last().expect("samples")),
+        ));
+        eprint!("{report}");
     }
     println!("{report}");
     println!("total bench time: {:.1} s", started.elapsed().as_secs_f64());
