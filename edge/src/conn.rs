@@ -204,7 +204,9 @@ async fn serve(
             entry.set_phase(Phase::Status);
             let raw = ping.hostname.clone().unwrap_or_default();
             let route = lookup(shared, entry, &raw);
-            if let Some(answer) = status::legacy_answer(shared, route.as_ref(), &ping).await {
+            let proxy = proxy_pair(shared, &who, &stream);
+            if let Some(answer) = status::legacy_answer(shared, route.as_ref(), &ping, proxy).await
+            {
                 let _ = stream.write_all(&answer).await;
                 let _ = stream.shutdown().await;
                 Outcome::Legacy
