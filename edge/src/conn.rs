@@ -23,8 +23,6 @@ use crate::status::{self, ConverseEnd};
 use crate::sync_client::WakeError;
 use crate::{Shared, UnknownHost};
 
-/// Most bytes a PROXY header may take (v2 TLVs from load balancers are small).
-const MAX_PROXY_HEADER_BYTES: usize = 1024;
 /// After a lone `FE` (or `FE 01`), how long to wait for the rest of a 1.6 ping.
 const LEGACY_GRACE: Duration = Duration::from_millis(300);
 /// Bytes a held player may send while waiting (replayed to the backend).
@@ -206,7 +204,9 @@ async fn serve(
             entry.set_phase(Phase::Status);
             let raw = ping.hostname.clone().unwrap_or_default();
             let route = lookup(shared, entry, &raw);
-            if let Some(answer) = status::legacy_answer(shared, route.as_ref(), &ping).await {
+            let proxy = proxy_pair(shared, &who, &stream);
+            if let Some(answer) = status::legacy_answer(shared, route.as_ref(), &ping, proxy).await
+            {
                 let _ = stream.write_all(&answer).await;
                 let _ = stream.shutdown().await;
                 Outcome::Legacy
@@ -265,7 +265,7 @@ async fn read_proxy_header(
             },
             None => {}
         }
-        read_more(stream, buf, MAX_PROXY_HEADER_BYTES, deadline)
+        read_more(stream, buf, protocol::MAX_PROXY_HEADER_BYTES, deadline)
             .await
             .map_err(|e| read_end_outcome(e, buf))?;
     }
@@ -599,4 +599,36 @@ async fn proxy(
         debug!(error = %e, "splice ended with an error");
     }
     Outcome::Proxied
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_wake_failure_has_a_message_the_player_can_act_on() {
+        let cases = [
+            (WakeError::Timeout, "try again in a moment", "wake_failed"),
+            (
+                WakeError::Unreachable("tcp connect error".into()),
+                "control plane is unreachable",
+                "wake_failed",
+            ),
+            (
+                WakeError::Failed("waker not configured".into()),
+                "offline",
+                "backend_unreachable",
+            ),
+            (
+                WakeError::Failed("waker answered HTTP 503 to the start request".into()),
+                "could not be started.\n§7waker answered HTTP 503",
+                "wake_failed",
+            ),
+        ];
+        for (err, needle, outcome) in cases {
+            let (msg, o) = wake_failure_message(&err);
+            assert!(msg.contains(needle), "{err:?}: {msg}");
+            assert_eq!(o.label(), outcome, "{err:?}");
+        }
+    }
 }

@@ -265,6 +265,7 @@ pub async fn legacy_answer(
     shared: &Shared,
     route: Option<&Route>,
     ping: &LegacyPing,
+    proxy: Option<(SocketAddr, SocketAddr)>,
 ) -> Option<Vec<u8>> {
     let cfg = &shared.config;
     let client_protocol = ping.protocol_version.map_or(127, i32::from);
@@ -293,7 +294,7 @@ pub async fn legacy_answer(
                     server_port: ping.port.unwrap_or(25565),
                     next_state: NextState::Status,
                 },
-                proxy: None,
+                proxy,
             };
             let fetched = shared
                 .status_cache
