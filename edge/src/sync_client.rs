@@ -413,7 +413,11 @@ impl SyncClient {
                     Code::Unavailable | Code::Unknown if status.source().is_some() => {
                         last = WakeError::Unreachable(status.message().to_owned());
                     }
-                    Code::Unimplemented | Code::Unauthenticated | Code::PermissionDenied => {
+                    // FAILED_PRECONDITION: a standby syncd; the active one is elsewhere.
+                    Code::Unimplemented
+                    | Code::Unauthenticated
+                    | Code::PermissionDenied
+                    | Code::FailedPrecondition => {
                         last = WakeError::Unreachable(status.message().to_owned());
                     }
                     Code::DeadlineExceeded | Code::Cancelled => return Err(WakeError::Timeout),

@@ -53,6 +53,9 @@ pub struct Config {
     /// TLS on the gRPC port (`None` = plaintext); mutual TLS when the files
     /// name a client CA.
     pub tls: Option<crate::tls::TlsFiles>,
+    /// Hot standby: instances sharing this advisory lock id elect one
+    /// active syncd (the only one serving `Wake`). `None` = always active.
+    pub leader_lock: Option<i64>,
 }
 
 /// How syncd calls the waker (SPEC §4).
@@ -112,6 +115,7 @@ impl Default for Config {
             pg_probe_timeout: DEFAULT_PG_PROBE_TIMEOUT,
             waker: WakerConfig::default(),
             tls: None,
+            leader_lock: None,
         }
     }
 }
@@ -153,6 +157,7 @@ impl fmt::Debug for Config {
             .field("pg_probe_timeout", &self.pg_probe_timeout)
             .field("waker", &self.waker)
             .field("tls", &self.tls)
+            .field("leader_lock", &self.leader_lock)
             .finish()
     }
 }

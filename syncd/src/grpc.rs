@@ -34,6 +34,8 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 pub struct RouteSyncService {
     publisher: Arc<Publisher>,
     wakes: Arc<Wakes>,
+    /// False while this instance is a hot standby (see `leader`).
+    active: tokio::sync::watch::Receiver<bool>,
 }
 
 type WatchStream = Pin<Box<dyn Stream<Item = Result<WatchResponse, Status>> + Send + 'static>>;
@@ -100,6 +102,11 @@ impl RouteSync for RouteSyncService {
         if r.server.is_empty() {
             return Err(Status::invalid_argument("server is required"));
         }
+        if !*self.active.borrow() {
+            return Err(Status::failed_precondition(
+                "this syncd is a standby: wakes are served by the active instance",
+            ));
+        }
         self.wakes
             .wake(&r.server, &r.caller)
             .await
@@ -129,6 +136,7 @@ impl RouteSync for RouteSyncService {
 }
 
 /// Serve until `shutdown`; health turns SERVING once `ready` is true.
+#[allow(clippy::too_many_arguments)] // one call site (lib.rs), each a distinct concern
 pub async fn serve(
     listener: TcpListener,
     publisher: Arc<Publisher>,
@@ -136,6 +144,7 @@ pub async fn serve(
     token: Option<&str>,
     mut ready: tokio::sync::watch::Receiver<bool>,
     tls: Option<Arc<crate::tls::ServerTls>>,
+    active: tokio::sync::watch::Receiver<bool>,
     shutdown: CancellationToken,
 ) -> Result<(), crate::Error> {
     let auth = BearerAuth::new(token);
@@ -154,7 +163,11 @@ pub async fn serve(
     let v1alpha = reflection()
         .build_v1alpha()
         .map_err(|e| crate::Error::Reflection(e.to_string()))?;
-    let svc = RouteSyncServer::new(RouteSyncService { publisher, wakes });
+    let svc = RouteSyncServer::new(RouteSyncService {
+        publisher,
+        wakes,
+        active,
+    });
     let health_task = {
         let health = health.clone();
         let shutdown = shutdown.clone();

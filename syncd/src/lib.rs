@@ -14,6 +14,7 @@ pub mod config;
 pub mod diff;
 pub mod grpc;
 pub mod http;
+pub mod leader;
 pub mod metrics;
 pub mod pg;
 pub mod pg_tls;
@@ -66,6 +67,8 @@ pub struct Running {
     pub metrics: Metrics,
     /// True once the first full read of the routes is done.
     pub ready: watch::Receiver<bool>,
+    /// True while this instance serves wakes (always, without `leader_lock`).
+    pub active: watch::Receiver<bool>,
     shutdown: CancellationToken,
     servers: Vec<JoinHandle<Result<(), Error>>>,
     tasks: TaskTracker,
@@ -169,6 +172,21 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
     if let Some(t) = &tls {
         tasks.spawn(t.clone().watch(shutdown.clone()));
     }
+    let (active_tx, active_rx) = watch::channel(config.leader_lock.is_none());
+    if let Some(lock_id) = config.leader_lock {
+        tasks.spawn(
+            leader::Election {
+                pg: pg.clone(),
+                tls: pg_tls.clone(),
+                target: target.clone(),
+                lock_id,
+                retry: leader::DEFAULT_RETRY,
+                active: active_tx,
+                shutdown: shutdown.clone(),
+            }
+            .run(),
+        );
+    }
     let hook_wakes = wakes.clone();
     let listener = pg::Listener {
         pg,
@@ -193,6 +211,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
         let shutdown = shutdown.clone();
         let ready = ready_rx.clone();
         let token = config.grpc_token.clone();
+        let active_rx_grpc = active_rx.clone();
         tokio::spawn(async move {
             let r = grpc::serve(
                 grpc_listener,
@@ -201,6 +220,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
                 token.as_deref(),
                 ready,
                 tls,
+                active_rx_grpc,
                 shutdown.clone(),
             )
             .await;
@@ -231,6 +251,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
         epoch,
         metrics,
         ready: ready_rx,
+        active: active_rx,
         shutdown,
         servers: vec![grpc, http],
         tasks,

@@ -129,6 +129,10 @@ struct ServeArgs {
     /// Check the TLS files this often; changed files are loaded without a restart.
     #[arg(long, env = "SYNCD_TLS_RELOAD_INTERVAL", value_parser = humantime::parse_duration, default_value = "10s")]
     tls_reload_interval: Duration,
+    /// Hot standby: syncd instances on one database sharing this Postgres
+    /// advisory lock id elect one active instance that serves wakes.
+    #[arg(long, env = "SYNCD_LEADER_LOCK")]
+    leader_lock: Option<i64>,
 }
 
 fn env_fallback(value: Option<String>, legacy: &str) -> Option<String> {
@@ -169,6 +173,7 @@ impl ServeArgs {
         c.waker.request_timeout = self.waker_request_timeout;
         c.waker.ready_check = self.waker_ready_check;
         c.waker.reuse_for = self.wake_reuse;
+        c.leader_lock = self.leader_lock;
         c.tls = match (self.tls_cert, self.tls_key) {
             (Some(cert), Some(key)) => Some(syncd::tls::TlsFiles {
                 cert,

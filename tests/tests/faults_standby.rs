@@ -1,0 +1,100 @@
+//! Hot standby: two syncd instances on one database with the same
+//! `--leader-lock`; one is active (serves wakes), the other answers wakes
+//! with FAILED_PRECONDITION and the edge asks its next endpoint. When the
+//! active one stops, the standby takes the lock and serves the wakes.
+use std::time::Duration;
+
+use automc_proto::v1::route_sync_client::RouteSyncClient;
+use automc_proto::v1::WakeRequest;
+use automc_tests::mc::{login, McBackend};
+use automc_tests::stack::{
+    eventually, migrated_pg, start_edge, start_syncd, SyncdHandle, DEADLINE,
+};
+use automc_tests::waker::{Behaviour, FakeWaker};
+
+const LOCK: i64 = 0x6175_746f_6d63;
+
+/// Whether `url` serves wakes (a standby answers FAILED_PRECONDITION).
+async fn serves_wakes(url: String) -> bool {
+    let Ok(mut c) = RouteSyncClient::connect(url).await else {
+        return false;
+    };
+    let r = c
+        .wake(WakeRequest {
+            server: "probe".into(),
+            caller: "test".into(),
+        })
+        .await;
+    !matches!(r, Err(s) if s.code() == tonic::Code::FailedPrecondition)
+}
+
+async fn join(edge: std::net::SocketAddr, backend: &McBackend) {
+    let before = backend.logins().len();
+    let mut conn = login(edge, "sleepy.example.com", "steve")
+        .await
+        .expect("login");
+    backend
+        .wait_for_logins(before + 1, Duration::from_secs(20))
+        .await
+        .expect("the held login joins after the wake");
+    conn.send(b"hi").await.expect("send");
+    assert_eq!(conn.read_exact(2).await.expect("echo"), b"hi");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_standby_syncd_takes_over_wakes_when_the_active_one_stops() {
+    let pg = migrated_pg().await;
+    let backend = McBackend::start(Default::default()).await.expect("backend");
+    let waker = FakeWaker::start().await;
+    waker.set(
+        "sleepy",
+        Behaviour::starts_at(Duration::ZERO, &backend.addr().to_string()),
+    );
+    waker.set("probe", Behaviour::StartFails(503));
+    pg.execute(&format!(
+        "INSERT INTO servers (name, domain, address, state) VALUES
+           ('sleepy', 'sleepy.example.com', '{}', 'stopped'),
+           ('probe', 'probe.example.com', '127.0.0.1:1', 'stopped')",
+        backend.addr()
+    ))
+    .await;
+    let url = waker.url();
+    let tweak = |c: &mut syncd::Config| {
+        c.leader_lock = Some(LOCK);
+        c.waker.url = Some(url.clone());
+        c.waker.reuse_for = Duration::ZERO;
+    };
+    let a = start_syncd(&pg.dsn(), tweak).await;
+    let b = start_syncd(&pg.dsn(), tweak).await;
+    let (ua, ub) = (a.grpc_url(), b.grpc_url());
+    eventually("exactly one active syncd", DEADLINE, || {
+        let (ua, ub) = (ua.clone(), ub.clone());
+        async move { serves_wakes(ua).await != serves_wakes(ub).await }
+    })
+    .await;
+    let (active, standby): (SyncdHandle, SyncdHandle) = if serves_wakes(ua.clone()).await {
+        (a, b)
+    } else {
+        (b, a)
+    };
+
+    // The edge syncs from the standby (first URL) and finds the active one
+    // for the wake.
+    let edge = start_edge(&[standby.grpc_url(), active.grpc_url()], |c| {
+        c.edge_id = "edge-standby-test".into();
+    })
+    .await;
+    edge.ready().await;
+    join(edge.listen_addr, &backend).await;
+    assert_eq!(waker.posts("sleepy"), 1, "one wake, by the active syncd");
+
+    active.stop().await;
+    let us = standby.grpc_url();
+    eventually("the standby becomes active", DEADLINE, || {
+        let us = us.clone();
+        async move { serves_wakes(us).await }
+    })
+    .await;
+    join(edge.listen_addr, &backend).await;
+    assert_eq!(waker.posts("sleepy"), 2, "the new active syncd woke it");
+}
