@@ -413,11 +413,11 @@ impl SyncClient {
                     Code::Unavailable | Code::Unknown if status.source().is_some() => {
                         last = WakeError::Unreachable(status.message().to_owned());
                     }
-                    // FAILED_PRECONDITION: a standby syncd; the active one is elsewhere.
+                    // ABORTED: a standby syncd; the active one is elsewhere.
                     Code::Unimplemented
                     | Code::Unauthenticated
                     | Code::PermissionDenied
-                    | Code::FailedPrecondition => {
+                    | Code::Aborted => {
                         last = WakeError::Unreachable(status.message().to_owned());
                     }
                     Code::DeadlineExceeded | Code::Cancelled => return Err(WakeError::Timeout),

@@ -103,7 +103,7 @@ impl RouteSync for RouteSyncService {
             return Err(Status::invalid_argument("server is required"));
         }
         if !*self.active.borrow() {
-            return Err(Status::failed_precondition(
+            return Err(Status::aborted(
                 "this syncd is a standby: wakes are served by the active instance",
             ));
         }

@@ -5,7 +5,7 @@
 //! Every instance LISTENs and keeps a warm route table and serves watches
 //! (edges can sync from any of them). Only the holder of the lock is
 //! *active*: it serves `Wake`. A standby answers `Wake` with
-//! `FAILED_PRECONDITION`, and the edge then asks its next `--syncd`
+//! `ABORTED`, and the edge then asks its next `--syncd`
 //! endpoint. The lock lives on its own connection: when the active instance
 //! dies or loses Postgres, Postgres frees the lock and a standby takes it at
 //! its next try (every `retry`). An active instance that loses its lock

@@ -1,6 +1,6 @@
 //! Hot standby: two syncd instances on one database with the same
 //! `--leader-lock`; one is active (serves wakes), the other answers wakes
-//! with FAILED_PRECONDITION and the edge asks its next endpoint. When the
+//! with ABORTED and the edge asks its next endpoint. When the
 //! active one stops, the standby takes the lock and serves the wakes.
 use std::time::Duration;
 
@@ -14,7 +14,7 @@ use automc_tests::waker::{Behaviour, FakeWaker};
 
 const LOCK: i64 = 0x6175_746f_6d63;
 
-/// Whether `url` serves wakes (a standby answers FAILED_PRECONDITION).
+/// Whether `url` serves wakes (a standby answers ABORTED).
 async fn serves_wakes(url: String) -> bool {
     let Ok(mut c) = RouteSyncClient::connect(url).await else {
         return false;
@@ -25,7 +25,7 @@ async fn serves_wakes(url: String) -> bool {
             caller: "test".into(),
         })
         .await;
-    !matches!(r, Err(s) if s.code() == tonic::Code::FailedPrecondition)
+    !matches!(r, Err(s) if s.code() == tonic::Code::Aborted)
 }
 
 async fn join(edge: std::net::SocketAddr, backend: &McBackend) {
