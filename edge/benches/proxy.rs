@@ -400,7 +400,7 @@ async fn main() -> Result<(), BoxErr> {
     std::fs::write(
         &cfg,
         format!(
-            "global\n  maxconn 40000\n\ndefaults\n  mode tcp\n  timeout connect 3s\n  timeout client 1h\n  timeout server 1h\n\n\
+            "global\n  maxconn 9000\n\ndefaults\n  mode tcp\n  timeout connect 3s\n  timeout client 1h\n  timeout server 1h\n\n\
              listen mc\n  bind {haproxy_addr}\n  server b1 {backend_addr}\n"
         ),
     )?;

@@ -74,6 +74,8 @@ pub struct Config {
     pub sync_backoff_max: Duration,
     /// Admission limits on the player port (zero = no limit).
     pub limits: LimitsConfig,
+    /// CA and client certificate for `https://` syncd URLs.
+    pub syncd_tls: crate::tls::SyncdTls,
 }
 
 impl Default for Config {
@@ -100,6 +102,7 @@ impl Default for Config {
             sync_backoff_min: DEFAULT_SYNC_BACKOFF_MIN,
             sync_backoff_max: DEFAULT_SYNC_BACKOFF_MAX,
             limits: LimitsConfig::default(),
+            syncd_tls: crate::tls::SyncdTls::default(),
         }
     }
 }
@@ -129,6 +132,7 @@ impl fmt::Debug for Config {
             .field("status_stale_for", &self.status_stale_for)
             .field("heartbeat_timeout", &self.heartbeat_timeout)
             .field("limits", &self.limits)
+            .field("syncd_tls", &self.syncd_tls)
             .finish_non_exhaustive()
     }
 }
@@ -145,8 +149,10 @@ fn default_edge_id() -> String {
 pub enum ConfigError {
     #[error("no syncd endpoint: pass --syncd (or EDGE_SYNCD) at least once")]
     NoSyncd,
-    #[error("syncd endpoint {0:?} is not an http:// URL (TLS to syncd is not built in)")]
+    #[error("syncd endpoint {0:?} is not an http:// or https:// URL")]
     BadSyncdUrl(String),
+    #[error("TLS to syncd: {0}")]
+    Tls(String),
     #[error("--hold-timeout must be greater than zero")]
     ZeroHoldTimeout,
 }
@@ -158,10 +164,13 @@ impl Config {
             return Err(ConfigError::NoSyncd);
         }
         for url in &self.syncd {
-            if !url.starts_with("http://") {
+            if !url.starts_with("http://") && !url.starts_with("https://") {
                 return Err(ConfigError::BadSyncdUrl(url.clone()));
             }
         }
+        self.syncd_tls
+            .validate(&self.syncd)
+            .map_err(ConfigError::Tls)?;
         if self.hold_timeout.is_zero() {
             return Err(ConfigError::ZeroHoldTimeout);
         }
@@ -255,6 +264,8 @@ pub struct Args {
     /// Log format.
     #[arg(long, env = "EDGE_LOG_FORMAT", value_enum, default_value = "text")]
     pub log_format: LogFormat,
+    #[command(flatten)]
+    pub tls: crate::tls::TlsArgs,
 }
 
 impl fmt::Debug for Args {
@@ -303,6 +314,7 @@ impl Args {
                 rate_per_ip: self.rate_per_ip,
                 rate_burst: self.rate_burst,
             },
+            syncd_tls: self.tls.into(),
             ..Config::default()
         };
         cfg.validate()?;

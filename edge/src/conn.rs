@@ -75,7 +75,9 @@ pub async fn handle(
         Err(r) => {
             m.refused(r.reason());
             m.connection_ended("refused");
-            debug!(client.addr = %peer, reason = r.reason(), "connection refused");
+            if let Some(suppressed) = shared.refusal_log.check(std::time::Instant::now()) {
+                info!(client.addr = %peer, reason = r.reason(), suppressed, "connection refused");
+            }
             return;
         }
     };
@@ -116,7 +118,9 @@ pub async fn handle(
         }
         Outcome::Refused(reason) => {
             m.refused(reason);
-            info!(reason, "connection refused");
+            if let Some(suppressed) = shared.refusal_log.check(std::time::Instant::now()) {
+                info!(reason, suppressed, "connection refused");
+            }
         }
         Outcome::Offline | Outcome::WakeFailed | Outcome::Cut => info!("connection ended"),
         _ => debug!("connection ended"),
@@ -219,7 +223,7 @@ async fn serve(
                     serve_status(&mut stream, shared, route.as_ref(), &handshake, &who, rest).await
                 }
                 NextState::Login | NextState::Transfer => {
-                    login(stream, shared, entry, route, &handshake, &who, buf).await
+                    login(stream, shared, entry, route, &who, buf).await
                 }
             }
         }
@@ -369,6 +373,26 @@ async fn dial(address: &str, timeout: Duration) -> io::Result<TcpStream> {
     Ok(s)
 }
 
+/// Pause between dials to a server that just woke.
+const REDIAL_PAUSE: Duration = Duration::from_millis(250);
+
+/// Dial a server that just woke, retrying until `deadline`: "running" is not
+/// always "accepting" (a modded server may still be loading, or a burst of
+/// held players may overflow a fresh accept queue).
+async fn dial_until(address: &str, timeout: Duration, deadline: Instant) -> io::Result<TcpStream> {
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match dial(address, timeout.min(left.max(REDIAL_PAUSE))).await {
+            Ok(s) => return Ok(s),
+            Err(e) if Instant::now() + REDIAL_PAUSE >= deadline => return Err(e),
+            Err(e) => {
+                debug!(backend = %address, error = %e, "woken backend not accepting yet; retrying");
+                tokio::time::sleep(REDIAL_PAUSE).await;
+            }
+        }
+    }
+}
+
 async fn disconnect(stream: &mut TcpStream, message: &str) {
     let _ = stream
         .write_all(&protocol::encode_login_disconnect(message))
@@ -396,7 +420,6 @@ async fn login(
     shared: &Shared,
     entry: &ConnEntry,
     route: Option<Route>,
-    handshake: &Handshake,
     who: &Peer,
     mut buf: Vec<u8>,
 ) -> Outcome {
@@ -409,7 +432,6 @@ async fn login(
         disconnect(&mut stream, msg).await;
         return Outcome::UnknownHost;
     };
-    let _ = handshake;
     let asleep = route.state == "stopped"
         || shared.routes.wake_phase(&route.server) == Some(WakePhase::Waking);
     let mut address = route.address.clone();
@@ -427,12 +449,13 @@ async fn login(
             if let Some(e) = &dial_error {
                 info!(backend = %address, error = %e, "backend unreachable; waking");
             }
+            let hold_deadline = Instant::now() + cfg.hold_timeout;
             match hold_for_wake(&mut stream, shared, entry, &route, &mut buf).await {
                 Held::Woke(addr) => {
                     if !addr.is_empty() {
                         address = addr;
                     }
-                    match dial(&address, cfg.connect_timeout).await {
+                    match dial_until(&address, cfg.connect_timeout, hold_deadline).await {
                         Ok(s) => s,
                         Err(e) => {
                             info!(backend = %address, error = %e, "woken backend unreachable");

@@ -18,6 +18,7 @@ pub mod routes;
 pub mod splice;
 pub mod status;
 pub mod sync_client;
+pub mod tls;
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -60,6 +61,8 @@ pub struct Shared {
     pub conns: Arc<listener::Connections>,
     pub status_cache: status::StatusCache,
     pub admission: limits::Admission,
+    /// Refusals are logged at most once a second (a flood must not flood the logs).
+    pub refusal_log: limits::LogThrottle,
     draining: AtomicBool,
 }
 
@@ -119,10 +122,22 @@ impl Running {
     }
 }
 
+/// Accept queue length asked of the kernel (capped by `net.core.somaxconn`):
+/// bursts of pings must not overflow it, or players wait a SYN retransmit.
+const LISTEN_BACKLOG: u32 = 4096;
+
 async fn bind(addr: SocketAddr) -> Result<TcpListener, Error> {
-    TcpListener::bind(addr)
-        .await
-        .map_err(|source| Error::Bind { addr, source })
+    let bind = || {
+        let socket = if addr.is_ipv4() {
+            tokio::net::TcpSocket::new_v4()?
+        } else {
+            tokio::net::TcpSocket::new_v6()?
+        };
+        socket.set_reuseaddr(true)?;
+        socket.bind(addr)?;
+        socket.listen(LISTEN_BACKLOG)
+    };
+    bind().map_err(|source| Error::Bind { addr, source })
 }
 
 fn local(l: &TcpListener, fallback: SocketAddr) -> SocketAddr {
@@ -149,6 +164,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
     let shared = Arc::new(Shared {
         status_cache: status::StatusCache::new(),
         admission: limits::Admission::new(config.limits),
+        refusal_log: limits::LogThrottle::new(Duration::from_secs(1)),
         config,
         routes,
         metrics,

@@ -41,9 +41,12 @@ pub async fn splice(
 async fn pump(from: OwnedReadHalf, mut to: OwnedWriteHalf, tally: Tally<'_>) -> io::Result<()> {
     loop {
         from.readable().await?;
-        let mut buf = vec![0u8; BUF_SIZE];
+        // Uninitialised capacity: `try_read_buf` fills it without zeroing
+        // 64 KiB on every wake-up.
+        let mut buf: Vec<u8> = Vec::with_capacity(BUF_SIZE);
         loop {
-            match from.try_read(&mut buf) {
+            buf.clear();
+            match from.try_read_buf(&mut buf) {
                 Ok(0) => {
                     // The peer may already be gone; nothing more to deliver.
                     let _ = to.shutdown().await;

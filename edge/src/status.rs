@@ -195,11 +195,14 @@ pub fn decide(shared: &Shared, route: Option<&Route>) -> Answer {
             UnknownHost::Close => Answer::Close,
         };
     };
-    if shared.routes.wake_phase(&route.server) == Some(WakePhase::Waking) {
+    let phase = shared.routes.wake_phase(&route.server);
+    if phase == Some(WakePhase::Waking) {
         return Answer::Local(cfg.starting_motd.clone());
     }
     match route.state.as_str() {
         "running" => Answer::Backend,
+        // Woken by syncd while the state column was not (yet) updated.
+        _ if phase == Some(WakePhase::Running) => Answer::Backend,
         "starting" | "waking" => Answer::Local(cfg.starting_motd.clone()),
         _ => Answer::Local(cfg.asleep_motd.clone()),
     }

@@ -129,6 +129,8 @@ pub enum SetupError {
     Url(String, tonic::transport::Error),
     #[error("the gRPC token is not a valid header value")]
     Token,
+    #[error("TLS to syncd: {0}")]
+    Tls(String),
 }
 
 impl SyncClient {
@@ -146,6 +148,7 @@ impl SyncClient {
                 .http2_keep_alive_interval(Duration::from_secs(10))
                 .keep_alive_timeout(Duration::from_secs(5))
                 .keep_alive_while_idle(true);
+            let ep = config.syncd_tls.apply(url, ep).map_err(SetupError::Tls)?;
             endpoints.push((url.clone(), ep.connect_lazy()));
         }
         let bearer = match &config.grpc_token {

@@ -5,7 +5,6 @@
 //! a log line.
 use std::fmt;
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::time::Duration;
 
 pub const DEFAULT_GRPC_LISTEN: &str = "0.0.0.0:50051";
@@ -35,9 +34,6 @@ pub struct Config {
     pub http_listen: SocketAddr,
     /// Bearer token required on every RPC except health. `None` = open.
     pub grpc_token: Option<String>,
-    /// Serve gRPC over TLS (and require client certificates when a client
-    /// CA is given). `None` = plaintext.
-    pub grpc_tls: Option<GrpcTls>,
     /// A watch stream that carried nothing for this long gets a heartbeat.
     pub heartbeat_interval: Duration,
     /// Messages queued per watcher before it counts as stuck and is cut off.
@@ -54,18 +50,9 @@ pub struct Config {
     /// The HTTP waker; `url: None` makes every wake fail with
     /// "waker not configured".
     pub waker: WakerConfig,
-}
-
-/// PEM files for gRPC TLS.
-#[derive(Clone, Debug, Default)]
-pub struct GrpcTls {
-    /// Server certificate chain.
-    pub cert: PathBuf,
-    /// Its private key.
-    pub key: PathBuf,
-    /// When set, clients must present a certificate signed by this CA
-    /// (mutual TLS).
-    pub client_ca: Option<PathBuf>,
+    /// TLS on the gRPC port (`None` = plaintext); mutual TLS when the files
+    /// name a client CA.
+    pub tls: Option<crate::tls::TlsFiles>,
 }
 
 /// How syncd calls the waker (SPEC §4).
@@ -116,7 +103,6 @@ impl Default for Config {
             grpc_listen: any,
             http_listen: any,
             grpc_token: None,
-            grpc_tls: None,
             heartbeat_interval: DEFAULT_HEARTBEAT_INTERVAL,
             watcher_queue: DEFAULT_WATCHER_QUEUE,
             history_len: DEFAULT_HISTORY_LEN,
@@ -125,6 +111,7 @@ impl Default for Config {
             pg_probe_interval: DEFAULT_PG_PROBE_INTERVAL,
             pg_probe_timeout: DEFAULT_PG_PROBE_TIMEOUT,
             waker: WakerConfig::default(),
+            tls: None,
         }
     }
 }
@@ -157,7 +144,6 @@ impl fmt::Debug for Config {
             .field("grpc_listen", &self.grpc_listen)
             .field("http_listen", &self.http_listen)
             .field("grpc_token", &redact(&self.grpc_token))
-            .field("grpc_tls", &self.grpc_tls)
             .field("heartbeat_interval", &self.heartbeat_interval)
             .field("watcher_queue", &self.watcher_queue)
             .field("history_len", &self.history_len)
@@ -166,6 +152,7 @@ impl fmt::Debug for Config {
             .field("pg_probe_interval", &self.pg_probe_interval)
             .field("pg_probe_timeout", &self.pg_probe_timeout)
             .field("waker", &self.waker)
+            .field("tls", &self.tls)
             .finish()
     }
 }

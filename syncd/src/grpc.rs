@@ -19,7 +19,6 @@ use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
 use tonic::service::interceptor::InterceptedService;
-use tonic::transport::ServerTlsConfig;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::auth::BearerAuth;
@@ -136,7 +135,7 @@ pub async fn serve(
     wakes: Arc<Wakes>,
     token: Option<&str>,
     mut ready: tokio::sync::watch::Receiver<bool>,
-    tls: Option<ServerTlsConfig>,
+    tls: Option<Arc<crate::tls::ServerTls>>,
     shutdown: CancellationToken,
 ) -> Result<(), crate::Error> {
     let auth = BearerAuth::new(token);
@@ -171,22 +170,30 @@ pub async fn serve(
                 .await;
         })
     };
-    let mut server = builder();
-    if let Some(tls) = tls {
-        server = server
-            .tls_config(tls)
-            .map_err(|e| crate::Error::Config(format!("gRPC TLS: {e}")))?;
-    }
-    let server = server
+    let router = builder()
         .add_service(health_svc)
         .add_service(InterceptedService::new(svc, auth))
         .add_service(v1)
-        .add_service(v1alpha)
-        .serve_with_incoming_shutdown(
-            TcpListenerStream::new(listener),
-            shutdown.clone().cancelled_owned(),
-        );
-    let r = with_grace(server, &shutdown).await;
+        .add_service(v1alpha);
+    let stop = shutdown.clone().cancelled_owned();
+    let r = match tls {
+        None => {
+            let incoming = TcpListenerStream::new(listener);
+            with_grace(
+                router.serve_with_incoming_shutdown(incoming, stop),
+                &shutdown,
+            )
+            .await
+        }
+        Some(tls) => {
+            let incoming = crate::tls::incoming(listener, tls, shutdown.clone());
+            with_grace(
+                router.serve_with_incoming_shutdown(incoming, stop),
+                &shutdown,
+            )
+            .await
+        }
+    };
     health_task.abort();
     r.map_err(crate::Error::Grpc)
 }

@@ -16,9 +16,11 @@ pub mod grpc;
 pub mod http;
 pub mod metrics;
 pub mod pg;
+pub mod pg_tls;
 pub mod ping;
 pub mod publisher;
 pub mod schema;
+pub mod tls;
 pub mod wake;
 pub mod waker;
 
@@ -31,7 +33,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-pub use config::{Config, GrpcTls, WakerConfig};
+pub use config::{Config, WakerConfig};
 pub use metrics::Metrics;
 
 /// Why syncd could not start or stopped with an error.
@@ -100,7 +102,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
             "no database URL: set --database-url, SYNCD_DATABASE_URL or AUTOMC_DSN".into(),
         ));
     }
-    let mut pg: tokio_postgres::Config = config.database_url.parse().map_err(|e| {
+    let (mut pg, pg_tls) = pg_tls::parse(&config.database_url).map_err(|e| {
         Error::Config(format!(
             "database URL {} is not a valid Postgres DSN: {e}",
             schema::redact_dsn(&config.database_url)
@@ -123,7 +125,12 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
         ),
         _ => None,
     };
-    let tls = config.grpc_tls.as_ref().map(load_tls).transpose()?;
+    let tls = match &config.tls {
+        Some(files) => {
+            Some(tls::ServerTls::new(files.clone()).map_err(|e| Error::Config(e.to_string()))?)
+        }
+        None => None,
+    };
     let grpc_listener = bind("gRPC", config.grpc_listen).await?;
     let http_listener = bind("HTTP", config.http_listen).await?;
     let grpc_addr = local_addr("gRPC", config.grpc_listen, &grpc_listener)?;
@@ -155,13 +162,17 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
         db = %target,
         waker = config.waker.url.as_deref().unwrap_or("(none)"),
         auth = config.grpc_token.is_some(),
-        tls = config.grpc_tls.is_some(),
-        mtls = config.grpc_tls.as_ref().is_some_and(|t| t.client_ca.is_some()),
+        tls = config.tls.is_some(),
+        mutual_tls = config.tls.as_ref().is_some_and(|t| t.client_ca.is_some()),
         "syncd starting"
     );
+    if let Some(t) = &tls {
+        tasks.spawn(t.clone().watch(shutdown.clone()));
+    }
     let hook_wakes = wakes.clone();
     let listener = pg::Listener {
         pg,
+        tls: pg_tls,
         target,
         publisher: publisher.clone(),
         metrics: metrics.clone(),
@@ -226,28 +237,6 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
     })
 }
 
-fn load_tls(t: &GrpcTls) -> Result<tonic::transport::ServerTlsConfig, Error> {
-    use tonic::transport::{Certificate, Identity, ServerTlsConfig};
-    let read = |what: &str, path: &std::path::Path| {
-        std::fs::read(path)
-            .map_err(|e| Error::Config(format!("cannot read {what} {}: {e}", path.display())))
-    };
-    let identity = Identity::from_pem(
-        read("--grpc-tls-cert", &t.cert)?,
-        read("--grpc-tls-key", &t.key)?,
-    );
-    let mut cfg = ServerTlsConfig::new().identity(identity);
-    if let Some(ca) = &t.client_ca {
-        cfg = cfg.client_ca_root(Certificate::from_pem(read("--grpc-tls-client-ca", ca)?));
-    }
-    // Build it once here so a bad certificate or key is a config error at
-    // start, not a failure of the server task later.
-    tonic::transport::Server::builder()
-        .tls_config(cfg.clone())
-        .map_err(|e| Error::Config(format!("gRPC TLS certificate or key: {e}")))?;
-    Ok(cfg)
-}
-
 async fn bind(what: &'static str, addr: SocketAddr) -> Result<TcpListener, Error> {
     TcpListener::bind(addr)
         .await
@@ -260,21 +249,19 @@ fn local_addr(what: &'static str, addr: SocketAddr, l: &TcpListener) -> Result<S
 }
 
 /// Run `syncd migrate` against a database.
-pub async fn migrate(database_url: &str) -> Result<(), tokio_postgres::Error> {
-    let (mut client, conn) = tokio_postgres::connect(database_url, tokio_postgres::NoTls).await?;
-    let driver = tokio::spawn(conn);
+pub async fn migrate(database_url: &str) -> Result<(), pg_tls::ConnectError> {
+    let (mut client, driver) = pg_tls::connect(database_url).await?;
     let r = schema::migrate(&mut client).await;
     drop(client);
     let _ = driver.await;
-    r
+    Ok(r?)
 }
 
 /// Run `syncd check` against a database.
-pub async fn check(database_url: &str) -> Result<Vec<schema::Finding>, tokio_postgres::Error> {
-    let (client, conn) = tokio_postgres::connect(database_url, tokio_postgres::NoTls).await?;
-    let driver = tokio::spawn(conn);
+pub async fn check(database_url: &str) -> Result<Vec<schema::Finding>, pg_tls::ConnectError> {
+    let (client, driver) = pg_tls::connect(database_url).await?;
     let r = schema::check(&client).await;
     drop(client);
     let _ = driver.await;
-    r
+    Ok(r?)
 }

@@ -75,15 +75,6 @@ struct ServeArgs {
     /// Bearer token required on every RPC except health.
     #[arg(long, env = "SYNCD_GRPC_TOKEN", hide_env_values = true)]
     grpc_token: Option<String>,
-    /// Serve gRPC over TLS with this PEM certificate chain (needs --grpc-tls-key).
-    #[arg(long, env = "SYNCD_GRPC_TLS_CERT", requires = "grpc_tls_key")]
-    grpc_tls_cert: Option<PathBuf>,
-    /// PEM private key of --grpc-tls-cert.
-    #[arg(long, env = "SYNCD_GRPC_TLS_KEY", requires = "grpc_tls_cert")]
-    grpc_tls_key: Option<PathBuf>,
-    /// Require client certificates signed by this PEM CA (mutual TLS).
-    #[arg(long, env = "SYNCD_GRPC_TLS_CLIENT_CA", requires = "grpc_tls_cert")]
-    grpc_tls_client_ca: Option<PathBuf>,
     /// Waker base URL; unset = wakes fail with "waker not configured".
     /// Falls back to AUTOMC_WAKER_URL.
     #[arg(long, env = "SYNCD_WAKER_URL")]
@@ -126,6 +117,18 @@ struct ServeArgs {
     /// Probe the LISTEN connection with SELECT 1 this often.
     #[arg(long, env = "SYNCD_PG_PROBE_INTERVAL", value_parser = humantime::parse_duration, default_value = "10s")]
     pg_probe_interval: Duration,
+    /// PEM certificate chain: serve gRPC over TLS (needs --tls-key).
+    #[arg(long, env = "SYNCD_TLS_CERT", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// PEM private key of --tls-cert.
+    #[arg(long, env = "SYNCD_TLS_KEY", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// PEM CA bundle: require client certificates chaining to it (mutual TLS).
+    #[arg(long, env = "SYNCD_TLS_CLIENT_CA", requires = "tls_cert")]
+    tls_client_ca: Option<PathBuf>,
+    /// Check the TLS files this often; changed files are loaded without a restart.
+    #[arg(long, env = "SYNCD_TLS_RELOAD_INTERVAL", value_parser = humantime::parse_duration, default_value = "10s")]
+    tls_reload_interval: Duration,
 }
 
 fn env_fallback(value: Option<String>, legacy: &str) -> Option<String> {
@@ -147,13 +150,6 @@ impl ServeArgs {
         c.grpc_listen = self.grpc_listen;
         c.http_listen = self.http_listen;
         c.grpc_token = self.grpc_token.filter(|t| !t.is_empty());
-        if let (Some(cert), Some(key)) = (self.grpc_tls_cert, self.grpc_tls_key) {
-            c.grpc_tls = Some(syncd::GrpcTls {
-                cert,
-                key,
-                client_ca: self.grpc_tls_client_ca,
-            });
-        }
         c.heartbeat_interval = self.heartbeat_interval;
         c.watcher_queue = self.watcher_queue;
         c.history_len = self.history;
@@ -173,6 +169,15 @@ impl ServeArgs {
         c.waker.request_timeout = self.waker_request_timeout;
         c.waker.ready_check = self.waker_ready_check;
         c.waker.reuse_for = self.wake_reuse;
+        c.tls = match (self.tls_cert, self.tls_key) {
+            (Some(cert), Some(key)) => Some(syncd::tls::TlsFiles {
+                cert,
+                key,
+                client_ca: self.tls_client_ca,
+                reload_interval: self.tls_reload_interval,
+            }),
+            _ => None,
+        };
         Ok(c)
     }
 }

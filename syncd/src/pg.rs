@@ -20,7 +20,7 @@ use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::{mpsc, watch};
-use tokio_postgres::{AsyncMessage, Client, Connection, NoTls, Statement};
+use tokio_postgres::{AsyncMessage, Client, Connection, Statement};
 use tokio_util::sync::CancellationToken;
 
 use crate::diff::{self, Change, Routes};
@@ -55,6 +55,8 @@ pub type ChangeHook = Arc<dyn Fn(&Change) + Send + Sync>;
 
 pub struct Listener {
     pub pg: tokio_postgres::Config,
+    /// TLS per the DSN's `sslmode` (see `pg_tls`).
+    pub tls: tokio_postgres_rustls::MakeRustlsConnect,
     pub target: String,
     pub publisher: Arc<Publisher>,
     pub metrics: Metrics,
@@ -135,7 +137,7 @@ impl Listener {
         let connect_timeout = Duration::from_secs(10);
         let (client, conn) = tokio::select! {
             _ = self.shutdown.cancelled() => return Ok(()),
-            r = tokio::time::timeout(connect_timeout, self.pg.connect(NoTls)) => {
+            r = tokio::time::timeout(connect_timeout, self.pg.connect(self.tls.clone())) => {
                 r.map_err(|_| ListenError::ConnectTimeout(connect_timeout))??
             }
         };

@@ -3,7 +3,9 @@
 //! Minecraft-protocol backends and clients (`mc`) and a fake waker (`waker`).
 //! Everything talks over real sockets on 127.0.0.1.
 
+pub mod certs;
 pub mod mc;
 pub mod pg;
+pub mod procs;
 pub mod stack;
 pub mod waker;

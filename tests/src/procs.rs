@@ -1,0 +1,250 @@
+//! syncd and edge as real child processes, for the fault tests that kill
+//! them with SIGKILL (an in-process server can only be cancelled, which is
+//! a clean stop, not a crash).
+//!
+//! The binaries come from the same `target/` as the test (built on demand
+//! when the test runs alone). Every child is killed when its handle drops.
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+
+use crate::pg::free_port;
+use crate::stack::{eventually, http_get, metric_sample, DEADLINE};
+
+/// `target/<profile>/`, where cargo puts syncd and edge; builds them when
+/// missing.
+pub async fn bin_dir() -> PathBuf {
+    let exe = std::env::current_exe().expect("current_exe");
+    // target/<profile>/deps/<test-binary>
+    let dir = exe
+        .parent()
+        .and_then(|d| d.parent())
+        .expect("test binary lives in target/<profile>/deps")
+        .to_path_buf();
+    if !dir.join("syncd").exists() || !dir.join("edge").exists() {
+        let repo = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
+        let status = Command::new(env!("CARGO"))
+            .args(["build", "--quiet", "-p", "syncd", "-p", "edge"])
+            .current_dir(repo)
+            .status()
+            .await
+            .expect("run cargo build");
+        assert!(status.success(), "cargo build -p syncd -p edge failed");
+    }
+    dir
+}
+
+/// Every line a child wrote to stdout and stderr, for log assertions.
+#[derive(Clone, Default)]
+pub struct Output(Arc<Mutex<Vec<String>>>);
+
+impl Output {
+    pub fn text(&self) -> String {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).join("\n")
+    }
+
+    fn capture(&self, child: &mut Child) {
+        if let Some(out) = child.stdout.take() {
+            self.pump(BufReader::new(out));
+        }
+        if let Some(err) = child.stderr.take() {
+            self.pump(BufReader::new(err));
+        }
+    }
+
+    fn pump<R: tokio::io::AsyncRead + Unpin + Send + 'static>(&self, r: BufReader<R>) {
+        let lines = self.0.clone();
+        tokio::spawn(async move {
+            let mut r = r.lines();
+            while let Ok(Some(l)) = r.next_line().await {
+                lines.lock().unwrap_or_else(|p| p.into_inner()).push(l);
+            }
+        });
+    }
+}
+
+/// A syncd or edge child process.
+pub struct Proc {
+    child: Child,
+    pub http_addr: SocketAddr,
+    /// syncd: its gRPC address; edge: its player port.
+    pub main_addr: SocketAddr,
+    pub output: Output,
+}
+
+impl Proc {
+    /// Start `bin` with `args`; `{main}` and `{http}` in args are replaced by
+    /// free loopback addresses (retried when another test took the port).
+    pub async fn spawn(bin: &str, args: &[String], env: &[(&str, &str)]) -> Proc {
+        let dir = bin_dir().await;
+        let mut last = String::new();
+        for _ in 0..5 {
+            let main_addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
+            let http_addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
+            match Self::try_spawn(&dir, bin, args, env, main_addr, http_addr).await {
+                Ok(p) => return p,
+                Err(e) => last = e,
+            }
+        }
+        panic!("{bin} failed to start: {last}");
+    }
+
+    /// Start again on a known main address (a restarted syncd keeps its URL).
+    pub async fn spawn_on(
+        bin: &str,
+        args: &[String],
+        env: &[(&str, &str)],
+        main_addr: SocketAddr,
+    ) -> Proc {
+        let dir = bin_dir().await;
+        let mut last = String::new();
+        for _ in 0..5 {
+            let http_addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
+            match Self::try_spawn(&dir, bin, args, env, main_addr, http_addr).await {
+                Ok(p) => return p,
+                Err(e) => last = e,
+            }
+        }
+        panic!("{bin} failed to start on {main_addr}: {last}");
+    }
+
+    async fn try_spawn(
+        dir: &std::path::Path,
+        bin: &str,
+        args: &[String],
+        env: &[(&str, &str)],
+        main_addr: SocketAddr,
+        http_addr: SocketAddr,
+    ) -> Result<Proc, String> {
+        let args: Vec<String> = args
+            .iter()
+            .map(|a| {
+                a.replace("{main}", &main_addr.to_string())
+                    .replace("{http}", &http_addr.to_string())
+            })
+            .collect();
+        let mut cmd = Command::new(dir.join(bin));
+        cmd.args(&args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true);
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().map_err(|e| format!("spawn: {e}"))?;
+        let output = Output::default();
+        output.capture(&mut child);
+        let mut p = Proc {
+            child,
+            http_addr,
+            main_addr,
+            output,
+        };
+        // Up once /healthz answers; an early exit (port taken) is retried.
+        let end = tokio::time::Instant::now() + DEADLINE;
+        loop {
+            if let Ok(Some(status)) = p.child.try_wait() {
+                return Err(format!("exited with {status}: {}", p.output.text()));
+            }
+            if matches!(http_get(http_addr, "/healthz").await, Ok((200, _))) {
+                return Ok(p);
+            }
+            if tokio::time::Instant::now() > end {
+                return Err(format!("no /healthz within {DEADLINE:?}"));
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Wait until `/readyz` answers 200.
+    pub async fn wait_ready(&self) {
+        let addr = self.http_addr;
+        eventually("child /readyz to answer 200", DEADLINE, || async move {
+            matches!(http_get(addr, "/readyz").await, Ok((200, _)))
+        })
+        .await;
+    }
+
+    /// `/metrics` text (empty when unreachable).
+    pub async fn metrics(&self) -> String {
+        http_get(self.http_addr, "/metrics")
+            .await
+            .map(|(_, b)| b)
+            .unwrap_or_default()
+    }
+
+    /// One sample of `/metrics`, 0 when absent.
+    pub async fn metric(&self, sample: &str) -> f64 {
+        metric_sample(&self.metrics().await, sample)
+    }
+
+    /// SIGKILL and reap: no drain, no goodbye, like a crash or the OOM killer.
+    pub async fn kill(&mut self) {
+        let _ = self.child.start_kill();
+        let _ = tokio::time::timeout(DEADLINE, self.child.wait()).await;
+    }
+
+    /// The OS process id.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.id()
+    }
+}
+
+/// Args for a syncd child on `dsn` (gRPC on `{main}`, HTTP on `{http}`).
+pub fn syncd_args(dsn: &str, extra: &[&str]) -> Vec<String> {
+    let mut a: Vec<String> = [
+        "serve",
+        "--database-url",
+        dsn,
+        "--grpc-listen",
+        "{main}",
+        "--http-listen",
+        "{http}",
+        "--heartbeat-interval",
+        "500ms",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    a.extend(extra.iter().map(|s| s.to_string()));
+    a
+}
+
+/// Args for an edge child syncing from `syncd_url`, without admission
+/// limits (tests open many connections from one address).
+pub fn edge_args(syncd_url: &str, extra: &[&str]) -> Vec<String> {
+    let grpc = format!("127.0.0.1:{}", free_port());
+    let mut a: Vec<String> = [
+        "--listen",
+        "{main}",
+        "--http-listen",
+        "{http}",
+        "--grpc-listen",
+        &grpc,
+        "--syncd",
+        syncd_url,
+        "--handshake-timeout",
+        "5s",
+        "--connect-timeout",
+        "5s",
+        "--drain-timeout",
+        "1s",
+        "--max-connections",
+        "0",
+        "--max-connections-per-ip",
+        "0",
+        "--rate-per-ip",
+        "0",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    a.extend(extra.iter().map(|s| s.to_string()));
+    a
+}

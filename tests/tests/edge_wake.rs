@@ -1,0 +1,329 @@
+//! Held logins (issue 5, edge side): a login to a stopped or unreachable
+//! server wakes it through syncd, is held, then joins; every failure ends
+//! with a Disconnect the player can act on.
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use automc_tests::mc::{login, status_ping, BackendOptions, McBackend, DEFAULT_PROTOCOL};
+use automc_tests::pg::TestPg;
+use automc_tests::stack::{
+    eventually, migrated_pg, start_edge, start_syncd, EdgeHandle, SyncdHandle, DEADLINE,
+};
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::Router;
+
+const WAIT: Duration = Duration::from_secs(30);
+
+/// How the fake waker answers.
+#[derive(Clone, Debug)]
+enum Mode {
+    /// "starting" until `release`, then running at `address`.
+    Starts { address: String },
+    /// POST answers 500.
+    Fails,
+}
+
+#[derive(Clone)]
+struct Waker {
+    posts: Arc<AtomicUsize>,
+    released: Arc<Mutex<bool>>,
+    mode: Arc<Mutex<Mode>>,
+}
+
+impl Waker {
+    async fn start(mode: Mode) -> (Self, String) {
+        let w = Waker {
+            posts: Arc::default(),
+            released: Arc::default(),
+            mode: Arc::new(Mutex::new(mode)),
+        };
+        let app = Router::new()
+            .route("/servers/{name}/start", post(start_server))
+            .route("/servers/{name}", get(server_state))
+            .with_state(w.clone());
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let url = format!("http://{}", l.local_addr().expect("addr"));
+        tokio::spawn(async move { axum::serve(l, app).await });
+        (w, url)
+    }
+    fn release(&self) {
+        *self.released.lock().expect("lock") = true;
+    }
+    fn posts(&self) -> usize {
+        self.posts.load(Ordering::SeqCst)
+    }
+}
+
+async fn start_server(State(w): State<Waker>, Path(_name): Path<String>) -> Response {
+    w.posts.fetch_add(1, Ordering::SeqCst);
+    match &*w.mode.lock().expect("lock") {
+        Mode::Fails => (StatusCode::INTERNAL_SERVER_ERROR, "boom").into_response(),
+        Mode::Starts { .. } => StatusCode::ACCEPTED.into_response(),
+    }
+}
+
+async fn server_state(State(w): State<Waker>, Path(_name): Path<String>) -> Response {
+    let released = *w.released.lock().expect("lock");
+    match &*w.mode.lock().expect("lock") {
+        Mode::Starts { address } if released => {
+            json(serde_json::json!({"state": "running", "address": address}))
+        }
+        _ => json(serde_json::json!({"state": "starting"})),
+    }
+}
+
+fn json(v: serde_json::Value) -> Response {
+    (
+        [(axum::http::header::CONTENT_TYPE, "application/json")],
+        v.to_string(),
+    )
+        .into_response()
+}
+
+fn dead_address() -> String {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    l.local_addr().expect("addr").to_string()
+}
+
+async fn stack(
+    waker_url: &str,
+    route_address: &str,
+    state: &str,
+    hold: Duration,
+) -> (TestPg, SyncdHandle, EdgeHandle) {
+    let pg = migrated_pg().await;
+    pg.execute(&format!(
+        "INSERT INTO servers (name, domain, address, state) VALUES ('mc', 'mc.example.com', '{route_address}', '{state}')"
+    ))
+    .await;
+    let url = waker_url.to_owned();
+    let syncd = start_syncd(&pg.dsn(), move |c| c.waker.url = Some(url)).await;
+    let edge = start_edge(&[syncd.grpc_url()], |c| {
+        c.hold_timeout = hold;
+        c.asleep_motd = "Zzz asleep".into();
+        c.starting_motd = "Starting up".into();
+    })
+    .await;
+    edge.ready().await;
+    (pg, syncd, edge)
+}
+
+#[tokio::test]
+async fn login_to_a_stopped_server_is_held_until_it_starts_then_joins_at_the_woken_address() {
+    let backend = McBackend::start(BackendOptions::default())
+        .await
+        .expect("backend");
+    let (waker, url) = Waker::start(Mode::Starts {
+        address: backend.addr().to_string(),
+    })
+    .await;
+    // The route's own address is dead: only the address the wake returns works.
+    let route_address = dead_address();
+    let (_pg, _syncd, edge) = stack(&url, &route_address, "stopped", WAIT).await;
+
+    let addr = edge.listen_addr;
+    let held = tokio::spawn(async move { login(addr, "mc.example.com", "steve").await });
+    eventually("the login is held", DEADLINE, || async {
+        edge.metric("automc_edge_held_logins") == 1.0
+    })
+    .await;
+    // Every edge shows the starting MOTD while the server wakes.
+    let reply = status_ping(addr, "mc.example.com", DEFAULT_PROTOCOL)
+        .await
+        .expect("status");
+    assert_eq!(reply.motd(), "Starting up");
+    assert_eq!(backend.accepted(), 0);
+
+    waker.release();
+    let mut conn = held.await.expect("task").expect("login");
+    let recs = backend
+        .wait_for_logins(1, WAIT)
+        .await
+        .expect("the held login joins");
+    assert!(
+        recs[0].received.starts_with(&conn.sent_first),
+        "bytes replayed intact"
+    );
+    conn.send(b"hello").await.expect("send");
+    assert_eq!(conn.read_exact(5).await.expect("echo"), b"hello");
+    assert_eq!(waker.posts(), 1);
+    // For this connection only: the table still holds the route's address.
+    assert_eq!(
+        edge.running()
+            .table()
+            .table
+            .get("mc")
+            .expect("route")
+            .address,
+        route_address
+    );
+    assert_eq!(edge.metric("automc_edge_wakes_total{outcome=\"ok\"}"), 1.0);
+}
+
+#[tokio::test]
+async fn many_logins_on_several_edges_cause_one_wake_and_all_join() {
+    let backend = McBackend::start(BackendOptions::default())
+        .await
+        .expect("backend");
+    let (waker, url) = Waker::start(Mode::Starts {
+        address: backend.addr().to_string(),
+    })
+    .await;
+    let (_pg, syncd, edge1) = stack(&url, &backend.addr().to_string(), "stopped", WAIT).await;
+    let mut edges = vec![edge1];
+    for _ in 0..2 {
+        let e = start_edge(&[syncd.grpc_url()], |c| {
+            c.hold_timeout = WAIT;
+            c.starting_motd = "Starting up".into();
+        })
+        .await;
+        e.ready().await;
+        edges.push(e);
+    }
+    let mut logins = Vec::new();
+    for e in &edges {
+        for i in 0..20 {
+            let addr = e.listen_addr;
+            logins.push(tokio::spawn(async move {
+                login(addr, "mc.example.com", &format!("p{i}")).await
+            }));
+        }
+    }
+    eventually("all 60 logins held", DEADLINE, || async {
+        edges
+            .iter()
+            .map(|e| e.metric("automc_edge_held_logins"))
+            .sum::<f64>()
+            == 60.0
+    })
+    .await;
+    // Every edge shows the starting MOTD, not just the ones holding players.
+    for e in &edges {
+        let reply = status_ping(e.listen_addr, "mc.example.com", DEFAULT_PROTOCOL)
+            .await
+            .expect("status");
+        assert_eq!(reply.motd(), "Starting up");
+    }
+    waker.release();
+    let recs = backend
+        .wait_for_logins(60, WAIT)
+        .await
+        .expect("all 60 join");
+    let mut conns = Vec::new();
+    for l in logins {
+        conns.push(l.await.expect("task").expect("login"));
+    }
+    for c in &conns {
+        assert!(
+            recs.iter().any(|r| r.received.starts_with(&c.sent_first)),
+            "every login's bytes arrive intact"
+        );
+    }
+    assert_eq!(waker.posts(), 1, "one wake for 60 logins on 3 edges");
+}
+
+#[tokio::test]
+async fn a_failed_wake_ends_the_held_login_with_a_readable_reason_and_others_are_served() {
+    let (waker, url) = Waker::start(Mode::Fails).await;
+    let (_pg, _syncd, edge) = stack(&url, &dead_address(), "stopped", WAIT).await;
+    let mut conn = login(edge.listen_addr, "mc.example.com", "steve")
+        .await
+        .expect("connect");
+    let text = conn.read_disconnect().await.expect("disconnect");
+    assert!(text.contains("could not be started"), "{text}");
+    assert!(waker.posts() >= 1);
+    // The edge keeps answering.
+    let reply = status_ping(edge.listen_addr, "mc.example.com", DEFAULT_PROTOCOL)
+        .await
+        .expect("status");
+    assert_eq!(reply.motd(), "Zzz asleep");
+    assert_eq!(edge.metric("automc_edge_held_logins"), 0.0);
+}
+
+#[tokio::test]
+async fn a_wake_longer_than_the_hold_timeout_tells_the_player_to_retry() {
+    let (_waker, url) = Waker::start(Mode::Starts {
+        address: dead_address(),
+    })
+    .await;
+    let (_pg, _syncd, edge) = stack(&url, &dead_address(), "stopped", Duration::from_secs(1)).await;
+    let mut conn = login(edge.listen_addr, "mc.example.com", "steve")
+        .await
+        .expect("connect");
+    let text = conn.read_disconnect().await.expect("disconnect");
+    assert!(
+        text.contains("starting") && text.contains("try again"),
+        "{text}"
+    );
+    assert_eq!(
+        edge.metric("automc_edge_wakes_total{outcome=\"timeout\"}"),
+        1.0
+    );
+}
+
+#[tokio::test]
+async fn with_syncd_unreachable_a_login_to_a_down_server_ends_quickly_with_a_clear_message() {
+    let (_waker, url) = Waker::start(Mode::Fails).await;
+    let (_pg, syncd, edge) = stack(&url, &dead_address(), "running", WAIT).await;
+    syncd.stop().await;
+    let mut conn = login(edge.listen_addr, "mc.example.com", "steve")
+        .await
+        .expect("connect");
+    let text = conn
+        .read_disconnect()
+        .await
+        .expect("disconnect well before the hold timeout");
+    assert!(text.contains("unreachable"), "{text}");
+}
+
+#[tokio::test]
+async fn a_player_leaving_while_held_does_not_cancel_the_wake_for_the_next() {
+    let backend = McBackend::start(BackendOptions::default())
+        .await
+        .expect("backend");
+    let (waker, url) = Waker::start(Mode::Starts {
+        address: backend.addr().to_string(),
+    })
+    .await;
+    let (_pg, _syncd, edge) = stack(&url, &dead_address(), "stopped", WAIT).await;
+    let quitter = login(edge.listen_addr, "mc.example.com", "quitter")
+        .await
+        .expect("connect");
+    eventually("the first login is held", DEADLINE, || async {
+        edge.metric("automc_edge_held_logins") == 1.0
+    })
+    .await;
+    drop(quitter);
+    eventually("the quitter is no longer held", DEADLINE, || async {
+        edge.metric("automc_edge_held_logins") == 0.0
+    })
+    .await;
+    assert_eq!(
+        edge.metric("automc_edge_wakes_total{outcome=\"abandoned\"}"),
+        1.0
+    );
+    let addr = edge.listen_addr;
+    let next = tokio::spawn(async move { login(addr, "mc.example.com", "next").await });
+    eventually("the next login is held", DEADLINE, || async {
+        edge.metric("automc_edge_held_logins") == 1.0
+    })
+    .await;
+    waker.release();
+    let conn = next.await.expect("task").expect("login");
+    let recs = backend
+        .wait_for_logins(1, WAIT)
+        .await
+        .expect("the next player joins");
+    assert!(recs[0].received.starts_with(&conn.sent_first));
+    assert_eq!(
+        waker.posts(),
+        1,
+        "the wake in flight was joined, not restarted"
+    );
+}
