@@ -112,10 +112,20 @@ ON CONFLICT (name) DO UPDATE SET domain = EXCLUDED.domain, address = EXCLUDED.ad
 INSERT INTO server_aliases (domain, server) VALUES ('127.0.0.1', 'demo') ON CONFLICT DO NOTHING;
 SQL
 
+# GET a path on 127.0.0.1:PORT with bash's /dev/tcp (no curl needed); true on 200.
+http_ok() {
+    local status
+    exec 3<>"/dev/tcp/127.0.0.1/$1" 2>/dev/null || return 1
+    printf 'GET %s HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n' "$2" >&3
+    IFS=' ' read -r _ status _ <&3 || status=""
+    exec 3<&- 3>&-
+    [ "$status" = "200" ]
+}
+
 say "waiting for the edge to hold the demo route"
 ready=""
 for _ in $(seq 1 150); do
-    if curl -fsS "http://127.0.0.1:$EDGE_HTTP_PORT/readyz" >/dev/null 2>&1; then ready=1; break; fi
+    if http_ok "$EDGE_HTTP_PORT" /readyz; then ready=1; break; fi
     for pid in "${pids[@]}"; do
         kill -0 "$pid" 2>/dev/null || die "a process exited early; logs are in $work (syncd.log, edge.log, backend.log)"
     done

@@ -133,11 +133,14 @@ async fn login_to_a_stopped_server_is_held_until_it_starts_then_joins_at_the_wok
         edge.metric("automc_edge_held_logins") == 1.0
     })
     .await;
-    // Every edge shows the starting MOTD while the server wakes.
-    let reply = status_ping(addr, "mc.example.com", DEFAULT_PROTOCOL)
-        .await
-        .expect("status");
-    assert_eq!(reply.motd(), "Starting up");
+    // The edge shows the starting MOTD while the server wakes (once the
+    // WakeUpdate arrives on its watch stream).
+    eventually("the starting MOTD", DEADLINE, || async {
+        status_ping(addr, "mc.example.com", DEFAULT_PROTOCOL)
+            .await
+            .is_ok_and(|r| r.motd() == "Starting up")
+    })
+    .await;
     assert_eq!(backend.accepted(), 0);
 
     waker.release();
@@ -204,11 +207,15 @@ async fn many_logins_on_several_edges_cause_one_wake_and_all_join() {
     })
     .await;
     // Every edge shows the starting MOTD, not just the ones holding players.
+    // The WakeUpdate reaches each edge on its watch stream, a moment after
+    // the Wake calls that started it.
     for e in &edges {
-        let reply = status_ping(e.listen_addr, "mc.example.com", DEFAULT_PROTOCOL)
-            .await
-            .expect("status");
-        assert_eq!(reply.motd(), "Starting up");
+        eventually("the starting MOTD on every edge", DEADLINE, || async {
+            status_ping(e.listen_addr, "mc.example.com", DEFAULT_PROTOCOL)
+                .await
+                .is_ok_and(|r| r.motd() == "Starting up")
+        })
+        .await;
     }
     waker.release();
     let recs = backend
@@ -238,11 +245,17 @@ async fn a_failed_wake_ends_the_held_login_with_a_readable_reason_and_others_are
     let text = conn.read_disconnect().await.expect("disconnect");
     assert!(text.contains("could not be started"), "{text}");
     assert!(waker.posts() >= 1);
-    // The edge keeps answering.
-    let reply = status_ping(edge.listen_addr, "mc.example.com", DEFAULT_PROTOCOL)
-        .await
-        .expect("status");
-    assert_eq!(reply.motd(), "Zzz asleep");
+    // The edge keeps answering, asleep again once the failed wake is known.
+    eventually(
+        "the asleep MOTD after the failed wake",
+        DEADLINE,
+        || async {
+            status_ping(edge.listen_addr, "mc.example.com", DEFAULT_PROTOCOL)
+                .await
+                .is_ok_and(|r| r.motd() == "Zzz asleep")
+        },
+    )
+    .await;
     assert_eq!(edge.metric("automc_edge_held_logins"), 0.0);
 }
 
