@@ -3,7 +3,6 @@
 //! (grpcurl 1.8 asks for v1alpha).
 use std::sync::Arc;
 
-use automc_proto::normalize_player_hostname;
 use automc_proto::v1::edge_admin_server::{EdgeAdmin, EdgeAdminServer};
 use automc_proto::v1::{
     Connection, GetRouteRequest, GetRouteResponse, GetSyncStatusRequest, ListConnectionsRequest,
@@ -117,21 +116,12 @@ impl EdgeAdmin for AdminService {
         &self,
         req: Request<GetRouteRequest>,
     ) -> Result<Response<GetRouteResponse>, Status> {
-        let normalized = normalize_player_hostname(&req.into_inner().hostname);
-        let view = self.shared.routes.view();
-        let resp = match view.table.lookup(&normalized) {
-            Some(m) => GetRouteResponse {
-                found: true,
-                route: Some(m.route.clone()),
-                matched: m.pattern.to_owned(),
-                normalized,
-            },
-            None => GetRouteResponse {
-                found: false,
-                normalized,
-                ..Default::default()
-            },
-        };
+        let resp = self
+            .shared
+            .routes
+            .view()
+            .table
+            .resolve(&req.into_inner().hostname);
         Ok(Response::new(resp))
     }
 

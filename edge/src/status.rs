@@ -231,32 +231,55 @@ pub async fn status_json_for(
         Answer::Close => None,
         Answer::Local(m) => Some(local_json(&m, handshake.protocol_version)),
         Answer::Backend => {
-            let route = route?;
-            let target = FetchTarget {
-                address: &route.address,
-                handshake: Handshake {
-                    protocol_version: handshake.protocol_version,
-                    server_address: handshake.server_address.clone(),
-                    server_port: handshake.server_port,
-                    next_state: NextState::Status,
-                },
+            let json = backend_status(
+                shared,
+                route?,
+                handshake.protocol_version,
+                handshake.server_address.clone(),
+                handshake.server_port,
                 proxy,
-            };
-            let fetched = shared
-                .status_cache
-                .get(
-                    target,
-                    cfg.status_cache_ttl,
-                    cfg.status_stale_for,
-                    cfg.connect_timeout,
-                )
-                .await;
-            Some(match fetched {
-                Fetched::Fresh(j) => j.to_string(),
-                Fetched::Stale(j) => j,
-                Fetched::Unavailable => local_json(&cfg.asleep_motd, handshake.protocol_version),
-            })
+            )
+            .await;
+            Some(json.unwrap_or_else(|| local_json(&cfg.asleep_motd, handshake.protocol_version)))
         }
+    }
+}
+
+/// The backend's status JSON through the cache (fresh, or the last good one
+/// marked stale); `None` when the backend cannot be asked and nothing good is
+/// cached.
+async fn backend_status(
+    shared: &Shared,
+    route: &Route,
+    protocol_version: i32,
+    server_address: String,
+    server_port: u16,
+    proxy: Option<(SocketAddr, SocketAddr)>,
+) -> Option<String> {
+    let cfg = &shared.config;
+    let target = FetchTarget {
+        address: &route.address,
+        handshake: Handshake {
+            protocol_version,
+            server_address,
+            server_port,
+            next_state: NextState::Status,
+        },
+        proxy,
+    };
+    match shared
+        .status_cache
+        .get(
+            target,
+            cfg.status_cache_ttl,
+            cfg.status_stale_for,
+            cfg.connect_timeout,
+        )
+        .await
+    {
+        Fetched::Fresh(j) => Some(j.to_string()),
+        Fetched::Stale(j) => Some(j),
+        Fetched::Unavailable => None,
     }
 }
 
@@ -285,30 +308,17 @@ pub async fn legacy_answer(
         Answer::Close => None,
         Answer::Local(m) => Some(local(&m)),
         Answer::Backend => {
-            let route = route?;
-            let target = FetchTarget {
-                address: &route.address,
-                handshake: Handshake {
-                    protocol_version: LEGACY_FETCH_PROTOCOL,
-                    server_address: ping.hostname.clone().unwrap_or_default(),
-                    server_port: ping.port.unwrap_or(25565),
-                    next_state: NextState::Status,
-                },
+            let fetched = backend_status(
+                shared,
+                route?,
+                LEGACY_FETCH_PROTOCOL,
+                ping.hostname.clone().unwrap_or_default(),
+                ping.port.unwrap_or(25565),
                 proxy,
-            };
-            let fetched = shared
-                .status_cache
-                .get(
-                    target,
-                    cfg.status_cache_ttl,
-                    cfg.status_stale_for,
-                    cfg.connect_timeout,
-                )
-                .await;
-            let json = match fetched {
-                Fetched::Fresh(j) => j.to_string(),
-                Fetched::Stale(j) => j,
-                Fetched::Unavailable => return Some(local(&cfg.asleep_motd)),
+            )
+            .await;
+            let Some(json) = fetched else {
+                return Some(local(&cfg.asleep_motd));
             };
             let s = summarize(&json);
             Some(protocol::encode_legacy_response(

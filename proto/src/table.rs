@@ -9,7 +9,8 @@
 //! server name wins, so every process resolves a conflict the same way.
 use std::collections::{BTreeMap, HashMap};
 
-use crate::v1::Route;
+use crate::hostname::normalize_player_hostname;
+use crate::v1::{GetRouteResponse, Route};
 
 /// What kind of pattern matched a hostname.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -156,6 +157,29 @@ impl RouteTable {
     }
 }
 
+impl RouteTable {
+    /// Answer a `GetRoute` for what a player typed: normalise it exactly as
+    /// the edge's connection path does, then look it up. syncd and every
+    /// edge's admin API answer through this one function.
+    pub fn resolve(&self, hostname: &str) -> GetRouteResponse {
+        let normalized = normalize_player_hostname(hostname);
+        match self.lookup(&normalized) {
+            Some(m) => GetRouteResponse {
+                found: true,
+                route: Some(m.route.clone()),
+                matched: m.pattern.to_owned(),
+                normalized,
+            },
+            None => GetRouteResponse {
+                found: false,
+                route: None,
+                matched: String::new(),
+                normalized,
+            },
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -274,5 +298,18 @@ mod tests {
         t.apply([], &["s".to_owned()]);
         assert!(t.is_empty());
         assert!(t.lookup("new.example.com").is_none());
+    }
+
+    #[test]
+    fn resolve_normalises_like_the_edge_and_names_the_pattern() {
+        let t = RouteTable::from_routes([route("any", &["*.example.com"], "a:1")]);
+        let hit = t.resolve("Play.Example.com.\0FML2\0");
+        assert!(hit.found);
+        assert_eq!(hit.normalized, "play.example.com");
+        assert_eq!(hit.matched, "*.example.com");
+        assert_eq!(hit.route.map(|r| r.server), Some("any".to_owned()));
+        let miss = t.resolve("example.org");
+        assert!(!miss.found && miss.route.is_none() && miss.matched.is_empty());
+        assert_eq!(miss.normalized, "example.org");
     }
 }

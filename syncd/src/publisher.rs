@@ -21,7 +21,7 @@ use automc_proto::v1::{
     watch_response, Delta, EdgeInfo, GetRouteResponse, Heartbeat, Route, Snapshot, WakePhase,
     WakeUpdate, WatchHello, WatchResponse,
 };
-use automc_proto::{normalize_player_hostname, RouteTable};
+use automc_proto::RouteTable;
 use futures::Stream;
 use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
@@ -412,22 +412,7 @@ impl Publisher {
 
     /// Resolve what a player typed with the edges' matching rules.
     pub fn resolve(&self, hostname: &str) -> GetRouteResponse {
-        let normalized = normalize_player_hostname(hostname);
-        let st = self.lock();
-        match st.table.lookup(&normalized) {
-            Some(m) => GetRouteResponse {
-                found: true,
-                route: Some(m.route.clone()),
-                matched: m.pattern.to_owned(),
-                normalized,
-            },
-            None => GetRouteResponse {
-                found: false,
-                route: None,
-                matched: String::new(),
-                normalized,
-            },
-        }
+        self.lock().table.resolve(hostname)
     }
 
     fn heartbeat_msg(&self) -> WatchResponse {
