@@ -4,7 +4,7 @@
 //! server through syncd and holding the player when needed) → replay every
 //! byte read so far → splice.
 use std::io;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -16,10 +16,11 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, field, info, info_span, Instrument, Span};
 
+use crate::limits::{ConnectionPermit, IpPermit, Refusal};
 use crate::listener::{ConnEntry, Phase};
 use crate::protocol::{self, FirstPacket, Handshake, NextState};
 use crate::splice::{splice, Tally};
-use crate::status::{self, ConverseEnd};
+use crate::status::{self, ConverseEnd, RelayEnd, StatusMode};
 use crate::sync_client::WakeError;
 use crate::{Shared, UnknownHost};
 
@@ -60,25 +61,57 @@ impl Outcome {
     }
 }
 
-/// Serve one accepted connection to its end.
+/// What an accepted connection holds for its whole life: a global slot and,
+/// for a direct peer, its per-address slot (a trusted load balancer's players
+/// take theirs once the PROXY header names them).
+pub struct Admitted {
+    _conn: ConnectionPermit,
+    ip: Option<IpPermit>,
+}
+
+fn is_trusted_proxy(shared: &Shared, ip: IpAddr) -> bool {
+    let canonical = ip.to_canonical();
+    shared
+        .config
+        .proxy_protocol_trusted
+        .iter()
+        .any(|net| net.contains(&ip) || net.contains(&canonical))
+}
+
+/// Admission at accept, before any byte is read: a silent connection counts
+/// against its address from the first instant.
+pub fn admit(shared: &Shared, peer: SocketAddr) -> Result<Admitted, Refusal> {
+    let ip = if is_trusted_proxy(shared, peer.ip()) {
+        None
+    } else {
+        Some(
+            shared
+                .admission
+                .admit_ip(peer.ip(), std::time::Instant::now())?,
+        )
+    };
+    let conn = shared.admission.admit_connection()?;
+    Ok(Admitted { _conn: conn, ip })
+}
+
+/// Count and (throttled) log a refused connection.
+pub fn refused(shared: &Shared, peer: SocketAddr, reason: &'static str) {
+    shared.metrics.refused(reason);
+    shared.metrics.connection_ended("refused");
+    if let Some(suppressed) = shared.refusal_log.check(std::time::Instant::now()) {
+        info!(client.addr = %peer, reason, suppressed, "connection refused");
+    }
+}
+
+/// Serve one admitted connection to its end.
 pub async fn handle(
     stream: TcpStream,
     peer: SocketAddr,
+    admitted: Admitted,
     shared: Arc<Shared>,
     cut: CancellationToken,
 ) {
     let m = &shared.metrics;
-    let _permit = match shared.admission.admit_connection() {
-        Ok(p) => p,
-        Err(r) => {
-            m.refused(r.reason());
-            m.connection_ended("refused");
-            if let Some(suppressed) = shared.refusal_log.check(std::time::Instant::now()) {
-                info!(client.addr = %peer, reason = r.reason(), suppressed, "connection refused");
-            }
-            return;
-        }
-    };
     let guard = shared.conns.register(peer);
     m.connections_active.inc();
     let span = info_span!(
@@ -92,7 +125,7 @@ pub async fn handle(
         bytes.down = field::Empty,
     );
     let outcome = tokio::select! {
-        o = serve(stream, peer, &shared, &guard.entry).instrument(span.clone()) => o,
+        o = serve(stream, peer, admitted, &shared, &guard.entry).instrument(span.clone()) => o,
         () = cut.cancelled() => Outcome::Cut,
     };
     let up = guard
@@ -171,6 +204,7 @@ struct Peer {
 async fn serve(
     mut stream: TcpStream,
     peer: SocketAddr,
+    mut admitted: Admitted,
     shared: &Shared,
     entry: &ConnEntry,
 ) -> Outcome {
@@ -187,13 +221,16 @@ async fn serve(
         Span::current().record("client.addr", field::display(who.client));
         entry.update(|d| d.client = who.client.to_string());
     }
-    let _ip_permit = match shared
-        .admission
-        .admit_ip(who.client.ip(), std::time::Instant::now())
-    {
-        Ok(p) => p,
-        Err(r) => return Outcome::Refused(r.reason()),
-    };
+    if admitted.ip.is_none() {
+        // A trusted load balancer: its player is known only now.
+        match shared
+            .admission
+            .admit_ip(who.client.ip(), std::time::Instant::now())
+        {
+            Ok(p) => admitted.ip = Some(p),
+            Err(r) => return Outcome::Refused(r.reason()),
+        }
+    }
 
     let first = match read_first_packet(&mut stream, &mut buf, deadline).await {
         Ok(f) => f,
@@ -220,7 +257,11 @@ async fn serve(
                 NextState::Status => {
                     entry.set_phase(Phase::Status);
                     let rest = buf.split_off(len.min(buf.len()));
-                    serve_status(&mut stream, shared, route.as_ref(), &handshake, &who, rest).await
+                    let raw = StatusRaw {
+                        handshake: buf,
+                        rest,
+                    };
+                    serve_status(&mut stream, shared, route.as_ref(), &handshake, &who, raw).await
                 }
                 NextState::Login | NextState::Transfer => {
                     login(stream, shared, entry, route, &who, buf).await
@@ -238,11 +279,7 @@ async fn read_proxy_header(
     buf: &mut Vec<u8>,
     deadline: Instant,
 ) -> Result<Peer, Outcome> {
-    let trusted = shared
-        .config
-        .proxy_protocol_trusted
-        .iter()
-        .any(|net| net.contains(&peer.ip()));
+    let trusted = is_trusted_proxy(shared, peer.ip());
     let mut who = Peer {
         client: peer,
         destination: None,
@@ -339,19 +376,50 @@ fn proxy_pair(shared: &Shared, who: &Peer, stream: &TcpStream) -> Option<(Socket
     Some((who.client, dst))
 }
 
+/// The bytes of a status connection so far: the handshake as received and
+/// whatever followed it.
+struct StatusRaw {
+    handshake: Vec<u8>,
+    rest: Vec<u8>,
+}
+
 async fn serve_status(
     stream: &mut TcpStream,
     shared: &Shared,
     route: Option<&Route>,
     handshake: &Handshake,
     who: &Peer,
-    rest: Vec<u8>,
+    raw: StatusRaw,
 ) -> Outcome {
     let proxy = proxy_pair(shared, who, stream);
+    if shared.config.status_mode == StatusMode::Relay
+        && status::decide(shared, route) == status::Answer::Backend
+    {
+        if let Some(route) = route {
+            let mut head = Vec::with_capacity(raw.handshake.len() + raw.rest.len() + 64);
+            if let Some((src, dst)) = proxy {
+                head.extend(protocol::encode_proxy_v2(src, dst));
+            }
+            head.extend_from_slice(&raw.handshake);
+            head.extend_from_slice(&raw.rest);
+            let deadline = Instant::now() + shared.config.handshake_timeout;
+            let timeout = shared.config.connect_timeout;
+            match status::relay(stream, &route.address, &head, timeout, deadline).await {
+                RelayEnd::Done => return Outcome::Status,
+                RelayEnd::Timeout => return Outcome::HandshakeError("timeout"),
+                RelayEnd::Io => return Outcome::ClientGone,
+                // Nothing sent yet: answer like the cache does (stale or asleep).
+                RelayEnd::Unreachable => {}
+            }
+        }
+    }
+    let rest = raw.rest;
     let Some(json) = status::status_json_for(shared, route, handshake, proxy).await else {
         return Outcome::UnknownHost;
     };
-    match status::converse(stream, rest, &json, shared.config.handshake_timeout).await {
+    // One deadline for the whole conversation: trickled bytes do not extend it.
+    let deadline = Instant::now() + shared.config.handshake_timeout;
+    match status::converse(stream, rest, &json, deadline).await {
         Ok(()) => {
             if route.is_none() {
                 Outcome::UnknownHost
@@ -584,6 +652,7 @@ async fn proxy(
     let r = splice(
         stream,
         upstream,
+        &shared.pipes,
         Tally {
             live: &entry.bytes_up,
             metric: up_counter,
