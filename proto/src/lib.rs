@@ -5,6 +5,7 @@
 #![forbid(unsafe_code)]
 
 pub mod hostname;
+pub mod sync;
 pub mod table;
 
 /// Generated messages and services of package `automc.v1`.
@@ -18,4 +19,6 @@ pub const FILE_DESCRIPTOR_SET: &[u8] =
     include_bytes!(concat!(env!("OUT_DIR"), "/automc_descriptor.bin"));
 
 pub use hostname::{normalize_domain, normalize_player_hostname};
-pub use table::{Match, MatchKind, RouteTable};
+pub use table::{
+    route_entry_len, HostnameTooLong, Match, MatchKind, RouteTable, MAX_HOSTNAME_CHARS,
+};
