@@ -154,6 +154,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
     tasks.spawn(publisher.clone().enforce_send_timeout());
     let epoch = publisher.epoch().to_owned();
     let (ready_tx, ready_rx) = watch::channel(false);
+    let (relay_tx, relay_rx) = tokio::sync::mpsc::unbounded_channel();
     let wakes = wake::Wakes::new(
         config.waker.clone(),
         waker,
@@ -161,6 +162,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
         metrics.clone(),
         shutdown.clone(),
         tasks.clone(),
+        relay_tx,
     );
     let target = schema::redact_dsn(&config.database_url);
     tracing::info!(
@@ -205,6 +207,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
         reconnect_max: config.reconnect_max.max(config.reconnect_min),
         probe_interval: config.pg_probe_interval,
         probe_timeout: config.pg_probe_timeout,
+        wake_relay: tokio::sync::Mutex::new(relay_rx),
         shutdown: shutdown.clone(),
     };
     tasks.spawn(tracing::Instrument::instrument(
