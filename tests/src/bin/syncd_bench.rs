@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 use automc_proto::v1::route_sync_client::RouteSyncClient;
 use automc_proto::v1::{watch_request, watch_response, WatchHello, WatchRequest, WatchResponse};
 use automc_tests::pg::{free_port, TestPg};
+use automc_tests::procs::rss_mib;
 use futures::StreamExt;
 use prost::Message;
 use tokio::sync::mpsc;
@@ -79,17 +80,6 @@ async fn start_syncd(dsn: &str) -> Syncd {
         assert!(Instant::now() < end, "syncd never became ready");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-}
-
-fn rss_mib(pid: u32) -> f64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    status
-        .lines()
-        .find(|l| l.starts_with("VmRSS:"))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|kb| kb.parse::<f64>().ok())
-        .map(|kb| kb / 1024.0)
-        .unwrap_or(f64::NAN)
 }
 
 /// Open a watch; every message is forwarded with its arrival time and size.
