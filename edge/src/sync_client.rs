@@ -73,6 +73,8 @@ pub enum SyncError {
     OtherEpoch(String),
     #[error("{0}: resubscribing")]
     Framing(#[from] FramingError),
+    #[error("the table built from a snapshot does not match syncd's hash: asking for a full one")]
+    HashMismatch,
 }
 
 impl SyncError {
@@ -80,7 +82,11 @@ impl SyncError {
     fn is_resync(&self) -> bool {
         matches!(
             self,
-            Self::Gap { .. } | Self::Behind { .. } | Self::OtherEpoch(_) | Self::Framing(_)
+            Self::Gap { .. }
+                | Self::Behind { .. }
+                | Self::OtherEpoch(_)
+                | Self::Framing(_)
+                | Self::HashMismatch
         )
     }
 }
@@ -291,6 +297,13 @@ impl SyncClient {
                 String::new()
             },
             version: if resume { held.version } else { 0 },
+            // If the epoch cannot be resumed (syncd restarted, another
+            // instance), syncd sends only the buckets that differ.
+            bucket_hashes: if resume {
+                held.table.bucket_hashes().to_vec()
+            } else {
+                Vec::new()
+            },
         };
         debug!(epoch = %hello.epoch, version = hello.version, "subscribing");
         // The receiver is alive: the stream below owns it.
@@ -323,7 +336,25 @@ impl SyncClient {
                     version,
                     table,
                     wakes,
-                } => Some(self.apply_snapshot(epoch, version, table, &wakes)),
+                    partial,
+                    table_hash,
+                } => {
+                    let table = match partial {
+                        // Pieces of the table held when the hello went out:
+                        // nothing else changed it since.
+                        Some(buckets) => {
+                            let mut whole = RouteTable::clone(&held.table);
+                            whole.replace_buckets(&buckets, table);
+                            whole
+                        }
+                        None => table,
+                    };
+                    if table_hash != 0 && table.table_hash() != table_hash {
+                        self.force_snapshot.store(true, Ordering::Release);
+                        return Err(SyncError::HashMismatch);
+                    }
+                    Some(self.apply_snapshot(epoch, version, table, &wakes))
+                }
                 Event::Delta {
                     epoch,
                     from_version,
@@ -670,6 +701,7 @@ mod tests {
                 routes: vec![route("a", "a.example.com")],
                 wakes: vec![],
                 last: false,
+                ..SnapshotChunk::default()
             }),
         );
         send(
@@ -683,6 +715,7 @@ mod tests {
                     phase: WakePhase::Waking as i32,
                 }],
                 last: true,
+                ..SnapshotChunk::default()
             }),
         );
         assert_eq!(next_ack(&mut w).await.version, 1);
@@ -745,6 +778,7 @@ mod tests {
                 routes: vec![route("c", "c.example.com")],
                 wakes: vec![],
                 last: true,
+                ..SnapshotChunk::default()
             }),
         );
         assert_eq!(next_ack(&mut w2).await.epoch, "e2");

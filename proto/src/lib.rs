@@ -20,5 +20,6 @@ pub const FILE_DESCRIPTOR_SET: &[u8] =
 
 pub use hostname::{normalize_domain, normalize_player_hostname};
 pub use table::{
-    route_entry_len, HostnameTooLong, Match, MatchKind, RouteTable, MAX_HOSTNAME_CHARS,
+    bucket_of, route_entry_len, BucketSet, HostnameTooLong, Match, MatchKind, RouteTable, BUCKETS,
+    MAX_HOSTNAME_CHARS,
 };

@@ -5,7 +5,7 @@
 //! harness all go through this module.
 use prost::Message;
 
-use crate::table::{route_entry_len, RouteTable};
+use crate::table::{route_entry_len, BucketSet, RouteTable};
 use crate::v1::{
     watch_response, Delta, Heartbeat, Route, Snapshot, SnapshotChunk, WakeSet, WakeUpdate,
 };
@@ -43,16 +43,24 @@ fn name_entry_len(name: &str) -> usize {
 
 /// The snapshot piece of `table` that starts after server `after` (`""` for
 /// the first), and where the next piece starts (`None`: this is the last,
-/// and it carries `wakes`).
+/// and it carries `wakes`, the table hash and, for a partial snapshot of
+/// the buckets `only`, their list).
 pub fn snapshot_chunk(
     table: &RouteTable,
     after: &str,
-    epoch: &str,
-    version: u64,
+    head: (&str, u64),
     wakes: &[WakeUpdate],
+    only: Option<&BucketSet>,
 ) -> (watch_response::Msg, Option<String>) {
-    let budget = CHUNK_BYTES.saturating_sub(overhead(epoch) + wakes_len(wakes));
-    let (routes, next) = table.page(after, usize::MAX, budget);
+    let (epoch, version) = head;
+    let list_len = only.map_or(0, |b| 4 + b.list().len() * 5);
+    let budget = CHUNK_BYTES.saturating_sub(overhead(epoch) + wakes_len(wakes) + list_len);
+    let (routes, next) = match only {
+        Some(set) => table.page_where(after, usize::MAX, budget, |r| {
+            set.contains_server(&r.server)
+        }),
+        None => table.page(after, usize::MAX, budget),
+    };
     let last = next.is_none();
     let chunk = SnapshotChunk {
         epoch: epoch.to_owned(),
@@ -60,6 +68,12 @@ pub fn snapshot_chunk(
         routes,
         wakes: if last { wakes.to_vec() } else { Vec::new() },
         last,
+        partial: last && only.is_some(),
+        buckets: match only {
+            Some(set) if last => set.list().to_vec(),
+            _ => Vec::new(),
+        },
+        table_hash: if last { table.table_hash() } else { 0 },
     };
     (watch_response::Msg::SnapshotChunk(chunk), next)
 }
@@ -106,12 +120,17 @@ pub fn delta_piece(
 /// A whole version (or a wake or heartbeat), as the edge applies it.
 #[derive(Debug, Clone)]
 pub enum Event {
-    /// Replace everything with this table.
+    /// Replace everything with this table or, when `partial` is set, only
+    /// those buckets of the table held when the hello was sent.
     Snapshot {
         epoch: String,
         version: u64,
         table: RouteTable,
         wakes: Vec<WakeUpdate>,
+        partial: Option<BucketSet>,
+        /// What the complete table's [`RouteTable::table_hash`] must be (0:
+        /// not given).
+        table_hash: u64,
     },
     /// Apply upserts then removals to `from_version`, giving `version`.
     Delta {
@@ -201,8 +220,8 @@ impl Assembler {
     pub fn push(&mut self, msg: watch_response::Msg) -> Result<Option<Event>, FramingError> {
         match (self.pending.take(), msg) {
             (None, watch_response::Msg::SnapshotChunk(c)) => {
-                let table = RouteTable::from_routes(c.routes);
-                self.snapshot_piece(c.epoch.clone(), c.version, table, c.last, c.wakes)
+                let table = RouteTable::from_routes(c.routes.iter().cloned());
+                self.snapshot_piece(c.epoch.clone(), c.version, table, c)
             }
             (
                 Some(Pending::Snapshot {
@@ -220,10 +239,10 @@ impl Assembler {
                         got_version: c.version,
                     });
                 }
-                for r in c.routes {
+                for r in c.routes.iter().cloned() {
                     table.upsert(r);
                 }
-                self.snapshot_piece(epoch, version, table, c.last, c.wakes)
+                self.snapshot_piece(epoch, version, table, c)
             }
             (None, watch_response::Msg::Delta(d)) => self.delta_piece(
                 d.epoch,
@@ -272,6 +291,8 @@ impl Assembler {
                 version,
                 table: RouteTable::from_routes(routes),
                 wakes,
+                partial: None,
+                table_hash: 0,
             })),
             (None, watch_response::Msg::Heartbeat(h)) => Ok(Some(Event::Heartbeat(h))),
             (None, watch_response::Msg::Wake(w)) => Ok(Some(Event::Wake(w))),
@@ -286,15 +307,16 @@ impl Assembler {
         epoch: String,
         version: u64,
         table: RouteTable,
-        last: bool,
-        wakes: Vec<WakeUpdate>,
+        piece: SnapshotChunk,
     ) -> Result<Option<Event>, FramingError> {
-        if last {
+        if piece.last {
             return Ok(Some(Event::Snapshot {
                 epoch,
                 version,
                 table,
-                wakes,
+                wakes: piece.wakes,
+                partial: piece.partial.then(|| BucketSet::new(&piece.buckets)),
+                table_hash: piece.table_hash,
             }));
         }
         self.pending = Some(Pending::Snapshot {
@@ -373,7 +395,7 @@ mod tests {
         let mut after = String::new();
         let mut pieces = 0;
         let event = loop {
-            let (msg, next) = snapshot_chunk(&table, &after, "e1", 42, &wakes);
+            let (msg, next) = snapshot_chunk(&table, &after, ("e1", 42), &wakes, None);
             assert!(
                 encoded(&msg) <= CHUNK_BYTES,
                 "piece of {} bytes",
@@ -397,8 +419,12 @@ mod tests {
                 version,
                 table: got,
                 wakes: got_wakes,
+                partial,
+                table_hash,
             }) => {
                 assert_eq!((epoch.as_str(), version), ("e1", 42));
+                assert!(partial.is_none());
+                assert_eq!(table_hash, got.table_hash());
                 assert!(got.routes().eq(table.routes()));
                 assert_eq!(got_wakes, wakes);
             }
@@ -409,7 +435,7 @@ mod tests {
 
     #[test]
     fn an_empty_table_is_one_last_piece() {
-        let (msg, next) = snapshot_chunk(&RouteTable::new(), "", "e1", 0, &[]);
+        let (msg, next) = snapshot_chunk(&RouteTable::new(), "", ("e1", 0), &[], None);
         assert!(next.is_none());
         match Assembler::new().push(msg) {
             Ok(Some(Event::Snapshot { table, .. })) => assert!(table.is_empty()),
@@ -464,9 +490,9 @@ mod tests {
     #[test]
     fn broken_framing_is_an_error_not_a_half_table() {
         let table = RouteTable::from_routes((0..20_000).map(route));
-        let (first, next) = snapshot_chunk(&table, "", "e1", 3, &[]);
+        let (first, next) = snapshot_chunk(&table, "", ("e1", 3), &[], None);
         let next = next.expect("more than one piece");
-        let (second_other_version, _) = snapshot_chunk(&table, &next, "e1", 4, &[]);
+        let (second_other_version, _) = snapshot_chunk(&table, &next, ("e1", 4), &[], None);
         let mut asm = Assembler::new();
         assert!(asm.push(first.clone()).expect("first").is_none());
         assert!(matches!(
@@ -496,6 +522,44 @@ mod tests {
         match Assembler::new().push(msg) {
             Ok(Some(Event::Snapshot { table, version, .. })) => {
                 assert_eq!((table.len(), version), (1, 5));
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_partial_snapshot_carries_only_the_differing_buckets() {
+        let held = RouteTable::from_routes((0..20_000).map(route));
+        let mut current = held.clone();
+        current.upsert(Route {
+            address: "10.9.9.9:25565".into(),
+            ..route(77)
+        });
+        let differ = current
+            .differing_buckets(held.bucket_hashes())
+            .expect("whole set");
+        let set = BucketSet::new(&differ);
+        let (msg, next) = snapshot_chunk(&current, "", ("e2", 1), &[], Some(&set));
+        assert!(next.is_none(), "one small piece");
+        let routes_sent = match &msg {
+            watch_response::Msg::SnapshotChunk(c) => c.routes.len(),
+            _ => 0,
+        };
+        assert!(
+            routes_sent < 100,
+            "{routes_sent} routes for one changed bucket"
+        );
+        match Assembler::new().push(msg) {
+            Ok(Some(Event::Snapshot {
+                table,
+                partial: Some(set),
+                table_hash,
+                ..
+            })) => {
+                let mut rebuilt = held.clone();
+                rebuilt.replace_buckets(&set, table);
+                assert_eq!(rebuilt.table_hash(), table_hash);
+                assert!(rebuilt.routes().eq(current.routes()));
             }
             other => panic!("{other:?}"),
         }

@@ -14,6 +14,7 @@
 //! swap it in whole, and syncd hand every watcher the version it started
 //! from without copying it.
 use std::ops::Bound;
+use std::sync::Arc;
 
 use imbl::{HashMap, OrdMap};
 use prost::Message;
@@ -83,8 +84,80 @@ struct Claims {
     by_rank: Vec<Claim>,
 }
 
+/// Buckets of a table for failover resync: a route's bucket comes from a
+/// stable hash of its server name, and each bucket's hash is the wrapping
+/// sum of its routes' hashes, so it is kept up to date per upsert.
+pub const BUCKETS: usize = 1024;
+
+/// FNV-1a, then the splitmix64 finaliser so sums of hashes stay well mixed.
+/// Stable across processes and versions: it is part of the protocol.
+fn hash_parts<'a>(parts: impl IntoIterator<Item = &'a [u8]>) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for part in parts {
+        for b in (part.len() as u64).to_le_bytes().iter().chain(part) {
+            h ^= u64::from(*b);
+            h = h.wrapping_mul(0x0000_0100_0000_01b3);
+        }
+    }
+    h ^= h >> 30;
+    h = h.wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    h ^= h >> 27;
+    h = h.wrapping_mul(0x94d0_49bb_1331_11eb);
+    h ^ (h >> 31)
+}
+
+/// The bucket of a server name.
+pub fn bucket_of(server: &str) -> usize {
+    (hash_parts([server.as_bytes()]) % BUCKETS as u64) as usize
+}
+
+/// Hash of one whole route (every field, hostnames in order).
+pub fn route_hash(r: &Route) -> u64 {
+    let head = [
+        r.server.as_bytes(),
+        r.address.as_bytes(),
+        r.state.as_bytes(),
+    ];
+    hash_parts(
+        head.into_iter()
+            .chain(r.hostnames.iter().map(String::as_bytes)),
+    )
+}
+
+/// A set of buckets (what a partial snapshot carries).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BucketSet {
+    member: Vec<bool>,
+    list: Vec<u32>,
+}
+
+impl BucketSet {
+    /// From bucket numbers; out-of-range numbers are ignored.
+    pub fn new(list: &[u32]) -> Self {
+        let mut member = vec![false; BUCKETS];
+        let mut kept = Vec::with_capacity(list.len());
+        for &b in list {
+            if let Some(m) = member.get_mut(b as usize) {
+                if !*m {
+                    *m = true;
+                    kept.push(b);
+                }
+            }
+        }
+        Self { member, list: kept }
+    }
+
+    pub fn contains_server(&self, server: &str) -> bool {
+        self.member[bucket_of(server)]
+    }
+
+    pub fn list(&self) -> &[u32] {
+        &self.list
+    }
+}
+
 /// Routes keyed by server name plus a hostname index.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct RouteTable {
     routes: OrdMap<String, Route>,
     /// Exact names and the `*` default, by name.
@@ -92,6 +165,20 @@ pub struct RouteTable {
     /// `*.suffix` wildcards by `suffix`, so the suffix walk of a lookup
     /// probes with slices of the hostname and allocates nothing.
     wild: HashMap<String, Claims>,
+    /// Per-bucket wrapping sums of route hashes (8 KiB, copied on the first
+    /// write after a clone).
+    buckets: Arc<Vec<u64>>,
+}
+
+impl Default for RouteTable {
+    fn default() -> Self {
+        Self {
+            routes: OrdMap::new(),
+            exact: HashMap::new(),
+            wild: HashMap::new(),
+            buckets: Arc::new(vec![0; BUCKETS]),
+        }
+    }
 }
 
 /// Which index a stored hostname pattern lives in, and under which key.
@@ -164,12 +251,16 @@ impl RouteTable {
                 set.by_rank.insert(at, claim);
             }
         }
+        let b = bucket_of(&route.server);
+        Arc::make_mut(&mut self.buckets)[b] = self.buckets[b].wrapping_add(route_hash(&route));
         self.routes.insert(route.server.clone(), route);
     }
 
     /// Remove the route of `server`; returns it when it existed.
     pub fn remove(&mut self, server: &str) -> Option<Route> {
         let old = self.routes.remove(server)?;
+        let b = bucket_of(server);
+        Arc::make_mut(&mut self.buckets)[b] = self.buckets[b].wrapping_sub(route_hash(&old));
         for (i, host) in old.hostnames.iter().enumerate() {
             let rank = u8::from(i > 0);
             let (wild, key) = index_key(host);
@@ -249,6 +340,50 @@ impl RouteTable {
         }))
     }
 
+    /// Hash of each bucket ([`BUCKETS`] of them).
+    pub fn bucket_hashes(&self) -> &[u64] {
+        &self.buckets
+    }
+
+    /// Sum of every bucket hash: equal tables have equal sums.
+    pub fn table_hash(&self) -> u64 {
+        self.buckets.iter().fold(0u64, |a, b| a.wrapping_add(*b))
+    }
+
+    /// Buckets whose hash differs from `theirs`; `None` when `theirs` is not
+    /// a whole set of bucket hashes.
+    pub fn differing_buckets(&self, theirs: &[u64]) -> Option<Vec<u32>> {
+        if theirs.len() != BUCKETS {
+            return None;
+        }
+        Some(
+            self.buckets
+                .iter()
+                .zip(theirs)
+                .enumerate()
+                .filter(|(_, (a, b))| a != b)
+                .map(|(i, _)| i as u32)
+                .collect(),
+        )
+    }
+
+    /// Replace the routes of `buckets` by those of `with` (a partial
+    /// snapshot), keeping every other bucket.
+    pub fn replace_buckets(&mut self, buckets: &BucketSet, with: RouteTable) {
+        let stale: Vec<String> = self
+            .routes
+            .keys()
+            .filter(|s| buckets.contains_server(s))
+            .cloned()
+            .collect();
+        for s in stale {
+            self.remove(&s);
+        }
+        for (_, r) in with.routes {
+            self.upsert(r);
+        }
+    }
+
     /// Routes after server `after` (from the first for `""`) in name order,
     /// as many as fit in `max_routes` and `max_bytes` encoded (at least one,
     /// so a page always makes progress), and the name to continue after when
@@ -259,6 +394,18 @@ impl RouteTable {
         max_routes: usize,
         max_bytes: usize,
     ) -> (Vec<Route>, Option<String>) {
+        self.page_where(after, max_routes, max_bytes, |_| true)
+    }
+
+    /// [`RouteTable::page`] over the routes `keep` accepts (a partial
+    /// snapshot's buckets); the walk resumes after the last route taken.
+    pub fn page_where(
+        &self,
+        after: &str,
+        max_routes: usize,
+        max_bytes: usize,
+        keep: impl Fn(&Route) -> bool,
+    ) -> (Vec<Route>, Option<String>) {
         let lower = if after.is_empty() {
             Bound::Unbounded
         } else {
@@ -267,6 +414,9 @@ impl RouteTable {
         let mut out = Vec::new();
         let mut bytes = 0usize;
         for (_, r) in self.routes.range::<_, str>((lower, Bound::Unbounded)) {
+            if !keep(r) {
+                continue;
+            }
             let len = route_entry_len(r);
             if !out.is_empty() && (out.len() >= max_routes || bytes + len > max_bytes) {
                 let next = out.last().map(|r: &Route| r.server.clone());
@@ -515,5 +665,36 @@ mod tests {
         let (page, next) = t.page("", 10, 1);
         assert_eq!((page.len(), next.as_deref()), (1, Some("s000")));
         assert_eq!(t.page("s249", 10, 4096), (vec![], None));
+    }
+
+    #[test]
+    fn bucket_hashes_follow_every_change_and_replacing_differing_buckets_converges() {
+        let make = |i: usize| route(&format!("s{i:05}"), &[&format!("s{i}.example.com")], "a:1");
+        let theirs = RouteTable::from_routes((0..5000).map(make));
+        let mut ours = theirs.clone();
+        assert_eq!(ours.differing_buckets(theirs.bucket_hashes()), Some(vec![]));
+        ours.upsert(route("s00007", &["s7.example.com"], "b:2"));
+        ours.remove("s00100");
+        ours.upsert(make(9999));
+        let differ = ours
+            .differing_buckets(theirs.bucket_hashes())
+            .expect("whole set");
+        assert!(!differ.is_empty() && differ.len() <= 3, "{differ:?}");
+        // Send only the routes of those buckets; the other side converges.
+        let set = BucketSet::new(&differ);
+        let (part, _) = ours.page_where("", usize::MAX, usize::MAX, |r| {
+            set.contains_server(&r.server)
+        });
+        let mut rebuilt = theirs.clone();
+        rebuilt.replace_buckets(&set, RouteTable::from_routes(part));
+        assert!(rebuilt.routes().eq(ours.routes()));
+        assert_eq!(rebuilt.table_hash(), ours.table_hash());
+        assert_ne!(theirs.table_hash(), ours.table_hash());
+        // Removing what was added restores the hashes exactly.
+        ours.remove("s09999");
+        ours.upsert(make(100));
+        ours.upsert(make(7));
+        assert_eq!(ours.bucket_hashes(), theirs.bucket_hashes());
+        assert_eq!(ours.differing_buckets(&[1, 2, 3]), None);
     }
 }

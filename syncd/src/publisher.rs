@@ -33,7 +33,7 @@ use automc_proto::v1::{
     watch_response, EdgeInfo, GetRouteResponse, Heartbeat, Route, WakePhase, WakeSet, WakeUpdate,
     WatchHello, WatchResponse,
 };
-use automc_proto::{HostnameTooLong, RouteTable};
+use automc_proto::{BucketSet, HostnameTooLong, RouteTable, BUCKETS};
 use futures::Stream;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
@@ -150,6 +150,8 @@ enum Item {
         table: RouteTable,
         version: u64,
         wakes: Vec<WakeUpdate>,
+        /// Partial: only these buckets (the rest matched the hello).
+        only: Option<BucketSet>,
     },
     Change {
         from: u64,
@@ -167,6 +169,7 @@ enum Sending {
         table: RouteTable,
         version: u64,
         wakes: Vec<WakeUpdate>,
+        only: Option<BucketSet>,
         after: String,
     },
     Change {
@@ -196,15 +199,18 @@ impl Queue {
                     table,
                     version,
                     wakes,
+                    only,
                     after,
                 }) => {
-                    let (msg, next) = snapshot_chunk(&table, &after, epoch, version, &wakes);
+                    let (msg, next) =
+                        snapshot_chunk(&table, &after, (epoch, version), &wakes, only.as_ref());
                     match next {
                         Some(after) => {
                             self.sending = Some(Sending::Snapshot {
                                 table,
                                 version,
                                 wakes,
+                                only,
                                 after,
                             })
                         }
@@ -243,11 +249,13 @@ impl Queue {
                     table,
                     version,
                     wakes,
+                    only,
                 } => {
                     self.sending = Some(Sending::Snapshot {
                         table,
                         version,
                         wakes,
+                        only,
                         after: String::new(),
                     })
                 }
@@ -630,12 +638,25 @@ impl Publisher {
                 });
                 (self.epoch.clone(), hello.version, hello.version, "resumed")
             } else {
+                // An edge that proves what it holds (bucket hashes) gets
+                // only the buckets that differ, unless that is most of them.
+                let only = st
+                    .table
+                    .differing_buckets(&hello.bucket_hashes)
+                    .filter(|d| d.len() <= BUCKETS / 2)
+                    .map(|d| BucketSet::new(&d));
+                let how = if only.is_some() {
+                    "differing buckets"
+                } else {
+                    "snapshot"
+                };
                 items.push_back(Item::Snapshot {
                     table: st.table.clone(),
                     version: st.version,
                     wakes: wakes.clone(),
+                    only,
                 });
-                (String::new(), 0, 0, "snapshot")
+                (String::new(), 0, 0, how)
             };
         if resumed {
             // A resumed edge did not see wake updates while away: the whole
@@ -844,6 +865,7 @@ mod tests {
             edge_id: "t".into(),
             epoch: epoch.into(),
             version,
+            bucket_hashes: vec![],
         }
     }
 

@@ -246,6 +246,8 @@ pub struct WatchState {
     pub gap: bool,
     /// Wake sets received (one after each resume).
     pub wake_sets: u64,
+    /// Snapshots of only the buckets that differed (counted in `snapshots`).
+    pub partial_snapshots: u64,
     /// Epoch and version named by the last heartbeat.
     pub last_heartbeat: Option<(String, u64)>,
     /// Encoded bytes of every message received.
@@ -296,8 +298,8 @@ impl RouteWatcher {
     }
 
     /// Reconnect holding `held` (an earlier watcher's state): the hello
-    /// carries its epoch and version, so syncd may answer with only what
-    /// was missed. Counters (snapshots, deltas, ...) start from zero.
+    /// carries its epoch, version and bucket hashes, as the edge's does, so
+    /// syncd may answer with only what was missed. Counters (snapshots, deltas, ...) start from zero.
     pub async fn resume(
         url: &str,
         edge_id: &str,
@@ -307,6 +309,7 @@ impl RouteWatcher {
             edge_id: edge_id.into(),
             epoch: held.epoch.clone(),
             version: held.version,
+            bucket_hashes: held.table.bucket_hashes().to_vec(),
         };
         let state = WatchState {
             table: held.table.clone(),
@@ -469,7 +472,21 @@ async fn apply(
                 version,
                 table,
                 wakes,
+                partial,
+                table_hash,
             } => {
+                let table = match partial {
+                    Some(buckets) => {
+                        st.partial_snapshots += 1;
+                        let mut whole = st.table.clone();
+                        whole.replace_buckets(&buckets, table);
+                        whole
+                    }
+                    None => table,
+                };
+                if table_hash != 0 && table.table_hash() != table_hash {
+                    st.framing = Some("table hash mismatch".into());
+                }
                 st.table = table;
                 st.epoch = epoch;
                 st.version = version;

@@ -169,3 +169,71 @@ async fn list_routes_pages_through_a_big_table_in_name_order() {
     assert_eq!(names, sorted, "in name order, no repeats");
     assert_eq!(names.len(), 2_500);
 }
+
+#[tokio::test]
+async fn after_a_syncd_restart_a_resuming_edge_gets_only_the_buckets_that_differ() {
+    use automc_tests::stack::RouteWatcher;
+    let pg = migrated_pg().await;
+    seed(&pg, 100_000, "127.0.0.1:1").await;
+    let first = start_syncd(&pg.dsn(), |_| {}).await;
+    let mut w = first.watch("edge").await;
+    let held = w
+        .wait_until("the whole table", DEADLINE, |s| s.table.len() == 100_000)
+        .await;
+    let full_bytes = held.bytes;
+    drop(w);
+    first.stop().await;
+
+    // Changed while no syncd ran: one address, one removal, one new route.
+    pg.execute(
+        "UPDATE servers SET address = '10.99.0.1:25565' WHERE name = 's500';
+         DELETE FROM servers WHERE name = 's600';
+         INSERT INTO servers (name, domain, address, state) VALUES ('fresh', 'fresh.example.com', '10.99.0.2:25565', 'running')",
+    )
+    .await;
+    let second = start_syncd(&pg.dsn(), |_| {}).await;
+    let mut resumed = RouteWatcher::resume(&second.grpc_url(), "edge", &held)
+        .await
+        .expect("resume");
+    let got = resumed
+        .wait_until("the differing buckets applied", DEADLINE, |s| {
+            s.snapshots == 1
+        })
+        .await;
+    assert_eq!(got.partial_snapshots, 1);
+    assert_eq!(got.framing, None, "the rebuilt table matches syncd's hash");
+    let mut reference = second.watch("reference").await;
+    let want = reference
+        .wait_until("a full snapshot", DEADLINE, |s| s.snapshots == 1)
+        .await;
+    assert!(
+        got.table.routes().eq(want.table.routes()),
+        "same table as a full snapshot"
+    );
+    assert_eq!(got.address_of("s500").as_deref(), Some("10.99.0.1:25565"));
+    assert_eq!(got.address_of("s600"), None);
+    assert!(got.address_of("fresh").is_some());
+    assert!(
+        got.bytes * 20 < full_bytes,
+        "{} bytes to resync vs {full_bytes} for a full snapshot",
+        got.bytes
+    );
+    drop((resumed, reference));
+    second.stop().await;
+
+    // Nothing changed across the next restart: almost nothing is sent.
+    let third = start_syncd(&pg.dsn(), |_| {}).await;
+    let mut again = RouteWatcher::resume(&third.grpc_url(), "edge", &got)
+        .await
+        .expect("resume");
+    let same = again
+        .wait_until("the empty partial snapshot", DEADLINE, |s| s.snapshots == 1)
+        .await;
+    assert_eq!(same.partial_snapshots, 1);
+    assert!(same.table.routes().eq(got.table.routes()));
+    assert!(
+        same.bytes < 1024,
+        "{} bytes when nothing changed",
+        same.bytes
+    );
+}
