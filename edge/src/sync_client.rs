@@ -321,6 +321,10 @@ impl SyncClient {
         self.set_status(|s| s.state = "connected");
         self.metrics.sync_connected.set(1);
         let mut pieces = Assembler::new();
+        // What a partial snapshot completes: the table held at hello time,
+        // kept only until the first whole event (not pinned for the
+        // stream's life).
+        let mut at_hello = Some(held);
         loop {
             let msg = tokio::time::timeout(self.heartbeat_timeout, stream.message())
                 .await
@@ -332,6 +336,7 @@ impl SyncClient {
             })?;
             *progressed = true;
             let Some(event) = event else { continue };
+            let base = at_hello.take();
             let ack = match event {
                 Event::Snapshot {
                     epoch,
@@ -343,7 +348,9 @@ impl SyncClient {
                 } => {
                     // A partial snapshot completes the table held when the
                     // hello went out: nothing else changed it since.
-                    let table = whole_table(&held.table, table, partial, table_hash)
+                    let empty = RouteTable::new();
+                    let held = base.as_ref().map_or(&empty, |v| v.table.as_ref());
+                    let table = whole_table(held, table, partial, table_hash)
                         .inspect_err(|_| self.force_snapshot.store(true, Ordering::Release))?;
                     Some(self.apply_snapshot(epoch, version, table, &wakes))
                 }
