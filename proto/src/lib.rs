@@ -5,6 +5,7 @@
 #![forbid(unsafe_code)]
 
 pub mod hostname;
+pub mod sync;
 pub mod table;
 
 /// Generated messages and services of package `automc.v1`.
@@ -18,4 +19,7 @@ pub const FILE_DESCRIPTOR_SET: &[u8] =
     include_bytes!(concat!(env!("OUT_DIR"), "/automc_descriptor.bin"));
 
 pub use hostname::{normalize_domain, normalize_player_hostname};
-pub use table::{Match, MatchKind, RouteTable};
+pub use table::{
+    bucket_of, route_entry_len, BucketSet, HostnameTooLong, Match, MatchKind, RouteTable, BUCKETS,
+    MAX_HOSTNAME_CHARS,
+};

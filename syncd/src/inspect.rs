@@ -20,6 +20,9 @@ use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
 /// Bound on connecting and on each call: an operator command never hangs.
 pub const CALL_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// Routes asked for per `ListRoutes` page (the most syncd serves per page).
+pub const ROUTES_PAGE_SIZE: u32 = 10_000;
+
 /// What to print.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Query {
@@ -122,11 +125,26 @@ pub async fn fetch(target: &Target, query: Query, as_json: bool) -> Result<Strin
     let now_ms = crate::publisher::now_ms();
     Ok(match query {
         Query::Routes => {
-            let r = client
-                .list_routes(ListRoutesRequest::default())
-                .await?
-                .into_inner();
-            render(as_json, routes_json(&r), || routes_text(&r))
+            // Every page, merged: epoch and version are those of the last
+            // page (pages may come from different versions while routes change).
+            let mut all = ListRoutesResponse::default();
+            loop {
+                let page = client
+                    .list_routes(ListRoutesRequest {
+                        page_size: ROUTES_PAGE_SIZE,
+                        page_token: std::mem::take(&mut all.next_page_token),
+                    })
+                    .await?
+                    .into_inner();
+                all.epoch = page.epoch;
+                all.version = page.version;
+                all.routes.extend(page.routes);
+                all.next_page_token = page.next_page_token;
+                if all.next_page_token.is_empty() {
+                    break;
+                }
+            }
+            render(as_json, routes_json(&all), || routes_text(&all))
         }
         Query::Edges => {
             let r = client.list_edges(ListEdgesRequest {}).await?.into_inner();
@@ -364,6 +382,7 @@ mod tests {
                 address: "10.0.0.1:25565".into(),
                 state: "running".into(),
             }],
+            next_page_token: String::new(),
         };
         let text = routes_text(&r);
         assert!(text.starts_with("SERVER  HOSTNAMES"), "{text}");

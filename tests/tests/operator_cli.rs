@@ -124,3 +124,21 @@ async fn a_syncd_with_a_token_needs_it_and_an_unreachable_one_fails_clearly() {
     assert!(!ok);
     assert!(err.contains("cannot connect to syncd"), "{err}");
 }
+
+#[tokio::test]
+async fn routes_lists_every_page_of_a_table_larger_than_one_page() {
+    let pg = migrated_pg().await;
+    pg.execute(
+        "INSERT INTO servers (name, domain, address, state)
+         SELECT 's' || i, 's' || i || '.example.com', '10.0.0.1:25565', 'running'
+         FROM generate_series(1, 12000) i",
+    )
+    .await;
+    let syncd = start_syncd(&pg.dsn(), |_| {}).await;
+    let (ok, out, err) = syncd_cli(&["routes", "--syncd", &syncd.grpc_url(), "--json"]).await;
+    assert!(ok, "{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).expect("routes --json is JSON");
+    let routes = v["routes"].as_array().expect("routes array");
+    assert_eq!(routes.len(), 12000);
+    assert!(routes.iter().any(|r| r["server"] == "s12000"));
+}
