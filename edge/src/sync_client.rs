@@ -18,7 +18,9 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use automc_proto::sync::{Assembler, Event, FramingError, MAX_MESSAGE_BYTES};
+use automc_proto::sync::{
+    whole_table, Assembler, Event, FramingError, TableHashMismatch, MAX_MESSAGE_BYTES,
+};
 use automc_proto::v1::route_sync_client::RouteSyncClient;
 use automc_proto::v1::{
     watch_request, Heartbeat, WakePhase, WakeRequest, WakeResponse, WakeUpdate, WatchAck,
@@ -73,8 +75,8 @@ pub enum SyncError {
     OtherEpoch(String),
     #[error("{0}: resubscribing")]
     Framing(#[from] FramingError),
-    #[error("the table built from a snapshot does not match syncd's hash: asking for a full one")]
-    HashMismatch,
+    #[error("{0}: asking for a full snapshot")]
+    HashMismatch(#[from] TableHashMismatch),
 }
 
 impl SyncError {
@@ -86,7 +88,7 @@ impl SyncError {
                 | Self::Behind { .. }
                 | Self::OtherEpoch(_)
                 | Self::Framing(_)
-                | Self::HashMismatch
+                | Self::HashMismatch(_)
         )
     }
 }
@@ -319,6 +321,10 @@ impl SyncClient {
         self.set_status(|s| s.state = "connected");
         self.metrics.sync_connected.set(1);
         let mut pieces = Assembler::new();
+        // What a partial snapshot completes: the table held at hello time,
+        // kept only until the first whole event (not pinned for the
+        // stream's life).
+        let mut at_hello = Some(held);
         loop {
             let msg = tokio::time::timeout(self.heartbeat_timeout, stream.message())
                 .await
@@ -330,6 +336,7 @@ impl SyncClient {
             })?;
             *progressed = true;
             let Some(event) = event else { continue };
+            let base = at_hello.take();
             let ack = match event {
                 Event::Snapshot {
                     epoch,
@@ -339,20 +346,12 @@ impl SyncClient {
                     partial,
                     table_hash,
                 } => {
-                    let table = match partial {
-                        // Pieces of the table held when the hello went out:
-                        // nothing else changed it since.
-                        Some(buckets) => {
-                            let mut whole = RouteTable::clone(&held.table);
-                            whole.replace_buckets(&buckets, table);
-                            whole
-                        }
-                        None => table,
-                    };
-                    if table_hash != 0 && table.table_hash() != table_hash {
-                        self.force_snapshot.store(true, Ordering::Release);
-                        return Err(SyncError::HashMismatch);
-                    }
+                    // A partial snapshot completes the table held when the
+                    // hello went out: nothing else changed it since.
+                    let empty = RouteTable::new();
+                    let held = base.as_ref().map_or(&empty, |v| v.table.as_ref());
+                    let table = whole_table(held, table, partial, table_hash)
+                        .inspect_err(|_| self.force_snapshot.store(true, Ordering::Release))?;
                     Some(self.apply_snapshot(epoch, version, table, &wakes))
                 }
                 Event::Delta {

@@ -146,6 +146,34 @@ pub enum Event {
     WakeSet(Vec<WakeUpdate>),
 }
 
+/// A snapshot whose table does not hash to what syncd said.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("the table built from a snapshot does not match syncd's hash")]
+pub struct TableHashMismatch;
+
+/// The whole table a snapshot event stands for: `table` itself, or for a
+/// partial one `held` (the table held when the hello went out) with those
+/// buckets replaced; checked against `table_hash` when given.
+pub fn whole_table(
+    held: &RouteTable,
+    table: RouteTable,
+    partial: Option<BucketSet>,
+    table_hash: u64,
+) -> Result<RouteTable, TableHashMismatch> {
+    let table = match partial {
+        Some(buckets) => {
+            let mut whole = held.clone();
+            whole.replace_buckets(&buckets, table);
+            whole
+        }
+        None => table,
+    };
+    if table_hash != 0 && table.table_hash() != table_hash {
+        return Err(TableHashMismatch);
+    }
+    Ok(table)
+}
+
 /// The stream broke the framing rules: the edge drops it and asks for a
 /// snapshot.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -556,10 +584,14 @@ mod tests {
                 table_hash,
                 ..
             })) => {
-                let mut rebuilt = held.clone();
-                rebuilt.replace_buckets(&set, table);
-                assert_eq!(rebuilt.table_hash(), table_hash);
+                let rebuilt = whole_table(&held, table.clone(), Some(set.clone()), table_hash)
+                    .expect("hash matches");
                 assert!(rebuilt.routes().eq(current.routes()));
+                assert_eq!(
+                    whole_table(&RouteTable::new(), table, Some(set), table_hash).err(),
+                    Some(TableHashMismatch),
+                    "applied to another table it does not match"
+                );
             }
             other => panic!("{other:?}"),
         }

@@ -481,18 +481,17 @@ async fn apply(
                 partial,
                 table_hash,
             } => {
-                let table = match partial {
-                    Some(buckets) => {
-                        st.partial_snapshots += 1;
-                        let mut whole = st.table.clone();
-                        whole.replace_buckets(&buckets, table);
-                        whole
-                    }
-                    None => table,
-                };
-                if table_hash != 0 && table.table_hash() != table_hash {
-                    st.framing = Some("table hash mismatch".into());
+                if partial.is_some() {
+                    st.partial_snapshots += 1;
                 }
+                let table =
+                    match automc_proto::sync::whole_table(&st.table, table, partial, table_hash) {
+                        Ok(t) => t,
+                        Err(e) => {
+                            st.framing = Some(e.to_string());
+                            return;
+                        }
+                    };
                 st.table = table;
                 st.epoch = epoch;
                 st.version = version;

@@ -28,6 +28,27 @@ async fn serves_wakes(url: String) -> bool {
     !matches!(r, Err(s) if s.code() == tonic::Code::Aborted)
 }
 
+/// Two syncd instances on `dsn` sharing a leader lock (set by `tweak`),
+/// once exactly one of them serves wakes: (active, standby).
+async fn active_and_standby(
+    dsn: &str,
+    tweak: impl Fn(&mut syncd::Config),
+) -> (SyncdHandle, SyncdHandle) {
+    let a = start_syncd(dsn, &tweak).await;
+    let b = start_syncd(dsn, &tweak).await;
+    let (ua, ub) = (a.grpc_url(), b.grpc_url());
+    eventually("exactly one active syncd", DEADLINE, || {
+        let (ua, ub) = (ua.clone(), ub.clone());
+        async move { serves_wakes(ua).await != serves_wakes(ub).await }
+    })
+    .await;
+    if serves_wakes(ua).await {
+        (a, b)
+    } else {
+        (b, a)
+    }
+}
+
 async fn join(edge: std::net::SocketAddr, backend: &McBackend) {
     let before = backend.logins().len();
     let mut conn = login(edge, "sleepy.example.com", "steve")
@@ -64,19 +85,7 @@ async fn the_standby_syncd_takes_over_wakes_when_the_active_one_stops() {
         c.waker.url = Some(url.clone());
         c.waker.reuse_for = Duration::ZERO;
     };
-    let a = start_syncd(&pg.dsn(), tweak).await;
-    let b = start_syncd(&pg.dsn(), tweak).await;
-    let (ua, ub) = (a.grpc_url(), b.grpc_url());
-    eventually("exactly one active syncd", DEADLINE, || {
-        let (ua, ub) = (ua.clone(), ub.clone());
-        async move { serves_wakes(ua).await != serves_wakes(ub).await }
-    })
-    .await;
-    let (active, standby): (SyncdHandle, SyncdHandle) = if serves_wakes(ua.clone()).await {
-        (a, b)
-    } else {
-        (b, a)
-    };
+    let (active, standby) = active_and_standby(&pg.dsn(), tweak).await;
 
     // The edge syncs from the standby (first URL) and finds the active one
     // for the wake.
@@ -122,19 +131,7 @@ async fn edges_on_the_standby_see_the_wake_phases_of_the_active_syncd() {
         c.waker.url = Some(url.clone());
         c.waker.reuse_for = Duration::ZERO;
     };
-    let a = start_syncd(&pg.dsn(), tweak).await;
-    let b = start_syncd(&pg.dsn(), tweak).await;
-    let (ua, ub) = (a.grpc_url(), b.grpc_url());
-    eventually("exactly one active syncd", DEADLINE, || {
-        let (ua, ub) = (ua.clone(), ub.clone());
-        async move { serves_wakes(ua).await != serves_wakes(ub).await }
-    })
-    .await;
-    let (active, standby) = if serves_wakes(ua.clone()).await {
-        (a, b)
-    } else {
-        (b, a)
-    };
+    let (active, standby) = active_and_standby(&pg.dsn(), tweak).await;
     let mut on_standby = standby.watch("edge-on-standby").await;
     let mut c = active.client().await;
     c.wake(WakeRequest {
