@@ -102,27 +102,27 @@ pub struct AdminService {
 impl EdgeAdmin for AdminService {
     async fn list_routes(
         &self,
-        _: Request<ListRoutesRequest>,
+        req: Request<ListRoutesRequest>,
     ) -> Result<Response<ListRoutesResponse>, Status> {
         let view = self.shared.routes.view();
-        Ok(Response::new(ListRoutesResponse {
-            epoch: view.epoch.clone(),
-            version: view.version,
-            routes: view.table.routes().cloned().collect(),
-        }))
+        Ok(Response::new(view.table.list_page(
+            &view.epoch,
+            view.version,
+            req.get_ref(),
+        )))
     }
 
     async fn get_route(
         &self,
         req: Request<GetRouteRequest>,
     ) -> Result<Response<GetRouteResponse>, Status> {
-        let resp = self
-            .shared
+        self.shared
             .routes
             .view()
             .table
-            .resolve(&req.into_inner().hostname);
-        Ok(Response::new(resp))
+            .resolve(&req.get_ref().hostname)
+            .map(Response::new)
+            .map_err(|e| Status::invalid_argument(e.to_string()))
     }
 
     async fn get_sync_status(

@@ -313,7 +313,13 @@ async fn read_first_packet(
 fn lookup(shared: &Shared, entry: &ConnEntry, raw: &str) -> Option<Route> {
     let hostname = normalize_player_hostname(raw);
     let view = shared.routes.view();
-    let route = view.table.lookup(&hostname).map(|m| m.route.clone());
+    // The handshake already bounds the address to 255 characters.
+    let route = view
+        .table
+        .lookup(&hostname)
+        .ok()
+        .flatten()
+        .map(|m| m.route.clone());
     shared.metrics.route_lookup(route.is_some());
     let span = Span::current();
     span.record("hostname", hostname.as_str());

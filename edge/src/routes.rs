@@ -1,7 +1,9 @@
 //! The route table as this edge holds it: an `Arc<RouteTable>` plus its
 //! epoch and version behind an [`ArcSwap`], so the connection path reads it
 //! without locks and a sync step replaces it whole (clone, apply, swap:
-//! readers never see half an update). Wake phases per server live beside it.
+//! readers never see half an update). The table is persistent, so the clone
+//! is O(1) and applying a one-row delta O(log n) whatever the table size.
+//! Wake phases per server live beside it.
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -76,11 +78,11 @@ impl Routes {
         &self,
         epoch: String,
         version: u64,
-        routes: Vec<Route>,
+        table: RouteTable,
         wakes: HashMap<String, WakePhase>,
     ) {
         let view = TableView {
-            table: Arc::new(RouteTable::from_routes(routes)),
+            table: Arc::new(table),
             epoch,
             version,
             applied_at: SystemTime::now(),
@@ -92,7 +94,8 @@ impl Routes {
         self.version_tx.send_replace(version);
     }
 
-    /// Apply a delta on a copy of the current table and swap it in.
+    /// Apply a delta on a copy (O(1), structurally shared) of the current
+    /// table and swap it in.
     pub fn apply_delta(&self, version: u64, upserts: Vec<Route>, removed: &[String]) {
         let old = self.view();
         let mut table = RouteTable::clone(&old.table);
@@ -114,6 +117,11 @@ impl Routes {
             w.insert(server.clone(), phase);
             w
         });
+    }
+
+    /// Replace every wake phase (a resume's wake set).
+    pub fn set_wakes(&self, wakes: HashMap<String, WakePhase>) {
+        self.wakes.store(Arc::new(wakes));
     }
 
     pub fn wake_phase(&self, server: &str) -> Option<WakePhase> {
@@ -161,15 +169,16 @@ mod tests {
         routes.apply_snapshot(
             "e1".into(),
             3,
-            vec![route("a", "a.example.com")],
+            RouteTable::from_routes([route("a", "a.example.com")]),
             HashMap::new(),
         );
         let before = routes.view();
         routes.apply_delta(4, vec![route("b", "b.example.com")], &["a".into()]);
         let after = routes.view();
-        assert!(before.table.lookup("a.example.com").is_some());
-        assert!(after.table.lookup("a.example.com").is_none());
-        assert!(after.table.lookup("b.example.com").is_some());
+        let found = |v: &TableView, h: &str| v.table.lookup(h).ok().flatten().is_some();
+        assert!(found(&before, "a.example.com"));
+        assert!(!found(&after, "a.example.com"));
+        assert!(found(&after, "b.example.com"));
         assert_eq!((after.epoch.as_str(), after.version), ("e1", 4));
         assert!(routes.has_snapshot());
     }

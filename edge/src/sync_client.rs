@@ -7,16 +7,25 @@
 //! not start at the held version, or a heartbeat naming another version,
 //! means this edge missed something: the stream is dropped and the next
 //! hello asks for a full snapshot. The last table keeps serving meanwhile.
+//!
+//! Snapshots and big deltas arrive in pieces of at most 256 KiB
+//! ([`automc_proto::sync`] reassembles them); a new table is built aside and
+//! swapped in whole when its last piece arrives. The client's decode limit
+//! is set explicitly to [`MAX_MESSAGE_BYTES`].
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use automc_proto::sync::{
+    whole_table, Assembler, Event, FramingError, TableHashMismatch, MAX_MESSAGE_BYTES,
+};
 use automc_proto::v1::route_sync_client::RouteSyncClient;
 use automc_proto::v1::{
-    watch_request, watch_response, Delta, Heartbeat, Snapshot, WakePhase, WakeRequest,
-    WakeResponse, WakeUpdate, WatchAck, WatchHello, WatchRequest,
+    watch_request, Heartbeat, WakePhase, WakeRequest, WakeResponse, WakeUpdate, WatchAck,
+    WatchHello, WatchRequest,
 };
+use automc_proto::RouteTable;
 use automc_proto::WakeFailure;
 use rand::Rng;
 use tokio::sync::mpsc;
@@ -64,6 +73,10 @@ pub enum SyncError {
     Behind { held: u64, theirs: u64 },
     #[error("delta for epoch {0:?} does not match the held epoch: resubscribing")]
     OtherEpoch(String),
+    #[error("{0}: resubscribing")]
+    Framing(#[from] FramingError),
+    #[error("{0}: asking for a full snapshot")]
+    HashMismatch(#[from] TableHashMismatch),
 }
 
 impl SyncError {
@@ -71,7 +84,11 @@ impl SyncError {
     fn is_resync(&self) -> bool {
         matches!(
             self,
-            Self::Gap { .. } | Self::Behind { .. } | Self::OtherEpoch(_)
+            Self::Gap { .. }
+                | Self::Behind { .. }
+                | Self::OtherEpoch(_)
+                | Self::Framing(_)
+                | Self::HashMismatch(_)
         )
     }
 }
@@ -209,10 +226,10 @@ impl SyncClient {
 
     fn client(&self, idx: usize) -> Option<Client> {
         let (_, ch) = self.endpoints.get(idx)?;
-        Some(RouteSyncClient::with_interceptor(
-            ch.clone(),
-            self.bearer.clone(),
-        ))
+        Some(
+            RouteSyncClient::with_interceptor(ch.clone(), self.bearer.clone())
+                .max_decoding_message_size(MAX_MESSAGE_BYTES),
+        )
     }
 
     fn set_status(&self, f: impl FnOnce(&mut StatusInner)) {
@@ -312,6 +329,13 @@ impl SyncClient {
                 String::new()
             },
             version: if resume { held.version } else { 0 },
+            // If the epoch cannot be resumed (syncd restarted, another
+            // instance), syncd sends only the buckets that differ.
+            bucket_hashes: if resume {
+                held.table.bucket_hashes().to_vec()
+            } else {
+                Vec::new()
+            },
         };
         debug!(epoch = %hello.epoch, version = hello.version, "subscribing");
         // The receiver is alive: the stream below owns it.
@@ -326,25 +350,61 @@ impl SyncClient {
         self.current.store(idx, Ordering::Relaxed);
         self.set_status(|s| s.state = "connected");
         self.metrics.sync_connected.set(1);
+        let mut pieces = Assembler::new();
+        // What a partial snapshot completes: the table held at hello time,
+        // kept only until the first whole event (not pinned for the
+        // stream's life).
+        let mut at_hello = Some(held);
         loop {
             let msg = tokio::time::timeout(self.heartbeat_timeout, stream.message())
                 .await
                 .map_err(|_| SyncError::HeartbeatTimeout(self.heartbeat_timeout))??
                 .ok_or(SyncError::Ended)?;
             let Some(msg) = msg.msg else { continue };
-            let ack = match msg {
-                watch_response::Msg::Snapshot(s) => Some(self.apply_snapshot(s)),
-                watch_response::Msg::Delta(d) => Some(self.apply_delta(d)?),
-                watch_response::Msg::Heartbeat(h) => {
+            let event = pieces.push(msg).inspect_err(|_| {
+                self.force_snapshot.store(true, Ordering::Release);
+            })?;
+            *progressed = true;
+            let Some(event) = event else { continue };
+            let base = at_hello.take();
+            let ack = match event {
+                Event::Snapshot {
+                    epoch,
+                    version,
+                    table,
+                    wakes,
+                    partial,
+                    table_hash,
+                } => {
+                    // A partial snapshot completes the table held when the
+                    // hello went out: nothing else changed it since.
+                    let empty = RouteTable::new();
+                    let held = base.as_ref().map_or(&empty, |v| v.table.as_ref());
+                    let table = whole_table(held, table, partial, table_hash)
+                        .inspect_err(|_| self.force_snapshot.store(true, Ordering::Release))?;
+                    Some(self.apply_snapshot(epoch, version, table, &wakes))
+                }
+                Event::Delta {
+                    epoch,
+                    from_version,
+                    version,
+                    upserts,
+                    removed,
+                } => Some(self.apply_delta(epoch, from_version, version, upserts, &removed)?),
+                Event::Heartbeat(h) => {
                     self.check_heartbeat(&h)?;
                     None
                 }
-                watch_response::Msg::Wake(w) => {
+                Event::Wake(w) => {
                     self.apply_wake(w);
                     None
                 }
+                Event::WakeSet(wakes) => {
+                    debug!(waking = wakes.len(), "wake set");
+                    self.routes.set_wakes(wake_map(&wakes));
+                    None
+                }
             };
-            *progressed = true;
             if let Some((epoch, version)) = ack {
                 self.metrics
                     .table_version
@@ -357,40 +417,48 @@ impl SyncClient {
         }
     }
 
-    fn apply_snapshot(&self, s: Snapshot) -> (String, u64) {
-        let wakes: HashMap<String, WakePhase> = s
-            .wakes
-            .iter()
-            .map(|w| (w.server.clone(), w.phase()))
-            .collect();
-        info!(epoch = %s.epoch, version = s.version, routes = s.routes.len(), "applied route snapshot");
+    fn apply_snapshot(
+        &self,
+        epoch: String,
+        version: u64,
+        table: RouteTable,
+        wakes: &[WakeUpdate],
+    ) -> (String, u64) {
+        info!(%epoch, version, routes = table.len(), "applied route snapshot");
         self.routes
-            .apply_snapshot(s.epoch.clone(), s.version, s.routes, wakes);
-        (s.epoch, s.version)
+            .apply_snapshot(epoch.clone(), version, table, wake_map(wakes));
+        (epoch, version)
     }
 
-    fn apply_delta(&self, d: Delta) -> Result<(String, u64), SyncError> {
+    fn apply_delta(
+        &self,
+        epoch: String,
+        from_version: u64,
+        version: u64,
+        upserts: Vec<automc_proto::v1::Route>,
+        removed: &[String],
+    ) -> Result<(String, u64), SyncError> {
         let held = self.routes.view();
-        if d.epoch != held.epoch {
+        if epoch != held.epoch {
             self.force_snapshot.store(true, Ordering::Release);
-            return Err(SyncError::OtherEpoch(d.epoch));
+            return Err(SyncError::OtherEpoch(epoch));
         }
-        if d.from_version != held.version {
+        if from_version != held.version {
             self.force_snapshot.store(true, Ordering::Release);
             return Err(SyncError::Gap {
                 held: held.version,
-                from: d.from_version,
+                from: from_version,
             });
         }
         debug!(
-            from = d.from_version,
-            version = d.version,
-            upserts = d.upserts.len(),
-            removed = d.removed.len(),
+            from = from_version,
+            version,
+            upserts = upserts.len(),
+            removed = removed.len(),
             "applied route delta"
         );
-        self.routes.apply_delta(d.version, d.upserts, &d.removed);
-        Ok((d.epoch, d.version))
+        self.routes.apply_delta(version, upserts, removed);
+        Ok((epoch, version))
     }
 
     fn check_heartbeat(&self, h: &Heartbeat) -> Result<(), SyncError> {
@@ -447,6 +515,13 @@ impl SyncClient {
         }
         Err(last)
     }
+}
+
+fn wake_map(wakes: &[WakeUpdate]) -> HashMap<String, WakePhase> {
+    wakes
+        .iter()
+        .map(|w| (w.server.clone(), w.phase()))
+        .collect()
 }
 
 /// Up to ±25% around `d`, so edges that lost syncd together do not return together.
@@ -585,6 +660,22 @@ mod tests {
         }
     }
 
+    fn found(routes: &Routes, host: &str) -> bool {
+        routes.view().table.lookup(host).ok().flatten().is_some()
+    }
+
+    /// Wait (bounded) until `server` has no wake phase.
+    async fn eventually_none(routes: &Routes, server: &str) {
+        let end = std::time::Instant::now() + Duration::from_secs(10);
+        while routes.wake_phase(server).is_some() {
+            assert!(
+                std::time::Instant::now() < end,
+                "wake of {server} never cleared"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
     async fn next_watch(rx: &mut mpsc::Receiver<Watch>) -> Watch {
         tokio::time::timeout(Duration::from_secs(10), rx.recv())
             .await
@@ -622,20 +713,35 @@ mod tests {
         let mut w = next_watch(&mut wrx).await;
         assert_eq!(w.hello.epoch, "");
         assert_eq!(w.token.as_deref(), Some("Bearer t0ken"));
+        // In two pieces: nothing is visible until the last.
         send(
             &w,
-            watch_response::Msg::Snapshot(Snapshot {
+            watch_response::Msg::SnapshotChunk(SnapshotChunk {
                 epoch: "e1".into(),
                 version: 1,
                 routes: vec![route("a", "a.example.com")],
+                wakes: vec![],
+                last: false,
+                ..SnapshotChunk::default()
+            }),
+        );
+        send(
+            &w,
+            watch_response::Msg::SnapshotChunk(SnapshotChunk {
+                epoch: "e1".into(),
+                version: 1,
+                routes: vec![route("z", "z.example.com")],
                 wakes: vec![WakeUpdate {
                     server: "a".into(),
                     phase: WakePhase::Waking as i32,
                 }],
+                last: true,
+                ..SnapshotChunk::default()
             }),
         );
         assert_eq!(next_ack(&mut w).await.version, 1);
         assert!(routes.has_snapshot());
+        assert_eq!(routes.view().table.len(), 2);
         assert_eq!(routes.wake_phase("a"), Some(WakePhase::Waking));
         send(
             &w,
@@ -645,22 +751,30 @@ mod tests {
                 version: 2,
                 upserts: vec![route("b", "b.example.com")],
                 removed: vec!["a".into()],
+                more: false,
             }),
         );
         assert_eq!(next_ack(&mut w).await.version, 2);
         let view = routes.view();
-        assert!(view.table.lookup("b.example.com").is_some());
-        assert!(view.table.lookup("a.example.com").is_none());
+        assert!(view.table.lookup("b.example.com").ok().flatten().is_some());
+        assert!(view.table.lookup("a.example.com").ok().flatten().is_none());
         assert_eq!(client.sync_status().state, "connected");
 
-        // syncd goes away: the edge resumes with what it holds.
+        // syncd goes away: the edge resumes with what it holds, and the
+        // resume's wake set clears the wake that ended meanwhile.
         drop(w);
         let w = next_watch(&mut wrx).await;
         assert_eq!((w.hello.epoch.as_str(), w.hello.version), ("e1", 2));
-        assert!(
-            routes.view().table.lookup("b.example.com").is_some(),
-            "last table keeps serving"
+        assert!(found(&routes, "b.example.com"), "last table keeps serving");
+        send(&w, watch_response::Msg::WakeSet(WakeSet { wakes: vec![] }));
+        send(
+            &w,
+            watch_response::Msg::Heartbeat(Heartbeat {
+                epoch: "e1".into(),
+                version: 2,
+            }),
         );
+        eventually_none(&routes, "a").await;
 
         // A delta that skips a version: drop and ask for a snapshot.
         send(
@@ -671,23 +785,26 @@ mod tests {
                 version: 6,
                 upserts: vec![route("c", "c.example.com")],
                 removed: vec![],
+                more: false,
             }),
         );
         let mut w2 = next_watch(&mut wrx).await;
         assert_eq!(w2.hello.epoch, "", "resubscribes asking for a snapshot");
-        assert!(routes.view().table.lookup("c.example.com").is_none());
+        assert!(!found(&routes, "c.example.com"));
         send(
             &w2,
-            watch_response::Msg::Snapshot(Snapshot {
+            watch_response::Msg::SnapshotChunk(SnapshotChunk {
                 epoch: "e2".into(),
                 version: 1,
                 routes: vec![route("c", "c.example.com")],
                 wakes: vec![],
+                last: true,
+                ..SnapshotChunk::default()
             }),
         );
         assert_eq!(next_ack(&mut w2).await.epoch, "e2");
-        assert!(routes.view().table.lookup("b.example.com").is_none());
-        assert!(routes.view().table.lookup("c.example.com").is_some());
+        assert!(!found(&routes, "b.example.com"));
+        assert!(found(&routes, "c.example.com"));
 
         // Wake answers and failures.
         let ok = client

@@ -7,6 +7,7 @@
 
 pub mod hostname;
 pub mod state;
+pub mod sync;
 pub mod table;
 pub mod wake;
 
@@ -22,5 +23,8 @@ pub const FILE_DESCRIPTOR_SET: &[u8] =
 
 pub use hostname::{normalize_domain, normalize_player_hostname};
 pub use state::RouteState;
-pub use table::{Match, MatchKind, RouteTable};
+pub use table::{
+    bucket_of, route_entry_len, BucketSet, HostnameTooLong, Match, MatchKind, RouteTable, BUCKETS,
+    MAX_HOSTNAME_CHARS,
+};
 pub use wake::{WakeFailure, ERROR_DOMAIN};

@@ -7,10 +7,52 @@
 //! `.example.com` but not `example.com` itself. When two routes claim the same
 //! hostname, a server's own `domain` beats another's alias, then the smaller
 //! server name wins, so every process resolves a conflict the same way.
-use std::collections::{BTreeMap, HashMap};
+//!
+//! The maps are persistent (`imbl`): cloning a table is O(1) and shares
+//! structure, and an upsert or removal on a clone costs O(log n). That is
+//! what lets an edge apply a one-row delta to a copy of a 1M-route table and
+//! swap it in whole, and syncd hand every watcher the version it started
+//! from without copying it.
+use std::ops::Bound;
+use std::sync::Arc;
+
+use imbl::{HashMap, OrdMap};
+use prost::Message;
 
 use crate::hostname::normalize_player_hostname;
-use crate::v1::{GetRouteResponse, Route};
+use crate::v1::{GetRouteResponse, ListRoutesRequest, ListRoutesResponse, Route};
+
+/// The longest hostname a lookup accepts, in UTF-16 units: the limit of the
+/// Minecraft handshake's server address field.
+pub const MAX_HOSTNAME_CHARS: usize = 255;
+
+/// A hostname longer than [`MAX_HOSTNAME_CHARS`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("hostname is longer than {MAX_HOSTNAME_CHARS} characters ({bytes} bytes)")]
+pub struct HostnameTooLong {
+    pub bytes: usize,
+}
+
+/// Check the Minecraft bound without walking a long string: UTF-8 never has
+/// fewer bytes than UTF-16 units, and never more than three per unit.
+fn check_len(s: &str) -> Result<(), HostnameTooLong> {
+    let bytes = s.len();
+    let ok = bytes <= MAX_HOSTNAME_CHARS
+        || (bytes <= MAX_HOSTNAME_CHARS * 3 && s.encode_utf16().count() <= MAX_HOSTNAME_CHARS);
+    if ok {
+        Ok(())
+    } else {
+        Err(HostnameTooLong { bytes })
+    }
+}
+
+/// `ListRoutes` page size when the request gives none, and the most it may
+/// ask for.
+pub const DEFAULT_PAGE_SIZE: usize = 1000;
+pub const MAX_PAGE_SIZE: usize = 10_000;
+/// A `ListRoutes` page also ends before it would pass this many bytes, far
+/// below any client's decode limit.
+pub const MAX_PAGE_BYTES: usize = 1024 * 1024;
 
 /// What kind of pattern matched a hostname.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -32,14 +74,125 @@ pub struct Match<'a> {
 /// Claim rank of a hostname: 0 for a server's own domain, 1 for an alias.
 type Claim = (u8, String);
 
-/// Routes keyed by server name plus a hostname index.
+/// Every server claiming one pattern, best first (a sorted `Vec`: almost
+/// always one claim).
 #[derive(Debug, Clone, Default)]
+struct Claims {
+    /// The pattern as stored (`*.suffix` for wildcards), so a lookup can name
+    /// it without building it.
+    pattern: String,
+    by_rank: Vec<Claim>,
+}
+
+/// Buckets of a table for failover resync: a route's bucket comes from a
+/// stable hash of its server name, and each bucket's hash is the wrapping
+/// sum of its routes' hashes, so it is kept up to date per upsert.
+pub const BUCKETS: usize = 1024;
+
+/// FNV-1a, then the splitmix64 finaliser so sums of hashes stay well mixed.
+/// Stable across processes and versions: it is part of the protocol.
+fn hash_parts<'a>(parts: impl IntoIterator<Item = &'a [u8]>) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for part in parts {
+        for b in (part.len() as u64).to_le_bytes().iter().chain(part) {
+            h ^= u64::from(*b);
+            h = h.wrapping_mul(0x0000_0100_0000_01b3);
+        }
+    }
+    h ^= h >> 30;
+    h = h.wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    h ^= h >> 27;
+    h = h.wrapping_mul(0x94d0_49bb_1331_11eb);
+    h ^ (h >> 31)
+}
+
+/// The bucket of a server name.
+pub fn bucket_of(server: &str) -> usize {
+    (hash_parts([server.as_bytes()]) % BUCKETS as u64) as usize
+}
+
+/// Hash of one whole route (every field, hostnames in order).
+pub fn route_hash(r: &Route) -> u64 {
+    let head = [
+        r.server.as_bytes(),
+        r.address.as_bytes(),
+        r.state.as_bytes(),
+    ];
+    hash_parts(
+        head.into_iter()
+            .chain(r.hostnames.iter().map(String::as_bytes)),
+    )
+}
+
+/// A set of buckets (what a partial snapshot carries).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BucketSet {
+    member: Vec<bool>,
+    list: Vec<u32>,
+}
+
+impl BucketSet {
+    /// From bucket numbers; out-of-range numbers are ignored.
+    pub fn new(list: &[u32]) -> Self {
+        let mut member = vec![false; BUCKETS];
+        let mut kept = Vec::with_capacity(list.len());
+        for &b in list {
+            if let Some(m) = member.get_mut(b as usize) {
+                if !*m {
+                    *m = true;
+                    kept.push(b);
+                }
+            }
+        }
+        Self { member, list: kept }
+    }
+
+    pub fn contains_server(&self, server: &str) -> bool {
+        self.member[bucket_of(server)]
+    }
+
+    pub fn list(&self) -> &[u32] {
+        &self.list
+    }
+}
+
+/// Routes keyed by server name plus a hostname index.
+#[derive(Debug, Clone)]
 pub struct RouteTable {
-    routes: BTreeMap<String, Route>,
-    /// hostname pattern → every server claiming it, best first (a sorted
-    /// `Vec`: almost always one claim, and a `BTreeSet` node per hostname
-    /// costs ~400 bytes at 100k routes).
-    claims: HashMap<String, Vec<Claim>>,
+    routes: OrdMap<String, Route>,
+    /// Exact names and the `*` default, by name.
+    exact: HashMap<String, Claims>,
+    /// `*.suffix` wildcards by `suffix`, so the suffix walk of a lookup
+    /// probes with slices of the hostname and allocates nothing.
+    wild: HashMap<String, Claims>,
+    /// Per-bucket wrapping sums of route hashes (8 KiB, copied on the first
+    /// write after a clone).
+    buckets: Arc<Vec<u64>>,
+}
+
+impl Default for RouteTable {
+    fn default() -> Self {
+        Self {
+            routes: OrdMap::new(),
+            exact: HashMap::new(),
+            wild: HashMap::new(),
+            buckets: Arc::new(vec![0; BUCKETS]),
+        }
+    }
+}
+
+/// Which index a stored hostname pattern lives in, and under which key.
+fn index_key(pattern: &str) -> (bool, &str) {
+    match pattern.strip_prefix("*.") {
+        Some(suffix) if !suffix.is_empty() => (true, suffix),
+        _ => (false, pattern),
+    }
+}
+
+/// Encoded size of `route` as one element of a `repeated Route` field.
+pub fn route_entry_len(route: &Route) -> usize {
+    let n = route.encoded_len();
+    1 + prost::length_delimiter_len(n) + n
 }
 
 impl RouteTable {
@@ -73,32 +226,59 @@ impl RouteTable {
         self.routes.get(server)
     }
 
+    fn index_mut(&mut self, wild: bool) -> &mut HashMap<String, Claims> {
+        if wild {
+            &mut self.wild
+        } else {
+            &mut self.exact
+        }
+    }
+
     /// Add or replace the route of `route.server`.
     pub fn upsert(&mut self, route: Route) {
-        self.remove(&route.server.clone());
+        self.remove(&route.server);
         for (i, host) in route.hostnames.iter().enumerate() {
-            let rank = u8::from(i > 0);
-            let claim = (rank, route.server.clone());
-            let set = self.claims.entry(host.clone()).or_default();
-            if let Err(at) = set.binary_search(&claim) {
-                set.insert(at, claim);
+            let claim = (u8::from(i > 0), route.server.clone());
+            let (wild, key) = index_key(host);
+            let set = self
+                .index_mut(wild)
+                .entry(key.to_owned())
+                .or_insert_with(|| Claims {
+                    pattern: host.clone(),
+                    by_rank: Vec::new(),
+                });
+            if let Err(at) = set.by_rank.binary_search(&claim) {
+                set.by_rank.insert(at, claim);
             }
         }
+        let b = bucket_of(&route.server);
+        Arc::make_mut(&mut self.buckets)[b] = self.buckets[b].wrapping_add(route_hash(&route));
         self.routes.insert(route.server.clone(), route);
     }
 
     /// Remove the route of `server`; returns it when it existed.
     pub fn remove(&mut self, server: &str) -> Option<Route> {
         let old = self.routes.remove(server)?;
+        let b = bucket_of(server);
+        Arc::make_mut(&mut self.buckets)[b] = self.buckets[b].wrapping_sub(route_hash(&old));
         for (i, host) in old.hostnames.iter().enumerate() {
             let rank = u8::from(i > 0);
-            if let Some(set) = self.claims.get_mut(host) {
-                if let Ok(at) = set.binary_search(&(rank, server.to_owned())) {
-                    set.remove(at);
+            let (wild, key) = index_key(host);
+            let index = self.index_mut(wild);
+            let now_empty = match index.get_mut(key) {
+                Some(set) => {
+                    if let Ok(at) = set
+                        .by_rank
+                        .binary_search_by(|(r, s)| (*r, s.as_str()).cmp(&(rank, server)))
+                    {
+                        set.by_rank.remove(at);
+                    }
+                    set.by_rank.is_empty()
                 }
-                if set.is_empty() {
-                    self.claims.remove(host);
-                }
+                None => false,
+            };
+            if now_empty {
+                index.remove(key);
             }
         }
         Some(old)
@@ -114,22 +294,28 @@ impl RouteTable {
         }
     }
 
-    fn owner(&self, pattern: &str) -> Option<(&Route, &str)> {
-        let (key, set) = self.claims.get_key_value(pattern)?;
-        let (_, server) = set.first()?;
-        Some((self.routes.get(server)?, key.as_str()))
+    fn owner<'a>(
+        &'a self,
+        index: &'a HashMap<String, Claims>,
+        key: &str,
+    ) -> Option<(&'a Route, &'a str)> {
+        let set = index.get(key)?;
+        let (_, server) = set.by_rank.first()?;
+        Some((self.routes.get(server)?, set.pattern.as_str()))
     }
 
     /// Resolve an already normalised hostname (see
-    /// [`crate::normalize_player_hostname`]).
-    pub fn lookup(&self, host: &str) -> Option<Match<'_>> {
+    /// [`crate::normalize_player_hostname`]). Costs one hash probe per label,
+    /// allocates nothing; longer than [`MAX_HOSTNAME_CHARS`] is refused.
+    pub fn lookup(&self, host: &str) -> Result<Option<Match<'_>>, HostnameTooLong> {
+        check_len(host)?;
         if !host.is_empty() {
-            if let Some((route, pattern)) = self.owner(host) {
-                return Some(Match {
+            if let Some((route, pattern)) = self.owner(&self.exact, host) {
+                return Ok(Some(Match {
                     route,
                     kind: MatchKind::Exact,
                     pattern,
-                });
+                }));
             }
             // Longest suffix first: for a.b.c try *.b.c, then *.c.
             let mut rest = host;
@@ -138,32 +324,141 @@ impl RouteTable {
                 if rest.is_empty() {
                     break;
                 }
-                let pattern = format!("*.{rest}");
-                if let Some((route, pattern)) = self.owner(&pattern) {
-                    return Some(Match {
+                if let Some((route, pattern)) = self.owner(&self.wild, rest) {
+                    return Ok(Some(Match {
                         route,
                         kind: MatchKind::Wildcard,
                         pattern,
-                    });
+                    }));
                 }
             }
         }
-        let (route, pattern) = self.owner("*")?;
-        Some(Match {
+        Ok(self.owner(&self.exact, "*").map(|(route, pattern)| Match {
             route,
             kind: MatchKind::Default,
             pattern,
-        })
+        }))
+    }
+
+    /// Hash of each bucket ([`BUCKETS`] of them).
+    pub fn bucket_hashes(&self) -> &[u64] {
+        &self.buckets
+    }
+
+    /// Sum of every bucket hash: equal tables have equal sums.
+    pub fn table_hash(&self) -> u64 {
+        self.buckets.iter().fold(0u64, |a, b| a.wrapping_add(*b))
+    }
+
+    /// Buckets whose hash differs from `theirs`; `None` when `theirs` is not
+    /// a whole set of bucket hashes.
+    pub fn differing_buckets(&self, theirs: &[u64]) -> Option<Vec<u32>> {
+        if theirs.len() != BUCKETS {
+            return None;
+        }
+        Some(
+            self.buckets
+                .iter()
+                .zip(theirs)
+                .enumerate()
+                .filter(|(_, (a, b))| a != b)
+                .map(|(i, _)| i as u32)
+                .collect(),
+        )
+    }
+
+    /// Replace the routes of `buckets` by those of `with` (a partial
+    /// snapshot), keeping every other bucket.
+    pub fn replace_buckets(&mut self, buckets: &BucketSet, with: RouteTable) {
+        let stale: Vec<String> = self
+            .routes
+            .keys()
+            .filter(|s| buckets.contains_server(s))
+            .cloned()
+            .collect();
+        for s in stale {
+            self.remove(&s);
+        }
+        for (_, r) in with.routes {
+            self.upsert(r);
+        }
+    }
+
+    /// Routes after server `after` (from the first for `""`) in name order,
+    /// as many as fit in `max_routes` and `max_bytes` encoded (at least one,
+    /// so a page always makes progress), and the name to continue after when
+    /// more remain. One walk for `ListRoutes` pages and snapshot chunks.
+    pub fn page(
+        &self,
+        after: &str,
+        max_routes: usize,
+        max_bytes: usize,
+    ) -> (Vec<Route>, Option<String>) {
+        self.page_where(after, max_routes, max_bytes, |_| true)
+    }
+
+    /// [`RouteTable::page`] over the routes `keep` accepts (a partial
+    /// snapshot's buckets); the walk resumes after the last route taken.
+    pub fn page_where(
+        &self,
+        after: &str,
+        max_routes: usize,
+        max_bytes: usize,
+        keep: impl Fn(&Route) -> bool,
+    ) -> (Vec<Route>, Option<String>) {
+        let lower = if after.is_empty() {
+            Bound::Unbounded
+        } else {
+            Bound::Excluded(after)
+        };
+        let mut out = Vec::new();
+        let mut bytes = 0usize;
+        for (_, r) in self.routes.range::<_, str>((lower, Bound::Unbounded)) {
+            if !keep(r) {
+                continue;
+            }
+            let len = route_entry_len(r);
+            if !out.is_empty() && (out.len() >= max_routes || bytes + len > max_bytes) {
+                let next = out.last().map(|r: &Route| r.server.clone());
+                return (out, next);
+            }
+            bytes += len;
+            out.push(r.clone());
+        }
+        (out, None)
     }
 }
 
 impl RouteTable {
+    /// Answer one `ListRoutes` page (syncd and the edge admin alike). The
+    /// page token is the last server name of the previous page.
+    pub fn list_page(
+        &self,
+        epoch: &str,
+        version: u64,
+        req: &ListRoutesRequest,
+    ) -> ListRoutesResponse {
+        let size = match req.page_size as usize {
+            0 => DEFAULT_PAGE_SIZE,
+            n => n.min(MAX_PAGE_SIZE),
+        };
+        let (routes, next) = self.page(&req.page_token, size, MAX_PAGE_BYTES);
+        ListRoutesResponse {
+            epoch: epoch.to_owned(),
+            version,
+            routes,
+            next_page_token: next.unwrap_or_default(),
+        }
+    }
+
     /// Answer a `GetRoute` for what a player typed: normalise it exactly as
     /// the edge's connection path does, then look it up. syncd and every
-    /// edge's admin API answer through this one function.
-    pub fn resolve(&self, hostname: &str) -> GetRouteResponse {
+    /// edge's admin API answer through this one function. The raw input is
+    /// bounded like the handshake field it stands for.
+    pub fn resolve(&self, hostname: &str) -> Result<GetRouteResponse, HostnameTooLong> {
+        check_len(hostname)?;
         let normalized = normalize_player_hostname(hostname);
-        match self.lookup(&normalized) {
+        Ok(match self.lookup(&normalized)? {
             Some(m) => GetRouteResponse {
                 found: true,
                 route: Some(m.route.clone()),
@@ -176,7 +471,7 @@ impl RouteTable {
                 matched: String::new(),
                 normalized,
             },
-        }
+        })
     }
 }
 
@@ -193,8 +488,12 @@ mod tests {
         }
     }
 
+    fn find<'a>(t: &'a RouteTable, host: &str) -> Option<Match<'a>> {
+        t.lookup(host).expect("short host")
+    }
+
     fn resolve(t: &RouteTable, host: &str) -> Option<(String, MatchKind)> {
-        t.lookup(host).map(|m| (m.route.server.clone(), m.kind))
+        find(t, host).map(|m| (m.route.server.clone(), m.kind))
     }
 
     #[test]
@@ -225,9 +524,9 @@ mod tests {
     #[test]
     fn no_default_means_no_match() {
         let t = RouteTable::from_routes([route("a", &["*.example.com"], "x:1")]);
-        assert!(t.lookup("example.com").is_none());
-        assert!(t.lookup("example.org").is_none());
-        assert!(t.lookup("").is_none());
+        assert!(find(&t, "example.com").is_none());
+        assert!(find(&t, "example.org").is_none());
+        assert!(find(&t, "").is_none());
     }
 
     #[test]
@@ -247,7 +546,7 @@ mod tests {
             "x.smp.example.com",
         ] {
             assert_eq!(
-                t.lookup(host).map(|m| m.route.server.as_str()),
+                find(&t, host).map(|m| m.route.server.as_str()),
                 Some("survival")
             );
         }
@@ -260,26 +559,22 @@ mod tests {
             route("a", &["a.example.com", "shared.example.com"], "a:1"),
         ]);
         assert_eq!(
-            t.lookup("shared.example.com")
-                .map(|m| m.route.server.as_str()),
+            find(&t, "shared.example.com").map(|m| m.route.server.as_str()),
             Some("a")
         );
         t.upsert(route("z", &["shared.example.com"], "z:1"));
         assert_eq!(
-            t.lookup("shared.example.com")
-                .map(|m| m.route.server.as_str()),
+            find(&t, "shared.example.com").map(|m| m.route.server.as_str()),
             Some("z")
         );
         t.remove("z");
         assert_eq!(
-            t.lookup("shared.example.com")
-                .map(|m| m.route.server.as_str()),
+            find(&t, "shared.example.com").map(|m| m.route.server.as_str()),
             Some("a")
         );
         t.remove("a");
         assert_eq!(
-            t.lookup("shared.example.com")
-                .map(|m| m.route.server.as_str()),
+            find(&t, "shared.example.com").map(|m| m.route.server.as_str()),
             Some("b")
         );
     }
@@ -288,28 +583,118 @@ mod tests {
     fn upsert_replaces_hostnames_and_remove_forgets_them() {
         let mut t = RouteTable::from_routes([route("s", &["old.example.com"], "s:1")]);
         t.upsert(route("s", &["new.example.com"], "s:2"));
-        assert!(t.lookup("old.example.com").is_none());
+        assert!(find(&t, "old.example.com").is_none());
         assert_eq!(
-            t.lookup("new.example.com")
-                .map(|m| m.route.address.as_str()),
+            find(&t, "new.example.com").map(|m| m.route.address.as_str()),
             Some("s:2")
         );
         assert_eq!(t.len(), 1);
         t.apply([], &["s".to_owned()]);
         assert!(t.is_empty());
-        assert!(t.lookup("new.example.com").is_none());
+        assert!(find(&t, "new.example.com").is_none());
     }
 
     #[test]
     fn resolve_normalises_like_the_edge_and_names_the_pattern() {
         let t = RouteTable::from_routes([route("any", &["*.example.com"], "a:1")]);
-        let hit = t.resolve("Play.Example.com.\0FML2\0");
+        let hit = t.resolve("Play.Example.com.\0FML2\0").expect("short");
         assert!(hit.found);
         assert_eq!(hit.normalized, "play.example.com");
         assert_eq!(hit.matched, "*.example.com");
         assert_eq!(hit.route.map(|r| r.server), Some("any".to_owned()));
-        let miss = t.resolve("example.org");
+        let miss = t.resolve("example.org").expect("short");
         assert!(!miss.found && miss.route.is_none() && miss.matched.is_empty());
         assert_eq!(miss.normalized, "example.org");
+    }
+
+    #[test]
+    fn hostnames_longer_than_the_handshake_field_are_refused() {
+        let t = RouteTable::from_routes([route("any", &["*"], "a:1")]);
+        let ok = "a".repeat(MAX_HOSTNAME_CHARS);
+        assert!(find(&t, &ok).is_some());
+        let long = format!("{}.example.com", "a.".repeat(500_000));
+        assert_eq!(
+            t.lookup(&long).err(),
+            Some(HostnameTooLong { bytes: long.len() })
+        );
+        assert!(t.resolve(&long).is_err());
+        // 255 three-byte characters are 255 UTF-16 units: accepted.
+        assert!(t.resolve(&"é".repeat(MAX_HOSTNAME_CHARS)).is_ok());
+        assert!(t.resolve(&"é".repeat(MAX_HOSTNAME_CHARS + 1)).is_err());
+    }
+
+    #[test]
+    fn a_clone_is_an_independent_version() {
+        let before = RouteTable::from_routes(
+            (0..1000).map(|i| route(&format!("s{i:04}"), &[&format!("s{i}.example.com")], "a:1")),
+        );
+        let mut after = before.clone();
+        after.apply(
+            [route("new", &["*.example.com"], "n:1")],
+            &["s0001".to_owned()],
+        );
+        assert!(find(&before, "s1.example.com").is_some());
+        assert!(find(&before, "zz.example.com").is_none());
+        assert_eq!(
+            find(&after, "s1.example.com").map(|m| (m.route.server.as_str(), m.kind)),
+            Some(("new", MatchKind::Wildcard))
+        );
+        assert_eq!((before.len(), after.len()), (1000, 1000));
+    }
+
+    #[test]
+    fn pages_walk_the_table_in_name_order_within_both_bounds() {
+        let t = RouteTable::from_routes(
+            (0..250).map(|i| route(&format!("s{i:03}"), &[&format!("s{i}.example.com")], "a:1")),
+        );
+        let mut seen = Vec::new();
+        let mut after = String::new();
+        loop {
+            let (page, next) = t.page(&after, 100, 4096);
+            let bytes: usize = page.iter().map(route_entry_len).sum();
+            assert!(!page.is_empty() && page.len() <= 100 && bytes <= 4096);
+            seen.extend(page.into_iter().map(|r| r.server));
+            match next {
+                Some(n) => after = n,
+                None => break,
+            }
+        }
+        let want: Vec<String> = t.routes().map(|r| r.server.clone()).collect();
+        assert_eq!(seen, want);
+        // One route larger than the byte bound still makes a page.
+        let (page, next) = t.page("", 10, 1);
+        assert_eq!((page.len(), next.as_deref()), (1, Some("s000")));
+        assert_eq!(t.page("s249", 10, 4096), (vec![], None));
+    }
+
+    #[test]
+    fn bucket_hashes_follow_every_change_and_replacing_differing_buckets_converges() {
+        let make = |i: usize| route(&format!("s{i:05}"), &[&format!("s{i}.example.com")], "a:1");
+        let theirs = RouteTable::from_routes((0..5000).map(make));
+        let mut ours = theirs.clone();
+        assert_eq!(ours.differing_buckets(theirs.bucket_hashes()), Some(vec![]));
+        ours.upsert(route("s00007", &["s7.example.com"], "b:2"));
+        ours.remove("s00100");
+        ours.upsert(make(9999));
+        let differ = ours
+            .differing_buckets(theirs.bucket_hashes())
+            .expect("whole set");
+        assert!(!differ.is_empty() && differ.len() <= 3, "{differ:?}");
+        // Send only the routes of those buckets; the other side converges.
+        let set = BucketSet::new(&differ);
+        let (part, _) = ours.page_where("", usize::MAX, usize::MAX, |r| {
+            set.contains_server(&r.server)
+        });
+        let mut rebuilt = theirs.clone();
+        rebuilt.replace_buckets(&set, RouteTable::from_routes(part));
+        assert!(rebuilt.routes().eq(ours.routes()));
+        assert_eq!(rebuilt.table_hash(), ours.table_hash());
+        assert_ne!(theirs.table_hash(), ours.table_hash());
+        // Removing what was added restores the hashes exactly.
+        ours.remove("s09999");
+        ours.upsert(make(100));
+        ours.upsert(make(7));
+        assert_eq!(ours.bucket_hashes(), theirs.bucket_hashes());
+        assert_eq!(ours.differing_buckets(&[1, 2, 3]), None);
     }
 }

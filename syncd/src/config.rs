@@ -12,6 +12,9 @@ pub const DEFAULT_HTTP_LISTEN: &str = "0.0.0.0:9090";
 pub const DEFAULT_HEARTBEAT_INTERVAL: Duration = Duration::from_secs(5);
 pub const DEFAULT_WATCHER_QUEUE: usize = 1024;
 pub const DEFAULT_HISTORY_LEN: usize = 4096;
+pub const DEFAULT_WATCH_SEND_TIMEOUT: Duration = Duration::from_secs(30);
+pub const DEFAULT_HELLO_TIMEOUT: Duration = Duration::from_secs(10);
+pub const DEFAULT_MAX_WATCHERS_PER_PEER: usize = 128;
 pub const DEFAULT_RECONNECT_MIN: Duration = Duration::from_secs(1);
 pub const DEFAULT_RECONNECT_MAX: Duration = Duration::from_secs(30);
 pub const DEFAULT_PG_PROBE_INTERVAL: Duration = Duration::from_secs(10);
@@ -38,8 +41,16 @@ pub struct Config {
     pub heartbeat_interval: Duration,
     /// Messages queued per watcher before it counts as stuck and is cut off.
     pub watcher_queue: usize,
-    /// Deltas kept so a reconnecting edge can resume without a snapshot.
+    /// Change sets kept so a reconnecting edge can resume without a
+    /// snapshot (also bounded to about one table's worth of routes).
     pub history_len: usize,
+    /// A watcher handed a message (at most 256 KiB) that it does not take
+    /// within this long is cut off (it stopped reading).
+    pub watch_send_timeout: Duration,
+    /// A new watch stream must send its `WatchHello` within this long.
+    pub hello_timeout: Duration,
+    /// Watch streams open at once from one peer IP address.
+    pub max_watchers_per_peer: usize,
     /// Reconnect backoff to Postgres: first delay, doubling up to the max.
     pub reconnect_min: Duration,
     pub reconnect_max: Duration,
@@ -109,6 +120,9 @@ impl Default for Config {
             heartbeat_interval: DEFAULT_HEARTBEAT_INTERVAL,
             watcher_queue: DEFAULT_WATCHER_QUEUE,
             history_len: DEFAULT_HISTORY_LEN,
+            watch_send_timeout: DEFAULT_WATCH_SEND_TIMEOUT,
+            hello_timeout: DEFAULT_HELLO_TIMEOUT,
+            max_watchers_per_peer: DEFAULT_MAX_WATCHERS_PER_PEER,
             reconnect_min: DEFAULT_RECONNECT_MIN,
             reconnect_max: DEFAULT_RECONNECT_MAX,
             pg_probe_interval: DEFAULT_PG_PROBE_INTERVAL,
@@ -151,6 +165,9 @@ impl fmt::Debug for Config {
             .field("heartbeat_interval", &self.heartbeat_interval)
             .field("watcher_queue", &self.watcher_queue)
             .field("history_len", &self.history_len)
+            .field("watch_send_timeout", &self.watch_send_timeout)
+            .field("hello_timeout", &self.hello_timeout)
+            .field("max_watchers_per_peer", &self.max_watchers_per_peer)
             .field("reconnect_min", &self.reconnect_min)
             .field("reconnect_max", &self.reconnect_max)
             .field("pg_probe_interval", &self.pg_probe_interval)

@@ -25,14 +25,15 @@ use crate::auth::BearerAuth;
 use crate::publisher::Publisher;
 use crate::wake::Wakes;
 
-/// How long a new watch stream may take to send its `WatchHello`.
-const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
 /// After shutdown starts, streams get this long to end before the server
 /// stops waiting for them (a stuck client never reads its final status).
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
 pub struct RouteSyncService {
     publisher: Arc<Publisher>,
+    /// How long a new watch stream may take to send its `WatchHello` (one
+    /// deadline for the whole message: trickled bytes do not extend it).
+    hello_timeout: Duration,
     wakes: Arc<Wakes>,
     /// False while this instance is a hot standby (see `leader`).
     active: tokio::sync::watch::Receiver<bool>,
@@ -48,11 +49,13 @@ impl RouteSync for RouteSyncService {
         &self,
         req: Request<Streaming<WatchRequest>>,
     ) -> Result<Response<Self::WatchRoutesStream>, Status> {
-        let peer = req.remote_addr().map(|a| a.to_string()).unwrap_or_default();
+        let peer = req.remote_addr();
         let mut inbound = req.into_inner();
-        let first = tokio::time::timeout(HELLO_TIMEOUT, inbound.message())
+        let first = tokio::time::timeout(self.hello_timeout, inbound.message())
             .await
-            .map_err(|_| Status::deadline_exceeded("no WatchHello within 10s"))??;
+            .map_err(|_| {
+                Status::deadline_exceeded(format!("no WatchHello within {:?}", self.hello_timeout))
+            })??;
         let hello = match first.and_then(|m| m.msg) {
             Some(watch_request::Msg::Hello(h)) => h,
             _ => {
@@ -61,7 +64,7 @@ impl RouteSync for RouteSyncService {
                 ))
             }
         };
-        let stream = self.publisher.subscribe(&hello, peer);
+        let stream = self.publisher.subscribe(&hello, peer)?;
         let id = stream.id();
         let publisher = self.publisher.clone();
         // Acks arrive on the inbound half; it may also be closed early (a
@@ -78,23 +81,24 @@ impl RouteSync for RouteSyncService {
 
     async fn list_routes(
         &self,
-        _req: Request<ListRoutesRequest>,
+        req: Request<ListRoutesRequest>,
     ) -> Result<Response<ListRoutesResponse>, Status> {
-        let (version, routes) = self.publisher.routes();
-        Ok(Response::new(ListRoutesResponse {
-            epoch: self.publisher.epoch().to_owned(),
-            version,
-            routes,
-        }))
+        let cur = self.publisher.current();
+        Ok(Response::new(cur.table.list_page(
+            self.publisher.epoch(),
+            cur.version,
+            req.get_ref(),
+        )))
     }
 
     async fn get_route(
         &self,
         req: Request<GetRouteRequest>,
     ) -> Result<Response<GetRouteResponse>, Status> {
-        Ok(Response::new(
-            self.publisher.resolve(&req.get_ref().hostname),
-        ))
+        self.publisher
+            .resolve(&req.get_ref().hostname)
+            .map(Response::new)
+            .map_err(|e| Status::invalid_argument(e.to_string()))
     }
 
     async fn wake(&self, req: Request<WakeRequest>) -> Result<Response<WakeResponse>, Status> {
@@ -144,6 +148,7 @@ pub async fn serve(
     mut ready: tokio::sync::watch::Receiver<bool>,
     tls: Option<Arc<crate::tls::ServerTls>>,
     active: tokio::sync::watch::Receiver<bool>,
+    hello_timeout: Duration,
     shutdown: CancellationToken,
 ) -> Result<(), crate::Error> {
     let auth = BearerAuth::new(token);
@@ -164,6 +169,7 @@ pub async fn serve(
         .map_err(|e| crate::Error::Reflection(e.to_string()))?;
     let svc = RouteSyncServer::new(RouteSyncService {
         publisher,
+        hello_timeout,
         wakes,
         active,
     });

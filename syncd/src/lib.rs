@@ -141,14 +141,20 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
 
     let tasks = TaskTracker::new();
     let publisher = publisher::Publisher::new(
-        config.watcher_queue,
-        config.history_len,
-        config.heartbeat_interval,
+        publisher::WatchLimits {
+            queue_cap: config.watcher_queue,
+            history_len: config.history_len,
+            heartbeat: config.heartbeat_interval,
+            send_timeout: config.watch_send_timeout,
+            per_peer: config.max_watchers_per_peer,
+        },
         metrics.clone(),
         shutdown.clone(),
     );
+    tasks.spawn(publisher.clone().enforce_send_timeout());
     let epoch = publisher.epoch().to_owned();
     let (ready_tx, ready_rx) = watch::channel(false);
+    let (relay_tx, relay_rx) = tokio::sync::mpsc::unbounded_channel();
     let wakes = wake::Wakes::new(
         config.waker.clone(),
         waker,
@@ -156,6 +162,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
         metrics.clone(),
         shutdown.clone(),
         tasks.clone(),
+        relay_tx,
     );
     let target = schema::redact_dsn(&config.database_url);
     tracing::info!(
@@ -200,6 +207,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
         reconnect_max: config.reconnect_max.max(config.reconnect_min),
         probe_interval: config.pg_probe_interval,
         probe_timeout: config.pg_probe_timeout,
+        wake_relay: tokio::sync::Mutex::new(relay_rx),
         shutdown: shutdown.clone(),
     };
     tasks.spawn(tracing::Instrument::instrument(
@@ -212,6 +220,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
         let ready = ready_rx.clone();
         let token = config.grpc_token.clone();
         let active_rx_grpc = active_rx.clone();
+        let hello_timeout = config.hello_timeout;
         tokio::spawn(async move {
             let r = grpc::serve(
                 grpc_listener,
@@ -221,6 +230,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
                 ready,
                 tls,
                 active_rx_grpc,
+                hello_timeout,
                 shutdown.clone(),
             )
             .await;

@@ -111,9 +111,20 @@ struct ServeArgs {
     /// Messages queued per watcher before it is cut off as stuck.
     #[arg(long, env = "SYNCD_WATCHER_QUEUE", default_value_t = syncd::config::DEFAULT_WATCHER_QUEUE)]
     watcher_queue: usize,
-    /// Change sets kept so reconnecting edges resume without a snapshot.
+    /// Change sets kept so reconnecting edges resume without a snapshot
+    /// (together at most about one table's worth of routes).
     #[arg(long, env = "SYNCD_HISTORY", default_value_t = syncd::config::DEFAULT_HISTORY_LEN)]
     history: usize,
+    /// Cut off a watcher that does not take a handed-out message (at most
+    /// 256 KiB) within this long: it stopped reading.
+    #[arg(long, env = "SYNCD_WATCH_SEND_TIMEOUT", value_parser = humantime::parse_duration, default_value = "30s")]
+    watch_send_timeout: Duration,
+    /// A new WatchRoutes stream must send its WatchHello within this long.
+    #[arg(long, env = "SYNCD_HELLO_TIMEOUT", value_parser = humantime::parse_duration, default_value = "10s")]
+    hello_timeout: Duration,
+    /// WatchRoutes streams open at once from one peer IP address.
+    #[arg(long, env = "SYNCD_MAX_WATCHERS_PER_PEER", default_value_t = syncd::config::DEFAULT_MAX_WATCHERS_PER_PEER)]
+    max_watchers_per_peer: usize,
     /// Probe the LISTEN connection with SELECT 1 this often.
     #[arg(long, env = "SYNCD_PG_PROBE_INTERVAL", value_parser = humantime::parse_duration, default_value = "10s")]
     pg_probe_interval: Duration,
@@ -157,6 +168,9 @@ impl ServeArgs {
         c.heartbeat_interval = self.heartbeat_interval;
         c.watcher_queue = self.watcher_queue;
         c.history_len = self.history;
+        c.watch_send_timeout = self.watch_send_timeout;
+        c.hello_timeout = self.hello_timeout;
+        c.max_watchers_per_peer = self.max_watchers_per_peer;
         c.pg_probe_interval = self.pg_probe_interval;
         c.waker.url = env_fallback(self.waker_url, "AUTOMC_WAKER_URL");
         c.waker.token = match self.waker_token_file {

@@ -24,6 +24,8 @@ pub struct Metrics {
     pub pg_connected: Gauge,
     pub watchers: Gauge,
     pub watchers_cut: Counter,
+    pub watchers_stalled: Counter,
+    pub watchers_refused: Counter,
     pub watcher_lag_max: Gauge,
     wakes: Family<Labels, Counter>,
     pub wake_duration: Histogram,
@@ -41,6 +43,8 @@ impl Metrics {
         let pg_connected = Gauge::default();
         let watchers = Gauge::default();
         let watchers_cut = Counter::default();
+        let watchers_stalled = Counter::default();
+        let watchers_refused = Counter::default();
         let watcher_lag_max = Gauge::default();
         let wakes = Family::<Labels, Counter>::default();
         let wake_duration = Histogram::new(exponential_buckets(0.05, 2.0, 14));
@@ -82,6 +86,16 @@ impl Metrics {
             watchers_cut.clone(),
         );
         r.register(
+            "automc_syncd_watchers_stalled",
+            "Watchers cut off because they did not take a message within the send timeout",
+            watchers_stalled.clone(),
+        );
+        r.register(
+            "automc_syncd_watchers_refused",
+            "WatchRoutes calls refused: too many watchers from one peer address",
+            watchers_refused.clone(),
+        );
+        r.register(
             "automc_syncd_watcher_lag_max",
             "Largest table version minus acknowledged version over all watchers",
             watcher_lag_max.clone(),
@@ -107,6 +121,8 @@ impl Metrics {
             pg_connected,
             watchers,
             watchers_cut,
+            watchers_stalled,
+            watchers_refused,
             watcher_lag_max,
             wakes,
             wake_duration,
@@ -160,6 +176,8 @@ mod tests {
             "automc_syncd_pg_connected ",
             "automc_syncd_watchers ",
             "automc_syncd_watchers_cut_total ",
+            "automc_syncd_watchers_stalled_total ",
+            "automc_syncd_watchers_refused_total ",
             "automc_syncd_watcher_lag_max ",
             "automc_syncd_wakes_total{outcome=\"success\"} ",
             "automc_syncd_wake_duration_seconds_count ",

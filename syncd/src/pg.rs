@@ -66,7 +66,16 @@ pub struct Listener {
     pub reconnect_max: Duration,
     pub probe_interval: Duration,
     pub probe_timeout: Duration,
+    /// Wake phases this instance announces (payloads for `automc_wakes`).
+    pub wake_relay: tokio::sync::Mutex<mpsc::UnboundedReceiver<String>>,
     pub shutdown: CancellationToken,
+}
+
+/// A notification, by channel.
+#[derive(Debug)]
+enum Note {
+    Routes(String),
+    Wake(String),
 }
 
 /// Servers to re-read, or everything.
@@ -149,11 +158,21 @@ impl Listener {
             return Err(ListenError::MissingTable);
         }
         client
-            .batch_execute(&format!("LISTEN {}", schema::CHANNEL))
+            .batch_execute(&format!(
+                "LISTEN {}; LISTEN {}",
+                schema::CHANNEL,
+                schema::WAKE_CHANNEL
+            ))
             .await?;
+        // Only this session sends on the relay; the lock is ours alone.
+        let mut relay = self.wake_relay.lock().await;
         let mut queries = Queries::prepare(&client, shape).await?;
-        // Everything notified so far is covered by the full read below.
-        while rx.try_recv().is_ok() {}
+        // Every route change notified so far is covered by the full read below.
+        while let Ok(n) = rx.try_recv() {
+            if let Note::Wake(p) = n {
+                self.relayed_wake(&p);
+            }
+        }
         let mut pending = Pending {
             everything: true,
             names: BTreeSet::new(),
@@ -166,12 +185,25 @@ impl Listener {
                 tokio::select! {
                     _ = self.shutdown.cancelled() => return Ok(()),
                     n = rx.recv() => match n {
-                        Some(payload) => {
-                            self.metrics.notifications.inc();
-                            pending.add(&payload);
+                        Some(n) => {
+                            self.note(n, &mut pending);
+                            continue;
                         }
                         None => return Err(ListenError::Closed(driver.finish().await)),
                     },
+                    Some(payload) = relay.recv() => {
+                        let sent = client
+                            .execute("SELECT pg_notify($1, $2)", &[&schema::WAKE_CHANNEL, &payload])
+                            .await;
+                        match sent {
+                            Ok(_) => {}
+                            Err(e) if client.is_closed() => return Err(e.into()),
+                            // A refused payload (too long) must not cost the
+                            // LISTEN connection.
+                            Err(e) => tracing::warn!(error = %e, "could not announce a wake phase to standbys"),
+                        }
+                        continue;
+                    }
                     _ = probe.tick() => {
                         self.probe(&client).await?;
                         continue;
@@ -209,10 +241,36 @@ impl Listener {
         }
     }
 
-    fn drain(&self, rx: &mut mpsc::UnboundedReceiver<String>, pending: &mut Pending) {
-        while let Ok(payload) = rx.try_recv() {
-            self.metrics.notifications.inc();
-            pending.add(&payload);
+    fn drain(&self, rx: &mut mpsc::UnboundedReceiver<Note>, pending: &mut Pending) {
+        while let Ok(n) = rx.try_recv() {
+            self.note(n, pending);
+        }
+    }
+
+    fn note(&self, n: Note, pending: &mut Pending) {
+        match n {
+            Note::Routes(payload) => {
+                self.metrics.notifications.inc();
+                pending.add(&payload);
+            }
+            Note::Wake(payload) => self.relayed_wake(&payload),
+        }
+    }
+
+    /// A wake phase announced by a syncd (the active one, when this is a
+    /// standby): tell this instance's watchers. Our own announcements were
+    /// told already.
+    fn relayed_wake(&self, payload: &str) {
+        match crate::wake::parse_relay(payload) {
+            Some(r) if r.epoch != self.publisher.epoch() => {
+                tracing::debug!(server = %r.server, phase = ?r.phase, from.epoch = %r.epoch, "relaying a wake phase");
+                self.publisher.set_wake(&r.server, r.phase);
+            }
+            Some(_) => {}
+            None => tracing::debug!(
+                payload,
+                "ignoring an automc_wakes payload of another format"
+            ),
         }
     }
 
@@ -230,7 +288,7 @@ impl Listener {
         client: &Client,
         q: &Queries,
         mut pending: Pending,
-        rx: &mut mpsc::UnboundedReceiver<String>,
+        rx: &mut mpsc::UnboundedReceiver<Note>,
     ) -> Result<Pending, ListenError> {
         let mut fresh: Option<Fresh> = None;
         for _ in 0..MAX_ROUNDS {
@@ -305,7 +363,7 @@ fn to_routes(rows: &[tokio_postgres::Row]) -> Result<Routes, tokio_postgres::Err
 /// Drive the connection, forwarding notification payloads.
 async fn drive<S, T>(
     mut conn: Connection<S, T>,
-    tx: mpsc::UnboundedSender<String>,
+    tx: mpsc::UnboundedSender<Note>,
 ) -> Result<(), tokio_postgres::Error>
 where
     S: AsyncRead + AsyncWrite + Unpin,
@@ -315,7 +373,13 @@ where
         match poll_fn(|cx| conn.poll_message(cx)).await {
             Some(Ok(AsyncMessage::Notification(n))) => {
                 // The receiver only goes away when the session ends.
-                let _ = tx.send(n.payload().to_owned());
+                let payload = n.payload().to_owned();
+                let note = if n.channel() == schema::WAKE_CHANNEL {
+                    Note::Wake(payload)
+                } else {
+                    Note::Routes(payload)
+                };
+                let _ = tx.send(note);
             }
             Some(Ok(AsyncMessage::Notice(n))) => {
                 tracing::debug!(notice = %n.message(), "postgres notice");

@@ -1,73 +1,334 @@
 //! The versioned route table and its watchers.
 //!
 //! One `Publisher` owns the table, the epoch, the version, a bounded history
-//! of recent change sets and every watcher's bounded queue. The state sits
-//! behind a plain mutex that is never held across an `.await`: every
-//! operation is a short, synchronous critical section, which gives the same
-//! guarantee as an owner task (a watcher is registered and handed its first
-//! message atomically with respect to publishes, so nothing slips between
-//! its snapshot and its first delta) with less machinery.
+//! of recent change sets and every watcher's outbox. The state sits behind a
+//! plain mutex that is never held across an `.await`: every operation is a
+//! short, synchronous critical section, which gives the same guarantee as an
+//! owner task (a watcher is registered and handed its first message
+//! atomically with respect to publishes, so nothing slips between its
+//! snapshot and its first delta) with less machinery. Readers that need no
+//! such ordering (`GetRoute`, `ListRoutes`, the waker) read an `Arc` of the
+//! current table without taking the lock.
 //!
-//! A watcher that cannot keep up (its queue is full) is cut off, never
-//! waited on: the others keep receiving and memory stays bounded. The cut
-//! watcher's stream ends with an error and the edge resubscribes, resuming
-//! from its epoch and version when the history still covers it.
+//! Memory per watcher is bounded and shared: its outbox holds at most
+//! `queue_cap` items, each an `Arc` of a change set or a handle on the
+//! (persistent, structurally shared) table it must send, and the stream
+//! builds one piece of at most `automc_proto::sync::CHUNK_BYTES` at a time. Nothing is shared
+//! between watchers that one of them could hold: a watcher whose queue fills
+//! up, or that does not take a piece within the send timeout (a client that
+//! stopped reading: HTTP/2 flow control then stops tonic from asking for
+//! more), is cut off and its outbox emptied, never waited on. The cut
+//! watcher's stream ends with an error when it is next polled and the edge
+//! resubscribes, resuming from its epoch and version when the history still
+//! covers it.
 use std::collections::{BTreeMap, HashMap, VecDeque};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use arc_swap::ArcSwap;
+use automc_proto::sync::{delta_piece, snapshot_chunk};
 use automc_proto::v1::{
-    watch_response, Delta, EdgeInfo, GetRouteResponse, Heartbeat, Route, Snapshot, WakePhase,
-    WakeUpdate, WatchHello, WatchResponse,
+    watch_response, EdgeInfo, GetRouteResponse, Heartbeat, Route, WakePhase, WakeSet, WakeUpdate,
+    WatchHello, WatchResponse,
 };
-use automc_proto::RouteTable;
+use automc_proto::{BucketSet, HostnameTooLong, RouteTable, BUCKETS};
 use futures::Stream;
-use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tonic::Status;
 
 use crate::diff::{self, Change, Routes};
 use crate::metrics::Metrics;
 
+/// Bounds on each watch stream (see `Config`).
+#[derive(Debug, Clone, Copy)]
+pub struct WatchLimits {
+    /// Items queued per watcher before it is cut off as stuck.
+    pub queue_cap: usize,
+    /// Change sets kept for resume (also bounded by their total size).
+    pub history_len: usize,
+    /// A stream idle this long gets a heartbeat.
+    pub heartbeat: Duration,
+    /// A watcher that does not take a handed-out message within this long
+    /// is cut off.
+    pub send_timeout: Duration,
+    /// Watchers from one peer IP address at once.
+    pub per_peer: usize,
+}
+
+impl Default for WatchLimits {
+    fn default() -> Self {
+        use crate::config;
+        Self {
+            queue_cap: config::DEFAULT_WATCHER_QUEUE,
+            history_len: config::DEFAULT_HISTORY_LEN,
+            heartbeat: config::DEFAULT_HEARTBEAT_INTERVAL,
+            send_timeout: config::DEFAULT_WATCH_SEND_TIMEOUT,
+            per_peer: config::DEFAULT_MAX_WATCHERS_PER_PEER,
+        }
+    }
+}
+
+/// The table as of one version, for lock-free readers.
+#[derive(Debug, Default)]
+pub struct Current {
+    pub version: u64,
+    pub table: RouteTable,
+}
+
 /// Shared handle to the table and its watchers.
 pub struct Publisher {
     epoch: String,
-    queue_cap: usize,
-    history_len: usize,
-    heartbeat: Duration,
+    limits: WatchLimits,
     next_watcher: AtomicU64,
     metrics: Metrics,
     shutdown: CancellationToken,
-    /// Snapshot copies being encoded at once: a burst of new edges at 100k
-    /// routes would otherwise hold one full copy each.
-    snapshot_slots: Arc<Semaphore>,
+    current: ArcSwap<Current>,
     state: Mutex<State>,
 }
-
-/// See `Publisher::snapshot_slots`.
-const SNAPSHOT_SLOTS: usize = 2;
 
 #[derive(Default)]
 struct State {
     version: u64,
+    /// Persistent: cloning it for a watcher or for `current` is O(1).
     table: RouteTable,
     /// `(version, change)`: the change that produced `version` from `version - 1`.
     history: VecDeque<(u64, Arc<Change>)>,
-    snapshot: Option<Arc<WatchResponse>>,
+    /// Routes and names held by `history`, bounded by about one table.
+    history_size: usize,
     watchers: HashMap<u64, Watcher>,
     /// Servers with a wake in flight.
     waking: BTreeMap<String, WakePhase>,
 }
 
 struct Watcher {
-    tx: mpsc::Sender<Arc<WatchResponse>>,
-    cut: CancellationToken,
+    outbox: Arc<Outbox>,
     edge_id: String,
-    peer: String,
+    peer: Option<SocketAddr>,
     connected_since_ms: i64,
     acked_epoch: String,
     acked_version: u64,
+}
+
+/// One watcher's queue, shared by the publisher (which fills and cuts it)
+/// and its stream (which drains it).
+struct Outbox {
+    queue: Mutex<Queue>,
+    ready: Notify,
+    /// Unix ms at which the stream handed tonic a message and has not been
+    /// asked for the next one since; 0 while it is waiting for work.
+    handed_ms: AtomicI64,
+}
+
+/// Why a watcher was cut off.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Cut {
+    /// Its queue filled up.
+    Behind,
+    /// It did not take a message within the send timeout.
+    Stalled,
+}
+
+impl Cut {
+    fn status(self) -> Status {
+        match self {
+            Self::Behind => Status::resource_exhausted(
+                "watcher cut off: too far behind; resubscribe with your epoch and version",
+            ),
+            Self::Stalled => Status::deadline_exceeded(
+                "watcher cut off: it did not read within the send timeout; resubscribe",
+            ),
+        }
+    }
+}
+
+/// What a watcher still has to be sent.
+enum Item {
+    Snapshot {
+        table: RouteTable,
+        version: u64,
+        wakes: Vec<WakeUpdate>,
+        /// Partial: only these buckets (the rest matched the hello).
+        only: Option<BucketSet>,
+    },
+    Change {
+        from: u64,
+        version: u64,
+        change: Arc<Change>,
+    },
+    Wake(WakeUpdate),
+    WakeSet(Vec<WakeUpdate>),
+    Heartbeat,
+}
+
+/// The item being sent in pieces.
+enum Sending {
+    Snapshot {
+        table: RouteTable,
+        version: u64,
+        wakes: Vec<WakeUpdate>,
+        only: Option<BucketSet>,
+        after: String,
+    },
+    Change {
+        from: u64,
+        version: u64,
+        change: Arc<Change>,
+        pos: usize,
+    },
+}
+
+#[derive(Default)]
+struct Queue {
+    items: VecDeque<Item>,
+    sending: Option<Sending>,
+    cut: Option<Cut>,
+    /// Version of the last whole snapshot or delta handed out: what the
+    /// edge holds once it applied everything, and what heartbeats say.
+    sent_version: u64,
+}
+
+impl Queue {
+    /// The next message to send, building at most one piece.
+    fn next_msg(&mut self, epoch: &str) -> Option<watch_response::Msg> {
+        loop {
+            match self.sending.take() {
+                Some(Sending::Snapshot {
+                    table,
+                    version,
+                    wakes,
+                    only,
+                    after,
+                }) => {
+                    let (msg, next) =
+                        snapshot_chunk(&table, &after, (epoch, version), &wakes, only.as_ref());
+                    match next {
+                        Some(after) => {
+                            self.sending = Some(Sending::Snapshot {
+                                table,
+                                version,
+                                wakes,
+                                only,
+                                after,
+                            })
+                        }
+                        None => self.sent_version = version,
+                    }
+                    return Some(msg);
+                }
+                Some(Sending::Change {
+                    from,
+                    version,
+                    change,
+                    mut pos,
+                }) => {
+                    let msg = delta_piece(
+                        &change.upserts,
+                        &change.removed,
+                        &mut pos,
+                        (epoch, from, version),
+                    );
+                    if pos < change.len() {
+                        self.sending = Some(Sending::Change {
+                            from,
+                            version,
+                            change,
+                            pos,
+                        });
+                    } else {
+                        self.sent_version = version;
+                    }
+                    return Some(msg);
+                }
+                None => {}
+            }
+            match self.items.pop_front()? {
+                Item::Snapshot {
+                    table,
+                    version,
+                    wakes,
+                    only,
+                } => {
+                    self.sending = Some(Sending::Snapshot {
+                        table,
+                        version,
+                        wakes,
+                        only,
+                        after: String::new(),
+                    })
+                }
+                Item::Change {
+                    from,
+                    version,
+                    change,
+                } => {
+                    self.sending = Some(Sending::Change {
+                        from,
+                        version,
+                        change,
+                        pos: 0,
+                    })
+                }
+                Item::Wake(w) => return Some(watch_response::Msg::Wake(w)),
+                Item::WakeSet(wakes) => {
+                    return Some(watch_response::Msg::WakeSet(WakeSet { wakes }))
+                }
+                Item::Heartbeat => return Some(self.heartbeat(epoch)),
+            }
+        }
+    }
+
+    fn heartbeat(&self, epoch: &str) -> watch_response::Msg {
+        watch_response::Msg::Heartbeat(Heartbeat {
+            epoch: epoch.to_owned(),
+            version: self.sent_version,
+        })
+    }
+}
+
+impl Outbox {
+    fn new(items: VecDeque<Item>, sent_version: u64) -> Self {
+        Self {
+            queue: Mutex::new(Queue {
+                items,
+                sent_version,
+                ..Queue::default()
+            }),
+            ready: Notify::new(),
+            handed_ms: AtomicI64::new(0),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Queue> {
+        self.queue.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Queue `item`; false when the queue is full.
+    fn push(&self, item: Item, cap: usize) -> bool {
+        let mut q = self.lock();
+        if q.cut.is_some() {
+            return true;
+        }
+        if q.items.len() >= cap {
+            return false;
+        }
+        q.items.push_back(item);
+        drop(q);
+        self.ready.notify_one();
+        true
+    }
+
+    /// Drop everything queued and end the stream when it is next polled.
+    fn cut(&self, why: Cut) {
+        let mut q = self.lock();
+        q.items.clear();
+        q.sending = None;
+        q.cut = Some(why);
+        drop(q);
+        self.ready.notify_one();
+    }
 }
 
 /// What `apply` did.
@@ -89,23 +350,28 @@ pub fn new_epoch() -> String {
     format!("{:x}-{:08x}", now_ms(), rand::random::<u32>())
 }
 
+/// Change sets held for resume may add up to this many routes and names:
+/// about one table's worth (resuming past that costs as much as a snapshot).
+fn history_budget(table_len: usize) -> usize {
+    table_len.max(1024)
+}
+
+fn ip_of(peer: Option<SocketAddr>) -> Option<IpAddr> {
+    peer.map(|p| p.ip().to_canonical())
+}
+
 impl Publisher {
-    pub fn new(
-        queue_cap: usize,
-        history_len: usize,
-        heartbeat: Duration,
-        metrics: Metrics,
-        shutdown: CancellationToken,
-    ) -> Arc<Self> {
+    pub fn new(limits: WatchLimits, metrics: Metrics, shutdown: CancellationToken) -> Arc<Self> {
         Arc::new(Self {
             epoch: new_epoch(),
-            queue_cap: queue_cap.max(1),
-            history_len,
-            heartbeat,
+            limits: WatchLimits {
+                queue_cap: limits.queue_cap.max(1),
+                ..limits
+            },
             next_watcher: AtomicU64::new(1),
             metrics,
             shutdown,
-            snapshot_slots: Arc::new(Semaphore::new(SNAPSHOT_SLOTS)),
+            current: ArcSwap::from_pointee(Current::default()),
             state: Mutex::new(State::default()),
         })
     }
@@ -121,13 +387,18 @@ impl Publisher {
     }
 
     pub fn version(&self) -> u64 {
-        self.lock().version
+        self.current.load().version
+    }
+
+    /// The current table and its version, without taking the state lock.
+    pub fn current(&self) -> Arc<Current> {
+        self.current.load_full()
     }
 
     /// Run `f` with the current table (lookups, diffs).
     pub fn with_table<R>(&self, f: impl FnOnce(&RouteTable, u64) -> R) -> R {
-        let st = self.lock();
-        f(&st.table, st.version)
+        let cur = self.current();
+        f(&cur.table, cur.version)
     }
 
     /// Replace the whole table by `routes` (a full re-read): publishes the
@@ -159,28 +430,25 @@ impl Publisher {
         st.table
             .apply(change.upserts.iter().cloned(), &change.removed);
         let change = Arc::new(change);
-        if change.len() > history_entry_limit(st.table.len()) {
-            // Resuming across a change this big costs about a snapshot
-            // anyway; keeping it would pin a second copy of the table.
-            st.history.clear();
-        } else {
-            st.history.push_back((version, change.clone()));
-            while st.history.len() > self.history_len {
-                st.history.pop_front();
+        st.history.push_back((version, change.clone()));
+        st.history_size += change.len();
+        let budget = history_budget(st.table.len());
+        while st.history.len() > self.limits.history_len || st.history_size > budget {
+            match st.history.pop_front() {
+                Some((_, old)) => st.history_size -= old.len(),
+                None => break,
             }
         }
-        st.snapshot = None;
+        self.current.store(Arc::new(Current {
+            version,
+            table: st.table.clone(),
+        }));
         if !st.watchers.is_empty() {
-            let msg = Arc::new(WatchResponse {
-                msg: Some(watch_response::Msg::Delta(Delta {
-                    epoch: self.epoch.clone(),
-                    from_version: from,
-                    version,
-                    upserts: change.upserts.clone(),
-                    removed: change.removed.clone(),
-                })),
+            self.broadcast_locked(st, || Item::Change {
+                from,
+                version,
+                change: change.clone(),
             });
-            self.broadcast_locked(st, msg);
         }
         self.metrics.routes.set(st.table.len() as i64);
         self.metrics.table_version.set(version as i64);
@@ -194,31 +462,85 @@ impl Publisher {
         ))
     }
 
-    fn broadcast_locked(&self, st: &mut State, msg: Arc<WatchResponse>) {
-        let mut cut = Vec::new();
-        for (id, w) in &st.watchers {
-            match w.tx.try_send(msg.clone()) {
-                Ok(()) => {}
-                Err(mpsc::error::TrySendError::Full(_)) => cut.push((*id, true)),
-                Err(mpsc::error::TrySendError::Closed(_)) => cut.push((*id, false)),
-            }
+    fn broadcast_locked(&self, st: &mut State, item: impl Fn() -> Item) {
+        let full: Vec<u64> = st
+            .watchers
+            .iter()
+            .filter(|(_, w)| !w.outbox.push(item(), self.limits.queue_cap))
+            .map(|(id, _)| *id)
+            .collect();
+        for id in full {
+            self.cut_locked(st, id, Cut::Behind);
         }
-        for (id, slow) in cut {
-            if let Some(w) = st.watchers.remove(&id) {
-                w.cut.cancel();
-                if slow {
-                    self.metrics.watchers_cut.inc();
-                    tracing::warn!(
-                        watcher.id = id,
-                        edge.id = %w.edge_id,
-                        peer.addr = %w.peer,
-                        queue = self.queue_cap,
-                        "watcher cut off: its queue is full (too slow or stuck); it must resubscribe"
-                    );
-                }
+    }
+
+    fn cut_locked(&self, st: &mut State, id: u64, why: Cut) {
+        let Some(w) = st.watchers.remove(&id) else {
+            return;
+        };
+        w.outbox.cut(why);
+        let peer = w.peer.map(|p| p.to_string()).unwrap_or_default();
+        match why {
+            Cut::Behind => {
+                self.metrics.watchers_cut.inc();
+                tracing::warn!(
+                    watcher.id = id,
+                    edge.id = %w.edge_id,
+                    peer.addr = %peer,
+                    queue = self.limits.queue_cap,
+                    "watcher cut off: its queue is full (too slow or stuck); it must resubscribe"
+                );
+            }
+            Cut::Stalled => {
+                self.metrics.watchers_stalled.inc();
+                tracing::warn!(
+                    watcher.id = id,
+                    edge.id = %w.edge_id,
+                    peer.addr = %peer,
+                    send_timeout = ?self.limits.send_timeout,
+                    "watcher cut off: it did not take a message within the send timeout (not reading); it must resubscribe"
+                );
             }
         }
         self.metrics.watchers.set(st.watchers.len() as i64);
+    }
+
+    /// Cut every watcher that was handed a message longer than the send
+    /// timeout ago and has not asked for the next one. Run by
+    /// [`Publisher::enforce_send_timeout`]; public for tests.
+    pub fn cut_stalled(&self, now_ms: i64) -> usize {
+        let limit = i64::try_from(self.limits.send_timeout.as_millis()).unwrap_or(i64::MAX);
+        let mut st = self.lock();
+        let stalled: Vec<u64> = st
+            .watchers
+            .iter()
+            .filter(|(_, w)| {
+                let handed = w.outbox.handed_ms.load(Ordering::Acquire);
+                handed != 0 && now_ms.saturating_sub(handed) > limit
+            })
+            .map(|(id, _)| *id)
+            .collect();
+        for id in &stalled {
+            self.cut_locked(&mut st, *id, Cut::Stalled);
+        }
+        if !stalled.is_empty() {
+            self.update_lag_locked(&st);
+        }
+        stalled.len()
+    }
+
+    /// Check the send timeout until shutdown (a few times per timeout).
+    pub async fn enforce_send_timeout(self: Arc<Self>) {
+        let every =
+            (self.limits.send_timeout / 4).clamp(Duration::from_millis(50), Duration::from_secs(1));
+        let mut tick = tokio::time::interval(every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                () = self.shutdown.cancelled() => return,
+                _ = tick.tick() => { self.cut_stalled(now_ms()); }
+            }
+        }
     }
 
     fn update_lag_locked(&self, st: &State) {
@@ -247,93 +569,107 @@ impl Publisher {
         } else {
             st.waking.remove(server);
         }
-        st.snapshot = None;
-        let msg = Arc::new(WatchResponse {
-            msg: Some(watch_response::Msg::Wake(WakeUpdate {
-                server: server.to_owned(),
-                phase: phase as i32,
-            })),
-        });
-        self.broadcast_locked(&mut st, msg);
-    }
-
-    fn snapshot_locked(&self, st: &mut State) -> Arc<WatchResponse> {
-        if let Some(s) = &st.snapshot {
-            return s.clone();
-        }
-        let snap = Arc::new(WatchResponse {
-            msg: Some(watch_response::Msg::Snapshot(Snapshot {
-                epoch: self.epoch.clone(),
-                version: st.version,
-                routes: st.table.routes().cloned().collect(),
-                wakes: waking_updates(&st.waking),
-            })),
-        });
-        st.snapshot = Some(snap.clone());
-        snap
+        let update = WakeUpdate {
+            server: server.to_owned(),
+            phase: phase as i32,
+        };
+        self.broadcast_locked(&mut st, || Item::Wake(update.clone()));
     }
 
     /// Register a watcher and build its stream: a snapshot (or, resuming
-    /// within this epoch, one delta of what it missed), then deltas, wake
-    /// updates and heartbeats.
-    pub fn subscribe(self: &Arc<Self>, hello: &WatchHello, peer: String) -> WatchStream {
+    /// within this epoch, one delta of what it missed and the wake set),
+    /// then deltas, wake updates and heartbeats. Refused when `peer`
+    /// already has the most watchers allowed.
+    pub fn subscribe(
+        self: &Arc<Self>,
+        hello: &WatchHello,
+        peer: Option<SocketAddr>,
+    ) -> Result<WatchStream, Status> {
         let id = self.next_watcher.fetch_add(1, Ordering::Relaxed);
-        let (tx, rx) = mpsc::channel(self.queue_cap);
-        let cut = CancellationToken::new();
         let mut st = self.lock();
-        let mut initial = VecDeque::new();
+        if let Some(ip) = ip_of(peer) {
+            let from_peer = st
+                .watchers
+                .values()
+                .filter(|w| ip_of(w.peer) == Some(ip))
+                .count();
+            if from_peer >= self.limits.per_peer {
+                drop(st);
+                self.metrics.watchers_refused.inc();
+                tracing::warn!(
+                    peer.addr = %ip,
+                    edge.id = %hello.edge_id,
+                    limit = self.limits.per_peer,
+                    "watch refused: too many watchers from this address"
+                );
+                return Err(Status::resource_exhausted(format!(
+                    "{from_peer} watchers from {ip} already; the limit is {} (syncd --max-watchers-per-peer)",
+                    self.limits.per_peer
+                )));
+            }
+        }
+        let mut items = VecDeque::new();
         let resumed = hello.epoch == self.epoch && hello.version <= st.version;
         let covered = st
             .history
             .front()
             .is_some_and(|(v, _)| v.saturating_sub(1) <= hello.version);
-        let (acked_epoch, acked_version, how) = if resumed && hello.version == st.version {
-            initial.push_back(Arc::new(WatchResponse {
-                msg: Some(watch_response::Msg::Heartbeat(Heartbeat {
-                    epoch: self.epoch.clone(),
+        let wakes = waking_updates(&st.waking);
+        let (acked_epoch, acked_version, sent_version, how) =
+            if resumed && hello.version == st.version {
+                items.push_back(Item::Heartbeat);
+                (
+                    self.epoch.clone(),
+                    hello.version,
+                    hello.version,
+                    "up to date",
+                )
+            } else if resumed && covered {
+                let missed = diff::compose(
+                    st.history
+                        .iter()
+                        .filter(|(v, _)| *v > hello.version)
+                        .map(|(_, c)| c.as_ref()),
+                );
+                items.push_back(Item::Change {
+                    from: hello.version,
                     version: st.version,
-                })),
-            }));
-            (self.epoch.clone(), hello.version, "up to date")
-        } else if resumed && covered {
-            let missed = diff::compose(
-                st.history
-                    .iter()
-                    .filter(|(v, _)| *v > hello.version)
-                    .map(|(_, c)| c.as_ref()),
-            );
-            initial.push_back(Arc::new(WatchResponse {
-                msg: Some(watch_response::Msg::Delta(Delta {
-                    epoch: self.epoch.clone(),
-                    from_version: hello.version,
+                    change: Arc::new(missed),
+                });
+                (self.epoch.clone(), hello.version, hello.version, "resumed")
+            } else {
+                // An edge that proves what it holds (bucket hashes) gets
+                // only the buckets that differ, unless that is most of them.
+                let only = st
+                    .table
+                    .differing_buckets(&hello.bucket_hashes)
+                    .filter(|d| d.len() <= BUCKETS / 2)
+                    .map(|d| BucketSet::new(&d));
+                let how = if only.is_some() {
+                    "differing buckets"
+                } else {
+                    "snapshot"
+                };
+                items.push_back(Item::Snapshot {
+                    table: st.table.clone(),
                     version: st.version,
-                    upserts: missed.upserts,
-                    removed: missed.removed,
-                })),
-            }));
-            (self.epoch.clone(), hello.version, "resumed")
-        } else {
-            let snap = self.snapshot_locked(&mut st);
-            // Shared, not copied: the copy tonic needs is made when it is
-            // sent, a few at a time (see `snapshot_slots`).
-            initial.push_back(snap);
-            (String::new(), 0, "snapshot")
-        };
+                    wakes: wakes.clone(),
+                    only,
+                });
+                (String::new(), 0, 0, how)
+            };
         if resumed {
-            // A resumed edge did not see wake updates while away.
-            for w in waking_updates(&st.waking) {
-                initial.push_back(Arc::new(WatchResponse {
-                    msg: Some(watch_response::Msg::Wake(w)),
-                }));
-            }
+            // A resumed edge did not see wake updates while away: the whole
+            // set replaces what it holds, so wakes that ended meanwhile clear.
+            items.push_back(Item::WakeSet(wakes));
         }
+        let outbox = Arc::new(Outbox::new(items, sent_version));
         st.watchers.insert(
             id,
             Watcher {
-                tx,
-                cut: cut.clone(),
+                outbox: outbox.clone(),
                 edge_id: hello.edge_id.clone(),
-                peer: peer.clone(),
+                peer,
                 connected_since_ms: now_ms(),
                 acked_epoch,
                 acked_version,
@@ -346,21 +682,18 @@ impl Publisher {
         tracing::info!(
             watcher.id = id,
             edge.id = %hello.edge_id,
-            peer.addr = %peer,
+            peer.addr = %peer.map(|p| p.to_string()).unwrap_or_default(),
             from.epoch = %hello.epoch,
             from.version = hello.version,
             version,
             how,
             "watcher subscribed"
         );
-        WatchStream {
+        Ok(WatchStream {
             id,
             publisher: self.clone(),
-            initial,
-            rx,
-            cut,
-            snapshot_slot: None,
-        }
+            outbox,
+        })
     }
 
     /// The edge applied `version` of `epoch`.
@@ -390,7 +723,7 @@ impl Publisher {
             .map(|(id, w)| EdgeInfo {
                 watcher_id: *id,
                 edge_id: w.edge_id.clone(),
-                peer: w.peer.clone(),
+                peer: w.peer.map(|p| p.to_string()).unwrap_or_default(),
                 connected_since_ms: w.connected_since_ms,
                 acked_epoch: w.acked_epoch.clone(),
                 acked_version: w.acked_version,
@@ -401,33 +734,14 @@ impl Publisher {
         (st.version, edges)
     }
 
-    pub fn routes(&self) -> (u64, Vec<Route>) {
-        let st = self.lock();
-        (st.version, st.table.routes().cloned().collect())
-    }
-
     pub fn route(&self, server: &str) -> Option<Route> {
-        self.lock().table.get(server).cloned()
+        self.current().table.get(server).cloned()
     }
 
     /// Resolve what a player typed with the edges' matching rules.
-    pub fn resolve(&self, hostname: &str) -> GetRouteResponse {
-        self.lock().table.resolve(hostname)
+    pub fn resolve(&self, hostname: &str) -> Result<GetRouteResponse, HostnameTooLong> {
+        self.current().table.resolve(hostname)
     }
-
-    fn heartbeat_msg(&self) -> WatchResponse {
-        WatchResponse {
-            msg: Some(watch_response::Msg::Heartbeat(Heartbeat {
-                epoch: self.epoch.clone(),
-                version: self.version(),
-            })),
-        }
-    }
-}
-
-/// Change sets larger than this are not kept for resume.
-fn history_entry_limit(table_len: usize) -> usize {
-    (table_len / 4).max(1024)
 }
 
 fn waking_updates(waking: &BTreeMap<String, WakePhase>) -> Vec<WakeUpdate> {
@@ -440,18 +754,13 @@ fn waking_updates(waking: &BTreeMap<String, WakePhase>) -> Vec<WakeUpdate> {
         .collect()
 }
 
-/// The outgoing half of one watch: initial messages, then the queue, with a
-/// heartbeat whenever the stream was idle for the heartbeat interval.
-/// Dropping it (the edge went away) unregisters the watcher.
+/// The outgoing half of one watch: drains the watcher's outbox one piece at
+/// a time, with a heartbeat whenever the stream was idle for the heartbeat
+/// interval. Dropping it (the edge went away) unregisters the watcher.
 pub struct WatchStream {
     id: u64,
     publisher: Arc<Publisher>,
-    initial: VecDeque<Arc<WatchResponse>>,
-    rx: mpsc::Receiver<Arc<WatchResponse>>,
-    cut: CancellationToken,
-    /// Held from handing out a snapshot copy until tonic asks for the next
-    /// message (by then it has encoded the copy and dropped it).
-    snapshot_slot: Option<OwnedSemaphorePermit>,
+    outbox: Arc<Outbox>,
 }
 
 impl WatchStream {
@@ -459,32 +768,36 @@ impl WatchStream {
         self.id
     }
 
-    async fn next_message(&mut self) -> Option<Result<WatchResponse, Status>> {
-        self.snapshot_slot = None;
-        let shutdown = self.publisher.shutdown.clone();
-        if let Some(m) = self.initial.pop_front() {
-            if matches!(m.msg, Some(watch_response::Msg::Snapshot(_))) {
-                let slots = self.publisher.snapshot_slots.clone();
-                tokio::select! {
-                    _ = shutdown.cancelled() => {
-                        return Some(Err(Status::unavailable("syncd is shutting down")))
-                    }
-                    p = slots.acquire_owned() => self.snapshot_slot = p.ok(),
+    async fn next_message(&mut self) -> Result<WatchResponse, Status> {
+        // tonic asks for the next message: the last one was taken.
+        self.outbox.handed_ms.store(0, Ordering::Release);
+        let epoch = self.publisher.epoch.as_str();
+        let shutdown = &self.publisher.shutdown;
+        loop {
+            let msg = {
+                let mut q = self.outbox.lock();
+                if let Some(why) = q.cut {
+                    return Err(why.status());
                 }
-            }
-            return Some(Ok(WatchResponse::clone(&m)));
-        }
-        tokio::select! {
-            biased;
-            _ = self.cut.cancelled() => Some(Err(Status::resource_exhausted(
-                "watcher cut off: too far behind; resubscribe with your epoch and version",
-            ))),
-            _ = shutdown.cancelled() => Some(Err(Status::unavailable("syncd is shutting down"))),
-            m = self.rx.recv() => match m {
-                Some(m) => Some(Ok(WatchResponse::clone(&m))),
-                None => Some(Err(Status::aborted("watch ended; resubscribe"))),
-            },
-            _ = tokio::time::sleep(self.publisher.heartbeat) => Some(Ok(self.publisher.heartbeat_msg())),
+                q.next_msg(epoch)
+            };
+            let msg = match msg {
+                Some(m) => m,
+                None => tokio::select! {
+                    biased;
+                    () = shutdown.cancelled() => {
+                        return Err(Status::unavailable("syncd is shutting down"))
+                    }
+                    () = self.outbox.ready.notified() => continue,
+                    () = tokio::time::sleep(self.publisher.limits.heartbeat) => {
+                        self.outbox.lock().heartbeat(epoch)
+                    }
+                },
+            };
+            self.outbox
+                .handed_ms
+                .store(now_ms().max(1), Ordering::Release);
+            return Ok(WatchResponse { msg: Some(msg) });
         }
     }
 
@@ -494,7 +807,7 @@ impl WatchStream {
             if done {
                 return None;
             }
-            let item = s.next_message().await?;
+            let item = s.next_message().await;
             let done = item.is_err();
             Some((item, (s, done)))
         })
@@ -527,12 +840,24 @@ mod tests {
 
     fn publisher(queue: usize, history: usize) -> Arc<Publisher> {
         Publisher::new(
-            queue,
-            history,
-            Duration::from_secs(3600),
+            WatchLimits {
+                queue_cap: queue,
+                history_len: history,
+                heartbeat: Duration::from_secs(3600),
+                send_timeout: Duration::from_secs(5),
+                per_peer: 3,
+            },
             Metrics::new(),
             CancellationToken::new(),
         )
+    }
+
+    fn peer(port: u16) -> Option<SocketAddr> {
+        Some(SocketAddr::from(([10, 0, 0, 1], port)))
+    }
+
+    fn sub(p: &Arc<Publisher>, h: &WatchHello) -> WatchStream {
+        p.subscribe(h, peer(1)).expect("subscribed")
     }
 
     fn hello(epoch: &str, version: u64) -> WatchHello {
@@ -540,6 +865,7 @@ mod tests {
             edge_id: "t".into(),
             epoch: epoch.into(),
             version,
+            bucket_hashes: vec![],
         }
     }
 
@@ -567,11 +893,12 @@ mod tests {
     async fn new_watcher_gets_snapshot_then_deltas() {
         let p = publisher(8, 8);
         p.apply_full(&routes(&[route("a", "1:1")]));
-        let mut s = Box::pin(p.subscribe(&hello("", 0), "peer".into()).into_stream());
+        let mut s = Box::pin(sub(&p, &hello("", 0)).into_stream());
         match first(&mut s).await {
-            watch_response::Msg::Snapshot(snap) => {
+            watch_response::Msg::SnapshotChunk(snap) => {
                 assert_eq!(snap.version, 1);
                 assert_eq!(snap.routes.len(), 1);
+                assert!(snap.last);
             }
             other => panic!("expected snapshot, got {other:?}"),
         }
@@ -592,7 +919,7 @@ mod tests {
         p.apply_full(&routes(&[route("a", "1:2")]));
         p.apply_full(&routes(&[route("a", "1:2"), route("b", "2:2")]));
         let epoch = p.epoch().to_owned();
-        let mut s = Box::pin(p.subscribe(&hello(&epoch, 1), "peer".into()).into_stream());
+        let mut s = Box::pin(sub(&p, &hello(&epoch, 1)).into_stream());
         match first(&mut s).await {
             watch_response::Msg::Delta(d) => {
                 assert_eq!((d.from_version, d.version), (1, 3));
@@ -610,9 +937,9 @@ mod tests {
         p.apply_full(&routes(&[route("a", "1:3")]));
         let epoch = p.epoch().to_owned();
         for h in [hello(&epoch, 1), hello("other-epoch", 3), hello(&epoch, 99)] {
-            let mut s = Box::pin(p.subscribe(&h, "peer".into()).into_stream());
+            let mut s = Box::pin(sub(&p, &h).into_stream());
             assert!(
-                matches!(first(&mut s).await, watch_response::Msg::Snapshot(_)),
+                matches!(first(&mut s).await, watch_response::Msg::SnapshotChunk(_)),
                 "{h:?}"
             );
         }
@@ -621,8 +948,8 @@ mod tests {
     #[tokio::test]
     async fn full_queue_cuts_the_watcher_and_not_the_others() {
         let p = publisher(2, 8);
-        let stuck = p.subscribe(&hello("", 0), "stuck".into());
-        let mut live = Box::pin(p.subscribe(&hello("", 0), "live".into()).into_stream());
+        let stuck = sub(&p, &hello("", 0));
+        let mut live = Box::pin(sub(&p, &hello("", 0)).into_stream());
         first(&mut live).await; // snapshot
         let mut t = Routes::new();
         for i in 0..5 {
@@ -634,13 +961,117 @@ mod tests {
             ));
         }
         assert_eq!(p.edges().1.len(), 1, "stuck watcher still registered");
+        // Cutting emptied its outbox (the snapshot is not kept for it).
         let mut stuck = Box::pin(stuck.into_stream());
-        assert!(matches!(
-            first(&mut stuck).await,
-            watch_response::Msg::Snapshot(_)
-        ));
         let err = stuck.next().await.expect("item").expect_err("cut off");
         assert_eq!(err.code(), tonic::Code::ResourceExhausted);
         assert!(stuck.next().await.is_none());
+    }
+
+    #[tokio::test]
+    async fn a_resume_gets_the_whole_wake_set_and_heartbeats_name_the_stream_version() {
+        let p = publisher(8, 8);
+        p.apply_full(&routes(&[route("a", "1:1")]));
+        p.set_wake("a", WakePhase::Waking);
+        p.set_wake("a", WakePhase::Running);
+        p.set_wake("b", WakePhase::Waking);
+        let epoch = p.epoch().to_owned();
+        let mut s = Box::pin(sub(&p, &hello(&epoch, 1)).into_stream());
+        match first(&mut s).await {
+            watch_response::Msg::Heartbeat(h) => assert_eq!(h.version, 1),
+            other => panic!("expected heartbeat, got {other:?}"),
+        }
+        match first(&mut s).await {
+            watch_response::Msg::WakeSet(set) => {
+                let names: Vec<&str> = set.wakes.iter().map(|w| w.server.as_str()).collect();
+                assert_eq!(names, ["b"], "a finished: only b is waking");
+            }
+            other => panic!("expected wake set, got {other:?}"),
+        }
+        // A change queued but not yet taken does not change what the next
+        // heartbeat of this stream says until the delta itself goes out.
+        let mut q = VecDeque::new();
+        q.push_back(Item::Heartbeat);
+        let outbox = Outbox::new(q, 7);
+        p.apply_full(&routes(&[route("a", "1:2")]));
+        match outbox.lock().next_msg(&epoch) {
+            Some(watch_response::Msg::Heartbeat(h)) => assert_eq!(h.version, 7),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(p.version(), 2);
+    }
+
+    #[tokio::test]
+    async fn a_watcher_that_does_not_take_its_message_is_cut_and_the_others_are_not() {
+        let p = publisher(8, 8);
+        p.apply_full(&routes(&[route("a", "1:1")]));
+        let mut stalled = Box::pin(sub(&p, &hello("", 0)).into_stream());
+        first(&mut stalled).await; // handed out, never asked for the next
+        let idle = sub(&p, &hello("", 0)); // never polled at all: nothing handed
+        let live = sub(&p, &hello("", 0));
+        let live_box = live.outbox.clone();
+        let mut live = Box::pin(live.into_stream());
+        first(&mut live).await;
+        let live_poll = tokio::spawn(async move {
+            let m = first(&mut live).await;
+            (live, m)
+        });
+        // Wait (bounded) until the live stream asked for more.
+        let end = std::time::Instant::now() + Duration::from_secs(10);
+        while live_box.handed_ms.load(Ordering::Acquire) != 0 {
+            assert!(
+                std::time::Instant::now() < end,
+                "live stream never polled again"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!(p.cut_stalled(now_ms()), 0, "nothing is late yet");
+        assert_eq!(p.cut_stalled(now_ms() + 6_000), 1);
+        assert_eq!(p.edges().1.len(), 2, "only the stalled one is gone");
+        let err = stalled.next().await.expect("item").expect_err("cut off");
+        assert_eq!(err.code(), tonic::Code::DeadlineExceeded);
+        p.apply_full(&routes(&[route("a", "1:2")]));
+        let (_live, m) = live_poll.await.expect("live task");
+        assert!(matches!(m, watch_response::Msg::Delta(_)));
+        drop(idle);
+    }
+
+    #[tokio::test]
+    async fn one_peer_address_gets_at_most_the_watcher_limit() {
+        let p = publisher(8, 8);
+        let held: Vec<WatchStream> = (1..=3)
+            .map(|port| {
+                p.subscribe(&hello("", 0), peer(port))
+                    .expect("under the limit")
+            })
+            .collect();
+        let err = p
+            .subscribe(&hello("", 0), peer(9))
+            .err()
+            .expect("over the limit");
+        assert_eq!(err.code(), tonic::Code::ResourceExhausted);
+        let other = SocketAddr::from(([10, 0, 0, 2], 1));
+        assert!(p.subscribe(&hello("", 0), Some(other)).is_ok());
+        drop(held);
+        assert!(p.subscribe(&hello("", 0), peer(9)).is_ok());
+    }
+
+    #[tokio::test]
+    async fn history_holds_about_one_table_of_changes() {
+        let p = publisher(8, 100_000);
+        let mut t = Routes::new();
+        for i in 0..3000 {
+            t.insert(format!("s{i:05}"), route(&format!("s{i:05}"), "1:1"));
+        }
+        p.apply_full(&t);
+        for round in 0..5 {
+            for r in t.values_mut() {
+                r.address = format!("2:{round}");
+            }
+            p.apply_full(&t);
+        }
+        let st = p.lock();
+        assert!(st.history_size <= history_budget(st.table.len()));
+        assert_eq!(st.history.len(), 1, "each change set is a whole table");
     }
 }

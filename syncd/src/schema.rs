@@ -16,6 +16,10 @@ use crate::diff::ServerRow;
 /// Notification channel shared with the original automc trigger.
 pub const CHANNEL: &str = "automc_routes_changed";
 
+/// Wake phases announced by the active syncd so standbys relay them to
+/// their edges (see `wake::relay_payload`).
+pub const WAKE_CHANNEL: &str = "automc_wakes";
+
 /// Prefix of a rich payload: `server:<name>`.
 pub const PAYLOAD_SERVER_PREFIX: &str = "server:";
 

@@ -8,7 +8,9 @@
 //! through LISTEN ends the polling early; an opt-in status ping makes sure
 //! "running" also means "answers". Every edge learns about wakes through
 //! the watch stream (`WakeUpdate`), and `ListWakes` shows in-flight and
-//! recent ones.
+//! recent ones. Each phase is also announced on the Postgres channel
+//! `automc_wakes` (through the LISTEN connection), so a hot standby relays
+//! it to the edges connected to it.
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -16,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use automc_proto::v1::{WakeInfo, WakePhase, WakeResponse};
 use automc_proto::WakeFailure as Failure;
-use tokio::sync::{watch, Notify};
+use tokio::sync::{mpsc, watch, Notify};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tonic::Status;
@@ -95,6 +97,53 @@ pub struct Wakes {
     shutdown: CancellationToken,
     tasks: TaskTracker,
     book: Mutex<Book>,
+    /// Payloads for `automc_wakes`, sent by the LISTEN connection.
+    relay: mpsc::UnboundedSender<String>,
+}
+
+/// A wake phase announced on `automc_wakes` by the syncd of `epoch`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Relayed {
+    pub epoch: String,
+    pub server: String,
+    pub phase: WakePhase,
+}
+
+fn phase_word(phase: WakePhase) -> &'static str {
+    match phase {
+        WakePhase::Waking => "waking",
+        WakePhase::Running => "running",
+        WakePhase::Failed => "failed",
+        WakePhase::Unspecified => "unspecified",
+    }
+}
+
+/// The `automc_wakes` payload: `v1 <phase> <epoch> <server>` (the server
+/// name last, so it may hold anything). Epochs have no spaces.
+pub fn relay_payload(epoch: &str, server: &str, phase: WakePhase) -> String {
+    format!("v1 {} {epoch} {server}", phase_word(phase))
+}
+
+/// Parse an `automc_wakes` payload; `None` for anything else (another
+/// version, garbage), which is ignored.
+pub fn parse_relay(payload: &str) -> Option<Relayed> {
+    let mut parts = payload.splitn(4, ' ');
+    if parts.next()? != "v1" {
+        return None;
+    }
+    let phase = match parts.next()? {
+        "waking" => WakePhase::Waking,
+        "running" => WakePhase::Running,
+        "failed" => WakePhase::Failed,
+        _ => return None,
+    };
+    let epoch = parts.next()?.to_owned();
+    let server = parts.next().filter(|s| !s.is_empty())?.to_owned();
+    Some(Relayed {
+        epoch,
+        server,
+        phase,
+    })
 }
 
 impl Wakes {
@@ -105,8 +154,10 @@ impl Wakes {
         metrics: Metrics,
         shutdown: CancellationToken,
         tasks: TaskTracker,
+        relay: mpsc::UnboundedSender<String>,
     ) -> Arc<Self> {
         Arc::new(Self {
+            relay,
             cfg,
             waker: waker.map(Arc::new),
             publisher,
@@ -119,6 +170,16 @@ impl Wakes {
 
     fn book(&self) -> MutexGuard<'_, Book> {
         self.book.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Tell this syncd's watchers, and (through Postgres) the standbys'.
+    fn announce(&self, server: &str, phase: WakePhase) {
+        self.publisher.set_wake(server, phase);
+        // The receiver lives as long as the LISTEN task; after shutdown
+        // there is nobody to relay to.
+        let _ = self
+            .relay
+            .send(relay_payload(self.publisher.epoch(), server, phase));
     }
 
     /// Wake `server` (or join the wake in flight) and wait for the outcome.
@@ -167,7 +228,7 @@ impl Wakes {
                     );
                     drop(book);
                     tracing::info!(server, caller, "wake started");
-                    self.publisher.set_wake(server, WakePhase::Waking);
+                    self.announce(server, WakePhase::Waking);
                     let this = self.clone();
                     let span = tracing::info_span!("wake", server = %server);
                     let server = server.to_owned();
@@ -264,7 +325,7 @@ impl Wakes {
             WakeState::Running { .. } => WakePhase::Running,
             _ => WakePhase::Failed,
         };
-        self.publisher.set_wake(&server, phase);
+        self.announce(&server, phase);
         tx.send_replace(state);
     }
 
@@ -417,5 +478,35 @@ impl Wakes {
             }
         }));
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn relay_payloads_round_trip_and_garbage_is_ignored() {
+        for phase in [WakePhase::Waking, WakePhase::Running, WakePhase::Failed] {
+            let p = relay_payload("18c-0a1b", "my server", phase);
+            assert_eq!(
+                parse_relay(&p),
+                Some(Relayed {
+                    epoch: "18c-0a1b".into(),
+                    server: "my server".into(),
+                    phase
+                })
+            );
+        }
+        for bad in [
+            "",
+            "v1",
+            "v2 waking e s",
+            "v1 dozing e s",
+            "v1 waking e",
+            "v1 waking e ",
+        ] {
+            assert_eq!(parse_relay(bad), None, "{bad:?}");
+        }
     }
 }

@@ -81,12 +81,22 @@ impl Proc {
     /// Start `bin` with `args`; `{main}` and `{http}` in args are replaced by
     /// free loopback addresses (retried when another test took the port).
     pub async fn spawn(bin: &str, args: &[String], env: &[(&str, &str)]) -> Proc {
-        let dir = bin_dir().await;
+        Self::spawn_from(&bin_dir().await, bin, args, env).await
+    }
+
+    /// [`Proc::spawn`] with the binary taken from `dir` (a bench runs from
+    /// `target/release/` itself).
+    pub async fn spawn_from(
+        dir: &std::path::Path,
+        bin: &str,
+        args: &[String],
+        env: &[(&str, &str)],
+    ) -> Proc {
         let mut last = String::new();
         for _ in 0..5 {
             let main_addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
             let http_addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
-            match Self::try_spawn(&dir, bin, args, env, main_addr, http_addr).await {
+            match Self::try_spawn(dir, bin, args, env, main_addr, http_addr).await {
                 Ok(p) => return p,
                 Err(e) => last = e,
             }
@@ -247,4 +257,16 @@ pub fn edge_args(syncd_url: &str, extra: &[&str]) -> Vec<String> {
     .collect();
     a.extend(extra.iter().map(|s| s.to_string()));
     a
+}
+
+/// Resident memory of process `pid` in MiB (NaN when unreadable).
+pub fn rss_mib(pid: u32) -> f64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|kb| kb.parse::<f64>().ok())
+        .map(|kb| kb / 1024.0)
+        .unwrap_or(f64::NAN)
 }

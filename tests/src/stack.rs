@@ -8,9 +8,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use automc_proto::v1::route_sync_client::RouteSyncClient;
-use automc_proto::v1::{
-    watch_request, watch_response, Route, WakePhase, WatchAck, WatchHello, WatchRequest,
-};
+use automc_proto::v1::{watch_request, Route, WakePhase, WatchAck, WatchHello, WatchRequest};
 use automc_proto::RouteTable;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::{mpsc, watch};
@@ -246,6 +244,16 @@ pub struct WatchState {
     pub ended: Option<String>,
     /// A delta arrived that did not follow the held version.
     pub gap: bool,
+    /// Wake sets received (one after each resume).
+    pub wake_sets: u64,
+    /// Snapshots of only the buckets that differed (counted in `snapshots`).
+    pub partial_snapshots: u64,
+    /// Epoch and version named by the last heartbeat.
+    pub last_heartbeat: Option<(String, u64)>,
+    /// Encoded bytes of every message received.
+    pub bytes: u64,
+    /// The stream broke the framing rules (pieces out of order).
+    pub framing: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -290,8 +298,8 @@ impl RouteWatcher {
     }
 
     /// Reconnect holding `held` (an earlier watcher's state): the hello
-    /// carries its epoch and version, so syncd may answer with only what
-    /// was missed. Counters (snapshots, deltas, ...) start from zero.
+    /// carries its epoch, version and bucket hashes, as the edge's does, so
+    /// syncd may answer with only what was missed. Counters (snapshots, deltas, ...) start from zero.
     pub async fn resume(
         url: &str,
         edge_id: &str,
@@ -301,6 +309,7 @@ impl RouteWatcher {
             edge_id: edge_id.into(),
             epoch: held.epoch.clone(),
             version: held.version,
+            bucket_hashes: held.table.bucket_hashes().to_vec(),
         };
         let state = WatchState {
             table: held.table.clone(),
@@ -321,7 +330,8 @@ impl RouteWatcher {
         let mut client = RouteSyncClient::connect(url.to_owned())
             .await
             .map_err(|e| tonic::Status::unavailable(e.to_string()))?
-            .max_decoding_message_size(256 * 1024 * 1024);
+            // The edge's own setting, not a raised one.
+            .max_decoding_message_size(automc_proto::sync::MAX_MESSAGE_BYTES);
         let (tx, rx) = mpsc::channel::<WatchRequest>(1024);
         let _ = tx
             .send(WatchRequest {
@@ -349,13 +359,14 @@ impl RouteWatcher {
                 ))
             }
         };
-        apply(&state, &tx, first).await;
+        let mut pieces = automc_proto::sync::Assembler::new();
+        apply(&state, &tx, &mut pieces, first).await;
         changed_tx.send_modify(|n| *n += 1);
         let st = state.clone();
         let task = tokio::spawn(async move {
             loop {
                 match inbound.next().await {
-                    Some(Ok(m)) => apply(&st, &tx, m).await,
+                    Some(Ok(m)) => apply(&st, &tx, &mut pieces, m).await,
                     Some(Err(s)) => {
                         lock(&st).ended = Some(format!("{:?}: {}", s.code(), s.message()));
                         changed_tx.send_modify(|n| *n += 1);
@@ -437,51 +448,94 @@ fn lock(s: &Mutex<WatchState>) -> MutexGuard<'_, WatchState> {
 async fn apply(
     state: &Mutex<WatchState>,
     acks: &mpsc::Sender<WatchRequest>,
+    pieces: &mut automc_proto::sync::Assembler,
     m: automc_proto::v1::WatchResponse,
 ) {
+    use automc_proto::sync::Event;
     use prost::Message;
     let bytes = m.encoded_len();
     let ack = {
         let mut st = lock(state);
-        match m.msg {
-            Some(watch_response::Msg::Snapshot(s)) => {
-                st.table = RouteTable::from_routes(s.routes);
-                st.epoch = s.epoch;
-                st.version = s.version;
+        st.bytes += bytes as u64;
+        let Some(msg) = m.msg else { return };
+        let event = match pieces.push(msg) {
+            Ok(Some(e)) => e,
+            Ok(None) => return,
+            Err(e) => {
+                st.framing = Some(e.to_string());
+                return;
+            }
+        };
+        match event {
+            Event::Snapshot {
+                epoch,
+                version,
+                table,
+                wakes,
+                partial,
+                table_hash,
+            } => {
+                if partial.is_some() {
+                    st.partial_snapshots += 1;
+                }
+                let table =
+                    match automc_proto::sync::whole_table(&st.table, table, partial, table_hash) {
+                        Ok(t) => t,
+                        Err(e) => {
+                            st.framing = Some(e.to_string());
+                            return;
+                        }
+                    };
+                st.table = table;
+                st.epoch = epoch;
+                st.version = version;
                 st.snapshots += 1;
-                st.wakes = s
-                    .wakes
+                st.wakes = wakes
                     .into_iter()
                     .map(|w| (w.server.clone(), w.phase()))
                     .collect();
                 Some((st.epoch.clone(), st.version))
             }
-            Some(watch_response::Msg::Delta(d)) => {
-                if d.epoch != st.epoch || d.from_version != st.version {
+            Event::Delta {
+                epoch,
+                from_version,
+                version,
+                upserts,
+                removed,
+            } => {
+                if epoch != st.epoch || from_version != st.version {
                     st.gap = true;
                 }
-                let changes = d.upserts.len() + d.removed.len();
-                st.table.apply(d.upserts, &d.removed);
-                st.version = d.version;
+                let changes = upserts.len() + removed.len();
+                st.table.apply(upserts, &removed);
+                st.version = version;
                 st.deltas.push(DeltaSeen {
-                    from_version: d.from_version,
-                    version: d.version,
+                    from_version,
+                    version,
                     changes,
                     bytes,
                     received: std::time::Instant::now(),
                 });
                 Some((st.epoch.clone(), st.version))
             }
-            Some(watch_response::Msg::Heartbeat(_)) => {
+            Event::Heartbeat(h) => {
                 st.heartbeats += 1;
+                st.last_heartbeat = Some((h.epoch, h.version));
                 None
             }
-            Some(watch_response::Msg::Wake(w)) => {
+            Event::Wake(w) => {
                 let phase = w.phase();
                 st.wakes.insert(w.server, phase);
                 None
             }
-            None => None,
+            Event::WakeSet(wakes) => {
+                st.wake_sets += 1;
+                st.wakes = wakes
+                    .into_iter()
+                    .map(|w| (w.server.clone(), w.phase()))
+                    .collect();
+                None
+            }
         }
     };
     if let Some((epoch, version)) = ack {
@@ -577,7 +631,12 @@ impl EdgeHandle {
             DEADLINE,
             || async move {
                 let t = r.table();
-                t.table.lookup(host).map(|m| m.route.server.as_str()) == server
+                t.table
+                    .lookup(host)
+                    .ok()
+                    .flatten()
+                    .map(|m| m.route.server.as_str())
+                    == server
             },
         )
         .await;

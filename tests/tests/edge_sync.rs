@@ -178,7 +178,7 @@ async fn admin_endpoints_report_routes_sync_state_and_connections() {
         .await
         .expect("admin connects");
     let routes = admin
-        .list_routes(ListRoutesRequest {})
+        .list_routes(ListRoutesRequest::default())
         .await
         .expect("ListRoutes")
         .into_inner();

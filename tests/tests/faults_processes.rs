@@ -42,7 +42,7 @@ async fn epoch_of(url: &str) -> String {
     let mut c = automc_proto::v1::route_sync_client::RouteSyncClient::connect(url.to_owned())
         .await
         .expect("connect syncd");
-    c.list_routes(ListRoutesRequest {})
+    c.list_routes(ListRoutesRequest::default())
         .await
         .expect("ListRoutes")
         .into_inner()

@@ -81,11 +81,11 @@ async fn secrets_stay_out_of_logs_metrics_and_help() {
         .await
         .expect("connect");
     client
-        .list_routes(with_token(ListRoutesRequest {}, GRPC_TOKEN))
+        .list_routes(with_token(ListRoutesRequest::default(), GRPC_TOKEN))
         .await
         .expect("the right token is accepted");
     let refused = client
-        .list_routes(with_token(ListRoutesRequest {}, "not-the-token"))
+        .list_routes(with_token(ListRoutesRequest::default(), "not-the-token"))
         .await
         .expect_err("a wrong token is refused");
     assert_eq!(refused.code(), tonic::Code::Unauthenticated);

@@ -45,7 +45,7 @@ async fn list_over_tls(
         .await
         .map_err(|e| format!("connect: {e:?}"))?;
     RouteSyncClient::new(channel)
-        .list_routes(ListRoutesRequest {})
+        .list_routes(ListRoutesRequest::default())
         .await
         .map(|r| r.into_inner())
         .map_err(|s| format!("{s:?}"))
@@ -60,7 +60,7 @@ async fn list_plaintext(addr: SocketAddr) -> Result<ListRoutesResponse, String> 
         .await
         .map_err(|e| e.to_string())?;
     RouteSyncClient::new(channel)
-        .list_routes(ListRoutesRequest {})
+        .list_routes(ListRoutesRequest::default())
         .await
         .map(|r| r.into_inner())
         .map_err(|s| s.to_string())

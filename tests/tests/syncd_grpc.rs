@@ -28,17 +28,17 @@ async fn token_protected_syncd_refuses_missing_and_wrong_tokens_but_not_health()
     let mut client = syncd.client().await;
 
     let missing = client
-        .list_routes(ListRoutesRequest {})
+        .list_routes(ListRoutesRequest::default())
         .await
         .expect_err("no token");
     assert_eq!(missing.code(), tonic::Code::Unauthenticated);
     let wrong = client
-        .list_routes(with_token(ListRoutesRequest {}, "guess"))
+        .list_routes(with_token(ListRoutesRequest::default(), "guess"))
         .await
         .expect_err("wrong token");
     assert_eq!(wrong.code(), tonic::Code::Unauthenticated);
     let ok = client
-        .list_routes(with_token(ListRoutesRequest {}, TOKEN))
+        .list_routes(with_token(ListRoutesRequest::default(), TOKEN))
         .await
         .expect("right token")
         .into_inner();

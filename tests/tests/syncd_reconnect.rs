@@ -52,7 +52,7 @@ async fn changes_made_while_postgres_restarted_reach_the_watchers() {
     // The table kept serving meanwhile.
     let mut client = syncd.client().await;
     let listed = client
-        .list_routes(automc_proto::v1::ListRoutesRequest {})
+        .list_routes(automc_proto::v1::ListRoutesRequest::default())
         .await
         .expect("ListRoutes while Postgres is away")
         .into_inner();

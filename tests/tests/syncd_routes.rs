@@ -137,6 +137,7 @@ async fn alias_rows_add_hostnames_to_their_server() {
     let hit = st
         .table
         .lookup("x.smp.example.com")
+        .expect("short hostname")
         .map(|m| m.route.server.clone());
     assert_eq!(hit.as_deref(), Some("survival"));
 
@@ -240,7 +241,7 @@ async fn list_routes_returns_the_table_with_epoch_and_version() {
     let syncd = start_syncd(&pg.dsn(), |_| {}).await;
     let mut client = syncd.client().await;
     let r = client
-        .list_routes(automc_proto::v1::ListRoutesRequest {})
+        .list_routes(automc_proto::v1::ListRoutesRequest::default())
         .await
         .expect("ListRoutes")
         .into_inner();

@@ -517,3 +517,38 @@ async fn an_oversized_waker_answer_is_refused() {
         .await
         .expect("a status answer under the cap is read");
 }
+
+#[tokio::test]
+async fn an_edge_that_resumes_after_a_wake_ended_no_longer_shows_it_waking() {
+    let waker = FakeWaker::start().await;
+    waker.set("survival", Behaviour::NeverRuns);
+    let (pg, syncd) = setup(&waker, |c| {
+        c.waker.poll_interval = Duration::from_millis(20)
+    })
+    .await;
+    let mut away = syncd.watch("away").await;
+    let mut client = syncd.client().await;
+    let call = tokio::spawn(async move { wake(&mut client, "survival").await });
+    let held = away
+        .wait_until("WakeUpdate waking", DEADLINE, |s| {
+            s.wakes.get("survival") == Some(&WakePhase::Waking)
+        })
+        .await;
+    drop(away);
+    // The wake ends while the edge is away.
+    pg.execute("UPDATE servers SET state = 'running' WHERE name = 'survival'")
+        .await;
+    call.await.expect("task").expect("wake");
+    let mut back = automc_tests::stack::RouteWatcher::resume(&syncd.grpc_url(), "away", &held)
+        .await
+        .expect("resume");
+    let st = back
+        .wait_until("the resume's wake set", DEADLINE, |s| s.wake_sets == 1)
+        .await;
+    assert_eq!(st.snapshots, 0, "resumed, not a snapshot");
+    assert_eq!(
+        st.wakes.get("survival"),
+        None,
+        "the finished wake is cleared, not shown as starting forever"
+    );
+}

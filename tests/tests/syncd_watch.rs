@@ -34,7 +34,7 @@ async fn resume_by_epoch_and_version_sends_only_what_was_missed() {
     let mut client = syncd.client().await;
     let end = std::time::Instant::now() + DEADLINE;
     while client
-        .list_routes(automc_proto::v1::ListRoutesRequest {})
+        .list_routes(automc_proto::v1::ListRoutesRequest::default())
         .await
         .expect("ListRoutes")
         .into_inner()

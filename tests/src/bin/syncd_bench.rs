@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 use automc_proto::v1::route_sync_client::RouteSyncClient;
 use automc_proto::v1::{watch_request, watch_response, WatchHello, WatchRequest, WatchResponse};
 use automc_tests::pg::{free_port, TestPg};
+use automc_tests::procs::rss_mib;
 use futures::StreamExt;
 use prost::Message;
 use tokio::sync::mpsc;
@@ -81,23 +82,13 @@ async fn start_syncd(dsn: &str) -> Syncd {
     }
 }
 
-fn rss_mib(pid: u32) -> f64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    status
-        .lines()
-        .find(|l| l.starts_with("VmRSS:"))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|kb| kb.parse::<f64>().ok())
-        .map(|kb| kb / 1024.0)
-        .unwrap_or(f64::NAN)
-}
-
 /// Open a watch; every message is forwarded with its arrival time and size.
 async fn watch(url: &str, out: mpsc::UnboundedSender<(Instant, usize, WatchResponse)>) {
     let mut client = RouteSyncClient::connect(url.to_owned())
         .await
         .expect("connect")
-        .max_decoding_message_size(512 * 1024 * 1024);
+        // The edge's own setting, not a raised one.
+        .max_decoding_message_size(automc_proto::sync::MAX_MESSAGE_BYTES);
     let hello = WatchRequest {
         msg: Some(watch_request::Msg::Hello(WatchHello {
             edge_id: "bench".into(),
@@ -115,6 +106,24 @@ async fn watch(url: &str, out: mpsc::UnboundedSender<(Instant, usize, WatchRespo
             }
         }
     });
+}
+
+/// Read one whole snapshot (its pieces): arrival of the last, total
+/// encoded bytes, routes.
+async fn snapshot(
+    rx: &mut mpsc::UnboundedReceiver<(Instant, usize, WatchResponse)>,
+) -> (Instant, usize, usize) {
+    let (mut bytes, mut routes) = (0, 0);
+    loop {
+        let (at, size, m) = rx.recv().await.expect("snapshot piece");
+        if let Some(watch_response::Msg::SnapshotChunk(c)) = m.msg {
+            bytes += size;
+            routes += c.routes.len();
+            if c.last {
+                return (at, bytes, routes);
+            }
+        }
+    }
 }
 
 async fn seed(pg: &TestPg, routes: usize) {
@@ -144,8 +153,7 @@ async fn propagation(
 ) -> (Vec<Duration>, usize) {
     let (tx, mut rx) = mpsc::unbounded_channel();
     watch(url, tx).await;
-    let (_, _, first) = rx.recv().await.expect("snapshot");
-    assert!(matches!(first.msg, Some(watch_response::Msg::Snapshot(_))));
+    snapshot(&mut rx).await;
     let client = pg.client().await;
     let stmt = client
         .prepare("UPDATE servers SET address = $1 WHERE name = $2")
@@ -204,11 +212,7 @@ async fn main() {
                 let (tx, mut rx) = mpsc::unbounded_channel();
                 let t0 = Instant::now();
                 watch(&syncd.grpc, tx).await;
-                let (at, size, m) = rx.recv().await.expect("snapshot");
-                let n = match m.msg {
-                    Some(watch_response::Msg::Snapshot(s)) => s.routes.len(),
-                    _ => 0,
-                };
+                let (at, size, n) = snapshot(&mut rx).await;
                 assert_eq!(n, routes);
                 snaps.push((at - t0, size));
             }
@@ -231,7 +235,7 @@ async fn main() {
             let mut snapshots = 0;
             while snapshots < WATCHERS {
                 let (_, _, m) = rx.recv().await.expect("snapshot");
-                if matches!(m.msg, Some(watch_response::Msg::Snapshot(_))) {
+                if matches!(m.msg, Some(watch_response::Msg::SnapshotChunk(c)) if c.last) {
                     snapshots += 1;
                 }
             }
