@@ -178,12 +178,7 @@ impl Config {
     }
 }
 
-/// Log output format.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum LogFormat {
-    Text,
-    Json,
-}
+pub use automc_telemetry::LogFormat;
 
 /// Command line of `edge`.
 #[derive(Parser, Clone)]
@@ -264,6 +259,10 @@ pub struct Args {
     /// Log format.
     #[arg(long, env = "EDGE_LOG_FORMAT", value_enum, default_value = "text")]
     pub log_format: LogFormat,
+    /// Export tracing spans over OTLP/gRPC to this collector, e.g.
+    /// http://127.0.0.1:4317 (off when unset).
+    #[arg(long, env = "EDGE_OTLP_ENDPOINT")]
+    pub otlp_endpoint: Option<String>,
     #[command(flatten)]
     pub tls: crate::tls::TlsArgs,
 }

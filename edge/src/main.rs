@@ -1,22 +1,13 @@
 //! `edge` binary: parse flags, set up logging, start, wait for SIGINT/SIGTERM.
 #![forbid(unsafe_code)]
 
+use automc_telemetry::TelemetryConfig;
 use clap::Parser;
-use edge::{Args, LogFormat};
+use edge::Args;
 use tokio_util::sync::CancellationToken;
 
 /// Exit code for a configuration that cannot run (sysexits EX_USAGE).
 const EXIT_CONFIG: i32 = 64;
-
-fn init_tracing(format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter);
-    match format {
-        LogFormat::Text => builder.init(),
-        LogFormat::Json => builder.json().init(),
-    }
-}
 
 async fn signalled() {
     #[cfg(unix)]
@@ -56,7 +47,18 @@ async fn main() -> anyhow::Result<()> {
             std::process::exit(code);
         }
     };
-    init_tracing(args.log_format);
+    let telemetry = match automc_telemetry::init(&TelemetryConfig {
+        service: "edge",
+        log_format: args.log_format,
+        otlp_endpoint: args.otlp_endpoint.clone(),
+        default_filter: "info",
+    }) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("edge: {e}");
+            std::process::exit(EXIT_CONFIG);
+        }
+    };
     let config = match args.into_config() {
         Ok(c) => c,
         Err(e) => {
@@ -81,5 +83,6 @@ async fn main() -> anyhow::Result<()> {
         r = running.wait() => r?,
         () = signalled() => tracing::warn!("second signal: exiting without waiting"),
     }
+    telemetry.shutdown();
     Ok(())
 }

@@ -14,6 +14,7 @@ pub mod config;
 pub mod diff;
 pub mod grpc;
 pub mod http;
+pub mod inspect;
 pub mod leader;
 pub mod metrics;
 pub mod pg;
@@ -279,13 +280,25 @@ fn local_addr(what: &'static str, addr: SocketAddr, l: &TcpListener) -> Result<S
         .map_err(|source| Error::Bind { what, addr, source })
 }
 
-/// Run `syncd migrate` against a database.
-pub async fn migrate(database_url: &str) -> Result<(), pg_tls::ConnectError> {
+/// Run `syncd migrate` against a database: what was there before, what is
+/// there now, and the server's NOTICEs (shown with `-v`).
+pub async fn migrate(database_url: &str) -> Result<schema::MigrateReport, pg_tls::ConnectError> {
     let (mut client, driver) = pg_tls::connect(database_url).await?;
-    let r = schema::migrate(&mut client).await;
+    let r = async {
+        let before = schema::detect(&client).await?;
+        schema::migrate(&mut client).await?;
+        let after = schema::detect(&client).await?;
+        Ok::<_, tokio_postgres::Error>((before, after))
+    }
+    .await;
     drop(client);
-    let _ = driver.await;
-    Ok(r?)
+    let notices = driver.await.unwrap_or_default();
+    let (before, after) = r?;
+    Ok(schema::MigrateReport {
+        before,
+        after,
+        notices,
+    })
 }
 
 /// Run `syncd check` against a database.

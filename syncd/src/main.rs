@@ -7,7 +7,8 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::Context;
-use clap::{Args, Parser, Subcommand, ValueEnum};
+use automc_telemetry::{LogFormat, Telemetry, TelemetryConfig};
+use clap::{Args, Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
 
 const EXIT_CONFIG: u8 = 64;
@@ -32,16 +33,35 @@ enum Command {
     /// Run syncd (the default).
     Serve(Box<ServeArgs>),
     /// Create or upgrade the schema and triggers (idempotent, keeps rows).
-    Migrate(DbArgs),
+    Migrate(MigrateArgs),
     /// Diagnose a database: table, columns, triggers, routes, waker.
     Check(CheckArgs),
+    /// Print the routes a running syncd serves (server, hostnames, address, state).
+    Routes(InspectArgs),
+    /// Print the edges watching a running syncd, with their applied version and lag.
+    Edges(InspectArgs),
+    /// Print the wakes in flight and recent ones, with outcome and reason.
+    Wakes(InspectArgs),
 }
 
-#[derive(Clone, Copy, ValueEnum)]
-enum LogFormat {
-    Text,
-    Json,
+#[derive(Args, Clone)]
+struct InspectArgs {
+    /// gRPC URL of the syncd to ask (http:// or https://).
+    #[arg(long = "syncd", env = "SYNCD_URL", default_value = DEFAULT_SYNCD_URL)]
+    url: String,
+    /// Bearer token, when syncd requires one.
+    #[arg(long, env = "SYNCD_GRPC_TOKEN", hide_env_values = true)]
+    grpc_token: Option<String>,
+    /// PEM CA bundle to verify an https:// syncd (default: the web roots).
+    #[arg(long, env = "SYNCD_TLS_CA")]
+    tls_ca: Option<PathBuf>,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    json: bool,
 }
+
+/// Where the operator commands look by default: a syncd on this host.
+const DEFAULT_SYNCD_URL: &str = "http://127.0.0.1:50051";
 
 #[derive(Args, Clone)]
 struct DbArgs {
@@ -51,6 +71,15 @@ struct DbArgs {
     /// Log format: text or json (RUST_LOG filters).
     #[arg(long, env = "SYNCD_LOG_FORMAT", value_enum, default_value = "text")]
     log_format: LogFormat,
+}
+
+#[derive(Args, Clone)]
+struct MigrateArgs {
+    #[command(flatten)]
+    db: DbArgs,
+    /// Also print the NOTICE lines Postgres sends (e.g. "already exists, skipping").
+    #[arg(short, long)]
+    verbose: bool,
 }
 
 #[derive(Args, Clone)]
@@ -144,6 +173,10 @@ struct ServeArgs {
     /// advisory lock id elect one active instance that serves wakes.
     #[arg(long, env = "SYNCD_LEADER_LOCK")]
     leader_lock: Option<i64>,
+    /// Export tracing spans over OTLP/gRPC to this collector, e.g.
+    /// http://127.0.0.1:4317 (off when unset).
+    #[arg(long, env = "SYNCD_OTLP_ENDPOINT")]
+    otlp_endpoint: Option<String>,
 }
 
 fn env_fallback(value: Option<String>, legacy: &str) -> Option<String> {
@@ -201,13 +234,20 @@ impl ServeArgs {
     }
 }
 
-fn init_tracing(format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter);
-    match format {
-        LogFormat::Text => builder.init(),
-        LogFormat::Json => builder.json().init(),
+/// Logs (and, for `serve`, span export); `None` after printing why it failed.
+fn init_telemetry(log_format: LogFormat, otlp_endpoint: Option<String>) -> Option<Telemetry> {
+    let config = TelemetryConfig {
+        service: "syncd",
+        log_format,
+        otlp_endpoint,
+        default_filter: "info",
+    };
+    match automc_telemetry::init(&config) {
+        Ok(t) => Some(t),
+        Err(e) => {
+            eprintln!("syncd: {e}");
+            None
+        }
     }
 }
 
@@ -238,6 +278,9 @@ fn main() -> ExitCode {
             None => serve(cli.serve).await,
             Some(Command::Migrate(db)) => migrate(db).await,
             Some(Command::Check(args)) => check(args).await,
+            Some(Command::Routes(args)) => inspect(args, syncd::inspect::Query::Routes).await,
+            Some(Command::Edges(args)) => inspect(args, syncd::inspect::Query::Edges).await,
+            Some(Command::Wakes(args)) => inspect(args, syncd::inspect::Query::Wakes).await,
         }
     })
 }
@@ -248,7 +291,9 @@ fn config_error(e: impl std::fmt::Display) -> ExitCode {
 }
 
 async fn serve(args: ServeArgs) -> ExitCode {
-    init_tracing(args.db.log_format);
+    let Some(telemetry) = init_telemetry(args.db.log_format, args.otlp_endpoint.clone()) else {
+        return ExitCode::from(EXIT_CONFIG);
+    };
     let config = match args.into_config() {
         Ok(c) => c,
         Err(e) => return config_error(format!("{e:#}")),
@@ -267,13 +312,15 @@ async fn serve(args: ServeArgs) -> ExitCode {
         tracing::info!("shutting down");
         shutdown.cancel();
     });
-    match running.wait().await {
+    let code = match running.wait().await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!(error = %e, "syncd stopped with an error");
             ExitCode::FAILURE
         }
-    }
+    };
+    telemetry.shutdown();
+    code
 }
 
 async fn wait_for_signal() {
@@ -298,17 +345,25 @@ async fn wait_for_signal() {
     }
 }
 
-async fn migrate(db: DbArgs) -> ExitCode {
-    init_tracing(db.log_format);
-    let url = match db.database_url() {
+async fn migrate(args: MigrateArgs) -> ExitCode {
+    let Some(_telemetry) = init_telemetry(args.db.log_format, None) else {
+        return ExitCode::from(EXIT_CONFIG);
+    };
+    let url = match args.db.database_url() {
         Ok(u) => u,
         Err(e) => return config_error(e),
     };
     match syncd::migrate(&url).await {
-        Ok(()) => {
+        Ok(report) => {
+            if args.verbose {
+                for notice in &report.notices {
+                    println!("postgres {notice}");
+                }
+            }
             println!(
-                "schema of {} is up to date (servers, server_aliases, notify triggers)",
-                syncd::schema::redact_dsn(&url)
+                "migrated {}: {}",
+                syncd::schema::redact_dsn(&url),
+                report.summary()
             );
             ExitCode::SUCCESS
         }
@@ -320,7 +375,9 @@ async fn migrate(db: DbArgs) -> ExitCode {
 }
 
 async fn check(args: CheckArgs) -> ExitCode {
-    init_tracing(args.db.log_format);
+    let Some(_telemetry) = init_telemetry(args.db.log_format, None) else {
+        return ExitCode::from(EXIT_CONFIG);
+    };
     let url = match args.db.database_url() {
         Ok(u) => u,
         Err(e) => return config_error(e),
@@ -353,6 +410,31 @@ async fn check(args: CheckArgs) -> ExitCode {
         ExitCode::FAILURE
     } else {
         ExitCode::SUCCESS
+    }
+}
+
+async fn inspect(args: InspectArgs, query: syncd::inspect::Query) -> ExitCode {
+    let tls_ca_pem = match &args.tls_ca {
+        Some(path) => match std::fs::read(path) {
+            Ok(pem) => Some(pem),
+            Err(e) => return config_error(format!("cannot read --tls-ca {}: {e}", path.display())),
+        },
+        None => None,
+    };
+    let target = syncd::inspect::Target {
+        url: args.url,
+        token: args.grpc_token.filter(|t| !t.is_empty()),
+        tls_ca_pem,
+    };
+    match syncd::inspect::fetch(&target, query, args.json).await {
+        Ok(text) => {
+            print!("{text}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("syncd: {e}");
+            ExitCode::FAILURE
+        }
     }
 }
 

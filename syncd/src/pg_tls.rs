@@ -98,14 +98,30 @@ pub fn parse(dsn: &str) -> Result<(tokio_postgres::Config, MakeRustlsConnect), S
     Ok((config, tls))
 }
 
-/// Connect once (for `migrate` and `check`), driving the connection in a task.
+/// Connect once (for `migrate` and `check`), driving the connection in a
+/// task. The driver ends when the client is dropped and returns the server's
+/// NOTICE messages (e.g. "column already exists, skipping"), so the caller
+/// decides whether to show them instead of them landing in the logs.
 pub async fn connect(
     dsn: &str,
-) -> Result<(tokio_postgres::Client, tokio::task::JoinHandle<()>), ConnectError> {
+) -> Result<(tokio_postgres::Client, tokio::task::JoinHandle<Vec<String>>), ConnectError> {
     let (config, tls) = parse(dsn).map_err(ConnectError::Config)?;
-    let (client, conn) = config.connect(tls).await?;
+    let (client, mut conn) = config.connect(tls).await?;
     let driver = tokio::spawn(async move {
-        let _ = conn.await;
+        let mut notices = Vec::new();
+        while let Some(msg) = std::future::poll_fn(|cx| conn.poll_message(cx)).await {
+            match msg {
+                Ok(tokio_postgres::AsyncMessage::Notice(n)) => {
+                    notices.push(format!("{}: {}", n.severity(), n.message()));
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::debug!(error = %e, "postgres connection ended");
+                    break;
+                }
+            }
+        }
+        notices
     });
     Ok((client, driver))
 }

@@ -118,6 +118,42 @@ pub async fn migrate(client: &mut Client) -> Result<(), tokio_postgres::Error> {
     tx.commit().await
 }
 
+/// What `syncd migrate` found and did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MigrateReport {
+    pub before: Shape,
+    pub after: Shape,
+    /// Postgres NOTICE lines raised by the migration (idempotent `IF NOT
+    /// EXISTS` steps say "skipping").
+    pub notices: Vec<String>,
+}
+
+impl MigrateReport {
+    /// One line: what changed, or that nothing needed to.
+    pub fn summary(&self) -> String {
+        let (b, a) = (&self.before, &self.after);
+        let mut done = Vec::new();
+        if !b.has_servers && a.has_servers {
+            done.push("created table servers".to_owned());
+        } else {
+            if !b.has_state && a.has_state {
+                done.push("added column servers.state".to_owned());
+            }
+            if !b.has_enabled && a.has_enabled {
+                done.push("added column servers.enabled".to_owned());
+            }
+        }
+        if !b.has_aliases && a.has_aliases {
+            done.push("created table server_aliases".to_owned());
+        }
+        if done.is_empty() {
+            "schema already current; notify triggers refreshed".to_owned()
+        } else {
+            format!("{}; notify triggers installed", done.join(", "))
+        }
+    }
+}
+
 /// What the connected database has; decides the read query.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Shape {
@@ -507,6 +543,44 @@ mod tests {
         for (input, want) in cases {
             assert_eq!(parse_payload(input), want, "{input:?}");
         }
+    }
+
+    #[test]
+    fn migrate_summary_says_what_changed_or_that_nothing_had_to() {
+        let none = Shape {
+            has_servers: false,
+            has_enabled: false,
+            has_state: false,
+            has_aliases: false,
+        };
+        let current = Shape {
+            has_servers: true,
+            has_enabled: true,
+            has_state: true,
+            has_aliases: true,
+        };
+        let original = Shape {
+            has_servers: true,
+            has_state: true,
+            ..none
+        };
+        let report = |before, after| MigrateReport {
+            before,
+            after,
+            notices: vec![],
+        };
+        assert_eq!(
+            report(none, current).summary(),
+            "created table servers, created table server_aliases; notify triggers installed"
+        );
+        assert_eq!(
+            report(original, current).summary(),
+            "added column servers.enabled, created table server_aliases; notify triggers installed"
+        );
+        assert_eq!(
+            report(current, current).summary(),
+            "schema already current; notify triggers refreshed"
+        );
     }
 
     #[test]

@@ -909,6 +909,18 @@ impl McConn {
         Ok(component_text(&v))
     }
 
+    /// `read_disconnect` for an answer that may take longer than one read's
+    /// timeout to start (a login held while its server wakes): waits up to
+    /// `timeout` for the first byte.
+    pub async fn read_disconnect_within(&mut self, timeout: Duration) -> Result<String> {
+        if self.pending.is_empty() {
+            tokio::time::timeout(timeout, self.stream.readable())
+                .await
+                .context("no answer in time")??;
+        }
+        self.read_disconnect().await
+    }
+
     /// Reads exactly `n` bytes.
     pub async fn read_exact(&mut self, n: usize) -> Result<Vec<u8>> {
         while self.pending.len() < n {

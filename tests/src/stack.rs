@@ -112,6 +112,12 @@ pub fn metric_value(text: &str, name: &str) -> Option<f64> {
         .and_then(|v| v.parse().ok())
 }
 
+/// A loopback address nothing listens on (bound, then released).
+pub fn dead_address() -> String {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    l.local_addr().expect("addr").to_string()
+}
+
 /// A syncd running in-process.
 pub struct SyncdHandle {
     pub grpc_addr: SocketAddr,

@@ -165,6 +165,13 @@ fn render() -> String {
         "syncd check [OPTIONS]",
         &parse_options(&help("syncd", &["check"])),
     ));
+    for cmd in ["routes", "edges", "wakes"] {
+        doc.push_str(&table(
+            &format!("syncd {cmd}"),
+            &format!("syncd {cmd} [OPTIONS]  (asks a running syncd; prints a table, or JSON with --json)"),
+            &parse_options(&help("syncd", &[cmd])),
+        ));
+    }
     doc.push_str(&table(
         "edge",
         "edge [OPTIONS] --syncd <URL>",

@@ -8,7 +8,8 @@ use automc_tests::mc::{
 };
 use automc_tests::pg::TestPg;
 use automc_tests::stack::{
-    eventually, migrated_pg, start_edge, start_syncd, EdgeHandle, SyncdHandle, DEADLINE,
+    dead_address, eventually, migrated_pg, start_edge, start_syncd, EdgeHandle, SyncdHandle,
+    DEADLINE,
 };
 
 const WAIT: Duration = Duration::from_secs(20);
@@ -25,12 +26,6 @@ async fn stack(
     let edge = start_edge(&[syncd.grpc_url()], tweak).await;
     edge.ready().await;
     (pg, syncd, edge)
-}
-
-/// An address nothing listens on.
-fn dead_address() -> String {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    l.local_addr().expect("addr").to_string()
 }
 
 fn motds(c: &mut edge::Config) {

@@ -8,7 +8,8 @@ use std::time::Duration;
 use automc_tests::mc::{login, status_ping, BackendOptions, McBackend, DEFAULT_PROTOCOL};
 use automc_tests::pg::TestPg;
 use automc_tests::stack::{
-    eventually, migrated_pg, start_edge, start_syncd, EdgeHandle, SyncdHandle, DEADLINE,
+    dead_address, eventually, migrated_pg, start_edge, start_syncd, EdgeHandle, SyncdHandle,
+    DEADLINE,
 };
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
@@ -84,11 +85,6 @@ fn json(v: serde_json::Value) -> Response {
         v.to_string(),
     )
         .into_response()
-}
-
-fn dead_address() -> String {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    l.local_addr().expect("addr").to_string()
 }
 
 async fn stack(

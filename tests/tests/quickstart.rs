@@ -1,12 +1,14 @@
 //! The README's first command, `bash deploy/quickstart.sh`, runs the product
-//! for real: a throwaway Postgres, syncd, one edge, the demo backend and its
-//! route. A status ping through the edge answers with the demo MOTD, and
+//! for real: it builds the binaries with its own build line (the dev profile
+//! here, to share the test build), then a throwaway Postgres, syncd, one edge,
+//! the demo waker and two demo servers. A status ping through the edge answers
+//! with the demo MOTD, a login to the sleeping server wakes it and joins, and
 //! Ctrl-C (SIGINT) stops everything cleanly.
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
 
-use automc_tests::mc::status_ping;
+use automc_tests::mc::{login, status_ping};
 use automc_tests::pg::free_port;
 use automc_tests::stack::eventually;
 use tokio::io::AsyncReadExt;
@@ -16,38 +18,13 @@ fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
 }
 
-/// Directory holding syncd, edge and automc-demo-backend from this build.
-async fn bin_dir() -> PathBuf {
-    let backend = PathBuf::from(env!("CARGO_BIN_EXE_automc-demo-backend"));
-    let dir = backend
-        .parent()
-        .expect("binary has a directory")
-        .to_path_buf();
-    // `cargo test --workspace` builds syncd and edge for their own CLI tests
-    // (syncd/tests/cli.rs, edge/tests/cli.rs); build them when this test
-    // runs alone.
-    if !dir.join("syncd").exists() || !dir.join("edge").exists() {
-        let status = Command::new(env!("CARGO"))
-            .args(["build", "--quiet", "-p", "syncd", "-p", "edge"])
-            .current_dir(repo())
-            .status()
-            .await
-            .expect("run cargo build");
-        assert!(status.success(), "cargo build -p syncd -p edge failed");
-    }
-    for b in ["syncd", "edge", "automc-demo-backend"] {
-        assert!(dir.join(b).exists(), "{} missing", dir.join(b).display());
-    }
-    dir
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn quickstart_serves_the_demo_route_and_stops_on_ctrl_c() {
-    let bin = bin_dir().await;
     let edge_port = free_port();
     let mut child = Command::new("bash")
         .arg(repo().join("deploy/quickstart.sh"))
-        .env("AUTOMC_BIN_DIR", &bin)
+        .env_remove("AUTOMC_BIN_DIR")
+        .env("AUTOMC_PROFILE", "dev")
         .env("EDGE_PORT", edge_port.to_string())
         .env("SYNCD_GRPC_PORT", free_port().to_string())
         .env("SYNCD_HTTP_PORT", free_port().to_string())
@@ -55,12 +32,24 @@ async fn quickstart_serves_the_demo_route_and_stops_on_ctrl_c() {
         .env("EDGE_GRPC_PORT", free_port().to_string())
         .env("PG_PORT", free_port().to_string())
         .env("BACKEND_PORT", free_port().to_string())
+        .env("SLEEPY_PORT", free_port().to_string())
+        .env("WAKER_PORT", free_port().to_string())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .kill_on_drop(true)
         .spawn()
         .expect("start deploy/quickstart.sh");
     let pid = child.id().expect("quickstart has a pid");
+    // Drain stderr as it comes too (cargo's build progress goes there), so a
+    // full pipe never blocks the script.
+    let err_reader = {
+        let mut pipe = child.stderr.take().expect("stderr piped");
+        tokio::spawn(async move {
+            let mut err = String::new();
+            let _ = pipe.read_to_string(&mut err).await;
+            err
+        })
+    };
     // Read stdout as it comes: Ctrl-C must wait until the script has said it
     // is running (the edge can answer before the script's own readiness poll).
     let stdout = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
@@ -83,7 +72,8 @@ async fn quickstart_serves_the_demo_route_and_stops_on_ctrl_c() {
     };
 
     let edge: std::net::SocketAddr = ([127, 0, 0, 1], edge_port).into();
-    eventually("the demo MOTD through the edge", Duration::from_secs(90), || async {
+    // The build may have work to do: the deadline covers it.
+    eventually("the demo MOTD through the edge", Duration::from_secs(600), || async {
         matches!(status_ping(edge, "localhost", 765).await, Ok(r) if r.motd().contains("automc demo backend"))
     })
     .await;
@@ -96,6 +86,27 @@ async fn quickstart_serves_the_demo_route_and_stops_on_ctrl_c() {
         "{}",
         reply.motd()
     );
+
+    // The sleeping demo server: asleep in the server list, then a login wakes
+    // it through the demo waker and joins.
+    let asleep = status_ping(edge, "sleepy.localhost", 767)
+        .await
+        .expect("status of the sleeping server");
+    assert!(asleep.motd().contains("asleep"), "{}", asleep.motd());
+    let mut player = login(edge, "127.0.0.2", "first_player")
+        .await
+        .expect("login to the sleeping server");
+    let joined = player
+        .read_disconnect_within(Duration::from_secs(60))
+        .await
+        .expect("the woken server answers the held login");
+    assert!(joined.contains("You joined sleepy"), "{joined}");
+    // The demo waker marks the row running; the edge then shows the
+    // server's own MOTD.
+    eventually("the woken server's own MOTD", Duration::from_secs(60), || async {
+        matches!(status_ping(edge, "sleepy.localhost", 767).await, Ok(r) if r.motd().contains("woken up"))
+    })
+    .await;
 
     let said = stdout.clone();
     eventually(
@@ -122,10 +133,11 @@ async fn quickstart_serves_the_demo_route_and_stops_on_ctrl_c() {
         .expect("wait for quickstart");
     let _ = tokio::time::timeout(Duration::from_secs(10), reader).await;
     let out = stdout.lock().unwrap_or_else(|p| p.into_inner()).clone();
-    let mut err = String::new();
-    if let Some(mut s) = child.stderr.take() {
-        s.read_to_string(&mut err).await.ok();
-    }
+    let err = tokio::time::timeout(Duration::from_secs(10), err_reader)
+        .await
+        .ok()
+        .and_then(Result::ok)
+        .unwrap_or_default();
     assert!(
         status.success(),
         "quickstart exited with {status}\n{out}\n{err}"
