@@ -28,9 +28,10 @@ use automc_proto::v1::{
 use automc_proto::RouteTable;
 use automc_proto::WakeFailure;
 use rand::Rng;
-use tokio::sync::mpsc;
 use tokio::time::Instant;
-use tokio_stream::wrappers::ReceiverStream;
+use futures::StreamExt;
+use tokio::sync::watch;
+use tokio_stream::wrappers::WatchStream;
 use tokio_util::sync::CancellationToken;
 use tonic::metadata::{Ascii, MetadataValue};
 use tonic::service::interceptor::InterceptedService;
@@ -317,7 +318,10 @@ impl SyncClient {
         let Some(mut client) = self.client(idx) else {
             return Err(SyncError::Ended);
         };
-        let (tx, rx) = mpsc::channel::<WatchRequest>(16);
+        // Acks carry only the latest applied version: a watch channel, so
+        // a burst never drops the last one (ListEdges would show the edge
+        // behind forever) and never queues more than one.
+        let (ack_tx, ack_rx) = watch::channel::<Option<WatchAck>>(None);
         let held = self.routes.view();
         let resume =
             self.routes.has_snapshot() && !self.force_snapshot.swap(false, Ordering::AcqRel);
@@ -338,11 +342,15 @@ impl SyncClient {
             },
         };
         debug!(epoch = %hello.epoch, version = hello.version, "subscribing");
-        // The receiver is alive: the stream below owns it.
-        let _ = tx.try_send(WatchRequest {
+        let hello = WatchRequest {
             msg: Some(watch_request::Msg::Hello(hello)),
+        };
+        let acks = WatchStream::from_changes(ack_rx).filter_map(|a| async move {
+            a.map(|ack| WatchRequest {
+                msg: Some(watch_request::Msg::Ack(ack)),
+            })
         });
-        let call = client.watch_routes(ReceiverStream::new(rx));
+        let call = client.watch_routes(futures::stream::iter([hello]).chain(acks));
         let mut stream = tokio::time::timeout(self.heartbeat_timeout, call)
             .await
             .map_err(|_| SyncError::HeartbeatTimeout(self.heartbeat_timeout))??
@@ -409,10 +417,7 @@ impl SyncClient {
                 self.metrics
                     .table_version
                     .set(i64::try_from(version).unwrap_or(i64::MAX));
-                // A full queue only delays the ack; the next one supersedes it.
-                let _ = tx.try_send(WatchRequest {
-                    msg: Some(watch_request::Msg::Ack(WatchAck { epoch, version })),
-                });
+                ack_tx.send_replace(Some(WatchAck { epoch, version }));
             }
         }
     }
@@ -535,7 +540,8 @@ mod tests {
     use super::*;
     use automc_proto::v1::route_sync_server::{RouteSync, RouteSyncServer};
     use automc_proto::v1::*;
-    use tokio_stream::wrappers::TcpListenerStream;
+    use tokio::sync::mpsc;
+    use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
     use tonic::{Response, Streaming};
 
     #[test]
