@@ -27,10 +27,10 @@ use automc_proto::v1::{
 };
 use automc_proto::RouteTable;
 use automc_proto::WakeFailure;
-use rand::Rng;
-use tokio::time::Instant;
 use futures::StreamExt;
+use rand::Rng;
 use tokio::sync::watch;
+use tokio::time::Instant;
 use tokio_stream::wrappers::WatchStream;
 use tokio_util::sync::CancellationToken;
 use tonic::metadata::{Ascii, MetadataValue};
