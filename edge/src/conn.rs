@@ -633,15 +633,14 @@ mod tests {
         }
     }
 
-    #[test]
-    fn every_wake_failure_has_a_message_the_player_can_act_on() {
-        let cases = [
+    /// Every way a wake can fail, with what the player's text must say and
+    /// the connection's outcome label.
+    fn every_wake_error() -> Vec<(WakeError, &'static str, &'static str)> {
+        let stuck = "control plane is unreachable";
+        let could_not = "could not be started";
+        vec![
             (WakeError::Timeout, "try again in a moment", "wake_failed"),
-            (
-                WakeError::Unreachable(DETAIL.into()),
-                "control plane is unreachable",
-                "wake_failed",
-            ),
+            (WakeError::Unreachable(DETAIL.into()), stuck, "wake_failed"),
             (
                 failed(WakeFailure::NotConfigured),
                 "offline",
@@ -658,38 +657,26 @@ mod tests {
                 "not accepting players yet",
                 "wake_failed",
             ),
-            (
-                failed(WakeFailure::Standby),
-                "control plane is unreachable",
-                "wake_failed",
-            ),
-            (
-                failed(WakeFailure::ShuttingDown),
-                "control plane is unreachable",
-                "wake_failed",
-            ),
-            (
-                failed(WakeFailure::WakerRefused),
-                "could not be started",
-                "wake_failed",
-            ),
+            (failed(WakeFailure::Standby), stuck, "wake_failed"),
+            (failed(WakeFailure::ShuttingDown), stuck, "wake_failed"),
+            (failed(WakeFailure::WakerRefused), could_not, "wake_failed"),
             (
                 failed(WakeFailure::WakerUnreachable),
-                "could not be started",
+                could_not,
                 "wake_failed",
             ),
             (
                 failed(WakeFailure::WakerBadResponse),
-                "could not be started",
+                could_not,
                 "wake_failed",
             ),
-            (
-                failed(WakeFailure::Unspecified),
-                "could not be started",
-                "wake_failed",
-            ),
-        ];
-        for (err, needle, outcome) in cases {
+            (failed(WakeFailure::Unspecified), could_not, "wake_failed"),
+        ]
+    }
+
+    #[test]
+    fn every_wake_failure_has_a_message_the_player_can_act_on() {
+        for (err, needle, outcome) in every_wake_error() {
             let (msg, o) = wake_failure_message(&err);
             assert!(msg.contains(needle), "{err:?}: {msg}");
             assert_eq!(o.label(), outcome, "{err:?}");
@@ -698,21 +685,7 @@ mod tests {
 
     #[test]
     fn player_messages_after_a_failed_wake_carry_no_address_or_detail() {
-        let all = [
-            WakeError::Timeout,
-            WakeError::Unreachable(DETAIL.into()),
-            failed(WakeFailure::Unspecified),
-            failed(WakeFailure::NotConfigured),
-            failed(WakeFailure::Standby),
-            failed(WakeFailure::WakerRefused),
-            failed(WakeFailure::WakerUnreachable),
-            failed(WakeFailure::WakerBadResponse),
-            failed(WakeFailure::Timeout),
-            failed(WakeFailure::NotReady),
-            failed(WakeFailure::ShuttingDown),
-            failed(WakeFailure::UnknownServer),
-        ];
-        for err in all {
+        for (err, _, _) in every_wake_error() {
             let (msg, _) = wake_failure_message(&err);
             for leak in ["10.", "http", ":25565", ":8080", "refused", "lobby"] {
                 assert!(!msg.contains(leak), "{err:?} shows {leak:?}: {msg}");
