@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use automc_proto::normalize_player_hostname;
 use automc_proto::v1::{Route, WakePhase};
+use automc_proto::WakeFailure;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
@@ -483,10 +484,8 @@ pub mod messages {
     pub const UNREACHABLE_SYNCD: &str =
         "§cThe server cannot be started right now (the router's control plane is unreachable).\n§7Please try again in a moment.";
     pub const UNKNOWN_HOST: &str = "§cThere is no server at this address.";
-
-    pub fn could_not_start(reason: &str) -> String {
-        format!("§cThe server could not be started.\n§7{reason}")
-    }
+    pub const COULD_NOT_START: &str =
+        "§cThe server could not be started right now.\n§7Please try again later.";
 }
 
 async fn login(
@@ -506,8 +505,8 @@ async fn login(
         disconnect(&mut stream, msg).await;
         return Outcome::UnknownHost;
     };
-    let asleep = route.state == "stopped"
-        || shared.routes.wake_phase(&route.server) == Some(WakePhase::Waking);
+    let asleep =
+        route.is_stopped() || shared.routes.wake_phase(&route.server) == Some(WakePhase::Waking);
     let mut address = route.address.clone();
     let mut dialed = None;
     let mut dial_error = None;
@@ -549,7 +548,7 @@ async fn login(
                     }
                     let (msg, outcome) = wake_failure_message(&e);
                     info!(server = %route.server, error = %e, "login ended: wake failed");
-                    disconnect(&mut stream, &msg).await;
+                    disconnect(&mut stream, msg).await;
                     return outcome;
                 }
             }
@@ -558,14 +557,26 @@ async fn login(
     proxy(stream, upstream, shared, entry, who, &address, buf).await
 }
 
-fn wake_failure_message(e: &WakeError) -> (String, Outcome) {
+/// What the player reads after a failed wake: a fixed text per reason, never
+/// syncd's detail (which names addresses; it goes to the log line instead).
+fn wake_failure_message(e: &WakeError) -> (&'static str, Outcome) {
     match e {
-        WakeError::Timeout => (messages::STARTING.to_owned(), Outcome::WakeFailed),
-        WakeError::Unreachable(_) => (messages::UNREACHABLE_SYNCD.to_owned(), Outcome::WakeFailed),
-        WakeError::Failed(reason) if reason.to_ascii_lowercase().contains("not configured") => {
-            (messages::OFFLINE.to_owned(), Outcome::Offline)
-        }
-        WakeError::Failed(reason) => (messages::could_not_start(reason), Outcome::WakeFailed),
+        WakeError::Timeout => (messages::STARTING, Outcome::WakeFailed),
+        WakeError::Unreachable(_) => (messages::UNREACHABLE_SYNCD, Outcome::WakeFailed),
+        WakeError::Failed { failure, .. } => match failure {
+            WakeFailure::NotConfigured | WakeFailure::UnknownServer => {
+                (messages::OFFLINE, Outcome::Offline)
+            }
+            WakeFailure::Timeout => (messages::STARTING, Outcome::WakeFailed),
+            WakeFailure::NotReady => (messages::NOT_ACCEPTING, Outcome::WakeFailed),
+            WakeFailure::Standby | WakeFailure::ShuttingDown => {
+                (messages::UNREACHABLE_SYNCD, Outcome::WakeFailed)
+            }
+            WakeFailure::WakerRefused
+            | WakeFailure::WakerUnreachable
+            | WakeFailure::WakerBadResponse
+            | WakeFailure::Unspecified => (messages::COULD_NOT_START, Outcome::WakeFailed),
+        },
     }
 }
 
@@ -680,30 +691,74 @@ async fn proxy(
 mod tests {
     use super::*;
 
-    #[test]
-    fn every_wake_failure_has_a_message_the_player_can_act_on() {
-        let cases = [
+    /// What syncd's detail may hold and a player must never see.
+    const DETAIL: &str =
+        "wake of lobby failed: waker unreachable: http://10.1.2.3:8080 refused; 10.0.0.7:25565";
+
+    fn failed(failure: WakeFailure) -> WakeError {
+        WakeError::Failed {
+            failure,
+            detail: DETAIL.into(),
+        }
+    }
+
+    /// Every way a wake can fail, with what the player's text must say and
+    /// the connection's outcome label.
+    fn every_wake_error() -> Vec<(WakeError, &'static str, &'static str)> {
+        let stuck = "control plane is unreachable";
+        let could_not = "could not be started";
+        vec![
             (WakeError::Timeout, "try again in a moment", "wake_failed"),
+            (WakeError::Unreachable(DETAIL.into()), stuck, "wake_failed"),
             (
-                WakeError::Unreachable("tcp connect error".into()),
-                "control plane is unreachable",
-                "wake_failed",
-            ),
-            (
-                WakeError::Failed("waker not configured".into()),
+                failed(WakeFailure::NotConfigured),
                 "offline",
                 "backend_unreachable",
             ),
             (
-                WakeError::Failed("waker answered HTTP 503 to the start request".into()),
-                "could not be started.\n§7waker answered HTTP 503",
+                failed(WakeFailure::UnknownServer),
+                "offline",
+                "backend_unreachable",
+            ),
+            (failed(WakeFailure::Timeout), "starting", "wake_failed"),
+            (
+                failed(WakeFailure::NotReady),
+                "not accepting players yet",
                 "wake_failed",
             ),
-        ];
-        for (err, needle, outcome) in cases {
+            (failed(WakeFailure::Standby), stuck, "wake_failed"),
+            (failed(WakeFailure::ShuttingDown), stuck, "wake_failed"),
+            (failed(WakeFailure::WakerRefused), could_not, "wake_failed"),
+            (
+                failed(WakeFailure::WakerUnreachable),
+                could_not,
+                "wake_failed",
+            ),
+            (
+                failed(WakeFailure::WakerBadResponse),
+                could_not,
+                "wake_failed",
+            ),
+            (failed(WakeFailure::Unspecified), could_not, "wake_failed"),
+        ]
+    }
+
+    #[test]
+    fn every_wake_failure_has_a_message_the_player_can_act_on() {
+        for (err, needle, outcome) in every_wake_error() {
             let (msg, o) = wake_failure_message(&err);
             assert!(msg.contains(needle), "{err:?}: {msg}");
             assert_eq!(o.label(), outcome, "{err:?}");
+        }
+    }
+
+    #[test]
+    fn player_messages_after_a_failed_wake_carry_no_address_or_detail() {
+        for (err, _, _) in every_wake_error() {
+            let (msg, _) = wake_failure_message(&err);
+            for leak in ["10.", "http", ":25565", ":8080", "refused", "lobby"] {
+                assert!(!msg.contains(leak), "{err:?} shows {leak:?}: {msg}");
+            }
         }
     }
 }

@@ -22,6 +22,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use automc_proto::v1::{Route, WakePhase};
+use automc_proto::RouteState;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
@@ -350,12 +351,12 @@ pub fn decide(shared: &Shared, route: Option<&Route>) -> Answer {
     if phase == Some(WakePhase::Waking) {
         return Answer::Local(cfg.starting_motd.clone());
     }
-    match route.state.as_str() {
-        "running" => Answer::Backend,
+    match route.run_state() {
+        RouteState::Running => Answer::Backend,
         // Woken by syncd while the state column was not (yet) updated.
         _ if phase == Some(WakePhase::Running) => Answer::Backend,
-        "starting" | "waking" => Answer::Local(cfg.starting_motd.clone()),
-        _ => Answer::Local(cfg.asleep_motd.clone()),
+        RouteState::Starting => Answer::Local(cfg.starting_motd.clone()),
+        RouteState::Stopped | RouteState::Other => Answer::Local(cfg.asleep_motd.clone()),
     }
 }
 
