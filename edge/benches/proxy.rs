@@ -1,15 +1,22 @@
 //! Side-by-side benchmark of the player path: direct to a backend, through
-//! `edge` (the release binary, fed by a tiny in-process RouteSync fake), and
-//! through HAProxy in TCP mode, all on this machine in one run.
+//! `edge` (the release binary, fed by a tiny in-process RouteSync fake) in
+//! several configurations, and through HAProxy in TCP mode, all on this
+//! machine in one run.
 //!
-//! Run: `ulimit -n 20000; cargo bench -p edge --bench proxy`
+//! Run: `ulimit -n 40000; cargo bench -p edge --bench proxy`
 //! (env `BENCH_SECS` = seconds per ping measurement, default 3;
-//! `BENCH_IDLE` = idle connections, default 8000; `BENCH_BULK_MIB`, default 2048).
+//! `BENCH_IDLE` = idle connections, default 8000; `BENCH_BULK_MIB`, default 2048;
+//! `BENCH_FLOOD` = silent connections from one address, default 5000).
 //!
-//! Measures: status-ping connections per second and latency p50/p99 at 1, 64
-//! and 256 concurrent clients (each ping is a new TCP connection: handshake,
-//! status request, response, ping, pong); bulk throughput of one connection;
-//! RSS per idle spliced connection.
+//! Measures: status-ping connections per second, latency p50/p99 and the
+//! proxy's CPU seconds per 1,000 pings (utime + stime from `/proc/PID/stat`)
+//! at 1, 64 and 256 concurrent clients, with the edge's status cache on
+//! (default 1 s) and off (`--status-cache-ttl 0s`), each ping a new TCP
+//! connection (handshake, status request, response, ping, pong); bulk
+//! throughput of one connection with splice on and off
+//! (`--splice-pipes 0`); RSS per idle spliced connection; and a flood of
+//! silent connections from 127.0.0.2 against an edge with its production
+//! admission limits while a player on 127.0.0.1 asks for status and joins.
 use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -215,6 +222,7 @@ async fn status_ping(addr: SocketAddr) -> Result<Duration, BoxErr> {
 }
 
 struct PingResult {
+    count: usize,
     rate: f64,
     p50: Duration,
     p99: Duration,
@@ -254,6 +262,7 @@ async fn ping_load(addr: SocketAddr, concurrency: usize, secs: f64) -> PingResul
             .unwrap_or_default()
     };
     PingResult {
+        count: all.len(),
         rate: all.len() as f64 / elapsed,
         p50: pct(0.50),
         p99: pct(0.99),
@@ -279,6 +288,19 @@ async fn bulk(addr: SocketAddr, mib: usize) -> Result<f64, BoxErr> {
         return Err("byte count mismatch".into());
     }
     Ok(mib as f64 / 1024.0 / secs)
+}
+
+/// CPU seconds (user + system) a process has used so far.
+fn cpu_secs(pid: u32) -> Option<f64> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the parenthesised command name; utime and stime are the
+    // 14th and 15th fields of the whole line.
+    let rest = s.rsplit_once(')')?.1;
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let utime: f64 = f.get(11)?.parse().ok()?;
+    let stime: f64 = f.get(12)?.parse().ok()?;
+    // USER_HZ is 100 on every Linux this runs on.
+    Some((utime + stime) / 100.0)
 }
 
 fn rss_kib(pid: u32) -> Option<u64> {
@@ -310,6 +332,55 @@ async fn idle_rss(addr: SocketAddr, pid: u32, n: usize) -> Result<f64, BoxErr> {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     Ok((after.saturating_sub(before)) as f64 * 1024.0 / n as f64)
+}
+
+/// Connect from a chosen loopback address (Linux routes all of 127/8 to lo).
+async fn connect_from(from: [u8; 4], to: SocketAddr) -> std::io::Result<TcpStream> {
+    let s = tokio::net::TcpSocket::new_v4()?;
+    s.bind(SocketAddr::from((from, 0)))?;
+    s.connect(to).await
+}
+
+struct FloodResult {
+    opened: usize,
+    status: Result<Duration, String>,
+    joined: Result<Duration, String>,
+}
+
+/// Hold `n` silent connections from 127.0.0.2, then ping and log in from 127.0.0.1.
+async fn silent_flood(addr: SocketAddr, n: usize) -> FloodResult {
+    use futures::StreamExt;
+    let flood: Vec<TcpStream> = futures::stream::iter(0..n)
+        .map(|_| connect_from([127, 0, 0, 2], addr))
+        .buffer_unordered(128)
+        .filter_map(|r| async move { r.ok() })
+        .collect()
+        .await;
+    let status = tokio::time::timeout(Duration::from_secs(10), status_ping(addr))
+        .await
+        .map_err(|_| "timed out".to_string())
+        .and_then(|r| r.map_err(|e| e.to_string()));
+    let joined = async {
+        let start = Instant::now();
+        let mut s = TcpStream::connect(addr).await?;
+        s.write_all(&handshake(NextState::Login)).await?;
+        s.write_all(b"\x05\x00\x03abc").await?;
+        s.shutdown().await?;
+        let mut count = [0u8; 8];
+        s.read_exact(&mut count).await?;
+        Ok::<_, BoxErr>(start.elapsed())
+    };
+    let joined = tokio::time::timeout(Duration::from_secs(10), joined)
+        .await
+        .map_err(|_| "timed out".to_string())
+        .and_then(|r| r.map_err(|e| e.to_string()));
+    let opened = flood.len();
+    drop(flood);
+    FloodResult {
+        opened,
+        status,
+        joined,
+    }
 }
 
 // ---------------------------------------------------------------- processes
@@ -347,12 +418,47 @@ fn env_num(name: &str, default: f64) -> f64 {
         .unwrap_or(default)
 }
 
+/// Start a release `edge` on a free port against the fake syncd.
+async fn spawn_edge(syncd: SocketAddr, extra: &[&str]) -> Result<(Proc, SocketAddr), BoxErr> {
+    let addr = free_port()?;
+    let child = Command::new(env!("CARGO_BIN_EXE_edge"))
+        .args([
+            "--listen",
+            &addr.to_string(),
+            "--syncd",
+            &format!("http://{syncd}"),
+            "--http-listen",
+            "127.0.0.1:0",
+            "--grpc-listen",
+            "127.0.0.1:0",
+        ])
+        .args(extra)
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()?;
+    let proc = Proc(child);
+    wait_serving(addr).await?;
+    Ok((proc, addr))
+}
+
+/// Admission limits off: the bench opens everything from 127.0.0.1.
+const NO_LIMITS: [&str; 6] = [
+    "--max-connections",
+    "0",
+    "--max-connections-per-ip",
+    "0",
+    "--rate-per-ip",
+    "0",
+];
+
 #[tokio::main]
 async fn main() -> Result<(), BoxErr> {
     // `cargo bench` passes `--bench`; nothing to parse.
     let secs = env_num("BENCH_SECS", 3.0);
     let idle_n = env_num("BENCH_IDLE", 8000.0) as usize;
     let bulk_mib = env_num("BENCH_BULK_MIB", 2048.0) as usize;
+    let flood_n = env_num("BENCH_FLOOD", 5000.0) as usize;
 
     let bl = TcpListener::bind("127.0.0.1:0").await?;
     let backend_addr = bl.local_addr()?;
@@ -367,31 +473,15 @@ async fn main() -> Result<(), BoxErr> {
             }))
             .serve_with_incoming(TcpListenerStream::new(sl)),
     );
+    wait_serving(backend_addr).await?;
 
-    let edge_addr = free_port()?;
-    let edge = Proc(
-        Command::new(env!("CARGO_BIN_EXE_edge"))
-            .args([
-                "--listen",
-                &edge_addr.to_string(),
-                "--syncd",
-                &format!("http://{syncd_addr}"),
-                "--http-listen",
-                "127.0.0.1:0",
-                "--grpc-listen",
-                "127.0.0.1:0",
-                "--max-connections",
-                "0",
-                "--max-connections-per-ip",
-                "0",
-                "--rate-per-ip",
-                "0",
-            ])
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .spawn()?,
-    );
+    let (edge, edge_addr) = spawn_edge(syncd_addr, &NO_LIMITS).await?;
+    let mut args = NO_LIMITS.to_vec();
+    args.extend(["--status-cache-ttl", "0s"]);
+    let (edge_nocache, nocache_addr) = spawn_edge(syncd_addr, &args).await?;
+    let mut args = NO_LIMITS.to_vec();
+    args.extend(["--splice-pipes", "0"]);
+    let (edge_copy, copy_addr) = spawn_edge(syncd_addr, &args).await?;
 
     let haproxy_addr = free_port()?;
     let dir = std::env::temp_dir().join(format!("edge-bench-{}", std::process::id()));
@@ -400,7 +490,7 @@ async fn main() -> Result<(), BoxErr> {
     std::fs::write(
         &cfg,
         format!(
-            "global\n  maxconn 9000\n\ndefaults\n  mode tcp\n  timeout connect 3s\n  timeout client 1h\n  timeout server 1h\n\n\
+            "global\n  maxconn 20000\n\ndefaults\n  mode tcp\n  timeout connect 3s\n  timeout client 1h\n  timeout server 1h\n\n\
              listen mc\n  bind {haproxy_addr}\n  server b1 {backend_addr}\n"
         ),
     )?;
@@ -412,25 +502,36 @@ async fn main() -> Result<(), BoxErr> {
             .stderr(Stdio::null())
             .spawn()?,
     );
-
-    wait_serving(backend_addr).await?;
-    wait_serving(edge_addr).await?;
     wait_serving(haproxy_addr).await?;
 
-    let targets = [
+    let ping_targets = [
         ("direct", backend_addr, None),
-        ("edge", edge_addr, Some(edge.0.id())),
+        ("edge, status cache 1 s", edge_addr, Some(edge.0.id())),
+        (
+            "edge, --status-cache-ttl 0s",
+            nocache_addr,
+            Some(edge_nocache.0.id()),
+        ),
         ("haproxy", haproxy_addr, Some(haproxy.0.id())),
     ];
 
     println!("## status pings ({secs} s per cell, new connection per ping)\n");
-    println!("| target | concurrency | pings/s | p50 | p99 | errors |");
-    println!("|---|---|---|---|---|---|");
+    println!(
+        "| target | concurrency | pings/s | p50 | p99 | proxy CPU s per 1,000 pings | errors |"
+    );
+    println!("|---|---|---|---|---|---|---|");
     for c in [1usize, 64, 256] {
-        for (name, addr, _) in &targets {
+        for (name, addr, pid) in &ping_targets {
+            let cpu0 = pid.and_then(cpu_secs);
             let r = ping_load(*addr, c, secs).await;
+            let cpu = match (pid.and_then(cpu_secs), cpu0) {
+                (Some(b), Some(a)) if r.count > 0 => {
+                    format!("{:.3}", (b - a) * 1000.0 / r.count as f64)
+                }
+                _ => "–".into(),
+            };
             println!(
-                "| {name} | {c} | {:.0} | {:.2} ms | {:.2} ms | {} |",
+                "| {name} | {c} | {:.0} | {:.2} ms | {:.2} ms | {cpu} | {} |",
                 r.rate,
                 r.p50.as_secs_f64() * 1000.0,
                 r.p99.as_secs_f64() * 1000.0,
@@ -438,30 +539,58 @@ async fn main() -> Result<(), BoxErr> {
             );
         }
     }
+    drop(edge_nocache);
 
     println!("\n## bulk, one connection, {bulk_mib} MiB player → backend\n");
-    println!("| target | GiB/s |");
+    println!("| target | MiB/s |");
     println!("|---|---|");
-    for (name, addr, _) in &targets {
+    let bulk_targets = [
+        ("direct", backend_addr),
+        ("edge, splice", edge_addr),
+        ("edge, --splice-pipes 0 (copy)", copy_addr),
+        ("haproxy", haproxy_addr),
+    ];
+    for (name, addr) in &bulk_targets {
         match bulk(*addr, bulk_mib).await {
-            Ok(g) => println!("| {name} | {g:.2} |"),
+            Ok(g) => println!("| {name} | {:.0} |", g * 1024.0),
             Err(e) => println!("| {name} | error: {e} |"),
         }
     }
+    drop(edge_copy);
 
     println!("\n## RSS per idle spliced connection ({idle_n} connections)\n");
     println!("| target | RSS before | bytes per connection |");
     println!("|---|---|---|");
-    for (name, addr, pid) in &targets {
-        let Some(pid) = pid else { continue };
-        let before = rss_kib(*pid).unwrap_or_default();
-        match idle_rss(*addr, *pid, idle_n).await {
+    for (name, addr, pid) in [
+        ("edge", edge_addr, edge.0.id()),
+        ("haproxy", haproxy_addr, haproxy.0.id()),
+    ] {
+        let before = rss_kib(pid).unwrap_or_default();
+        match idle_rss(addr, pid, idle_n).await {
             Ok(b) => println!("| {name} | {before} KiB | {b:.0} |"),
             Err(e) => println!("| {name} | {before} KiB | error: {e} |"),
         }
     }
     drop(edge);
     drop(haproxy);
+
+    // Production admission limits (the defaults).
+    let (edge_limits, limits_addr) = spawn_edge(syncd_addr, &[]).await?;
+    println!("\n## silent flood from 127.0.0.2 against an edge with its default limits\n");
+    let f = silent_flood(limits_addr, flood_n).await;
+    let show = |r: &Result<Duration, String>| match r {
+        Ok(d) => format!("yes, {:.1} ms", d.as_secs_f64() * 1000.0),
+        Err(e) => format!("no: {e}"),
+    };
+    println!("| silent connections held | 127.0.0.1 gets status | 127.0.0.1 joins |");
+    println!("|---|---|---|");
+    println!(
+        "| {} | {} | {} |",
+        f.opened,
+        show(&f.status),
+        show(&f.joined)
+    );
+    drop(edge_limits);
     let _ = std::fs::remove_dir_all(&dir);
     Ok(())
 }
