@@ -68,6 +68,12 @@ pub struct Config {
     /// How long the last good status may be served, marked stale, while the
     /// backend is unreachable.
     pub status_stale_for: Duration,
+    /// Most status answers cached (LRU beyond).
+    pub status_cache_size: usize,
+    /// Answer status pings from the cache, or relay them to the backend.
+    pub status_mode: crate::status::StatusMode,
+    /// Most pipes kept for zero-copy splicing (0 = copy through user space).
+    pub splice_pipes: usize,
     /// A watch stream silent this long (no heartbeat) is reconnected.
     pub heartbeat_timeout: Duration,
     pub sync_backoff_min: Duration,
@@ -98,6 +104,9 @@ impl Default for Config {
             edge_id: default_edge_id(),
             status_cache_ttl: DEFAULT_STATUS_CACHE_TTL,
             status_stale_for: DEFAULT_STATUS_STALE_FOR,
+            status_cache_size: crate::status::DEFAULT_CACHE_ENTRIES,
+            status_mode: crate::status::StatusMode::Cache,
+            splice_pipes: crate::splice::DEFAULT_PIPES,
             heartbeat_timeout: DEFAULT_HEARTBEAT_TIMEOUT,
             sync_backoff_min: DEFAULT_SYNC_BACKOFF_MIN,
             sync_backoff_max: DEFAULT_SYNC_BACKOFF_MAX,
@@ -130,6 +139,9 @@ impl fmt::Debug for Config {
             .field("edge_id", &self.edge_id)
             .field("status_cache_ttl", &self.status_cache_ttl)
             .field("status_stale_for", &self.status_stale_for)
+            .field("status_cache_size", &self.status_cache_size)
+            .field("status_mode", &self.status_mode)
+            .field("splice_pipes", &self.splice_pipes)
             .field("heartbeat_timeout", &self.heartbeat_timeout)
             .field("limits", &self.limits)
             .field("syncd_tls", &self.syncd_tls)
@@ -244,6 +256,15 @@ pub struct Args {
     /// How long a backend's last good status is served, marked stale.
     #[arg(long, env = "EDGE_STATUS_STALE_FOR", default_value = "60s", value_parser = humantime::parse_duration)]
     pub status_stale_for: Duration,
+    /// Most backend status answers cached (least recently used go first).
+    #[arg(long, env = "EDGE_STATUS_CACHE_SIZE", default_value_t = crate::status::DEFAULT_CACHE_ENTRIES, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
+    pub status_cache_size: usize,
+    /// Status pings of a running backend: `cache` (answered by the edge) or `relay` (forwarded byte for byte).
+    #[arg(long, env = "EDGE_STATUS_MODE", value_enum, default_value = "cache")]
+    pub status_mode: crate::status::StatusMode,
+    /// Most pipes kept for zero-copy splice on Linux (0 = always copy through user space).
+    #[arg(long, env = "EDGE_SPLICE_PIPES", default_value_t = crate::splice::DEFAULT_PIPES)]
+    pub splice_pipes: usize,
     /// Most concurrent player connections (0 = no limit).
     #[arg(long, env = "EDGE_MAX_CONNECTIONS", default_value_t = LimitsConfig::default().max_connections)]
     pub max_connections: usize,
@@ -256,6 +277,12 @@ pub struct Args {
     /// Burst of new connections one IP may open at once.
     #[arg(long, env = "EDGE_RATE_BURST", default_value_t = LimitsConfig::default().rate_burst)]
     pub rate_burst: f64,
+    /// IPv4 prefix length counted as one source by the per-IP limits.
+    #[arg(long, env = "EDGE_IP_PREFIX_V4", default_value_t = crate::limits::DEFAULT_IPV4_PREFIX, value_parser = clap::value_parser!(u8).range(0..=32))]
+    pub ip_prefix_v4: u8,
+    /// IPv6 prefix length counted as one source by the per-IP limits.
+    #[arg(long, env = "EDGE_IP_PREFIX_V6", default_value_t = crate::limits::DEFAULT_IPV6_PREFIX, value_parser = clap::value_parser!(u8).range(0..=128))]
+    pub ip_prefix_v6: u8,
     /// Log format.
     #[arg(long, env = "EDGE_LOG_FORMAT", value_enum, default_value = "text")]
     pub log_format: LogFormat,
@@ -307,11 +334,16 @@ impl Args {
             edge_id: self.edge_id.unwrap_or(d.edge_id),
             status_cache_ttl: self.status_cache_ttl,
             status_stale_for: self.status_stale_for,
+            status_cache_size: self.status_cache_size,
+            status_mode: self.status_mode,
+            splice_pipes: self.splice_pipes,
             limits: LimitsConfig {
                 max_connections: self.max_connections,
                 max_connections_per_ip: self.max_connections_per_ip,
                 rate_per_ip: self.rate_per_ip,
                 rate_burst: self.rate_burst,
+                ipv4_prefix: self.ip_prefix_v4,
+                ipv6_prefix: self.ip_prefix_v6,
             },
             syncd_tls: self.tls.into(),
             ..Config::default()

@@ -4,22 +4,24 @@
 //! server through syncd and holding the player when needed) → replay every
 //! byte read so far → splice.
 use std::io;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
 use automc_proto::normalize_player_hostname;
 use automc_proto::v1::{Route, WakePhase};
+use automc_proto::WakeFailure;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, field, info, info_span, Instrument, Span};
 
+use crate::limits::{ConnectionPermit, IpPermit, Refusal};
 use crate::listener::{ConnEntry, Phase};
 use crate::protocol::{self, FirstPacket, Handshake, NextState};
 use crate::splice::{splice, Tally};
-use crate::status::{self, ConverseEnd};
+use crate::status::{self, ConverseEnd, RelayEnd, StatusMode};
 use crate::sync_client::WakeError;
 use crate::{Shared, UnknownHost};
 
@@ -60,25 +62,57 @@ impl Outcome {
     }
 }
 
-/// Serve one accepted connection to its end.
+/// What an accepted connection holds for its whole life: a global slot and,
+/// for a direct peer, its per-address slot (a trusted load balancer's players
+/// take theirs once the PROXY header names them).
+pub struct Admitted {
+    _conn: ConnectionPermit,
+    ip: Option<IpPermit>,
+}
+
+fn is_trusted_proxy(shared: &Shared, ip: IpAddr) -> bool {
+    let canonical = ip.to_canonical();
+    shared
+        .config
+        .proxy_protocol_trusted
+        .iter()
+        .any(|net| net.contains(&ip) || net.contains(&canonical))
+}
+
+/// Admission at accept, before any byte is read: a silent connection counts
+/// against its address from the first instant.
+pub fn admit(shared: &Shared, peer: SocketAddr) -> Result<Admitted, Refusal> {
+    let ip = if is_trusted_proxy(shared, peer.ip()) {
+        None
+    } else {
+        Some(
+            shared
+                .admission
+                .admit_ip(peer.ip(), std::time::Instant::now())?,
+        )
+    };
+    let conn = shared.admission.admit_connection()?;
+    Ok(Admitted { _conn: conn, ip })
+}
+
+/// Count and (throttled) log a refused connection.
+pub fn refused(shared: &Shared, peer: SocketAddr, reason: &'static str) {
+    shared.metrics.refused(reason);
+    shared.metrics.connection_ended("refused");
+    if let Some(suppressed) = shared.refusal_log.check(std::time::Instant::now()) {
+        info!(client.addr = %peer, reason, suppressed, "connection refused");
+    }
+}
+
+/// Serve one admitted connection to its end.
 pub async fn handle(
     stream: TcpStream,
     peer: SocketAddr,
+    admitted: Admitted,
     shared: Arc<Shared>,
     cut: CancellationToken,
 ) {
     let m = &shared.metrics;
-    let _permit = match shared.admission.admit_connection() {
-        Ok(p) => p,
-        Err(r) => {
-            m.refused(r.reason());
-            m.connection_ended("refused");
-            if let Some(suppressed) = shared.refusal_log.check(std::time::Instant::now()) {
-                info!(client.addr = %peer, reason = r.reason(), suppressed, "connection refused");
-            }
-            return;
-        }
-    };
     let guard = shared.conns.register(peer);
     m.connections_active.inc();
     let span = info_span!(
@@ -92,7 +126,7 @@ pub async fn handle(
         bytes.down = field::Empty,
     );
     let outcome = tokio::select! {
-        o = serve(stream, peer, &shared, &guard.entry).instrument(span.clone()) => o,
+        o = serve(stream, peer, admitted, &shared, &guard.entry).instrument(span.clone()) => o,
         () = cut.cancelled() => Outcome::Cut,
     };
     let up = guard
@@ -171,6 +205,7 @@ struct Peer {
 async fn serve(
     mut stream: TcpStream,
     peer: SocketAddr,
+    mut admitted: Admitted,
     shared: &Shared,
     entry: &ConnEntry,
 ) -> Outcome {
@@ -187,13 +222,16 @@ async fn serve(
         Span::current().record("client.addr", field::display(who.client));
         entry.update(|d| d.client = who.client.to_string());
     }
-    let _ip_permit = match shared
-        .admission
-        .admit_ip(who.client.ip(), std::time::Instant::now())
-    {
-        Ok(p) => p,
-        Err(r) => return Outcome::Refused(r.reason()),
-    };
+    if admitted.ip.is_none() {
+        // A trusted load balancer: its player is known only now.
+        match shared
+            .admission
+            .admit_ip(who.client.ip(), std::time::Instant::now())
+        {
+            Ok(p) => admitted.ip = Some(p),
+            Err(r) => return Outcome::Refused(r.reason()),
+        }
+    }
 
     let first = match read_first_packet(&mut stream, &mut buf, deadline).await {
         Ok(f) => f,
@@ -220,7 +258,11 @@ async fn serve(
                 NextState::Status => {
                     entry.set_phase(Phase::Status);
                     let rest = buf.split_off(len.min(buf.len()));
-                    serve_status(&mut stream, shared, route.as_ref(), &handshake, &who, rest).await
+                    let raw = StatusRaw {
+                        handshake: buf,
+                        rest,
+                    };
+                    serve_status(&mut stream, shared, route.as_ref(), &handshake, &who, raw).await
                 }
                 NextState::Login | NextState::Transfer => {
                     login(stream, shared, entry, route, &who, buf).await
@@ -238,11 +280,7 @@ async fn read_proxy_header(
     buf: &mut Vec<u8>,
     deadline: Instant,
 ) -> Result<Peer, Outcome> {
-    let trusted = shared
-        .config
-        .proxy_protocol_trusted
-        .iter()
-        .any(|net| net.contains(&peer.ip()));
+    let trusted = is_trusted_proxy(shared, peer.ip());
     let mut who = Peer {
         client: peer,
         destination: None,
@@ -345,19 +383,50 @@ fn proxy_pair(shared: &Shared, who: &Peer, stream: &TcpStream) -> Option<(Socket
     Some((who.client, dst))
 }
 
+/// The bytes of a status connection so far: the handshake as received and
+/// whatever followed it.
+struct StatusRaw {
+    handshake: Vec<u8>,
+    rest: Vec<u8>,
+}
+
 async fn serve_status(
     stream: &mut TcpStream,
     shared: &Shared,
     route: Option<&Route>,
     handshake: &Handshake,
     who: &Peer,
-    rest: Vec<u8>,
+    raw: StatusRaw,
 ) -> Outcome {
     let proxy = proxy_pair(shared, who, stream);
+    if shared.config.status_mode == StatusMode::Relay
+        && status::decide(shared, route) == status::Answer::Backend
+    {
+        if let Some(route) = route {
+            let mut head = Vec::with_capacity(raw.handshake.len() + raw.rest.len() + 64);
+            if let Some((src, dst)) = proxy {
+                head.extend(protocol::encode_proxy_v2(src, dst));
+            }
+            head.extend_from_slice(&raw.handshake);
+            head.extend_from_slice(&raw.rest);
+            let deadline = Instant::now() + shared.config.handshake_timeout;
+            let timeout = shared.config.connect_timeout;
+            match status::relay(stream, &route.address, &head, timeout, deadline).await {
+                RelayEnd::Done => return Outcome::Status,
+                RelayEnd::Timeout => return Outcome::HandshakeError("timeout"),
+                RelayEnd::Io => return Outcome::ClientGone,
+                // Nothing sent yet: answer like the cache does (stale or asleep).
+                RelayEnd::Unreachable => {}
+            }
+        }
+    }
+    let rest = raw.rest;
     let Some(json) = status::status_json_for(shared, route, handshake, proxy).await else {
         return Outcome::UnknownHost;
     };
-    match status::converse(stream, rest, &json, shared.config.handshake_timeout).await {
+    // One deadline for the whole conversation: trickled bytes do not extend it.
+    let deadline = Instant::now() + shared.config.handshake_timeout;
+    match status::converse(stream, rest, &json, deadline).await {
         Ok(()) => {
             if route.is_none() {
                 Outcome::UnknownHost
@@ -415,10 +484,8 @@ pub mod messages {
     pub const UNREACHABLE_SYNCD: &str =
         "§cThe server cannot be started right now (the router's control plane is unreachable).\n§7Please try again in a moment.";
     pub const UNKNOWN_HOST: &str = "§cThere is no server at this address.";
-
-    pub fn could_not_start(reason: &str) -> String {
-        format!("§cThe server could not be started.\n§7{reason}")
-    }
+    pub const COULD_NOT_START: &str =
+        "§cThe server could not be started right now.\n§7Please try again later.";
 }
 
 async fn login(
@@ -438,8 +505,8 @@ async fn login(
         disconnect(&mut stream, msg).await;
         return Outcome::UnknownHost;
     };
-    let asleep = route.state == "stopped"
-        || shared.routes.wake_phase(&route.server) == Some(WakePhase::Waking);
+    let asleep =
+        route.is_stopped() || shared.routes.wake_phase(&route.server) == Some(WakePhase::Waking);
     let mut address = route.address.clone();
     let mut dialed = None;
     let mut dial_error = None;
@@ -481,7 +548,7 @@ async fn login(
                     }
                     let (msg, outcome) = wake_failure_message(&e);
                     info!(server = %route.server, error = %e, "login ended: wake failed");
-                    disconnect(&mut stream, &msg).await;
+                    disconnect(&mut stream, msg).await;
                     return outcome;
                 }
             }
@@ -490,14 +557,26 @@ async fn login(
     proxy(stream, upstream, shared, entry, who, &address, buf).await
 }
 
-fn wake_failure_message(e: &WakeError) -> (String, Outcome) {
+/// What the player reads after a failed wake: a fixed text per reason, never
+/// syncd's detail (which names addresses; it goes to the log line instead).
+fn wake_failure_message(e: &WakeError) -> (&'static str, Outcome) {
     match e {
-        WakeError::Timeout => (messages::STARTING.to_owned(), Outcome::WakeFailed),
-        WakeError::Unreachable(_) => (messages::UNREACHABLE_SYNCD.to_owned(), Outcome::WakeFailed),
-        WakeError::Failed(reason) if reason.to_ascii_lowercase().contains("not configured") => {
-            (messages::OFFLINE.to_owned(), Outcome::Offline)
-        }
-        WakeError::Failed(reason) => (messages::could_not_start(reason), Outcome::WakeFailed),
+        WakeError::Timeout => (messages::STARTING, Outcome::WakeFailed),
+        WakeError::Unreachable(_) => (messages::UNREACHABLE_SYNCD, Outcome::WakeFailed),
+        WakeError::Failed { failure, .. } => match failure {
+            WakeFailure::NotConfigured | WakeFailure::UnknownServer => {
+                (messages::OFFLINE, Outcome::Offline)
+            }
+            WakeFailure::Timeout => (messages::STARTING, Outcome::WakeFailed),
+            WakeFailure::NotReady => (messages::NOT_ACCEPTING, Outcome::WakeFailed),
+            WakeFailure::Standby | WakeFailure::ShuttingDown => {
+                (messages::UNREACHABLE_SYNCD, Outcome::WakeFailed)
+            }
+            WakeFailure::WakerRefused
+            | WakeFailure::WakerUnreachable
+            | WakeFailure::WakerBadResponse
+            | WakeFailure::Unspecified => (messages::COULD_NOT_START, Outcome::WakeFailed),
+        },
     }
 }
 
@@ -590,6 +669,7 @@ async fn proxy(
     let r = splice(
         stream,
         upstream,
+        &shared.pipes,
         Tally {
             live: &entry.bytes_up,
             metric: up_counter,
@@ -611,30 +691,74 @@ async fn proxy(
 mod tests {
     use super::*;
 
-    #[test]
-    fn every_wake_failure_has_a_message_the_player_can_act_on() {
-        let cases = [
+    /// What syncd's detail may hold and a player must never see.
+    const DETAIL: &str =
+        "wake of lobby failed: waker unreachable: http://10.1.2.3:8080 refused; 10.0.0.7:25565";
+
+    fn failed(failure: WakeFailure) -> WakeError {
+        WakeError::Failed {
+            failure,
+            detail: DETAIL.into(),
+        }
+    }
+
+    /// Every way a wake can fail, with what the player's text must say and
+    /// the connection's outcome label.
+    fn every_wake_error() -> Vec<(WakeError, &'static str, &'static str)> {
+        let stuck = "control plane is unreachable";
+        let could_not = "could not be started";
+        vec![
             (WakeError::Timeout, "try again in a moment", "wake_failed"),
+            (WakeError::Unreachable(DETAIL.into()), stuck, "wake_failed"),
             (
-                WakeError::Unreachable("tcp connect error".into()),
-                "control plane is unreachable",
-                "wake_failed",
-            ),
-            (
-                WakeError::Failed("waker not configured".into()),
+                failed(WakeFailure::NotConfigured),
                 "offline",
                 "backend_unreachable",
             ),
             (
-                WakeError::Failed("waker answered HTTP 503 to the start request".into()),
-                "could not be started.\n§7waker answered HTTP 503",
+                failed(WakeFailure::UnknownServer),
+                "offline",
+                "backend_unreachable",
+            ),
+            (failed(WakeFailure::Timeout), "starting", "wake_failed"),
+            (
+                failed(WakeFailure::NotReady),
+                "not accepting players yet",
                 "wake_failed",
             ),
-        ];
-        for (err, needle, outcome) in cases {
+            (failed(WakeFailure::Standby), stuck, "wake_failed"),
+            (failed(WakeFailure::ShuttingDown), stuck, "wake_failed"),
+            (failed(WakeFailure::WakerRefused), could_not, "wake_failed"),
+            (
+                failed(WakeFailure::WakerUnreachable),
+                could_not,
+                "wake_failed",
+            ),
+            (
+                failed(WakeFailure::WakerBadResponse),
+                could_not,
+                "wake_failed",
+            ),
+            (failed(WakeFailure::Unspecified), could_not, "wake_failed"),
+        ]
+    }
+
+    #[test]
+    fn every_wake_failure_has_a_message_the_player_can_act_on() {
+        for (err, needle, outcome) in every_wake_error() {
             let (msg, o) = wake_failure_message(&err);
             assert!(msg.contains(needle), "{err:?}: {msg}");
             assert_eq!(o.label(), outcome, "{err:?}");
+        }
+    }
+
+    #[test]
+    fn player_messages_after_a_failed_wake_carry_no_address_or_detail() {
+        for (err, _, _) in every_wake_error() {
+            let (msg, _) = wake_failure_message(&err);
+            for leak in ["10.", "http", ":25565", ":8080", "refused", "lobby"] {
+                assert!(!msg.contains(leak), "{err:?} shows {leak:?}: {msg}");
+            }
         }
     }
 }

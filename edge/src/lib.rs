@@ -60,6 +60,8 @@ pub struct Shared {
     pub sync: Arc<sync_client::SyncClient>,
     pub conns: Arc<listener::Connections>,
     pub status_cache: status::StatusCache,
+    /// Pipes lent to spliced sessions while their bytes flow.
+    pub pipes: splice::PipePool,
     pub admission: limits::Admission,
     /// Refusals are logged at most once a second (a flood must not flood the logs).
     pub refusal_log: limits::LogThrottle,
@@ -162,7 +164,8 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
         metrics.clone(),
     )?);
     let shared = Arc::new(Shared {
-        status_cache: status::StatusCache::new(),
+        status_cache: status::StatusCache::new(config.status_cache_size),
+        pipes: splice::PipePool::new(config.splice_pipes),
         admission: limits::Admission::new(config.limits),
         refusal_log: limits::LogThrottle::new(Duration::from_secs(1)),
         config,

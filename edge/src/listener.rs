@@ -175,11 +175,18 @@ pub async fn accept_loop(
         match accepted {
             Ok((stream, peer)) => {
                 backoff = ACCEPT_BACKOFF_MIN;
+                // Refused before a task or a byte is spent on it.
+                let admitted = match crate::conn::admit(&shared, peer) {
+                    Ok(a) => a,
+                    Err(r) => {
+                        crate::conn::refused(&shared, peer, r.reason());
+                        drop(stream);
+                        continue;
+                    }
+                };
                 let shared = shared.clone();
                 let cut = cut.clone();
-                tracker.spawn(async move {
-                    crate::conn::handle(stream, peer, shared, cut).await;
-                });
+                tracker.spawn(crate::conn::handle(stream, peer, admitted, shared, cut));
             }
             Err(e) => {
                 // EMFILE/ENFILE and friends: the listener is fine, the process

@@ -1,47 +1,135 @@
-//! Server-list pings. The edge answers every status ping itself: with the
-//! backend's real status when its route says it runs (fetched over a short
-//! connection of the edge's own and cached per backend address and protocol,
-//! one fetch at a time), with the last good answer marked stale while the
-//! backend is briefly unreachable, and otherwise with a local MOTD (asleep,
-//! starting, unknown host) that echoes the client's protocol so the client
-//! does not flag a version mismatch. Pongs are always local.
-use std::collections::HashMap;
+//! Server-list pings. By default the edge answers every status ping itself:
+//! with the backend's real status when its route says it runs, with the last
+//! good answer marked stale while the backend is briefly unreachable, and
+//! otherwise with a local MOTD (asleep, starting, unknown host) that echoes
+//! the client's protocol so the client does not flag a version mismatch.
+//! Pongs are then local.
+//!
+//! Backend answers come through [`StatusCache`]: one entry per (backend
+//! address, hostname as the backend sees it, protocol bucket) in a bounded
+//! LRU, and single-flight: while a fetch for a key is in the air every ping
+//! for that key waits for it and gets its answer, so even with a TTL of zero
+//! a backend sees at most one status fetch per key at a time. The fetch runs
+//! as a task of its own, so the player who started it may leave without
+//! failing the others.
+//!
+//! With `--status-mode relay` a running backend's status conversation is
+//! instead forwarded byte for byte ([`relay`]): the player sees the backend's
+//! own answer and pong latency.
 use std::net::SocketAddr;
+use std::num::NonZeroUsize;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use automc_proto::v1::{Route, WakePhase};
+use automc_proto::RouteState;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
+use tokio::sync::watch;
 
 use crate::protocol::{self, Handshake, LegacyPing, NextState, StatusInfo, StatusPacket};
 use crate::{Shared, UnknownHost};
 
 /// Largest status JSON accepted from a backend (favicons are big).
 pub const MAX_STATUS_BYTES: usize = 256 * 1024;
-/// Cached entries kept before the cache is reset (protocol numbers are
-/// chosen by clients, so the key space is not ours to bound).
-const MAX_CACHE_ENTRIES: usize = 4096;
+/// Status cache entries kept by default (`--status-cache-size`).
+pub const DEFAULT_CACHE_ENTRIES: usize = 4096;
 /// Version name shown in local answers.
 pub const LOCAL_VERSION_NAME: &str = "automc";
 /// Protocol used to fetch a backend's status on behalf of a legacy client.
 const LEGACY_FETCH_PROTOCOL: i32 = 47;
+/// Protocol numbers above this (outside the snapshot range) are not a real
+/// client's: they share one cache entry instead of one each.
+const MAX_PLAUSIBLE_PROTOCOL: i32 = 4096;
+/// Snapshots number their protocols from here (`0x40000000 | n`).
+const SNAPSHOT_PROTOCOL_BASE: i32 = 0x4000_0000;
+/// Protocol sent when fetching for an implausible client protocol: "unknown".
+const UNKNOWN_PROTOCOL: i32 = -1;
 
-#[derive(Debug, Default)]
-struct Slot {
-    /// Last good answer and when it was fetched.
-    good: Option<(Arc<str>, Instant)>,
-    /// Last failed fetch, so waiters behind it do not retry at once.
-    failed_at: Option<Instant>,
+/// How status pings for a running backend are answered (`--status-mode`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum StatusMode {
+    /// Fetch the backend's status, cache it, answer pongs locally.
+    #[default]
+    Cache,
+    /// Forward the whole status conversation to the backend byte for byte.
+    Relay,
 }
 
-/// One cache key's slot; its async lock is what makes fetches single-flight.
-type SharedSlot = Arc<tokio::sync::Mutex<Slot>>;
+/// Which client protocols share a cached answer: each real protocol number
+/// its own, every implausible one (chosen at random by a scanner, say) one
+/// for all, so clients cannot grow the key space at will.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ProtocolBucket {
+    Plausible(i32),
+    Other,
+}
 
-/// Backend status answers per (backend address, protocol).
+impl ProtocolBucket {
+    pub fn of(protocol: i32) -> Self {
+        let release = (0..=MAX_PLAUSIBLE_PROTOCOL).contains(&protocol);
+        let snapshot = (SNAPSHOT_PROTOCOL_BASE..=SNAPSHOT_PROTOCOL_BASE + MAX_PLAUSIBLE_PROTOCOL)
+            .contains(&protocol);
+        if release || snapshot {
+            Self::Plausible(protocol)
+        } else {
+            Self::Other
+        }
+    }
+
+    /// The protocol a fetch for this bucket announces to the backend.
+    pub fn fetch_protocol(self) -> i32 {
+        match self {
+            Self::Plausible(p) => p,
+            Self::Other => UNKNOWN_PROTOCOL,
+        }
+    }
+}
+
+/// What one cached answer is for.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct StatusKey {
+    pub address: String,
+    /// The handshake's server address exactly as it is sent to the backend
+    /// (a hub or a Velocity proxy with forced hosts answers per hostname).
+    pub hostname: String,
+    pub protocol: ProtocolBucket,
+}
+
+/// What a finished fetch hands its waiters.
+type FetchResult = Option<Result<Arc<str>, ()>>;
+
 #[derive(Debug, Default)]
+struct Entry {
+    /// Last good answer and when it was fetched.
+    good: Option<(Arc<str>, Instant)>,
+    /// Last failed fetch, so pings right behind it do not retry at once.
+    failed_at: Option<Instant>,
+    /// The fetch in the air, if any: every ping for this key waits on it.
+    in_flight: Option<watch::Receiver<FetchResult>>,
+}
+
+impl Entry {
+    /// The last good answer marked stale, while it is recent enough.
+    fn stale(&self, now: Instant, stale_for: Duration) -> Fetched {
+        match &self.good {
+            Some((json, at)) if now.duration_since(*at) < stale_for => {
+                match protocol::mark_status_stale(json, "(cached)") {
+                    Some(s) => Fetched::Stale(s),
+                    None => Fetched::Unavailable,
+                }
+            }
+            _ => Fetched::Unavailable,
+        }
+    }
+}
+
+type Lru = lru::LruCache<StatusKey, Entry>;
+
+/// Backend status answers, shared by every connection of the edge.
+#[derive(Debug, Clone)]
 pub struct StatusCache {
-    slots: Mutex<HashMap<(String, i32), SharedSlot>>,
+    entries: Arc<Mutex<Lru>>,
 }
 
 /// What a status lookup found.
@@ -54,73 +142,137 @@ pub enum Fetched {
 }
 
 /// Where and how to fetch a backend's status.
-pub struct FetchTarget<'a> {
-    pub address: &'a str,
+#[derive(Debug, Clone)]
+pub struct FetchTarget {
+    pub address: String,
     pub handshake: Handshake,
     /// PROXY v2 (source, destination) to send first, when configured.
     pub proxy: Option<(SocketAddr, SocketAddr)>,
 }
 
+/// How a cache lookup proceeds once the lock is released.
+enum Step {
+    Done(Fetched),
+    Wait(watch::Receiver<FetchResult>),
+}
+
 impl StatusCache {
-    pub fn new() -> Self {
-        Self::default()
-    }
-
-    fn slot(&self, address: &str, protocol: i32) -> SharedSlot {
-        let Ok(mut slots) = self.slots.lock() else {
-            return Arc::default();
-        };
-        if slots.len() >= MAX_CACHE_ENTRIES && !slots.contains_key(&(address.to_owned(), protocol))
-        {
-            slots.clear();
+    /// A cache of at most `capacity` entries (at least one).
+    pub fn new(capacity: usize) -> Self {
+        let cap = NonZeroUsize::new(capacity).unwrap_or(NonZeroUsize::MIN);
+        Self {
+            entries: Arc::new(Mutex::new(Lru::new(cap))),
         }
-        slots
-            .entry((address.to_owned(), protocol))
-            .or_default()
-            .clone()
     }
 
-    /// The backend's status: cached when fresh, else fetched (one fetch per
-    /// key at a time; concurrent callers wait for it and share the answer).
+    fn lock(&self) -> std::sync::MutexGuard<'_, Lru> {
+        self.entries
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Entries held now.
+    pub fn len(&self) -> usize {
+        self.lock().len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The backend's status for `target`: cached when fresh, else from the
+    /// fetch in the air for its key, else from a new fetch that every ping
+    /// arriving meanwhile shares. The protocol announced is the bucket's.
     pub async fn get(
         &self,
-        target: FetchTarget<'_>,
+        mut target: FetchTarget,
         ttl: Duration,
         stale_for: Duration,
         timeout: Duration,
     ) -> Fetched {
-        let slot = self.slot(target.address, target.handshake.protocol_version);
-        let mut slot = slot.lock().await;
-        let now = Instant::now();
-        if let Some((json, at)) = &slot.good {
-            if now.duration_since(*at) < ttl {
-                return Fetched::Fresh(json.clone());
+        let bucket = ProtocolBucket::of(target.handshake.protocol_version);
+        target.handshake.protocol_version = bucket.fetch_protocol();
+        let key = StatusKey {
+            address: target.address.clone(),
+            hostname: target.handshake.server_address.clone(),
+            protocol: bucket,
+        };
+        let step = {
+            let mut lru = self.lock();
+            let entry = lru.get_or_insert_mut(key.clone(), Entry::default);
+            let now = Instant::now();
+            match (&entry.good, &entry.in_flight) {
+                (Some((json, at)), _) if now.duration_since(*at) < ttl => {
+                    Step::Done(Fetched::Fresh(json.clone()))
+                }
+                (_, Some(rx)) => Step::Wait(rx.clone()),
+                _ if entry.failed_at.is_some_and(|t| now.duration_since(t) < ttl) => {
+                    Step::Done(entry.stale(now, stale_for))
+                }
+                _ => {
+                    let (tx, rx) = watch::channel(None);
+                    entry.in_flight = Some(rx.clone());
+                    tokio::spawn(self.clone().fetch_for(key.clone(), target, timeout, tx));
+                    Step::Wait(rx)
+                }
             }
+        };
+        let mut rx = match step {
+            Step::Done(f) => return f,
+            Step::Wait(rx) => rx,
+        };
+        let result = rx
+            .wait_for(Option::is_some)
+            .await
+            .ok()
+            .and_then(|r| r.clone());
+        match result {
+            Some(Ok(json)) => Fetched::Fresh(json),
+            _ => self
+                .lock()
+                .peek(&key)
+                .map_or(Fetched::Unavailable, |e| e.stale(Instant::now(), stale_for)),
         }
-        let recently_failed = slot.failed_at.is_some_and(|t| now.duration_since(t) < ttl);
-        if !recently_failed {
-            match fetch(&target, timeout).await {
+    }
+
+    /// The single fetch for `key`: record its outcome, then wake its waiters.
+    async fn fetch_for(
+        self,
+        key: StatusKey,
+        target: FetchTarget,
+        timeout: Duration,
+        tx: watch::Sender<FetchResult>,
+    ) {
+        let result = fetch(&target, timeout).await;
+        let shared = match result {
+            Ok(json) => Ok(Arc::<str>::from(json)),
+            Err(e) => {
+                tracing::debug!(backend = %target.address, error = %e, "status fetch failed");
+                Err(())
+            }
+        };
+        {
+            let mut lru = self.lock();
+            // Evicted meanwhile: a good answer is still worth keeping.
+            let entry = lru.get_or_insert_mut(key, Entry::default);
+            // Only this fetch's own mark: after an eviction another may be up.
+            let mine = tx.subscribe();
+            if entry
+                .in_flight
+                .as_ref()
+                .is_some_and(|rx| rx.same_channel(&mine))
+            {
+                entry.in_flight = None;
+            }
+            match &shared {
                 Ok(json) => {
-                    let json: Arc<str> = json.into();
-                    slot.good = Some((json.clone(), Instant::now()));
-                    slot.failed_at = None;
-                    return Fetched::Fresh(json);
+                    entry.good = Some((json.clone(), Instant::now()));
+                    entry.failed_at = None;
                 }
-                Err(e) => {
-                    tracing::debug!(backend = target.address, error = %e, "status fetch failed");
-                    slot.failed_at = Some(Instant::now());
-                }
+                Err(()) => entry.failed_at = Some(Instant::now()),
             }
         }
-        match &slot.good {
-            Some((json, at)) if now.duration_since(*at) < stale_for => {
-                match protocol::mark_status_stale(json, "(cached)") {
-                    Some(s) => Fetched::Stale(s),
-                    None => Fetched::Unavailable,
-                }
-            }
-            _ => Fetched::Unavailable,
-        }
+        tx.send_replace(Some(shared));
     }
 }
 
@@ -140,14 +292,14 @@ pub enum FetchError {
 }
 
 /// One status exchange with a backend, bounded by `timeout` overall.
-pub async fn fetch(target: &FetchTarget<'_>, timeout: Duration) -> Result<String, FetchError> {
+pub async fn fetch(target: &FetchTarget, timeout: Duration) -> Result<String, FetchError> {
     tokio::time::timeout(timeout, fetch_inner(target))
         .await
         .map_err(|_| FetchError::Timeout)?
 }
 
-async fn fetch_inner(target: &FetchTarget<'_>) -> Result<String, FetchError> {
-    let mut s = TcpStream::connect(target.address)
+async fn fetch_inner(target: &FetchTarget) -> Result<String, FetchError> {
+    let mut s = TcpStream::connect(&target.address)
         .await
         .map_err(FetchError::Connect)?;
     let _ = s.set_nodelay(true);
@@ -199,12 +351,12 @@ pub fn decide(shared: &Shared, route: Option<&Route>) -> Answer {
     if phase == Some(WakePhase::Waking) {
         return Answer::Local(cfg.starting_motd.clone());
     }
-    match route.state.as_str() {
-        "running" => Answer::Backend,
+    match route.run_state() {
+        RouteState::Running => Answer::Backend,
         // Woken by syncd while the state column was not (yet) updated.
         _ if phase == Some(WakePhase::Running) => Answer::Backend,
-        "starting" | "waking" => Answer::Local(cfg.starting_motd.clone()),
-        _ => Answer::Local(cfg.asleep_motd.clone()),
+        RouteState::Starting => Answer::Local(cfg.starting_motd.clone()),
+        RouteState::Stopped | RouteState::Other => Answer::Local(cfg.asleep_motd.clone()),
     }
 }
 
@@ -258,7 +410,7 @@ async fn backend_status(
 ) -> Option<String> {
     let cfg = &shared.config;
     let target = FetchTarget {
-        address: &route.address,
+        address: route.address.clone(),
         handshake: Handshake {
             protocol_version,
             server_address,
@@ -382,13 +534,25 @@ fn flatten_text(v: &serde_json::Value, out: &mut String) {
 }
 
 /// Serve the status conversation after a status handshake: answer each
-/// Status Request and the Ping, then close. `rest` holds bytes already read
-/// past the handshake.
+/// Status Request and the Ping, then close, all before `deadline`. `rest`
+/// holds bytes already read past the handshake.
 pub async fn converse(
+    stream: &mut TcpStream,
+    rest: Vec<u8>,
+    json: &str,
+    deadline: tokio::time::Instant,
+) -> Result<(), ConverseEnd> {
+    // Writes are bounded too: a client that never reads must not hold the
+    // connection past the deadline either.
+    tokio::time::timeout_at(deadline, converse_inner(stream, rest, json))
+        .await
+        .map_err(|_| ConverseEnd::Timeout)?
+}
+
+async fn converse_inner(
     stream: &mut TcpStream,
     mut rest: Vec<u8>,
     json: &str,
-    read_timeout: Duration,
 ) -> Result<(), ConverseEnd> {
     let mut answered = false;
     loop {
@@ -413,9 +577,9 @@ pub async fn converse(
                 if rest.len() >= protocol::MAX_HANDSHAKE_BYTES {
                     return Err(ConverseEnd::Protocol("status packet too large"));
                 }
-                let n = tokio::time::timeout(read_timeout, stream.read_buf(&mut rest))
+                let n = stream
+                    .read_buf(&mut rest)
                     .await
-                    .map_err(|_| ConverseEnd::Timeout)?
                     .map_err(|_| ConverseEnd::ClientGone)?;
                 if n == 0 {
                     return if answered {
@@ -430,6 +594,69 @@ pub async fn converse(
     }
 }
 
+/// Bytes a relayed client may send (a status request and a ping are 12).
+const RELAY_UP_CAP: u64 = 4 * 1024;
+/// Bytes a relayed backend may send (its status, a favicon included, and a pong).
+const RELAY_DOWN_CAP: u64 = MAX_STATUS_BYTES as u64 + 1024;
+
+/// How a relayed status conversation ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RelayEnd {
+    /// The backend answered and closed (or the client left after its answer).
+    Done,
+    /// The backend could not be reached: nothing was sent to the client yet.
+    Unreachable,
+    Timeout,
+    Io,
+}
+
+/// Forward a status conversation to the backend at `address` byte for byte:
+/// `head` (any PROXY header, the handshake and whatever the client sent
+/// after it) first, then both ways until the backend closes, all before
+/// `deadline` and within small byte caps.
+pub async fn relay(
+    client: &mut TcpStream,
+    address: &str,
+    head: &[u8],
+    connect_timeout: Duration,
+    deadline: tokio::time::Instant,
+) -> RelayEnd {
+    let connect = tokio::time::timeout(connect_timeout, TcpStream::connect(address));
+    let mut backend = match connect.await {
+        Ok(Ok(s)) => s,
+        _ => return RelayEnd::Unreachable,
+    };
+    let _ = backend.set_nodelay(true);
+    if backend.write_all(head).await.is_err() {
+        return RelayEnd::Unreachable;
+    }
+    let (mut cr, mut cw) = client.split();
+    let (mut br, mut bw) = backend.split();
+    let up = async {
+        let _ = tokio::io::copy(&mut (&mut cr).take(RELAY_UP_CAP), &mut bw).await;
+        let _ = bw.shutdown().await;
+    };
+    let down = async {
+        let r = tokio::io::copy(&mut (&mut br).take(RELAY_DOWN_CAP), &mut cw).await;
+        let _ = cw.shutdown().await;
+        r
+    };
+    let both = async {
+        tokio::pin!(up, down);
+        // The conversation is over when the backend is done; a client that
+        // half-closes early still gets the rest of the answer.
+        tokio::select! {
+            r = &mut down => r,
+            () = &mut up => down.await,
+        }
+    };
+    match tokio::time::timeout_at(deadline, both).await {
+        Err(_) => RelayEnd::Timeout,
+        Ok(Err(_)) => RelayEnd::Io,
+        Ok(Ok(_)) => RelayEnd::Done,
+    }
+}
+
 /// How a status conversation ended early.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ConverseEnd {
@@ -441,6 +668,32 @@ pub enum ConverseEnd {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn real_protocol_numbers_have_their_own_bucket_and_random_ones_share_one() {
+        assert_eq!(ProtocolBucket::of(769), ProtocolBucket::Plausible(769));
+        assert_eq!(ProtocolBucket::of(0), ProtocolBucket::Plausible(0));
+        assert_eq!(
+            ProtocolBucket::of(0x4000_00f0),
+            ProtocolBucket::Plausible(0x4000_00f0)
+        );
+        for random in [
+            -5,
+            4097,
+            123_456_789,
+            i32::MAX,
+            i32::MIN,
+            0x4000_0000 + 5000,
+        ] {
+            assert_eq!(
+                ProtocolBucket::of(random),
+                ProtocolBucket::Other,
+                "{random}"
+            );
+        }
+        assert_eq!(ProtocolBucket::Other.fetch_protocol(), -1);
+        assert_eq!(ProtocolBucket::of(47).fetch_protocol(), 47);
+    }
 
     #[test]
     fn summary_flattens_text_components() {

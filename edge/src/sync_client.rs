@@ -13,7 +13,6 @@
 //! swapped in whole when its last piece arrives. The client's decode limit
 //! is set explicitly to [`MAX_MESSAGE_BYTES`].
 use std::collections::HashMap;
-use std::error::Error as _;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -27,10 +26,11 @@ use automc_proto::v1::{
     WatchHello, WatchRequest,
 };
 use automc_proto::RouteTable;
-use rand::Rng;
-use tokio::time::Instant;
+use automc_proto::WakeFailure;
 use futures::StreamExt;
+use rand::Rng;
 use tokio::sync::watch;
+use tokio::time::Instant;
 use tokio_stream::wrappers::WatchStream;
 use tokio_util::sync::CancellationToken;
 use tonic::metadata::{Ascii, MetadataValue};
@@ -94,13 +94,18 @@ impl SyncError {
     }
 }
 
-/// Why a wake did not give an address. Each maps to a message a player can act on.
+/// Why a wake did not give an address. Each maps to a message a player can
+/// act on; the texts here are for logs only.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum WakeError {
     #[error("the server did not start within the hold timeout")]
     Timeout,
-    #[error("the server could not be started: {0}")]
-    Failed(String),
+    /// syncd answered with a typed reason; `detail` is its message, for logs.
+    #[error("the server could not be started ({}): {detail}", failure.label())]
+    Failed {
+        failure: WakeFailure,
+        detail: String,
+    },
     #[error("syncd unreachable: {0}")]
     Unreachable(String),
 }
@@ -109,9 +114,34 @@ impl WakeError {
     pub fn outcome(&self) -> &'static str {
         match self {
             Self::Timeout => "timeout",
-            Self::Failed(_) => "failed",
+            Self::Failed { .. } => "failed",
             Self::Unreachable(_) => "unreachable",
         }
+    }
+}
+
+/// What one endpoint's answer to `Wake` means for the caller.
+#[derive(Debug)]
+enum WakeAnswer {
+    /// Final: give this to the player.
+    Final(WakeError),
+    /// This endpoint cannot serve the wake (down, standby, shutting down,
+    /// token refused): try the next one.
+    TryNext(String),
+}
+
+/// Classify a failed `Wake` by syncd's typed reason; a status without one
+/// was made by the transport (or a proxy, or the auth check) on the way.
+fn classify_wake_status(status: &tonic::Status) -> WakeAnswer {
+    let detail = status.message().to_owned();
+    match WakeFailure::from_status(status) {
+        Some(WakeFailure::Standby | WakeFailure::ShuttingDown) => WakeAnswer::TryNext(detail),
+        Some(WakeFailure::Timeout) => WakeAnswer::Final(WakeError::Timeout),
+        Some(failure) => WakeAnswer::Final(WakeError::Failed { failure, detail }),
+        None => match status.code() {
+            Code::DeadlineExceeded | Code::Cancelled => WakeAnswer::Final(WakeError::Timeout),
+            _ => WakeAnswer::TryNext(detail),
+        },
     }
 }
 
@@ -479,22 +509,12 @@ impl SyncClient {
             match tokio::time::timeout(remaining, client.wake(req)).await {
                 Err(_) => return Err(WakeError::Timeout),
                 Ok(Ok(resp)) => return Ok(resp.into_inner()),
-                Ok(Err(status)) => match status.code() {
-                    // A status with a source was made on this side (connect
-                    // failed, connection lost); one without came from syncd,
-                    // which reports failed wakes as UNAVAILABLE too.
-                    Code::Unavailable | Code::Unknown if status.source().is_some() => {
-                        last = WakeError::Unreachable(status.message().to_owned());
+                Ok(Err(status)) => match classify_wake_status(&status) {
+                    WakeAnswer::Final(e) => return Err(e),
+                    WakeAnswer::TryNext(why) => {
+                        debug!(endpoint = idx, reason = %why, "this syncd cannot serve the wake; trying the next");
+                        last = WakeError::Unreachable(why);
                     }
-                    // ABORTED: a standby syncd; the active one is elsewhere.
-                    Code::Unimplemented
-                    | Code::Unauthenticated
-                    | Code::PermissionDenied
-                    | Code::Aborted => {
-                        last = WakeError::Unreachable(status.message().to_owned());
-                    }
-                    Code::DeadlineExceeded | Code::Cancelled => return Err(WakeError::Timeout),
-                    _ => return Err(WakeError::Failed(status.message().to_owned())),
                 },
             }
         }
@@ -594,10 +614,12 @@ mod tests {
                     reused: false,
                     duration_ms: 1,
                 })),
-                "gone" => Err(Status::unavailable(
-                    "wake of gone failed: waker returned 500",
-                )),
-                _ => Err(Status::failed_precondition("waker not configured")),
+                "gone" => {
+                    Err(WakeFailure::WakerRefused
+                        .to_status("wake of gone failed: waker returned 500"))
+                }
+                "untyped" => Err(Status::unavailable("an older syncd or a proxy")),
+                _ => Err(WakeFailure::NotConfigured.to_status("waker not configured")),
             }
         }
         async fn list_edges(
@@ -797,13 +819,22 @@ mod tests {
             .expect("wake ok");
         assert_eq!(ok.address, "10.0.0.9:25565");
         match client.wake("gone", Duration::from_secs(5)).await {
-            Err(WakeError::Failed(reason)) => {
-                assert_eq!(reason, "wake of gone failed: waker returned 500");
+            Err(WakeError::Failed { failure, detail }) => {
+                assert_eq!(failure, WakeFailure::WakerRefused);
+                assert_eq!(detail, "wake of gone failed: waker returned 500");
             }
             other => panic!("unexpected {other:?}"),
         }
         match client.wake("other", Duration::from_secs(5)).await {
-            Err(WakeError::Failed(reason)) => assert_eq!(reason, "waker not configured"),
+            Err(WakeError::Failed { failure, .. }) => {
+                assert_eq!(failure, WakeFailure::NotConfigured)
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+        // A status without syncd's typed reason is not a wake outcome: this
+        // endpoint could not serve the wake.
+        match client.wake("untyped", Duration::from_secs(5)).await {
+            Err(WakeError::Unreachable(_)) => {}
             other => panic!("unexpected {other:?}"),
         }
         cancel.cancel();

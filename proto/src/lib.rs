@@ -1,12 +1,15 @@
 //! The contract between `syncd` and `edge`: the generated gRPC code for
 //! `automc.v1`, and the routing rules both sides must agree on (hostname
 //! normalisation and route matching), so `GetRoute` on syncd answers exactly
-//! what an edge would do with the same hostname.
+//! what an edge would do with the same hostname; and the typed meaning of
+//! what crosses the wire (route states, wake failures).
 #![forbid(unsafe_code)]
 
 pub mod hostname;
+pub mod state;
 pub mod sync;
 pub mod table;
+pub mod wake;
 
 /// Generated messages and services of package `automc.v1`.
 pub mod v1 {
@@ -19,7 +22,9 @@ pub const FILE_DESCRIPTOR_SET: &[u8] =
     include_bytes!(concat!(env!("OUT_DIR"), "/automc_descriptor.bin"));
 
 pub use hostname::{normalize_domain, normalize_player_hostname};
+pub use state::RouteState;
 pub use table::{
     bucket_of, route_entry_len, BucketSet, HostnameTooLong, Match, MatchKind, RouteTable, BUCKETS,
     MAX_HOSTNAME_CHARS,
 };
+pub use wake::{WakeFailure, ERROR_DOMAIN};

@@ -107,9 +107,8 @@ impl RouteSync for RouteSyncService {
             return Err(Status::invalid_argument("server is required"));
         }
         if !*self.active.borrow() {
-            return Err(Status::aborted(
-                "this syncd is a standby: wakes are served by the active instance",
-            ));
+            return Err(automc_proto::WakeFailure::Standby
+                .to_status("this syncd is a standby: wakes are served by the active instance"));
         }
         self.wakes
             .wake(&r.server, &r.caller)

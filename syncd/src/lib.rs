@@ -12,6 +12,7 @@
 pub mod auth;
 pub mod config;
 pub mod diff;
+pub mod dsn;
 pub mod grpc;
 pub mod http;
 pub mod inspect;
@@ -112,6 +113,12 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
             schema::redact_dsn(&config.database_url)
         ))
     })?;
+    if let Some(w) = pg_tls::split(&config.database_url)
+        .ok()
+        .and_then(|s| dsn::tls_warning(s.mode))
+    {
+        tracing::warn!(db = %schema::redact_dsn(&config.database_url), "{w}");
+    }
     pg.application_name("automc-syncd")
         .keepalives(true)
         .keepalives_idle(std::time::Duration::from_secs(30));

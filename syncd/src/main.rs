@@ -439,7 +439,9 @@ async fn inspect(args: InspectArgs, query: syncd::inspect::Query) -> ExitCode {
 }
 
 async fn probe_waker(url: &str) -> anyhow::Result<u16> {
+    // Like the wake client: a redirect is reported, not followed.
     let client = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
         .timeout(Duration::from_secs(5))
         .build()?;
     let resp = client.get(url).send().await?;

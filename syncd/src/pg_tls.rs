@@ -42,52 +42,83 @@ pub struct Split {
     pub root_cert: Option<String>,
 }
 
-/// Take `sslmode` and `sslrootcert` out of a URL or key=value DSN.
+impl SslMode {
+    /// The libpq word for this mode.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Disable => "disable",
+            Self::Prefer => "prefer",
+            Self::Require => "require",
+            Self::VerifyCa => "verify-ca",
+            Self::VerifyFull => "verify-full",
+        }
+    }
+}
+
+/// Take `sslmode` and `sslrootcert` out of a URL or key=value DSN. The
+/// key=value form is read with libpq's grammar ([`crate::dsn`]), so quoted
+/// values with spaces come through unchanged.
 pub fn split(dsn: &str) -> Result<Split, String> {
     let is_url = dsn.starts_with("postgres://") || dsn.starts_with("postgresql://");
     let mut mode = None;
     let mut root_cert = None;
-    let mut kept: Vec<String> = Vec::new();
-    let (head, params, sep) = if is_url {
-        match dsn.split_once('?') {
-            Some((h, q)) => (h.to_owned(), q.split('&').collect::<Vec<_>>(), "&"),
-            None => (dsn.to_owned(), Vec::new(), "&"),
+    if !is_url {
+        let mut kept = Vec::new();
+        for (k, v) in crate::dsn::conninfo_pairs(dsn).map_err(|e| e.to_string())? {
+            match k.as_str() {
+                "sslmode" => mode = Some(v),
+                "sslrootcert" => root_cert = Some(v),
+                _ => kept.push((k, v)),
+            }
         }
-    } else {
-        (String::new(), dsn.split_whitespace().collect(), " ")
+        let mode = ssl_mode(mode.as_deref())?;
+        kept.push(("sslmode".into(), pg_mode(mode).into()));
+        return Ok(Split {
+            dsn: crate::dsn::conninfo_join(&kept),
+            mode,
+            root_cert: root_cert.or_else(|| std::env::var("PGSSLROOTCERT").ok()),
+        });
+    }
+    let mut kept: Vec<String> = Vec::new();
+    let (head, params, sep) = match dsn.split_once('?') {
+        Some((h, q)) => (h.to_owned(), q.split('&').collect::<Vec<_>>(), "&"),
+        None => (dsn.to_owned(), Vec::new(), "&"),
     };
     for p in params {
         match p.split_once('=') {
-            Some(("sslmode", v)) => mode = Some(v.trim_matches('\'').to_owned()),
-            Some(("sslrootcert", v)) => root_cert = Some(v.trim_matches('\'').to_owned()),
+            Some(("sslmode", v)) => mode = Some(v.to_owned()),
+            Some(("sslrootcert", v)) => root_cert = Some(v.to_owned()),
             _ if p.is_empty() => {}
             _ => kept.push(p.to_owned()),
         }
     }
-    let mode = match mode.as_deref().unwrap_or("prefer") {
+    let mode = ssl_mode(mode.as_deref())?;
+    kept.push(format!("sslmode={}", pg_mode(mode)));
+    Ok(Split {
+        dsn: format!("{head}?{}", kept.join(sep)),
+        mode,
+        root_cert: root_cert.or_else(|| std::env::var("PGSSLROOTCERT").ok()),
+    })
+}
+
+fn ssl_mode(word: Option<&str>) -> Result<SslMode, String> {
+    Ok(match word.unwrap_or("prefer") {
         "disable" => SslMode::Disable,
         "prefer" | "allow" => SslMode::Prefer,
         "require" => SslMode::Require,
         "verify-ca" => SslMode::VerifyCa,
         "verify-full" => SslMode::VerifyFull,
         other => return Err(format!("unknown sslmode {other:?}")),
-    };
-    let pg_mode = match mode {
+    })
+}
+
+/// What tokio-postgres is told (it checks nothing itself; the verifier does).
+fn pg_mode(mode: SslMode) -> &'static str {
+    match mode {
         SslMode::Disable => "disable",
         SslMode::Prefer => "prefer",
         _ => "require",
-    };
-    kept.push(format!("sslmode={pg_mode}"));
-    let dsn = if is_url {
-        format!("{head}?{}", kept.join(sep))
-    } else {
-        kept.join(sep)
-    };
-    Ok(Split {
-        dsn,
-        mode,
-        root_cert: root_cert.or_else(|| std::env::var("PGSSLROOTCERT").ok()),
-    })
+    }
 }
 
 /// Parse a DSN into a tokio-postgres config and the TLS connector it needs.
@@ -296,7 +327,12 @@ mod tests {
         );
         let s = split("host=db user=u sslmode=verify-ca sslrootcert=/ca.pem").unwrap();
         assert_eq!(s.mode, SslMode::VerifyCa);
-        assert_eq!(s.dsn, "host=db user=u sslmode=require");
+        assert_eq!(s.dsn, "host='db' user='u' sslmode='require'");
+        // A quoted password with spaces survives the split unchanged.
+        let s = split("host=db password = 'a  b' sslmode = 'require'").unwrap();
+        assert_eq!(s.mode, SslMode::Require);
+        let c: tokio_postgres::Config = s.dsn.parse().unwrap();
+        assert_eq!(c.get_password(), Some(b"a  b".as_slice()));
         let s = split("postgres://u@db/automc").unwrap();
         assert_eq!(s.mode, SslMode::Prefer);
         assert_eq!(s.dsn, "postgres://u@db/automc?sslmode=prefer");

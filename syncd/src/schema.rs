@@ -256,52 +256,7 @@ pub fn parse_payload(payload: &str) -> Payload {
     }
 }
 
-/// The DSN with any password replaced, for logs and errors.
-pub fn redact_dsn(dsn: &str) -> String {
-    if let Some(scheme_end) = dsn.find("://") {
-        let (scheme, rest) = dsn.split_at(scheme_end + 3);
-        let auth_end = rest.find(['/', '?']).unwrap_or(rest.len());
-        let (authority, tail) = rest.split_at(auth_end);
-        if let Some(at) = authority.rfind('@') {
-            let (userinfo, host) = authority.split_at(at);
-            let user = userinfo.split(':').next().unwrap_or_default();
-            let masked = if userinfo.contains(':') {
-                format!("{user}:***")
-            } else {
-                user.to_owned()
-            };
-            return format!("{scheme}{masked}{host}{}", redact_query(tail));
-        }
-        return format!("{scheme}{authority}{}", redact_query(tail));
-    }
-    dsn.split_whitespace()
-        .map(|kv| {
-            if kv.to_ascii_lowercase().starts_with("password=") {
-                "password=***".to_owned()
-            } else {
-                kv.to_owned()
-            }
-        })
-        .collect::<Vec<_>>()
-        .join(" ")
-}
-
-fn redact_query(tail: &str) -> String {
-    let Some((path, query)) = tail.split_once('?') else {
-        return tail.to_owned();
-    };
-    let q: Vec<String> = query
-        .split('&')
-        .map(|kv| {
-            if kv.to_ascii_lowercase().starts_with("password=") {
-                "password=***".to_owned()
-            } else {
-                kv.to_owned()
-            }
-        })
-        .collect();
-    format!("{path}?{}", q.join("&"))
-}
+pub use crate::dsn::redact as redact_dsn;
 
 /// One finding of `syncd check`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -581,28 +536,6 @@ mod tests {
             report(current, current).summary(),
             "schema already current; notify triggers refreshed"
         );
-    }
-
-    #[test]
-    fn passwords_are_redacted_from_dsns() {
-        let cases = [
-            (
-                "postgres://u:hunter2@db:5432/automc?sslmode=disable",
-                "postgres://u:***@db:5432/automc?sslmode=disable",
-            ),
-            ("postgres://u@db/automc", "postgres://u@db/automc"),
-            (
-                "postgresql://db/automc?user=u&password=hunter2",
-                "postgresql://db/automc?user=u&password=***",
-            ),
-            (
-                "host=db user=u password=hunter2 dbname=automc",
-                "host=db user=u password=*** dbname=automc",
-            ),
-        ];
-        for (dsn, want) in cases {
-            assert_eq!(redact_dsn(dsn), want);
-        }
     }
 
     #[test]

@@ -17,6 +17,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use automc_proto::v1::{WakeInfo, WakePhase, WakeResponse};
+use automc_proto::WakeFailure as Failure;
 use tokio::sync::{mpsc, watch, Notify};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -30,7 +31,8 @@ use crate::ping;
 use crate::publisher::{now_ms, Publisher};
 use crate::waker::{WakerClient, WakerError};
 
-/// Why a wake failed; the text is what the edge shows (after its own prefix).
+/// Why a wake failed. The text (which may name addresses) goes to logs,
+/// `ListWakes` and the status message; edges act on [`WakeFailure::kind`] only.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum WakeFailure {
     #[error("{0}")]
@@ -41,6 +43,18 @@ pub enum WakeFailure {
     NotReady { address: String, reason: String },
     #[error("syncd is shutting down")]
     Shutdown,
+}
+
+impl WakeFailure {
+    /// The typed reason sent across the wire.
+    pub fn kind(&self) -> Failure {
+        match self {
+            Self::Waker(w) => w.kind(),
+            Self::TimedOut(_) => Failure::Timeout,
+            Self::NotReady { .. } => Failure::NotReady,
+            Self::Shutdown => Failure::ShuttingDown,
+        }
+    }
 }
 
 /// Where a wake stands; what callers wait on.
@@ -175,11 +189,11 @@ impl Wakes {
         caller: &str,
     ) -> Result<WakeResponse, Status> {
         let Some(waker) = self.waker.clone() else {
-            self.metrics.wake_outcome("not_configured");
-            return Err(Status::failed_precondition("waker not configured"));
+            self.metrics.wake_outcome(Failure::NotConfigured.label());
+            return Err(Failure::NotConfigured.to_status("waker not configured"));
         };
         let Some(route) = self.publisher.route(server) else {
-            return Err(Status::not_found(format!("no route for server {server:?}")));
+            return Err(Failure::UnknownServer.to_status(format!("no route for server {server:?}")));
         };
         let (mut rx, started) = {
             let mut book = self.book();
@@ -240,11 +254,8 @@ impl Wakes {
                 reused: false,
                 duration_ms,
             }),
-            WakeState::Failed(WakeFailure::TimedOut(d)) => Err(Status::deadline_exceeded(format!(
-                "wake of {server} failed: server did not report running within {d:?}"
-            ))),
             WakeState::Failed(f) => {
-                Err(Status::unavailable(format!("wake of {server} failed: {f}")))
+                Err(f.kind().to_status(format!("wake of {server} failed: {f}")))
             }
             WakeState::Waking => Err(Status::internal("wake ended without an outcome")),
         }
@@ -285,14 +296,9 @@ impl Wakes {
                 WakeState::Running { address }
             }
             Err(f) => {
-                let label = match &f {
-                    WakeFailure::TimedOut(_) => "timeout",
-                    WakeFailure::NotReady { .. } => "not_ready",
-                    WakeFailure::Shutdown => "shutdown",
-                    WakeFailure::Waker(_) => "failed",
-                };
-                self.metrics.wake_outcome(label);
-                tracing::warn!(server = %server, reason = %f, ?duration, "wake failed");
+                let kind = f.kind();
+                self.metrics.wake_outcome(kind.label());
+                tracing::warn!(server = %server, failure = kind.label(), reason = %f, ?duration, "wake failed");
                 WakeState::Failed(f)
             }
         };
@@ -361,7 +367,7 @@ impl Wakes {
                 }
                 st = waker.status(server) => {
                     let st = st?;
-                    if st.state == "running" {
+                    if st.is_running() {
                         break st
                             .address
                             .filter(|a| !a.is_empty())
@@ -423,7 +429,7 @@ impl Wakes {
             return;
         }
         for r in &change.upserts {
-            if r.state == "running" {
+            if r.is_running() {
                 if let Some(f) = book.inflight.get(&r.server) {
                     f.running_seen.notify_one();
                 }
@@ -445,14 +451,20 @@ impl Wakes {
                 started_ms: f.started_ms,
                 duration_ms: u64::try_from(f.started.elapsed().as_millis()).unwrap_or(u64::MAX),
                 callers: f.callers.load(Ordering::Relaxed),
+                failure: Failure::Unspecified as i32,
             })
             .collect();
         out.sort_by_key(|w| w.started_ms);
         out.extend(book.recent.iter().rev().map(|f| {
-            let (outcome, reason, address) = match &f.state {
-                WakeState::Running { address } => ("running", String::new(), address.clone()),
-                WakeState::Failed(r) => ("failed", r.to_string(), String::new()),
-                WakeState::Waking => ("waking", String::new(), String::new()),
+            let (outcome, reason, address, failure) = match &f.state {
+                WakeState::Running { address } => (
+                    "running",
+                    String::new(),
+                    address.clone(),
+                    Failure::Unspecified,
+                ),
+                WakeState::Failed(r) => ("failed", r.to_string(), String::new(), r.kind()),
+                WakeState::Waking => ("waking", String::new(), String::new(), Failure::Unspecified),
             };
             WakeInfo {
                 server: f.server.clone(),
@@ -462,6 +474,7 @@ impl Wakes {
                 started_ms: f.started_ms,
                 duration_ms: u64::try_from(f.duration.as_millis()).unwrap_or(u64::MAX),
                 callers: f.callers,
+                failure: failure as i32,
             }
         }));
         out

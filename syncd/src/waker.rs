@@ -3,11 +3,20 @@
 //! address. One pooled client, a timeout on every request, and a distinct
 //! error per way the waker can fail. The token is never logged or put in an
 //! error.
+//!
+//! Redirects are not followed: reqwest drops only `Authorization` and
+//! `Cookie` on a cross-host hop, so following one would hand `X-API-Key` to
+//! whatever host the redirect names. A redirect is a failed wake that says
+//! so. Response bodies are read up to [`MAX_BODY_BYTES`] and no further.
 use std::time::Duration;
 
+use automc_proto::WakeFailure;
 use reqwest::{StatusCode, Url};
 
 use crate::metrics::Metrics;
+
+/// The most a waker response body may hold (a status answer is a few bytes).
+pub const MAX_BODY_BYTES: usize = 64 * 1024;
 
 #[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
 pub enum WakerError {
@@ -23,6 +32,47 @@ pub enum WakerError {
     NoAnswer(Duration),
     #[error("waker sent a status body that is not the expected JSON ({0})")]
     BadBody(String),
+    #[error("waker sent a response body over {MAX_BODY_BYTES} bytes")]
+    BodyTooLarge,
+    #[error(
+        "waker answered HTTP {status} redirecting to {location}; redirects are not followed \
+         (the token would go along): set --waker-url to the final address"
+    )]
+    Redirected { status: u16, location: String },
+}
+
+impl WakerError {
+    /// The typed reason a failed wake carries across the wire.
+    pub fn kind(&self) -> WakeFailure {
+        match self {
+            Self::BadUrl(_) => WakeFailure::NotConfigured,
+            Self::StartRejected(_) | Self::StatusRejected(_) | Self::Redirected { .. } => {
+                WakeFailure::WakerRefused
+            }
+            Self::Unreachable(_) | Self::NoAnswer(_) => WakeFailure::WakerUnreachable,
+            Self::BadBody(_) | Self::BodyTooLarge => WakeFailure::WakerBadResponse,
+        }
+    }
+}
+
+/// Where a redirect points, without any user info or query (for the log).
+fn redirect_target(resp: &reqwest::Response) -> String {
+    let Some(loc) = resp
+        .headers()
+        .get(reqwest::header::LOCATION)
+        .and_then(|v| v.to_str().ok())
+    else {
+        return "(no Location)".into();
+    };
+    match resp.url().join(loc) {
+        Ok(u) => format!(
+            "{}://{}{}",
+            u.scheme(),
+            u.host_str().unwrap_or_default(),
+            u.port().map(|p| format!(":{p}")).unwrap_or_default()
+        ),
+        Err(_) => "(an unparsable Location)".into(),
+    }
 }
 
 /// What `GET /servers/{name}` says.
@@ -59,6 +109,7 @@ impl WakerClient {
             segs.pop_if_empty();
         }
         let http = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
             .timeout(request_timeout)
             .connect_timeout(request_timeout)
             .pool_idle_timeout(Duration::from_secs(60))
@@ -90,7 +141,7 @@ impl WakerClient {
     }
 
     fn request(&self, method: reqwest::Method, url: Url) -> reqwest::RequestBuilder {
-        let req = self.http.request(method, url);
+        let req = self.http.request(method, url).timeout(self.request_timeout);
         match &self.token {
             Some(t) => req.header("X-API-Key", t),
             None => req,
@@ -116,6 +167,9 @@ impl WakerClient {
             .map_err(|e| self.transport_error(&e))?;
         let status = resp.status();
         self.metrics.waker_response(status.as_str());
+        if status.is_redirection() {
+            return Err(self.redirected(&resp));
+        }
         if status.is_success() || status == StatusCode::CONFLICT {
             Ok(())
         } else {
@@ -132,12 +186,51 @@ impl WakerClient {
             .map_err(|e| self.transport_error(&e))?;
         let status = resp.status();
         self.metrics.waker_response(status.as_str());
+        if status.is_redirection() {
+            return Err(self.redirected(&resp));
+        }
         if !status.is_success() {
             return Err(WakerError::StatusRejected(status.as_u16()));
         }
-        let body = resp.bytes().await.map_err(|e| self.transport_error(&e))?;
+        let body = self.capped_body(resp).await?;
         serde_json::from_slice::<ServerStatus>(&body)
             .map_err(|e| WakerError::BadBody(e.to_string()))
+    }
+
+    fn redirected(&self, resp: &reqwest::Response) -> WakerError {
+        self.metrics.waker_response("redirect");
+        WakerError::Redirected {
+            status: resp.status().as_u16(),
+            location: redirect_target(resp),
+        }
+    }
+
+    /// The body, refused past [`MAX_BODY_BYTES`] (also when a
+    /// `Content-Length` announces more, before reading any of it).
+    async fn capped_body(&self, mut resp: reqwest::Response) -> Result<Vec<u8>, WakerError> {
+        if resp
+            .content_length()
+            .is_some_and(|n| n > MAX_BODY_BYTES as u64)
+        {
+            self.metrics.waker_response("body_too_large");
+            return Err(WakerError::BodyTooLarge);
+        }
+        let mut body = Vec::new();
+        while let Some(chunk) = resp.chunk().await.map_err(|e| self.transport_error(&e))? {
+            if body.len() + chunk.len() > MAX_BODY_BYTES {
+                self.metrics.waker_response("body_too_large");
+                return Err(WakerError::BodyTooLarge);
+            }
+            body.extend_from_slice(&chunk);
+        }
+        Ok(body)
+    }
+}
+
+impl ServerStatus {
+    /// The waker says the server runs.
+    pub fn is_running(&self) -> bool {
+        automc_proto::RouteState::parse(&self.state) == automc_proto::RouteState::Running
     }
 }
 

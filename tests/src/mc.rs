@@ -244,6 +244,10 @@ pub struct BackendOptions {
     pub login: LoginMode,
     /// Expect a PROXY (v1 or v2) header before the Minecraft bytes on every connection.
     pub expect_proxy_header: bool,
+    /// Append " @ <hostname from the handshake>" to the MOTD (a hub answering per forced host).
+    pub motd_per_hostname: bool,
+    /// Hold every status answer until this turns true.
+    pub status_gate: Option<tokio::sync::watch::Receiver<bool>>,
 }
 
 impl Default for BackendOptions {
@@ -256,6 +260,8 @@ impl Default for BackendOptions {
             max: 20,
             login: LoginMode::Echo,
             expect_proxy_header: false,
+            motd_per_hostname: false,
+            status_gate: None,
         }
     }
 }
@@ -308,6 +314,10 @@ struct BackendState {
     opts: BackendOptions,
     accepted: AtomicUsize,
     status_answers: AtomicUsize,
+    /// Status requests received and not answered yet, and the most ever at once.
+    status_in_flight: AtomicUsize,
+    status_in_flight_max: AtomicUsize,
+    status_requests: AtomicUsize,
     conns: Mutex<Vec<Arc<Mutex<ConnRecord>>>>,
     changed: tokio::sync::Notify,
 }
@@ -331,6 +341,9 @@ impl McBackend {
             opts,
             accepted: AtomicUsize::new(0),
             status_answers: AtomicUsize::new(0),
+            status_in_flight: AtomicUsize::new(0),
+            status_in_flight_max: AtomicUsize::new(0),
+            status_requests: AtomicUsize::new(0),
             conns: Mutex::new(Vec::new()),
             changed: tokio::sync::Notify::new(),
         });
@@ -355,6 +368,16 @@ impl McBackend {
     /// Status responses sent so far.
     pub fn status_answers(&self) -> usize {
         self.state.status_answers.load(Ordering::SeqCst)
+    }
+
+    /// Status requests received so far (answered or held at the gate).
+    pub fn status_requests(&self) -> usize {
+        self.state.status_requests.load(Ordering::SeqCst)
+    }
+
+    /// The most status requests this backend was ever answering at once.
+    pub fn most_concurrent_status_requests(&self) -> usize {
+        self.state.status_in_flight_max.load(Ordering::SeqCst)
     }
 
     /// Snapshots of every connection's record, in accept order.
@@ -575,16 +598,33 @@ async fn serve_status(
         };
         match id {
             0x00 => {
+                let st = r.state;
+                st.status_requests.fetch_add(1, Ordering::SeqCst);
+                let now = st.status_in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+                st.status_in_flight_max.fetch_max(now, Ordering::SeqCst);
+                st.changed.notify_waiters();
+                if let Some(gate) = &opts.status_gate {
+                    let mut gate = gate.clone();
+                    let _ = gate.wait_for(|open| *open).await;
+                }
+                let motd = if opts.motd_per_hostname {
+                    format!("{} @ {}", opts.motd, hs.address)
+                } else {
+                    opts.motd.clone()
+                };
                 let json = opts.status_json.clone().unwrap_or_else(|| {
                     serde_json::json!({
                         "version": {"name": opts.version_name, "protocol": hs.protocol},
                         "players": {"max": opts.max, "online": opts.online},
-                        "description": {"text": opts.motd},
+                        "description": {"text": motd},
                     })
                     .to_string()
                 });
                 let mut out = vec![0x00];
                 put_string(&mut out, &json);
+                // Out of flight before the answer leaves: the edge cannot
+                // start its next fetch before it has this one.
+                st.status_in_flight.fetch_sub(1, Ordering::SeqCst);
                 write.write_all(&framed(&out)).await?;
                 r.state.status_answers.fetch_add(1, Ordering::SeqCst);
                 r.state.changed.notify_waiters();

@@ -64,6 +64,16 @@ where
 
 // ===================================================================== syncd
 
+/// Raise the soft RLIMIT_NOFILE to the hard limit, or fail saying why.
+pub fn ensure_fd_limit(need: u64) {
+    let raised = rlimit::increase_nofile_limit(need.max(20_000)).unwrap_or(0);
+    assert!(
+        raised >= need,
+        "this test needs {need} file descriptors but RLIMIT_NOFILE allows {raised}: \
+         run `ulimit -n 20000` (or higher) before `cargo test`"
+    );
+}
+
 /// A Postgres cluster with `syncd migrate` applied.
 pub async fn migrated_pg() -> TestPg {
     let pg = TestPg::start().await;
@@ -586,6 +596,7 @@ pub fn edge_test_config(syncd_urls: &[String]) -> edge::Config {
             max_connections_per_ip: 0,
             rate_per_ip: 0.0,
             rate_burst: 0.0,
+            ..edge::limits::LimitsConfig::default()
         },
         ..edge::Config::default()
     }

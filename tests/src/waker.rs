@@ -1,7 +1,8 @@
 //! A fake waker: a real HTTP server (axum on 127.0.0.1:0) speaking the
 //! waker contract (`POST /servers/{name}/start`, `GET /servers/{name}`),
 //! with a behaviour per server that models what real wakers do: start after
-//! a delay, answer 409, fail with 5xx, send garbage JSON, hang, never finish.
+//! a delay, answer 409, fail with 5xx, send garbage JSON, hang, never finish,
+//! redirect elsewhere, send a body too large to be a status answer.
 //! It counts requests and records every `X-API-Key` it was sent.
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -34,6 +35,12 @@ pub enum Behaviour {
     Hangs,
     /// `POST` answers 202, `GET` says "starting" forever.
     NeverRuns,
+    /// Every request answers `307 Temporary Redirect` to the same path under
+    /// `to` (another waker's base URL).
+    Redirects { to: String },
+    /// `POST` answers 202, `GET` streams valid "running" JSON padded to
+    /// `bytes` (chunked: no `Content-Length` announces it).
+    HugeStatus { bytes: usize },
 }
 
 impl Behaviour {
@@ -170,6 +177,7 @@ async fn start_server(
         behaviour(&i, &name)
     };
     match b {
+        Behaviour::Redirects { to } => redirect(&to, &format!("/servers/{name}/start")),
         Behaviour::Starts { conflict: true, .. } => {
             (StatusCode::CONFLICT, "already starting").into_response()
         }
@@ -181,6 +189,14 @@ async fn start_server(
         Behaviour::Hangs => std::future::pending::<Response>().await,
         _ => (StatusCode::ACCEPTED, r#"{"ok":true}"#).into_response(),
     }
+}
+
+fn redirect(base: &str, path: &str) -> Response {
+    (
+        StatusCode::TEMPORARY_REDIRECT,
+        [("location", format!("{base}{path}"))],
+    )
+        .into_response()
 }
 
 async fn server_status(
@@ -212,6 +228,21 @@ async fn server_status(
             }
         }
         Behaviour::GarbageStatus => (StatusCode::OK, "<html>not json</html>").into_response(),
+        Behaviour::Redirects { to } => redirect(&to, &format!("/servers/{name}")),
+        Behaviour::HugeStatus { bytes } => {
+            let head = r#"{"state":"running","pad":""#;
+            let pad = bytes.saturating_sub(head.len() + 2);
+            let chunks = std::iter::once(head.to_owned())
+                .chain((0..pad.div_ceil(4096)).map(move |i| "x".repeat(4096.min(pad - i * 4096))))
+                .chain(std::iter::once("\"}".to_owned()))
+                .map(Ok::<_, std::convert::Infallible>);
+            (
+                StatusCode::OK,
+                [("content-type", "application/json")],
+                axum::body::Body::from_stream(futures::stream::iter(chunks)),
+            )
+                .into_response()
+        }
         Behaviour::NeverRuns | Behaviour::StartFails(_) | Behaviour::Hangs => {
             json(serde_json::json!({"state": "starting"}))
         }

@@ -246,3 +246,179 @@ async fn legacy_pings_are_answered_and_the_1_6_form_is_routed_by_its_hostname() 
         .expect("1.6");
     assert_eq!(live.motd(), "legacy live");
 }
+
+#[tokio::test]
+async fn a_trickled_status_conversation_is_closed_at_its_deadline_not_kept_alive_by_each_byte() {
+    let b = McBackend::start(BackendOptions::with_motd("trickle"))
+        .await
+        .expect("backend");
+    let rows = format!(
+        "INSERT INTO servers (name, domain, address, state) VALUES ('t', 't.example.com', '{}', 'running')",
+        b.addr()
+    );
+    let (_pg, _syncd, edge) = stack(&rows, |c| c.handshake_timeout = Duration::from_secs(1)).await;
+    let mut conn = mc::McConn::connect(edge.listen_addr)
+        .await
+        .expect("connect");
+    let mut first = mc::handshake_packet(DEFAULT_PROTOCOL, "t.example.com", 25565, 1);
+    first.extend_from_slice(&mc::framed(&[0x00]));
+    conn.send(&first).await.expect("send");
+    let (id, _) = conn.read_packet().await.expect("status response");
+    assert_eq!(id, 0x00);
+    // The ping, one byte every 400 ms: each byte comes well within the
+    // deadline, the whole ping (4 s) well past it.
+    let ping = mc::ping_packet(0x7e57);
+    let sent = conn.send_slowly(&ping, Duration::from_millis(400)).await;
+    let pong = conn.read_pong().await;
+    assert!(
+        pong.is_err(),
+        "the edge answered a ping trickled past its deadline (send: {sent:?})"
+    );
+    let e = &edge;
+    eventually("the trickle counts as a timeout", DEADLINE, || async move {
+        e.metric("automc_edge_handshake_errors_total{reason=\"timeout\"}") >= 1.0
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn with_no_cache_ttl_concurrent_pings_share_one_fetch_at_a_time_and_all_get_answered() {
+    let (open, gate) = tokio::sync::watch::channel(false);
+    let b = McBackend::start(BackendOptions {
+        status_gate: Some(gate),
+        ..BackendOptions::with_motd("busy hub")
+    })
+    .await
+    .expect("backend");
+    let rows = format!(
+        "INSERT INTO servers (name, domain, address, state) VALUES ('hub', 'hub.example.com', '{}', 'running')",
+        b.addr()
+    );
+    let (_pg, _syncd, edge) = stack(&rows, |c| {
+        c.status_cache_ttl = Duration::ZERO;
+        // The backend answers only when the test opens its gate.
+        c.connect_timeout = Duration::from_secs(30);
+    })
+    .await;
+    const PINGS: usize = 16;
+    let addr = edge.listen_addr;
+    let pings: Vec<_> = (0..PINGS)
+        .map(|_| tokio::spawn(status_ping(addr, "hub.example.com", DEFAULT_PROTOCOL)))
+        .collect();
+    let admin = automc_proto::v1::edge_admin_client::EdgeAdminClient::connect(format!(
+        "http://{}",
+        edge.grpc_addr
+    ))
+    .await
+    .expect("admin");
+    let admin = &admin;
+    let backend = &b;
+    eventually(
+        "every ping waits on the one fetch held at the backend",
+        DEADLINE,
+        || async move {
+            let list = admin
+                .clone()
+                .list_connections(automc_proto::v1::ListConnectionsRequest {})
+                .await
+                .map(|r| r.into_inner().connections)
+                .unwrap_or_default();
+            let waiting = list.iter().filter(|c| c.phase == "status").count();
+            waiting == PINGS && backend.status_requests() == 1
+        },
+    )
+    .await;
+    open.send_replace(true);
+    for p in pings {
+        let reply = p.await.expect("task").expect("status");
+        assert_eq!(reply.motd(), "busy hub");
+    }
+    assert_eq!(b.status_requests(), 1, "one fetch answered every waiter");
+    // Pings after the fetch make fetches of their own, never two at once.
+    let more = (0..PINGS).map(|_| status_ping(addr, "hub.example.com", DEFAULT_PROTOCOL));
+    for r in futures::future::join_all(more).await {
+        assert_eq!(r.expect("status").motd(), "busy hub");
+    }
+    assert!(b.status_requests() >= 2);
+    assert_eq!(b.most_concurrent_status_requests(), 1);
+}
+
+#[tokio::test]
+async fn two_hostnames_on_one_backend_each_get_their_own_motd_from_the_cache() {
+    let b = McBackend::start(BackendOptions {
+        motd_per_hostname: true,
+        ..BackendOptions::with_motd("hub")
+    })
+    .await
+    .expect("backend");
+    let rows = format!(
+        "INSERT INTO servers (name, domain, address, state) VALUES \
+         ('survival', 'survival.example.com', '{0}', 'running'), \
+         ('creative', 'creative.example.com', '{0}', 'running')",
+        b.addr()
+    );
+    let (_pg, _syncd, edge) = stack(&rows, |c| c.status_cache_ttl = Duration::from_secs(60)).await;
+    for _ in 0..2 {
+        for host in ["survival.example.com", "creative.example.com"] {
+            let reply = status_ping(edge.listen_addr, host, DEFAULT_PROTOCOL)
+                .await
+                .expect("status");
+            assert_eq!(reply.motd(), format!("hub @ {host}"));
+        }
+    }
+    assert_eq!(
+        b.status_requests(),
+        2,
+        "one fetch per hostname, then cached"
+    );
+}
+
+#[tokio::test]
+async fn relay_mode_forwards_the_status_conversation_byte_for_byte() {
+    let json = r#"{"version":{"name":"Velocity 3","protocol":769},"players":{"online":7,"max":500},"description":"relayed as is","enforcesSecureChat":true}"#;
+    let b = McBackend::start(BackendOptions {
+        status_json: Some(json.into()),
+        ..BackendOptions::default()
+    })
+    .await
+    .expect("backend");
+    let rows = format!(
+        "INSERT INTO servers (name, domain, address, state) VALUES ('v', 'v.example.com', '{}', 'running')",
+        b.addr()
+    );
+    let (_pg, _syncd, edge) = stack(&rows, |c| {
+        c.status_mode = edge::status::StatusMode::Relay;
+    })
+    .await;
+    // A hostname with a Forge marker and odd case: relayed untouched.
+    let mut sent = mc::handshake_packet(DEFAULT_PROTOCOL, "V.Example.com\0FML3\0", 25565, 1);
+    sent.extend_from_slice(&mc::framed(&[0x00]));
+    let mut conn = mc::McConn::connect(edge.listen_addr)
+        .await
+        .expect("connect");
+    conn.send(&sent).await.expect("send");
+    let (id, body) = conn.read_packet().await.expect("status response");
+    assert_eq!(id, 0x00);
+    let ping = mc::ping_packet(0x1234_5678);
+    conn.send(&ping).await.expect("ping");
+    sent.extend_from_slice(&ping);
+    assert_eq!(conn.read_pong().await.expect("pong"), 0x1234_5678);
+
+    let mut want_body = Vec::new();
+    mc::put_string(&mut want_body, json);
+    assert_eq!(body, want_body, "the backend's JSON, not re-encoded");
+    let recs = b
+        .wait_for(WAIT, |r| {
+            r.iter().any(|c| c.closed && c.received.len() == sent.len())
+        })
+        .await
+        .expect("the backend saw the whole conversation");
+    let rec = recs
+        .iter()
+        .find(|c| c.received.len() == sent.len())
+        .expect("record");
+    assert_eq!(
+        rec.received, sent,
+        "the backend got the client's bytes exactly"
+    );
+}

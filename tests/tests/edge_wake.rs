@@ -11,6 +11,7 @@ use automc_tests::stack::{
     dead_address, eventually, migrated_pg, start_edge, start_syncd, EdgeHandle, SyncdHandle,
     DEADLINE,
 };
+use automc_tests::waker::{Behaviour, FakeWaker};
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
@@ -240,6 +241,10 @@ async fn a_failed_wake_ends_the_held_login_with_a_readable_reason_and_others_are
         .expect("connect");
     let text = conn.read_disconnect().await.expect("disconnect");
     assert!(text.contains("could not be started"), "{text}");
+    assert!(
+        !text.contains("HTTP") && !text.contains("127.0.0.1"),
+        "{text}"
+    );
     assert!(waker.posts() >= 1);
     // The edge keeps answering, asleep again once the failed wake is known.
     eventually(
@@ -335,4 +340,59 @@ async fn a_player_leaving_while_held_does_not_cancel_the_wake_for_the_next() {
         1,
         "the wake in flight was joined, not restarted"
     );
+}
+
+#[tokio::test]
+async fn player_messages_after_failed_wakes_carry_no_address() {
+    let waker = FakeWaker::start().await;
+    let elsewhere = FakeWaker::start().await;
+    let woken = dead_address();
+    let route_address = dead_address();
+    waker.set("refused", Behaviour::StartFails(503));
+    waker.set("notready", Behaviour::starts_at(Duration::ZERO, &woken));
+    waker.set(
+        "redirect",
+        Behaviour::Redirects {
+            to: elsewhere.url(),
+        },
+    );
+    let pg = migrated_pg().await;
+    pg.execute(&format!(
+        "INSERT INTO servers (name, domain, address, state) VALUES
+           ('refused', 'refused.example.com', '{route_address}', 'stopped'),
+           ('notready', 'notready.example.com', '{route_address}', 'stopped'),
+           ('redirect', 'redirect.example.com', '{route_address}', 'stopped')"
+    ))
+    .await;
+    let url = waker.url();
+    let syncd = start_syncd(&pg.dsn(), move |c| {
+        c.waker.url = Some(url);
+        c.waker.ready_check = true;
+        c.waker.timeout = Duration::from_secs(2);
+    })
+    .await;
+    let edge = start_edge(&[syncd.grpc_url()], |_| {}).await;
+    edge.ready().await;
+    let secrets = [
+        woken.as_str(),
+        route_address.as_str(),
+        &waker.url(),
+        &elsewhere.url(),
+        "127.0.0.1",
+        "HTTP",
+    ];
+    for (host, expect) in [
+        ("refused.example.com", "could not be started"),
+        ("notready.example.com", "not accepting players yet"),
+        ("redirect.example.com", "could not be started"),
+    ] {
+        let mut conn = login(edge.listen_addr, host, "steve")
+            .await
+            .expect("connect");
+        let text = conn.read_disconnect().await.expect("disconnect");
+        assert!(text.contains(expect), "{host}: {text}");
+        for s in secrets {
+            assert!(!text.contains(s), "{host}: the player sees {s:?}: {text}");
+        }
+    }
 }

@@ -6,8 +6,14 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use automc_tests::mc::{handshake_packet, login_start_packet, McBackend, DEFAULT_PROTOCOL};
-use automc_tests::stack::{eventually, migrated_pg, start_edge, start_syncd, DEADLINE};
+use automc_tests::mc::{
+    handshake_packet, login_start_packet, BackendOptions, McBackend, DEFAULT_PROTOCOL,
+};
+use automc_tests::pg::TestPg;
+use automc_tests::stack::{
+    ensure_fd_limit, eventually, migrated_pg, start_edge, start_syncd, EdgeHandle, SyncdHandle,
+    DEADLINE,
+};
 use rand::Rng;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
@@ -17,6 +23,27 @@ async fn connect_from(from: [u8; 4], to: SocketAddr) -> std::io::Result<TcpStrea
     let s = TcpSocket::new_v4()?;
     s.bind(SocketAddr::from((from, 0)))?;
     s.connect(to).await
+}
+
+/// Postgres, syncd, a `lobby.example.com` backend showing `motd`, and an
+/// edge started with `tweak`.
+async fn lobby_stack(
+    motd: &str,
+    tweak: impl FnOnce(&mut edge::Config),
+) -> (TestPg, McBackend, SyncdHandle, EdgeHandle) {
+    let pg = migrated_pg().await;
+    let lobby = McBackend::start(BackendOptions::with_motd(motd))
+        .await
+        .expect("backend");
+    pg.execute(&format!(
+        "INSERT INTO servers (name, domain, address, state) VALUES ('lobby', 'lobby.example.com', '{}', 'running')",
+        lobby.addr()
+    ))
+    .await;
+    let syncd = start_syncd(&pg.dsn(), |_| {}).await;
+    let edge = start_edge(&[syncd.grpc_url()], tweak).await;
+    edge.ready().await;
+    (pg, lobby, syncd, edge)
 }
 
 /// One flood connection: garbage, a stalled handshake, or silence.
@@ -48,20 +75,11 @@ async fn flood_once(edge: SocketAddr, kind: usize) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_garbage_flood_from_one_address_does_not_keep_a_player_out() {
-    let pg = migrated_pg().await;
-    let lobby = McBackend::start(Default::default()).await.expect("backend");
-    pg.execute(&format!(
-        "INSERT INTO servers (name, domain, address, state) VALUES ('lobby', 'lobby.example.com', '{}', 'running')",
-        lobby.addr()
-    ))
-    .await;
-    let syncd = start_syncd(&pg.dsn(), |_| {}).await;
     // Production admission limits (the harness turns them off by default).
-    let edge = start_edge(&[syncd.grpc_url()], |c| {
+    let (_pg, lobby, _syncd, edge) = lobby_stack("automc test backend", |c| {
         c.limits = edge::limits::LimitsConfig::default();
     })
     .await;
-    edge.ready().await;
     let addr = edge.listen_addr;
 
     let stop = Arc::new(AtomicBool::new(false));
@@ -142,4 +160,116 @@ async fn a_garbage_flood_from_one_address_does_not_keep_a_player_out() {
         },
     )
     .await;
+}
+
+const SILENT_FLOOD: usize = 5_000;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn five_thousand_silent_connections_from_one_address_leave_room_for_a_player_from_another() {
+    ensure_fd_limit(SILENT_FLOOD as u64 + 1_000);
+    // Production per-address limits, and a global cap well under the flood:
+    // before admission ran at accept, silent connections from one address
+    // filled the global cap and locked every player out.
+    let (_pg, lobby, _syncd, edge) = lobby_stack("still here", |c| {
+        c.limits = edge::limits::LimitsConfig {
+            max_connections: 1_000,
+            ..edge::limits::LimitsConfig::default()
+        };
+    })
+    .await;
+    let addr = edge.listen_addr;
+
+    // Open the whole flood from 127.0.0.2 and hold it; nothing is ever sent.
+    use futures::StreamExt;
+    let flood: Vec<TcpStream> = futures::stream::iter(0..SILENT_FLOOD)
+        .map(|_| connect_from([127, 0, 0, 2], addr))
+        .buffer_unordered(128)
+        .filter_map(|r| async move { r.ok() })
+        .collect()
+        .await;
+    assert!(
+        flood.len() > edge::limits::LimitsConfig::default().max_connections_per_ip,
+        "only {} flood connections opened",
+        flood.len()
+    );
+
+    // A player on 127.0.0.1 gets a status answer and joins while the flood is held.
+    let reply = automc_tests::mc::status_ping(addr, "lobby.example.com", DEFAULT_PROTOCOL)
+        .await
+        .expect("status during the silent flood");
+    assert_eq!(reply.motd(), "still here");
+    let mut player = automc_tests::mc::login(addr, "lobby.example.com", "alex")
+        .await
+        .expect("player connects");
+    lobby
+        .wait_for(Duration::from_secs(20), |r| {
+            r.iter().any(|c| c.username.as_deref() == Some("alex"))
+        })
+        .await
+        .expect("the player's login reaches the backend during the flood");
+    player.send(b"gg").await.expect("send");
+    let echoed = player.read_exact(2).await.expect("echo");
+    assert_eq!(echoed, b"gg");
+
+    let per_address = edge.metric("automc_edge_refused_total{reason=\"rate_limited\"}")
+        + edge.metric("automc_edge_refused_total{reason=\"max_connections_per_ip\"}");
+    assert!(
+        per_address >= (flood.len() / 2) as f64,
+        "the flood was refused per address at accept ({per_address}):\n{}",
+        edge.metrics()
+    );
+    assert_eq!(
+        edge.metric("automc_edge_refused_total{reason=\"max_connections\"}"),
+        0.0,
+        "the flood never reached the global cap"
+    );
+    drop(flood);
+}
+
+#[tokio::test]
+async fn silent_connections_past_the_per_address_cap_are_closed_at_once_while_another_address_is_served(
+) {
+    let (_pg, _lobby, _syncd, edge) = lobby_stack("served", |c| {
+        c.limits.max_connections_per_ip = 3;
+        // Silent connections stay open for this test's whole length, so what
+        // closes the fourth is its admission, not a timeout.
+        c.handshake_timeout = Duration::from_secs(600);
+    })
+    .await;
+    let addr = edge.listen_addr;
+
+    let mut held = Vec::new();
+    for _ in 0..3 {
+        held.push(connect_from([127, 0, 0, 2], addr).await.expect("connect"));
+    }
+    let e = &edge;
+    eventually(
+        "three silent connections are admitted",
+        DEADLINE,
+        || async move { e.running().active_connections() == 3 },
+    )
+    .await;
+    let mut fourth = connect_from([127, 0, 0, 2], addr).await.expect("connect");
+    let mut sink = Vec::new();
+    tokio::time::timeout(DEADLINE, fourth.read_to_end(&mut sink))
+        .await
+        .expect("the fourth silent connection is closed without sending a byte")
+        .ok();
+    assert!(sink.is_empty());
+    assert_eq!(
+        edge.metric("automc_edge_refused_total{reason=\"max_connections_per_ip\"}"),
+        1.0
+    );
+
+    let reply = automc_tests::mc::status_ping(addr, "lobby.example.com", DEFAULT_PROTOCOL)
+        .await
+        .expect("127.0.0.1 is served");
+    assert_eq!(reply.motd(), "served");
+    eventually(
+        "the three silent ones are still held, the ping is done",
+        DEADLINE,
+        || async move { e.running().active_connections() == 3 },
+    )
+    .await;
+    drop(held);
 }

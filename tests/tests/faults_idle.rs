@@ -7,23 +7,13 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use automc_tests::mc::{login, McBackend};
 use automc_tests::procs::{edge_args, Proc};
-use automc_tests::stack::{eventually, migrated_pg, start_syncd, DEADLINE};
+use automc_tests::stack::{ensure_fd_limit, eventually, migrated_pg, start_syncd, DEADLINE};
 use futures::StreamExt;
 
 const IDLE_PLAYERS: usize = 5_000;
 /// File descriptors this process needs: a client and a backend socket per
 /// player, plus Postgres, syncd and slack.
 const FDS_NEEDED: u64 = 2 * IDLE_PLAYERS as u64 + 1_000;
-
-/// Raise the soft RLIMIT_NOFILE to the hard limit, or fail saying why.
-fn ensure_fd_limit(need: u64) {
-    let raised = rlimit::increase_nofile_limit(need.max(20_000)).unwrap_or(0);
-    assert!(
-        raised >= need,
-        "this test needs {need} file descriptors but RLIMIT_NOFILE allows {raised}: \
-         run `ulimit -n 20000` (or higher) before `cargo test`"
-    );
-}
 
 async fn open_players(edge: SocketAddr, from: usize, n: usize) -> Vec<automc_tests::mc::McConn> {
     futures::stream::iter(from..from + n)

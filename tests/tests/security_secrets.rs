@@ -168,3 +168,57 @@ async fn secrets_stay_out_of_logs_metrics_and_help() {
     };
     assert_no_secret("edge::Config Debug", &format!("{ec:?}"));
 }
+
+/// A key=value DSN whose password has spaces (a double one too) and a quote.
+const KV_PASSWORD: &str = r"kv se  cret pw's";
+/// Pieces a whitespace split would let through.
+const KV_PIECES: [&str; 4] = ["se  cret", "se cret", "cret", "pw's"];
+
+fn assert_no_kv_password(place: &str, text: &str) {
+    for s in KV_PIECES {
+        assert!(!text.contains(s), "{s:?} leaked into {place}:\n{text}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_value_dsn_with_spaces_and_quotes_never_shows_its_password() {
+    let pg = migrated_pg().await;
+    let escaped = KV_PASSWORD.replace('\'', "\\'");
+    let dsn = format!(
+        "host=127.0.0.1  port = {} user=postgres password = '{escaped}' dbname=automc sslmode=disable",
+        pg.port()
+    );
+    let syncd = Proc::spawn("syncd", &syncd_args(&dsn, &[]), &[("RUST_LOG", "debug")]).await;
+    syncd.wait_ready().await;
+    assert_no_kv_password("syncd /metrics", &syncd.metrics().await);
+    let log = syncd.output.text();
+    assert!(
+        log.contains("postgres://postgres:***@127.0.0.1:"),
+        "the redacted target is logged: {log}"
+    );
+    assert_no_kv_password("syncd serve logs", &log);
+
+    let dir = bin_dir().await;
+    for args in [vec!["check"], vec!["migrate"], vec!["--help"]] {
+        let out = tokio::time::timeout(
+            Duration::from_secs(60),
+            tokio::process::Command::new(dir.join("syncd"))
+                .args(&args)
+                .env("SYNCD_DATABASE_URL", &dsn)
+                .env("AUTOMC_DSN", &dsn)
+                .output(),
+        )
+        .await
+        .expect("in time")
+        .expect("run syncd");
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(!text.is_empty(), "syncd {args:?} says something");
+        assert_no_kv_password(&format!("syncd {args:?}"), &text);
+    }
+    let config = syncd::Config::new(dsn.clone());
+    assert_no_kv_password("syncd::Config Debug", &format!("{config:?}"));
+}

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use automc_proto::v1::route_sync_client::RouteSyncClient;
 use automc_proto::v1::{ListWakesRequest, WakePhase, WakeRequest, WakeResponse};
+use automc_proto::WakeFailure;
 use automc_tests::mc::{BackendOptions, McBackend};
 use automc_tests::pg::{free_port, TestPg};
 use automc_tests::stack::{
@@ -165,27 +166,41 @@ async fn each_waker_failure_has_its_own_reason() {
         (
             "s503",
             tonic::Code::Unavailable,
+            WakeFailure::WakerRefused,
             "HTTP 503 to the start request",
         ),
-        ("garbage", tonic::Code::Unavailable, "not the expected JSON"),
+        (
+            "garbage",
+            tonic::Code::Unavailable,
+            WakeFailure::WakerBadResponse,
+            "not the expected JSON",
+        ),
         (
             "hangs",
             tonic::Code::Unavailable,
+            WakeFailure::WakerUnreachable,
             "did not answer within 300ms",
         ),
         (
             "never",
             tonic::Code::DeadlineExceeded,
+            WakeFailure::Timeout,
             "did not report running within 2s",
         ),
-        ("nosuch", tonic::Code::NotFound, "no route for server"),
+        (
+            "nosuch",
+            tonic::Code::NotFound,
+            WakeFailure::UnknownServer,
+            "no route for server",
+        ),
     ];
     let mut calls = Vec::new();
-    for (server, code, reason) in cases {
+    for (server, code, failure, reason) in cases {
         let mut c = syncd.client().await;
         calls.push(tokio::spawn(async move {
             let err = wake(&mut c, server).await.expect_err("wake must fail");
             assert_eq!(err.code(), code, "{server}: {err:?}");
+            assert_eq!(WakeFailure::from_status(&err), Some(failure), "{server}");
             assert!(
                 err.message().contains(reason),
                 "{server}: {:?}",
@@ -204,9 +219,15 @@ async fn each_waker_failure_has_its_own_reason() {
         .expect("ListWakes")
         .into_inner()
         .wakes;
-    for server in ["s503", "garbage", "hangs", "never"] {
+    for (server, failure) in [
+        ("s503", WakeFailure::WakerRefused),
+        ("garbage", WakeFailure::WakerBadResponse),
+        ("hangs", WakeFailure::WakerUnreachable),
+        ("never", WakeFailure::Timeout),
+    ] {
         let w = wakes.iter().find(|w| w.server == server).expect("listed");
         assert_eq!(w.outcome, "failed");
+        assert_eq!(w.failure(), failure, "{server}");
         assert!(!w.reason.is_empty());
     }
     // A failed wake is not reused: the next caller tries again.
@@ -245,6 +266,10 @@ async fn without_a_waker_wake_fails_fast_with_a_clear_reason() {
         .await
         .expect_err("fails");
     assert_eq!(err.code(), tonic::Code::FailedPrecondition);
+    assert_eq!(
+        WakeFailure::from_status(&err),
+        Some(WakeFailure::NotConfigured)
+    );
     assert_eq!(err.message(), "waker not configured");
 }
 
@@ -424,6 +449,73 @@ async fn a_server_that_never_answers_the_readiness_ping_fails_the_wake() {
         "{}",
         err.message()
     );
+}
+
+#[tokio::test]
+async fn a_redirecting_waker_is_a_failed_wake_and_the_token_never_reaches_the_other_host() {
+    let elsewhere = FakeWaker::start().await;
+    let waker = FakeWaker::start().await;
+    waker.set(
+        "survival",
+        Behaviour::Redirects {
+            to: elsewhere.url(),
+        },
+    );
+    let (_pg, syncd) = setup(&waker, |c| c.waker.token = Some("wake-secret".into())).await;
+    let err = wake(&mut syncd.client().await, "survival")
+        .await
+        .expect_err("a redirect is a failed wake");
+    assert_eq!(err.code(), tonic::Code::Unavailable);
+    assert_eq!(
+        WakeFailure::from_status(&err),
+        Some(WakeFailure::WakerRefused)
+    );
+    assert!(
+        err.message().contains("307") && err.message().contains("redirects are not followed"),
+        "{}",
+        err.message()
+    );
+    assert_eq!(waker.api_keys(), vec![Some("wake-secret".to_owned())]);
+    assert!(
+        elsewhere.api_keys().is_empty(),
+        "the redirect target was sent {:?}",
+        elsewhere.api_keys()
+    );
+    assert_eq!(elsewhere.posts("survival"), 0);
+}
+
+#[tokio::test]
+async fn an_oversized_waker_answer_is_refused() {
+    let waker = FakeWaker::start().await;
+    waker.set(
+        "survival",
+        Behaviour::HugeStatus {
+            bytes: 2 * syncd::waker::MAX_BODY_BYTES,
+        },
+    );
+    let (_pg, syncd) = setup(&waker, |_| {}).await;
+    let err = wake(&mut syncd.client().await, "survival")
+        .await
+        .expect_err("an oversized status answer fails the wake");
+    assert_eq!(
+        WakeFailure::from_status(&err),
+        Some(WakeFailure::WakerBadResponse)
+    );
+    assert!(
+        err.message().contains("over 65536 bytes"),
+        "{}",
+        err.message()
+    );
+    // Just under the cap, the same answer is a success.
+    waker.set(
+        "survival",
+        Behaviour::HugeStatus {
+            bytes: syncd::waker::MAX_BODY_BYTES - 1,
+        },
+    );
+    wake(&mut syncd.client().await, "survival")
+        .await
+        .expect("a status answer under the cap is read");
 }
 
 #[tokio::test]
