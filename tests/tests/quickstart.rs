@@ -1,6 +1,6 @@
 //! The README's first command, `bash deploy/quickstart.sh`, runs the product
-//! for real: it builds the binaries with its own build line (the dev profile
-//! here, to share the test build), then a throwaway Postgres, syncd, one edge,
+//! for real: it builds the binaries with its own build line (the dev profile,
+//! into a target directory of its own, as from a fresh clone), then a throwaway Postgres, syncd, one edge,
 //! the demo waker and two demo servers. A status ping through the edge answers
 //! with the demo MOTD, a login to the sleeping server wakes it and joins, and
 //! Ctrl-C (SIGINT) stops everything cleanly.
@@ -25,6 +25,10 @@ async fn quickstart_serves_the_demo_route_and_stops_on_ctrl_c() {
         .arg(repo().join("deploy/quickstart.sh"))
         .env_remove("AUTOMC_BIN_DIR")
         .env("AUTOMC_PROFILE", "dev")
+        // Its own target directory: the script's build resolves features
+        // without dev-dependencies, so in the shared one it would relink
+        // target/debug/syncd and edge while other tests start them.
+        .env("CARGO_TARGET_DIR", repo().join("target/quickstart"))
         .env("EDGE_PORT", edge_port.to_string())
         .env("SYNCD_GRPC_PORT", free_port().to_string())
         .env("SYNCD_HTTP_PORT", free_port().to_string())
@@ -72,9 +76,8 @@ async fn quickstart_serves_the_demo_route_and_stops_on_ctrl_c() {
     };
 
     let edge: std::net::SocketAddr = ([127, 0, 0, 1], edge_port).into();
-    // The script's own build line resolves features without the test
-    // crates' dev-dependencies, so it compiles a set of dependencies of its
-    // own (minutes on a loaded 2-core machine): the bound covers that build.
+    // The script's own build is a cold build of the whole dependency tree
+    // (minutes on a loaded 2-core machine): the bound covers that build.
     eventually("the demo MOTD through the edge", Duration::from_secs(1800), || async {
         matches!(status_ping(edge, "localhost", 765).await, Ok(r) if r.motd().contains("automc demo backend"))
     })
