@@ -13,6 +13,7 @@ pub mod auth;
 pub mod config;
 pub mod diff;
 pub mod dsn;
+pub mod fleet;
 pub mod grpc;
 pub mod http;
 pub mod inspect;
@@ -23,6 +24,8 @@ pub mod pg_tls;
 pub mod ping;
 pub mod publisher;
 pub mod schema;
+pub mod servers;
+pub mod sleep;
 pub mod tls;
 pub mod wake;
 pub mod waker;
@@ -172,6 +175,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
         tasks.clone(),
         relay_tx,
     );
+    let fleet = Arc::new(fleet::Fleet::new(config.edge_grace, metrics.clone()));
     let target = schema::redact_dsn(&config.database_url);
     tracing::info!(
         %grpc_addr,
@@ -182,6 +186,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
         auth = config.grpc_token.is_some(),
         tls = config.tls.is_some(),
         mutual_tls = config.tls.as_ref().is_some_and(|t| t.client_ca.is_some()),
+        sleep_after = ?config.sleep.sleep_after,
         "syncd starting"
     );
     if let Some(t) = &tls {
@@ -202,7 +207,17 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
             .run(),
         );
     }
+    let sleeper = sleep::Sleeper::new(
+        config.sleep,
+        publisher.clone(),
+        fleet.clone(),
+        wakes.clone(),
+        metrics.clone(),
+        active_rx.clone(),
+    );
+    tasks.spawn(sleeper.clone().run(shutdown.clone()));
     let hook_wakes = wakes.clone();
+    let hook_sleeper = sleeper.clone();
     let listener = pg::Listener {
         pg,
         tls: pg_tls,
@@ -211,6 +226,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
         metrics: metrics.clone(),
         ready: ready_tx,
         on_change: Arc::new(move |c| hook_wakes.routes_changed(c)),
+        on_sleep_options: Arc::new(move |o| hook_sleeper.set_overrides(o)),
         reconnect_min: config.reconnect_min,
         reconnect_max: config.reconnect_max.max(config.reconnect_min),
         probe_interval: config.pg_probe_interval,
@@ -239,6 +255,8 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
                 tls,
                 active_rx_grpc,
                 hello_timeout,
+                fleet,
+                sleeper,
                 shutdown.clone(),
             )
             .await;
