@@ -344,7 +344,16 @@ mod tests {
         let players: Vec<_> = (0..1234)
             .map(|i| player(i, &format!("s{}", i % 7), "p"))
             .collect();
-        let cur = sessions(&players, &[("idle", Counts { status: 2, ..Counts::default() })]);
+        let cur = sessions(
+            &players,
+            &[(
+                "idle",
+                Counts {
+                    status: 2,
+                    ..Counts::default()
+                },
+            )],
+        );
         let full = full_report(&cur);
         assert!(full.len() >= 3);
         assert!(full

@@ -748,7 +748,8 @@ mod tests {
                 routes.clone(),
                 Arc::default(),
                 Arc::new(Metrics::new()),
-            ).expect("client"),
+            )
+            .expect("client"),
         );
         let cancel = CancellationToken::new();
         tokio::spawn(client.clone().run(cancel.clone()));
@@ -894,7 +895,7 @@ mod tests {
             Arc::default(),
             Arc::new(Metrics::new()),
         )
-            .expect("client");
+        .expect("client");
         let started = std::time::Instant::now();
         let r = client.wake("x", Duration::from_secs(20)).await;
         assert!(matches!(r, Err(WakeError::Unreachable(_))), "{r:?}");

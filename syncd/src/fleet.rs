@@ -113,13 +113,7 @@ fn counts(c: &automc_proto::v1::ServerSessions) -> Counts {
 
 impl FleetState {
     /// Apply one report of stream `watcher` (edge `edge_id`) received at `now`.
-    pub fn apply(
-        &mut self,
-        watcher: u64,
-        edge_id: &str,
-        report: SessionReport,
-        now_ms: i64,
-    ) {
+    pub fn apply(&mut self, watcher: u64, edge_id: &str, report: SessionReport, now_ms: i64) {
         let e = self.edges.entry(watcher).or_default();
         edge_id.clone_into(&mut e.edge_id);
         e.lost = None;
@@ -144,8 +138,7 @@ impl FleetState {
                             touched.push(c.server.clone());
                         }
                     }
-                } else if servers.len() < MAX_SERVERS_PER_EDGE || servers.contains_key(&c.server)
-                {
+                } else if servers.len() < MAX_SERVERS_PER_EDGE || servers.contains_key(&c.server) {
                     let old = servers.insert(c.server.clone(), n);
                     if n.active() || old.is_some_and(|o| o.active()) {
                         touched.push(c.server.clone());
@@ -297,12 +290,8 @@ impl FleetState {
             })
             .collect();
         v.sort_by(|a, b| {
-            (&a.server, &a.name, &a.edge_id, a.since_ms).cmp(&(
-                &b.server,
-                &b.name,
-                &b.edge_id,
-                b.since_ms,
-            ))
+            (&a.server, &a.name, &a.edge_id, a.since_ms)
+                .cmp(&(&b.server, &b.name, &b.edge_id, b.since_ms))
         });
         v
     }
@@ -400,7 +389,10 @@ mod tests {
     }
 
     fn total(st: &FleetState, server: &str) -> Counts {
-        st.servers().get(server).map(|s| s.total).unwrap_or_default()
+        st.servers()
+            .get(server)
+            .map(|s| s.total)
+            .unwrap_or_default()
     }
 
     #[test]
@@ -409,7 +401,10 @@ mod tests {
         st.apply(
             1,
             "e1",
-            full(vec![wire("lobby", 2, 0)], vec![player(1, "lobby", "a"), player(2, "lobby", "b")]),
+            full(
+                vec![wire("lobby", 2, 0)],
+                vec![player(1, "lobby", "a"), player(2, "lobby", "b")],
+            ),
             100,
         );
         st.apply(

@@ -452,7 +452,14 @@ pub fn servers_text(servers: &[ServerInfo], unknown_edges: u32, now_ms: i64) -> 
         "{}{} servers, {} players; {} unknown edges\n",
         table(
             &[
-                "SERVER", "STATE", "PLAYERS", "HELD", "EDGES", "LAST SEEN", "WAKE", "SLEEP",
+                "SERVER",
+                "STATE",
+                "PLAYERS",
+                "HELD",
+                "EDGES",
+                "LAST SEEN",
+                "WAKE",
+                "SLEEP",
                 "REASON"
             ],
             &rows
@@ -553,8 +560,14 @@ mod tests {
         assert!(text.contains("e1=2,e2=1?"), "{text}");
         assert!(text.contains("60s ago"), "{text}");
         assert!(text.contains("busy   3 players"), "{text}");
-        assert!(text.ends_with("1 servers, 3 players; 1 unknown edges\n"), "{text}");
-        assert_eq!(servers_json(&[s], 1)["servers"][0]["edges"][1]["unknown"], true);
+        assert!(
+            text.ends_with("1 servers, 3 players; 1 unknown edges\n"),
+            "{text}"
+        );
+        assert_eq!(
+            servers_json(&[s], 1)["servers"][0]["edges"][1]["unknown"],
+            true
+        );
         let p = PlayerInfo {
             name: "Alex".into(),
             uuid: "069a79f4-44e9-4726-a5be-fca90e38aaf5".into(),
@@ -563,7 +576,10 @@ mod tests {
             since_ms: 0,
         };
         let text = players_text(std::slice::from_ref(&p), 5_000);
-        assert!(text.contains("Alex  069a79f4-44e9-4726-a5be-fca90e38aaf5  lobby   e1    5s"), "{text}");
+        assert!(
+            text.contains("Alex  069a79f4-44e9-4726-a5be-fca90e38aaf5  lobby   e1    5s"),
+            "{text}"
+        );
         assert_eq!(players_json(&[p])["players"][0]["name"], "Alex");
     }
 

@@ -53,8 +53,7 @@ pub enum ListenError {
 /// `state = running`).
 pub type ChangeHook = Arc<dyn Fn(&Change) + Send + Sync>;
 /// Receives `server_options.sleep_after` (server → duration) after each read.
-pub type SleepOptionsHook =
-    Arc<dyn Fn(std::collections::HashMap<String, Duration>) + Send + Sync>;
+pub type SleepOptionsHook = Arc<dyn Fn(std::collections::HashMap<String, Duration>) + Send + Sync>;
 
 pub struct Listener {
     pub pg: tokio_postgres::Config,

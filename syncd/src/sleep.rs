@@ -276,7 +276,12 @@ impl Sleeper {
                 .map(|s| s.total)
                 .unwrap_or_default();
             let unknown: Vec<String> = st.unknown_edges().into_iter().map(|(e, _)| e).collect();
-            (sessions, unknown, st.unknown_changed_ms(), st.last_seen(server))
+            (
+                sessions,
+                unknown,
+                st.unknown_changed_ms(),
+                st.last_seen(server),
+            )
         };
         Inputs {
             now_ms: now,

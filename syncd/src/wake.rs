@@ -216,9 +216,9 @@ impl Wakes {
     /// still in the recent history.
     pub fn woke_ms(&self, server: &str) -> Option<i64> {
         self.book().recent.iter().rev().find_map(|f| match f.state {
-            WakeState::Running { .. } if f.server == server => Some(
-                f.started_ms + i64::try_from(f.duration.as_millis()).unwrap_or(i64::MAX),
-            ),
+            WakeState::Running { .. } if f.server == server => {
+                Some(f.started_ms + i64::try_from(f.duration.as_millis()).unwrap_or(i64::MAX))
+            }
             _ => None,
         })
     }
@@ -250,7 +250,10 @@ impl Wakes {
             book.stopping.insert(server.to_owned(), rx);
         }
         self.metrics.sleep_outcome("requested");
-        tracing::info!(server, "nobody played for the sleep period; asking the waker to stop it");
+        tracing::info!(
+            server,
+            "nobody played for the sleep period; asking the waker to stop it"
+        );
         self.announce(server, WakePhase::Asleep);
         let this = self.clone();
         let server = server.to_owned();

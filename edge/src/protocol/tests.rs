@@ -107,7 +107,13 @@ fn vectors() -> Vec<Vector> {
         ),
         vector!(
             "vanilla_1_19_2_login",
-            modern(760, HOST, 25565, Login, Rest::LoginStart("Alex", Some(UUID)))
+            modern(
+                760,
+                HOST,
+                25565,
+                Login,
+                Rest::LoginStart("Alex", Some(UUID))
+            )
         ),
         vector!(
             "vanilla_1_19_2_no_uuid_login",
@@ -115,7 +121,13 @@ fn vectors() -> Vec<Vector> {
         ),
         vector!(
             "vanilla_1_19_4_login",
-            modern(762, HOST, 25565, Login, Rest::LoginStart("Alex", Some(UUID)))
+            modern(
+                762,
+                HOST,
+                25565,
+                Login,
+                Rest::LoginStart("Alex", Some(UUID))
+            )
         ),
         vector!(
             "vanilla_1_20_1_no_uuid_login",
@@ -141,15 +153,33 @@ fn vectors() -> Vec<Vector> {
         ),
         vector!(
             "vanilla_1_21_login",
-            modern(767, HOST, 25565, Login, Rest::LoginStart("Steve", Some(UUID)))
+            modern(
+                767,
+                HOST,
+                25565,
+                Login,
+                Rest::LoginStart("Steve", Some(UUID))
+            )
         ),
         vector!(
             "vanilla_1_21_3_login",
-            modern(768, HOST, 25577, Login, Rest::LoginStart("Steve", Some(UUID)))
+            modern(
+                768,
+                HOST,
+                25577,
+                Login,
+                Rest::LoginStart("Steve", Some(UUID))
+            )
         ),
         vector!(
             "vanilla_1_21_4_login",
-            modern(769, HOST, 25565, Login, Rest::LoginStart("Steve", Some(UUID)))
+            modern(
+                769,
+                HOST,
+                25565,
+                Login,
+                Rest::LoginStart("Steve", Some(UUID))
+            )
         ),
         vector!(
             "vanilla_1_21_4_handshake_only",
@@ -157,7 +187,13 @@ fn vectors() -> Vec<Vector> {
         ),
         vector!(
             "vanilla_1_21_4_transfer",
-            modern(769, HOST, 25565, Transfer, Rest::LoginStart("Steve", Some(UUID)))
+            modern(
+                769,
+                HOST,
+                25565,
+                Transfer,
+                Rest::LoginStart("Steve", Some(UUID))
+            )
         ),
         vector!(
             "forge_1_12_2_login",
