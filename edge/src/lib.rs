@@ -196,6 +196,13 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
         tracker.clone(),
     ));
     info!(%listen_addr, %http_addr, %grpc_addr, "edge listening");
+    if shared.config.admin_token.is_none() && !grpc_addr.ip().to_canonical().is_loopback() {
+        warn!(
+            %grpc_addr,
+            "EdgeAdmin is served without --admin-token on a reachable address: anyone who \
+             reaches it can list backend addresses and players' IPs"
+        );
+    }
 
     let sup_shared = shared.clone();
     let task = tokio::spawn(async move {

@@ -17,6 +17,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use automc_proto::auth::BearerToken;
 use automc_proto::sync::{
     whole_table, Assembler, Event, FramingError, TableHashMismatch, MAX_MESSAGE_BYTES,
 };
@@ -33,9 +34,7 @@ use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 use tokio_stream::wrappers::{ReceiverStream, WatchStream};
 use tokio_util::sync::CancellationToken;
-use tonic::metadata::{Ascii, MetadataValue};
 use tonic::service::interceptor::InterceptedService;
-use tonic::service::Interceptor;
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Code, Request, Status};
 use tracing::{debug, info, info_span, warn, Instrument};
@@ -45,20 +44,7 @@ use crate::metrics::Metrics;
 use crate::routes::Routes;
 use crate::Config;
 
-/// Adds `authorization: Bearer …` to every call when a token is configured.
-#[derive(Clone)]
-pub struct Bearer(Option<MetadataValue<Ascii>>);
-
-impl Interceptor for Bearer {
-    fn call(&mut self, mut req: Request<()>) -> Result<Request<()>, Status> {
-        if let Some(v) = &self.0 {
-            req.metadata_mut().insert("authorization", v.clone());
-        }
-        Ok(req)
-    }
-}
-
-type Client = RouteSyncClient<InterceptedService<Channel, Bearer>>;
+type Client = RouteSyncClient<InterceptedService<Channel, BearerToken>>;
 
 /// Why a watch stream ended.
 #[derive(Debug, thiserror::Error)]
@@ -157,7 +143,7 @@ struct StatusInner {
 /// Connection to syncd: the watch loop and wake calls.
 pub struct SyncClient {
     endpoints: Vec<(String, Channel)>,
-    bearer: Bearer,
+    bearer: BearerToken,
     routes: Arc<Routes>,
     /// Live connections, reported to syncd on the watch stream.
     conns: Arc<Connections>,
@@ -204,17 +190,11 @@ impl SyncClient {
             let ep = config.syncd_tls.apply(url, ep).map_err(SetupError::Tls)?;
             endpoints.push((url.clone(), ep.connect_lazy()));
         }
-        let bearer = match &config.grpc_token {
-            Some(t) => Some(
-                format!("Bearer {t}")
-                    .parse::<MetadataValue<Ascii>>()
-                    .map_err(|_| SetupError::Token)?,
-            ),
-            None => None,
-        };
+        let bearer =
+            BearerToken::new(config.grpc_token.as_deref()).map_err(|_| SetupError::Token)?;
         Ok(Self {
             endpoints,
-            bearer: Bearer(bearer),
+            bearer,
             routes,
             conns,
             report_interval: config.report_interval,

@@ -16,17 +16,15 @@ use automc_proto::v1::{
     WakeResponse, WatchRequest, WatchResponse,
 };
 use futures::Stream;
-use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
 use tonic::service::interceptor::InterceptedService;
 use tonic::{Request, Response, Status, Streaming};
 
-use crate::auth::BearerAuth;
 use crate::fleet::Fleet;
 use crate::publisher::Publisher;
 use crate::sleep::Sleeper;
 use crate::wake::Wakes;
+use automc_proto::auth::BearerAuth;
 
 /// After shutdown starts, streams get this long to end before the server
 /// stops waiting for them (a stuck client never reads its final status).
@@ -206,12 +204,12 @@ impl RouteSync for RouteSyncService {
 /// Serve until `shutdown`; health turns SERVING once `ready` is true.
 #[allow(clippy::too_many_arguments)] // one call site (lib.rs), each a distinct concern
 pub async fn serve(
-    listener: TcpListener,
+    incoming: impl Stream<Item = Result<crate::accept::Connection, std::io::Error>>,
+    limits: crate::accept::Limits,
     publisher: Arc<Publisher>,
     wakes: Arc<Wakes>,
     token: Option<&str>,
     mut ready: tokio::sync::watch::Receiver<bool>,
-    tls: Option<Arc<crate::tls::ServerTls>>,
     active: tokio::sync::watch::Receiver<bool>,
     hello_timeout: Duration,
     fleet: Arc<Fleet>,
@@ -257,37 +255,25 @@ pub async fn serve(
                 .await;
         })
     };
-    let router = builder()
+    let router = builder(limits)
         .add_service(health_svc)
         .add_service(InterceptedService::new(svc, auth))
         .add_service(v1)
         .add_service(v1alpha);
     let stop = shutdown.clone().cancelled_owned();
-    let r = match tls {
-        None => {
-            let incoming = TcpListenerStream::new(listener);
-            with_grace(
-                router.serve_with_incoming_shutdown(incoming, stop),
-                &shutdown,
-            )
-            .await
-        }
-        Some(tls) => {
-            let incoming = crate::tls::incoming(listener, tls, shutdown.clone());
-            with_grace(
-                router.serve_with_incoming_shutdown(incoming, stop),
-                &shutdown,
-            )
-            .await
-        }
-    };
+    let r = with_grace(
+        router.serve_with_incoming_shutdown(incoming, stop),
+        &shutdown,
+    )
+    .await;
     health_task.abort();
     r.map_err(crate::Error::Grpc)
 }
 
-fn builder() -> tonic::transport::Server {
+fn builder(limits: crate::accept::Limits) -> tonic::transport::Server {
+    // TCP_NODELAY is set by the accept layer, which owns the sockets.
     tonic::transport::Server::builder()
-        .tcp_nodelay(true)
+        .max_concurrent_streams(limits.max_streams_per_connection)
         .http2_keepalive_interval(Some(Duration::from_secs(20)))
         .http2_keepalive_timeout(Some(Duration::from_secs(10)))
 }

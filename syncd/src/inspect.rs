@@ -7,6 +7,7 @@
 //! [`fetch`] does I/O.
 use std::time::Duration;
 
+use automc_proto::auth::BearerToken;
 use automc_proto::v1::route_sync_client::RouteSyncClient;
 use automc_proto::v1::{
     EdgeInfo, ListEdgesRequest, ListEdgesResponse, ListPlayersRequest, ListRoutesRequest,
@@ -14,8 +15,6 @@ use automc_proto::v1::{
     WakeInfo,
 };
 use serde_json::{json, Value};
-use tonic::metadata::{Ascii, MetadataValue};
-use tonic::service::Interceptor;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
 
 /// Bound on connecting and on each call: an operator command never hangs.
@@ -80,28 +79,9 @@ fn call_hint(status: &tonic::Status) -> &'static str {
     }
 }
 
-#[derive(Clone)]
-struct Bearer(Option<MetadataValue<Ascii>>);
-
-impl Interceptor for Bearer {
-    fn call(&mut self, mut req: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
-        if let Some(v) = &self.0 {
-            req.metadata_mut().insert("authorization", v.clone());
-        }
-        Ok(req)
-    }
-}
-
 /// Runs `query` against `target` and returns the text to print.
 pub async fn fetch(target: &Target, query: Query, as_json: bool) -> Result<String, InspectError> {
-    let bearer = match &target.token {
-        Some(t) => Some(
-            format!("Bearer {t}")
-                .parse::<MetadataValue<Ascii>>()
-                .map_err(|_| InspectError::Token)?,
-        ),
-        None => None,
-    };
+    let bearer = BearerToken::new(target.token.as_deref()).map_err(|_| InspectError::Token)?;
     let url_error = |source| InspectError::Url {
         url: target.url.clone(),
         source,
@@ -124,7 +104,7 @@ pub async fn fetch(target: &Target, query: Query, as_json: bool) -> Result<Strin
             url: target.url.clone(),
             source,
         })?;
-    let mut client = RouteSyncClient::with_interceptor(channel, Bearer(bearer));
+    let mut client = RouteSyncClient::with_interceptor(channel, bearer);
     let now_ms = crate::publisher::now_ms();
     Ok(match query {
         Query::Routes => {

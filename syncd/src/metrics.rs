@@ -27,6 +27,10 @@ pub struct Metrics {
     pub watchers_stalled: Counter,
     pub watchers_refused: Counter,
     pub watcher_lag_max: Gauge,
+    pub grpc_connections: Gauge,
+    pub grpc_handshakes: Gauge,
+    grpc_refused: Family<Labels, Counter>,
+    pub grpc_unauthenticated: Gauge,
     wakes: Family<Labels, Counter>,
     pub wake_duration: Histogram,
     waker_http_responses: Family<Labels, Counter>,
@@ -52,6 +56,10 @@ impl Metrics {
         let watchers_stalled = Counter::default();
         let watchers_refused = Counter::default();
         let watcher_lag_max = Gauge::default();
+        let grpc_connections = Gauge::default();
+        let grpc_handshakes = Gauge::default();
+        let grpc_refused = Family::<Labels, Counter>::default();
+        let grpc_unauthenticated = Gauge::default();
         let wakes = Family::<Labels, Counter>::default();
         let wake_duration = Histogram::new(exponential_buckets(0.05, 2.0, 14));
         let waker_http_responses = Family::<Labels, Counter>::default();
@@ -112,6 +120,26 @@ impl Metrics {
             "Largest table version minus acknowledged version over all watchers",
             watcher_lag_max.clone(),
         );
+        r.register(
+            "automc_syncd_grpc_connections",
+            "gRPC connections open (handshaking or established)",
+            grpc_connections.clone(),
+        );
+        r.register(
+            "automc_syncd_grpc_handshakes",
+            "gRPC connections still in their TLS / HTTP/2 handshake",
+            grpc_handshakes.clone(),
+        );
+        r.register(
+            "automc_syncd_grpc_connections_refused",
+            "gRPC connections refused at accept or cut during their handshake, by reason",
+            grpc_refused.clone(),
+        );
+        r.register(
+            "automc_syncd_grpc_unauthenticated",
+            "1 when RouteSync is served on a non-loopback address without a token or mutual TLS (--allow-unauthenticated)",
+            grpc_unauthenticated.clone(),
+        );
         r.register("automc_syncd_wakes", "Wakes by outcome", wakes.clone());
         r.register(
             "automc_syncd_wake_duration_seconds",
@@ -166,6 +194,10 @@ impl Metrics {
             watchers_stalled,
             watchers_refused,
             watcher_lag_max,
+            grpc_connections,
+            grpc_handshakes,
+            grpc_refused,
+            grpc_unauthenticated,
             wakes,
             wake_duration,
             waker_http_responses,
@@ -203,6 +235,19 @@ impl Metrics {
             .inc();
     }
 
+    pub fn grpc_refused(&self, reason: &str) {
+        self.grpc_refused
+            .get_or_create(&vec![("reason".to_owned(), reason.to_owned())])
+            .inc();
+    }
+
+    /// Make a refusal reason show as 0 before it first happens.
+    pub fn grpc_refused_reason(&self, reason: &str) {
+        let _ = self
+            .grpc_refused
+            .get_or_create(&vec![("reason".to_owned(), reason.to_owned())]);
+    }
+
     pub fn waker_response(&self, status: &str) {
         self.waker_http_responses
             .get_or_create(&vec![("status".to_owned(), status.to_owned())])
@@ -235,6 +280,7 @@ mod tests {
         m.waker_response("202");
         m.sleep_outcome("stopped");
         m.set_server_players("lobby", 3);
+        m.grpc_refused("not_http2");
         let text = m.render();
         for name in [
             "automc_syncd_routes ",
@@ -248,6 +294,10 @@ mod tests {
             "automc_syncd_watchers_stalled_total ",
             "automc_syncd_watchers_refused_total ",
             "automc_syncd_watcher_lag_max ",
+            "automc_syncd_grpc_connections ",
+            "automc_syncd_grpc_handshakes ",
+            "automc_syncd_grpc_connections_refused_total{reason=\"not_http2\"} ",
+            "automc_syncd_grpc_unauthenticated ",
             "automc_syncd_wakes_total{outcome=\"success\"} ",
             "automc_syncd_wake_duration_seconds_count ",
             "automc_syncd_waker_http_responses_total{status=\"202\"} ",
