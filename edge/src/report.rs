@@ -312,7 +312,7 @@ mod tests {
             (
                 "moves to another server",
                 sessions(std::slice::from_ref(&a), &[]),
-                sessions(&[c.clone()], &[]),
+                sessions(std::slice::from_ref(&c), &[]),
                 2,
                 1,
                 1,

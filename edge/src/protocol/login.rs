@@ -92,9 +92,9 @@ pub fn parse_login_start(
         r.byte_array(MAX_PUBLIC_KEY_BYTES)?;
         r.byte_array(MAX_KEY_SIGNATURE_BYTES)?;
     }
-    let uuid = if protocol_version >= UUID_ALWAYS_FROM {
-        Some(read_uuid(&mut r)?)
-    } else if protocol_version >= OPTIONAL_UUID_FROM && r.bool()? {
+    let has_uuid = protocol_version >= UUID_ALWAYS_FROM
+        || (protocol_version >= OPTIONAL_UUID_FROM && r.bool()?);
+    let uuid = if has_uuid {
         Some(read_uuid(&mut r)?)
     } else {
         None
