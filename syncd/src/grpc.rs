@@ -168,17 +168,19 @@ impl RouteSync for RouteSyncService {
         let unknown = st.unknown_edges().len();
         // The sleep view reads the fleet too.
         drop(st);
+        let sleep = self.sleeper.views(&names);
         let servers = names
             .iter()
             .zip(last_seen)
-            .map(|(name, seen)| {
+            .zip(sleep)
+            .map(|((name, seen), sleep)| {
                 crate::servers::server_info(
                     name,
                     cur.table.get(name),
                     sessions.get(name),
                     seen,
                     self.publisher.wake_phase(name),
-                    self.sleeper.view(name),
+                    sleep,
                 )
             })
             .collect();

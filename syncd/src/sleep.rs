@@ -192,6 +192,29 @@ pub fn decide(i: &Inputs) -> Plan {
     }
 }
 
+/// One look at the fleet, taken under its lock once per sweep or page.
+struct FleetView {
+    servers: std::collections::BTreeMap<String, crate::fleet::ServerSessions>,
+    unknown: Vec<String>,
+    unknown_changed_ms: Option<i64>,
+    last_seen: HashMap<String, i64>,
+}
+
+impl FleetView {
+    fn of<'a>(fleet: &Fleet, names: impl Iterator<Item = &'a str>) -> Self {
+        let st = fleet.lock();
+        let last_seen = names
+            .filter_map(|n| st.last_seen(n).map(|t| (n.to_owned(), t)))
+            .collect();
+        Self {
+            servers: st.servers(),
+            unknown: st.unknown_edges().into_iter().map(|(e, _)| e).collect(),
+            unknown_changed_ms: st.unknown_changed_ms(),
+            last_seen,
+        }
+    }
+}
+
 #[derive(Default)]
 struct Book {
     /// Since when each server has been seen up.
@@ -265,24 +288,9 @@ impl Sleeper {
         (shortest / 10).clamp(Duration::from_millis(50), Duration::from_secs(1))
     }
 
-    /// The inputs of [`decide`] for `server` now.
-    fn inputs(&self, book: &Book, server: &str, now: i64) -> Inputs {
+    /// The inputs of [`decide`] for `server` now, from one look at the fleet.
+    fn inputs(&self, book: &Book, fleet: &FleetView, server: &str, now: i64) -> Inputs {
         let route = self.publisher.route(server);
-        let (sessions, unknown, unknown_changed, last_seen) = {
-            let st = self.fleet.lock();
-            let sessions = st
-                .servers()
-                .remove(server)
-                .map(|s| s.total)
-                .unwrap_or_default();
-            let unknown: Vec<String> = st.unknown_edges().into_iter().map(|(e, _)| e).collect();
-            (
-                sessions,
-                unknown,
-                st.unknown_changed_ms(),
-                st.last_seen(server),
-            )
-        };
         Inputs {
             now_ms: now,
             sleep_after: self.sleep_after(book, server),
@@ -290,20 +298,30 @@ impl Sleeper {
             active_since_ms: book.active_since,
             state: route.as_ref().map(|r| RouteState::parse(&r.state)),
             up_since_ms: book.up_since.get(server).copied(),
-            sessions,
-            unknown_edges: unknown,
-            unknown_changed_ms: unknown_changed,
-            last_seen_ms: last_seen,
+            sessions: fleet
+                .servers
+                .get(server)
+                .map(|s| s.total)
+                .unwrap_or_default(),
+            unknown_edges: fleet.unknown.clone(),
+            unknown_changed_ms: fleet.unknown_changed_ms,
+            last_seen_ms: fleet.last_seen.get(server).copied(),
             waking: self.wakes.is_waking(server)
                 || self.publisher.wake_phase(server) == Some(WakePhase::Waking),
             stop: self.wakes.stop_state(server),
         }
     }
 
-    /// `ListServers`' sleep columns for `server`.
-    pub fn view(&self, server: &str) -> SleepView {
+    /// `ListServers`' sleep columns for each of `servers` (one look at the
+    /// fleet for the whole page).
+    pub fn views(&self, servers: &[String]) -> Vec<SleepView> {
+        let fleet = FleetView::of(&self.fleet, servers.iter().map(String::as_str));
         let book = self.book();
-        decide(&self.inputs(&book, server, now_ms())).view
+        let now = now_ms();
+        servers
+            .iter()
+            .map(|s| decide(&self.inputs(&book, &fleet, s, now)).view)
+            .collect()
     }
 
     /// Is `server` up, as far as syncd can tell?
@@ -342,12 +360,10 @@ impl Sleeper {
             }
         }
         book.up_since = up;
-        for r in cur.table.routes() {
-            if self.sleep_after(&book, &r.server).is_none() {
-                continue;
-            }
-            if decide(&self.inputs(&book, &r.server, now)).stop {
-                stops.push(r.server.clone());
+        let fleet = FleetView::of(&self.fleet, book.up_since.keys().map(String::as_str));
+        for server in book.up_since.keys() {
+            if decide(&self.inputs(&book, &fleet, server, now)).stop {
+                stops.push(server.clone());
             }
         }
         drop(book);

@@ -436,3 +436,96 @@ async fn a_login_during_a_stop_is_held_and_joins_after_the_wake() {
     assert_eq!(waker.posts("lobby"), 1, "woken again after the stop");
     assert_eq!(waker.stops("lobby"), 1);
 }
+
+#[tokio::test]
+async fn server_options_sleep_after_turns_sleeping_on_for_one_server_only() {
+    let pg = migrated_pg().await;
+    let b = backend().await;
+    add_server(&pg, "nightly", b.addr(), "running").await;
+    add_server(&pg, "always", b.addr(), "running").await;
+    pg.execute(
+        "INSERT INTO server_options (server, sleep_after) VALUES ('nightly', '600 milliseconds')",
+    )
+    .await;
+    let waker = FakeWaker::start().await;
+    // No --sleep-after: only the row turns it on.
+    let syncd = syncd(&pg, &waker, None, Duration::from_secs(30)).await;
+    let w = &waker;
+    eventually("nightly is stopped", DEADLINE, || async move {
+        w.stops("nightly") == 1
+    })
+    .await;
+    assert_eq!(waker.stops("always"), 0, "no sleep_after for it");
+    assert_eq!(server(&syncd, "always").await.sleep(), SleepState::Off);
+    let sy = &syncd;
+    eventually(
+        "ListServers shows nightly asleep",
+        DEADLINE,
+        || async move { server(sy, "nightly").await.sleep() == SleepState::Asleep },
+    )
+    .await;
+}
+
+async fn syncd_cli(args: &[&str]) -> String {
+    let out = tokio::time::timeout(
+        DEADLINE,
+        tokio::process::Command::new(automc_tests::procs::bin_dir().await.join("syncd"))
+            .args(args)
+            .output(),
+    )
+    .await
+    .expect("syncd CLI answers in time")
+    .expect("run syncd");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[tokio::test]
+async fn syncd_servers_and_players_print_the_fleet_as_tables_and_json() {
+    let pg = migrated_pg().await;
+    let b = backend().await;
+    add_server(&pg, "lobby", b.addr(), "running").await;
+    let waker = FakeWaker::start().await;
+    let syncd = syncd(&pg, &waker, None, Duration::from_secs(30)).await;
+    let e1 = edge(&syncd.grpc_url(), "e1").await;
+    e1.wait_route("lobby.example.com", Some("lobby")).await;
+    let _alex = join(&e1, &b, "lobby.example.com", "Alex").await;
+    wait_players(&syncd, "lobby", 1).await;
+    let url = syncd.grpc_url();
+
+    let out = syncd_cli(&["servers", "--syncd", &url]).await;
+    let row = out
+        .lines()
+        .find(|l| l.starts_with("lobby "))
+        .unwrap_or_else(|| panic!("no lobby row:\n{out}"));
+    for cell in ["running", "e1=1", "off"] {
+        assert!(row.contains(cell), "{cell} missing: {out}");
+    }
+    assert!(
+        out.contains("1 servers, 1 players; 0 unknown edges"),
+        "{out}"
+    );
+    let json: serde_json::Value =
+        serde_json::from_str(&syncd_cli(&["servers", "--syncd", &url, "--json"]).await)
+            .expect("servers --json is JSON");
+    assert_eq!(json["servers"][0]["players"], 1);
+    assert_eq!(json["servers"][0]["edges"][0]["edge_id"], "e1");
+
+    let out = syncd_cli(&["players", "--syncd", &url]).await;
+    let row = out
+        .lines()
+        .find(|l| l.starts_with("Alex "))
+        .unwrap_or_else(|| panic!("no Alex row:\n{out}"));
+    assert!(
+        row.contains(&player_uuid("Alex")) && row.contains("lobby"),
+        "{out}"
+    );
+    let json: serde_json::Value =
+        serde_json::from_str(&syncd_cli(&["players", "--syncd", &url, "--json"]).await)
+            .expect("players --json is JSON");
+    assert_eq!(json["players"][0]["edge_id"], "e1");
+}
