@@ -164,11 +164,11 @@ impl WakerClient {
         }
     }
 
-    /// Ask the waker to start `server`; 2xx and 409 (already starting) are
-    /// success.
-    pub async fn start(&self, server: &str) -> Result<(), WakerError> {
+    /// `POST {base}/servers/{server}/{action}`: the answer's status, after
+    /// counting it; a redirect is an error (never followed).
+    async fn post(&self, server: &str, action: &str) -> Result<StatusCode, WakerError> {
         let resp = self
-            .request(reqwest::Method::POST, self.url(server, Some("start")))
+            .request(reqwest::Method::POST, self.url(server, Some(action)))
             .send()
             .await
             .map_err(|e| self.transport_error(&e))?;
@@ -177,6 +177,13 @@ impl WakerClient {
         if status.is_redirection() {
             return Err(self.redirected(&resp));
         }
+        Ok(status)
+    }
+
+    /// Ask the waker to start `server`; 2xx and 409 (already starting) are
+    /// success.
+    pub async fn start(&self, server: &str) -> Result<(), WakerError> {
+        let status = self.post(server, "start").await?;
         if status.is_success() || status == StatusCode::CONFLICT {
             Ok(())
         } else {
@@ -188,16 +195,7 @@ impl WakerClient {
     /// stopped) are success. 404, 405 and 501 mean this waker has no stop
     /// endpoint ([`WakerError::StopUnsupported`]).
     pub async fn stop(&self, server: &str) -> Result<(), WakerError> {
-        let resp = self
-            .request(reqwest::Method::POST, self.url(server, Some("stop")))
-            .send()
-            .await
-            .map_err(|e| self.transport_error(&e))?;
-        let status = resp.status();
-        self.metrics.waker_response(status.as_str());
-        if status.is_redirection() {
-            return Err(self.redirected(&resp));
-        }
+        let status = self.post(server, "stop").await?;
         match status.as_u16() {
             _ if status.is_success() || status == StatusCode::CONFLICT => Ok(()),
             code @ (404 | 405 | 501) => Err(WakerError::StopUnsupported(code)),

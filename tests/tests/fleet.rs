@@ -99,6 +99,16 @@ async fn join(edge: &EdgeHandle, b: &McBackend, host: &str, name: &str) -> McCon
     conn
 }
 
+/// Wait until the waker got `n` stop requests for `server`.
+async fn wait_stops(waker: &FakeWaker, server: &str, n: u64) {
+    eventually(
+        &format!("{n} stop requests for {server}"),
+        DEADLINE,
+        || async move { waker.stops(server) == n },
+    )
+    .await;
+}
+
 async fn wait_players(syncd: &SyncdHandle, name: &str, players: u32) {
     eventually(
         &format!("ListServers shows {players} players on {name}"),
@@ -222,13 +232,7 @@ async fn a_server_with_one_player_left_on_one_edge_is_never_stopped() {
     // Both come up now: same idle rule, same time.
     pg.execute("UPDATE servers SET state = 'running' WHERE name IN ('busy', 'clock')")
         .await;
-    let w = &waker;
-    eventually(
-        "the idle clock server is stopped",
-        DEADLINE,
-        || async move { w.stops("clock") == 1 },
-    )
-    .await;
+    wait_stops(&waker, "clock", 1).await;
     assert_eq!(waker.stops("busy"), 0, "a player is still on busy (via e2)");
     let s = server(&syncd, "busy").await;
     assert_eq!(s.sleep(), SleepState::Busy);
@@ -256,11 +260,7 @@ async fn when_the_last_player_leaves_exactly_one_stop_follows_the_idle_period() 
     assert_eq!(waker.stops("lobby"), 0);
 
     drop(player);
-    let w = &waker;
-    eventually("lobby is stopped after it idled", DEADLINE, || async move {
-        w.stops("lobby") >= 1
-    })
-    .await;
+    wait_stops(&waker, "lobby", 1).await;
     let sy = &syncd;
     eventually("ListServers shows lobby asleep", DEADLINE, || async move {
         server(sy, "lobby").await.sleep() == SleepState::Asleep
@@ -270,10 +270,7 @@ async fn when_the_last_player_leaves_exactly_one_stop_follows_the_idle_period() 
     // Another full idle period later (the clock's), still one stop.
     pg.execute("UPDATE servers SET state = 'running' WHERE name = 'clock'")
         .await;
-    eventually("the clock server is stopped", DEADLINE, || async move {
-        w.stops("clock") == 1
-    })
-    .await;
+    wait_stops(&waker, "clock", 1).await;
     assert_eq!(waker.stops("lobby"), 1, "exactly one stop request");
     let metrics = syncd.metrics_text().await;
     assert!(
@@ -390,11 +387,7 @@ async fn a_waker_without_a_stop_endpoint_disables_sleeping_with_a_readable_reaso
     assert_eq!(s.wake, "", "edges route to it as before (not asleep)");
     pg.execute("UPDATE servers SET state = 'running' WHERE name = 'clock'")
         .await;
-    let w = &waker;
-    eventually("the clock server is stopped", DEADLINE, || async move {
-        w.stops("clock") == 1
-    })
-    .await;
+    wait_stops(&waker, "clock", 1).await;
     assert_eq!(waker.stops("lobby"), 1, "asked once, never again");
 }
 
@@ -412,11 +405,7 @@ async fn a_login_during_a_stop_is_held_and_joins_after_the_wake() {
     );
     let syncd = syncd(&pg, &waker, Some(SLEEP_AFTER), Duration::from_secs(30)).await;
     let e1 = edge(&syncd.grpc_url(), "e1").await;
-    let w = &waker;
-    eventually("the stop request is in flight", DEADLINE, || async move {
-        w.stops("lobby") == 1
-    })
-    .await;
+    wait_stops(&waker, "lobby", 1).await;
     let sy = &syncd;
     eventually(
         "ListServers shows the stop in flight",
@@ -450,11 +439,7 @@ async fn server_options_sleep_after_turns_sleeping_on_for_one_server_only() {
     let waker = FakeWaker::start().await;
     // No --sleep-after: only the row turns it on.
     let syncd = syncd(&pg, &waker, None, Duration::from_secs(30)).await;
-    let w = &waker;
-    eventually("nightly is stopped", DEADLINE, || async move {
-        w.stops("nightly") == 1
-    })
-    .await;
+    wait_stops(&waker, "nightly", 1).await;
     assert_eq!(waker.stops("always"), 0, "no sleep_after for it");
     assert_eq!(server(&syncd, "always").await.sleep(), SleepState::Off);
     let sy = &syncd;
