@@ -189,6 +189,13 @@ impl RouteSync for FakeSyncd {
     ) -> Result<Response<ListPlayersResponse>, Status> {
         Err(Status::unimplemented("bench"))
     }
+    type WatchEventsStream = ReceiverStream<Result<FleetEvent, Status>>;
+    async fn watch_events(
+        &self,
+        _: Request<WatchEventsRequest>,
+    ) -> Result<Response<Self::WatchEventsStream>, Status> {
+        Err(Status::unimplemented("bench"))
+    }
 }
 
 // ---------------------------------------------------------------- clients

@@ -647,6 +647,13 @@ mod tests {
         ) -> Result<Response<ListPlayersResponse>, Status> {
             Err(Status::unimplemented("fake"))
         }
+        type WatchEventsStream = ReceiverStream<Result<FleetEvent, Status>>;
+        async fn watch_events(
+            &self,
+            _: Request<WatchEventsRequest>,
+        ) -> Result<Response<Self::WatchEventsStream>, Status> {
+            Err(Status::unimplemented("fake"))
+        }
     }
 
     fn route(server: &str, host: &str) -> Route {

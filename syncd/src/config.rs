@@ -93,6 +93,10 @@ pub struct Config {
     pub edge_grace: std::time::Duration,
     /// Opt-in sleeping of idle servers, and the player gauges.
     pub sleep: crate::sleep::SleepConfig,
+    /// Every fleet event is posted to each of these as JSON.
+    pub webhook_urls: Vec<String>,
+    /// HMAC-SHA256 key of the webhook signature header. Never logged.
+    pub webhook_secret: Option<String>,
 }
 
 /// How syncd calls the waker (SPEC §4).
@@ -160,6 +164,8 @@ impl Default for Config {
             leader_lock: None,
             edge_grace: crate::sleep::DEFAULT_EDGE_GRACE,
             sleep: crate::sleep::SleepConfig::default(),
+            webhook_urls: Vec::new(),
+            webhook_secret: None,
         }
     }
 }
@@ -249,6 +255,8 @@ impl fmt::Debug for Config {
             .field("leader_lock", &self.leader_lock)
             .field("edge_grace", &self.edge_grace)
             .field("sleep", &self.sleep)
+            .field("webhook_urls", &self.webhook_urls)
+            .field("webhook_secret", &redact(&self.webhook_secret))
             .finish()
     }
 }
@@ -278,8 +286,9 @@ mod tests {
         let mut c = Config::new("postgres://u:hunter2@db:5432/automc");
         c.grpc_token = Some("grpc-secret".into());
         c.waker.token = Some("waker-secret".into());
+        c.webhook_secret = Some("hook-secret".into());
         let s = format!("{c:?}");
-        for secret in ["hunter2", "grpc-secret", "waker-secret"] {
+        for secret in ["hunter2", "grpc-secret", "waker-secret", "hook-secret"] {
             assert!(!s.contains(secret), "{secret} leaked: {s}");
         }
         assert!(s.contains("db:5432"));

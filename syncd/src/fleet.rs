@@ -19,8 +19,9 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use automc_proto::v1::{EdgeCount, PlayerInfo, PlayerSession, SessionReport};
+use automc_proto::v1::{EdgeCount, EventKind, PlayerInfo, PlayerSession, SessionReport};
 
+use crate::events::Events;
 use crate::metrics::Metrics;
 
 /// Servers one stream may report sessions for.
@@ -56,6 +57,32 @@ impl Counts {
         self.players = self.players.saturating_add(o.players);
         self.holding = self.holding.saturating_add(o.holding);
         self.status = self.status.saturating_add(o.status);
+    }
+}
+
+/// A player who joined or left, as one report (or an expiry) showed it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PlayerChange {
+    pub joined: bool,
+    pub edge_id: String,
+    pub player: PlayerSession,
+}
+
+impl PlayerChange {
+    fn joined(edge_id: &str, player: PlayerSession) -> Self {
+        Self {
+            joined: true,
+            edge_id: edge_id.to_owned(),
+            player,
+        }
+    }
+
+    fn left(edge_id: &str, player: PlayerSession) -> Self {
+        Self {
+            joined: false,
+            edge_id: edge_id.to_owned(),
+            player,
+        }
     }
 }
 
@@ -113,7 +140,15 @@ fn counts(c: &automc_proto::v1::ServerSessions) -> Counts {
 
 impl FleetState {
     /// Apply one report of stream `watcher` (edge `edge_id`) received at `now`.
-    pub fn apply(&mut self, watcher: u64, edge_id: &str, report: SessionReport, now_ms: i64) {
+    /// Returns the players who joined and left with it.
+    pub fn apply(
+        &mut self,
+        watcher: u64,
+        edge_id: &str,
+        report: SessionReport,
+        now_ms: i64,
+    ) -> Vec<PlayerChange> {
+        let mut changes = Vec::new();
         let e = self.edges.entry(watcher).or_default();
         edge_id.clone_into(&mut e.edge_id);
         e.lost = None;
@@ -148,20 +183,55 @@ impl FleetState {
                 }
             }
             for id in &report.left {
-                players.remove(id);
+                if let Some(p) = players.remove(id) {
+                    if !report.full {
+                        changes.push(PlayerChange::left(edge_id, p));
+                    }
+                }
             }
             for p in report.joined {
                 if !valid_player(&p) || players.len() >= MAX_PLAYERS_PER_EDGE {
                     refused += 1;
                     continue;
                 }
-                players.insert(p.session, p);
+                if players.insert(p.session, p.clone()).is_none() && !report.full {
+                    changes.push(PlayerChange::joined(edge_id, p));
+                }
             }
             report.full && !report.more
         };
         e.refused += refused;
         if completed_full {
+            // This edge is back: an earlier stream of it is no longer unknown.
+            // Its connection ids are the same (same process), so players it
+            // still has neither left nor joined.
+            let stale: Vec<u64> = self
+                .edges
+                .iter()
+                .filter(|(id, o)| **id != watcher && o.lost.is_some() && o.edge_id == edge_id)
+                .map(|(id, _)| *id)
+                .collect();
+            let mut before: HashMap<u64, PlayerSession> = HashMap::new();
+            for id in stale {
+                if let Some(old) = self.forget(id, now_ms) {
+                    before.extend(old.players);
+                }
+            }
+            let Some(e) = self.edges.get_mut(&watcher) else {
+                return changes;
+            };
+            before.extend(e.players.drain());
             if let Some((servers, players)) = e.pending.take() {
+                for (id, p) in &before {
+                    if !players.contains_key(id) {
+                        changes.push(PlayerChange::left(edge_id, p.clone()));
+                    }
+                }
+                for (id, p) in &players {
+                    if !before.contains_key(id) {
+                        changes.push(PlayerChange::joined(edge_id, p.clone()));
+                    }
+                }
                 let before: Vec<String> = e
                     .servers
                     .iter()
@@ -178,20 +248,11 @@ impl FleetState {
                 e.servers = servers;
                 e.players = players;
             }
-            // This edge is back: an earlier stream of it is no longer unknown.
-            let stale: Vec<u64> = self
-                .edges
-                .iter()
-                .filter(|(id, o)| **id != watcher && o.lost.is_some() && o.edge_id == edge_id)
-                .map(|(id, _)| *id)
-                .collect();
-            for id in stale {
-                self.forget(id, now_ms);
-            }
         }
         for s in touched {
             self.last_seen.insert(s, now_ms);
         }
+        changes
     }
 
     /// Stream `watcher` dropped at `now`: its counts stand, unknown.
@@ -203,31 +264,41 @@ impl FleetState {
         }
     }
 
-    fn forget(&mut self, watcher: u64, now_ms: i64) {
-        if let Some(e) = self.edges.remove(&watcher) {
-            // Its players are gone from this moment on (as far as syncd knows).
-            for (s, c) in &e.servers {
-                if c.active() {
-                    self.last_seen.insert(s.clone(), now_ms);
-                }
-            }
-            if e.lost.is_some() {
-                self.unknown_changed_ms = Some(now_ms);
+    fn forget(&mut self, watcher: u64, now_ms: i64) -> Option<EdgeSessions> {
+        let e = self.edges.remove(&watcher)?;
+        // Its players are gone from this moment on (as far as syncd knows).
+        for (s, c) in &e.servers {
+            if c.active() {
+                self.last_seen.insert(s.clone(), now_ms);
             }
         }
+        if e.lost.is_some() {
+            self.unknown_changed_ms = Some(now_ms);
+        }
+        Some(e)
     }
 
-    /// Forget streams that have been unknown longer than `grace`.
-    pub fn expire(&mut self, now: Instant, now_ms: i64, grace: Duration) {
+    /// Forget streams that have been unknown longer than `grace`; their
+    /// players count as having left.
+    pub fn expire(&mut self, now: Instant, now_ms: i64, grace: Duration) -> Vec<PlayerChange> {
         let old: Vec<u64> = self
             .edges
             .iter()
             .filter(|(_, e)| e.lost.is_some_and(|t| now.duration_since(t) >= grace))
             .map(|(id, _)| *id)
             .collect();
+        let mut changes = Vec::new();
         for id in old {
-            self.forget(id, now_ms);
+            if let Some(e) = self.forget(id, now_ms) {
+                let edge = e.edge_id;
+                changes.extend(
+                    e.players
+                        .into_values()
+                        .map(|p| PlayerChange::left(&edge, p)),
+                );
+            }
         }
+        changes
     }
 
     /// Edges whose stream dropped and whose grace has not passed, with the
@@ -307,14 +378,29 @@ pub struct Fleet {
     state: Mutex<FleetState>,
     grace: Duration,
     metrics: Metrics,
+    events: Events,
 }
 
 impl Fleet {
-    pub fn new(grace: Duration, metrics: Metrics) -> Self {
+    pub fn new(grace: Duration, metrics: Metrics, events: Events) -> Self {
         Self {
             state: Mutex::new(FleetState::default()),
             grace,
             metrics,
+            events,
+        }
+    }
+
+    fn announce(&self, changes: Vec<PlayerChange>) {
+        for c in changes {
+            let kind = if c.joined {
+                EventKind::PlayerJoined
+            } else {
+                EventKind::PlayerLeft
+            };
+            let p = &c.player;
+            self.events
+                .player(kind, &p.server, &c.edge_id, &p.name, &p.uuid);
         }
     }
 
@@ -326,7 +412,8 @@ impl Fleet {
     /// The state, with edges past their grace forgotten first.
     pub fn lock(&self) -> MutexGuard<'_, FleetState> {
         let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
-        st.expire(Instant::now(), crate::publisher::now_ms(), self.grace);
+        let gone = st.expire(Instant::now(), crate::publisher::now_ms(), self.grace);
+        self.announce(gone);
         st
     }
 
@@ -334,9 +421,10 @@ impl Fleet {
         self.metrics.session_reports.inc();
         let mut st = self.lock();
         let before = st.refused();
-        st.apply(watcher, edge_id, report, crate::publisher::now_ms());
+        let changes = st.apply(watcher, edge_id, report, crate::publisher::now_ms());
         let refused = st.refused().saturating_sub(before);
         drop(st);
+        self.announce(changes);
         if refused > 0 {
             self.metrics.session_entries_refused.inc_by(refused);
             tracing::debug!(

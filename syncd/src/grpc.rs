@@ -10,16 +10,17 @@ use std::time::Duration;
 
 use automc_proto::v1::route_sync_server::{RouteSync, RouteSyncServer};
 use automc_proto::v1::{
-    watch_request, GetRouteRequest, GetRouteResponse, ListEdgesRequest, ListEdgesResponse,
-    ListPlayersRequest, ListPlayersResponse, ListRoutesRequest, ListRoutesResponse,
-    ListServersRequest, ListServersResponse, ListWakesRequest, ListWakesResponse, WakeRequest,
-    WakeResponse, WatchRequest, WatchResponse,
+    watch_request, FleetEvent, GetRouteRequest, GetRouteResponse, ListEdgesRequest,
+    ListEdgesResponse, ListPlayersRequest, ListPlayersResponse, ListRoutesRequest,
+    ListRoutesResponse, ListServersRequest, ListServersResponse, ListWakesRequest,
+    ListWakesResponse, WakeRequest, WakeResponse, WatchEventsRequest, WatchRequest, WatchResponse,
 };
 use futures::Stream;
 use tokio_util::sync::CancellationToken;
 use tonic::service::interceptor::InterceptedService;
 use tonic::{Request, Response, Status, Streaming};
 
+use crate::events::Events;
 use crate::fleet::Fleet;
 use crate::publisher::Publisher;
 use crate::sleep::Sleeper;
@@ -41,6 +42,7 @@ pub struct RouteSyncService {
     /// Sessions reported by the edges.
     fleet: Arc<Fleet>,
     sleeper: Arc<Sleeper>,
+    events: Events,
 }
 
 type WatchStream = Pin<Box<dyn Stream<Item = Result<WatchResponse, Status>> + Send + 'static>>;
@@ -48,6 +50,16 @@ type WatchStream = Pin<Box<dyn Stream<Item = Result<WatchResponse, Status>> + Se
 #[tonic::async_trait]
 impl RouteSync for RouteSyncService {
     type WatchRoutesStream = WatchStream;
+    type WatchEventsStream =
+        Pin<Box<dyn Stream<Item = Result<FleetEvent, Status>> + Send + 'static>>;
+
+    async fn watch_events(
+        &self,
+        _req: Request<WatchEventsRequest>,
+    ) -> Result<Response<Self::WatchEventsStream>, Status> {
+        use futures::StreamExt;
+        Ok(Response::new(Box::pin(self.events.stream().map(Ok))))
+    }
 
     async fn watch_routes(
         &self,
@@ -216,6 +228,7 @@ pub async fn serve(
     hello_timeout: Duration,
     fleet: Arc<Fleet>,
     sleeper: Arc<Sleeper>,
+    events: Events,
     shutdown: CancellationToken,
 ) -> Result<(), crate::Error> {
     let auth = BearerAuth::new(token);
@@ -241,6 +254,7 @@ pub async fn serve(
         active,
         fleet,
         sleeper,
+        events,
     });
     let health_task = {
         let health = health.clone();

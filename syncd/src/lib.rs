@@ -13,6 +13,7 @@ pub mod accept;
 pub mod config;
 pub mod diff;
 pub mod dsn;
+pub mod events;
 pub mod fleet;
 pub mod grpc;
 pub mod http;
@@ -174,16 +175,30 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
     let epoch = publisher.epoch().to_owned();
     let (ready_tx, ready_rx) = watch::channel(false);
     let (relay_tx, relay_rx) = tokio::sync::mpsc::unbounded_channel();
+    let events = events::Events::new(metrics.clone());
     let wakes = wake::Wakes::new(
         config.waker.clone(),
         waker,
         publisher.clone(),
         metrics.clone(),
+        events.clone(),
         shutdown.clone(),
         tasks.clone(),
         relay_tx,
     );
-    let fleet = Arc::new(fleet::Fleet::new(config.edge_grace, metrics.clone()));
+    for url in &config.webhook_urls {
+        tasks.spawn(events::webhook(
+            events.clone(),
+            url.clone(),
+            config.webhook_secret.clone(),
+            shutdown.clone(),
+        ));
+    }
+    let fleet = Arc::new(fleet::Fleet::new(
+        config.edge_grace,
+        metrics.clone(),
+        events.clone(),
+    ));
     let target = schema::redact_dsn(&config.database_url);
     tracing::info!(
         %grpc_addr,
@@ -277,6 +292,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
                 hello_timeout,
                 fleet,
                 sleeper,
+                events,
                 shutdown.clone(),
             )
             .await;

@@ -221,6 +221,13 @@ struct ServeArgs {
     /// player counts stand and no server sleeps meanwhile.
     #[arg(long, env = "SYNCD_EDGE_GRACE", value_parser = humantime::parse_duration, default_value = "2m")]
     edge_grace: Duration,
+    /// POST every fleet event (player joined/left, wake, sleep) as JSON to this
+    /// URL (repeatable; comma list in the env var). Slow webhooks lose events, never slow syncd.
+    #[arg(long, env = "SYNCD_WEBHOOK_URL", value_delimiter = ',')]
+    webhook_url: Vec<String>,
+    /// Sign webhook bodies: X-Automc-Signature: sha256=<hex HMAC-SHA256 of the body>.
+    #[arg(long, env = "SYNCD_WEBHOOK_SECRET", hide_env_values = true)]
+    webhook_secret: Option<String>,
     /// Export automc_syncd_server_players{server} (turn off for very large fleets).
     #[arg(long, env = "SYNCD_PLAYER_METRICS_PER_SERVER", action = clap::ArgAction::Set, default_value_t = true)]
     player_metrics_per_server: bool,
@@ -279,6 +286,13 @@ impl ServeArgs {
         c.waker.reuse_for = self.wake_reuse;
         c.leader_lock = self.leader_lock;
         c.edge_grace = self.edge_grace;
+        c.webhook_urls = self
+            .webhook_url
+            .iter()
+            .map(|u| u.trim().to_owned())
+            .filter(|u| !u.is_empty())
+            .collect();
+        c.webhook_secret = self.webhook_secret.filter(|s| !s.is_empty());
         c.sleep = syncd::sleep::SleepConfig {
             sleep_after: self.sleep_after.filter(|d| !d.is_zero()),
             min_uptime: self.min_uptime,

@@ -40,6 +40,8 @@ pub struct Metrics {
     pub unknown_edges: Gauge,
     server_players: Family<Labels, Gauge>,
     sleeps: Family<Labels, Counter>,
+    pub events_dropped: Counter,
+    webhooks: Family<Labels, Counter>,
 }
 
 impl Metrics {
@@ -69,6 +71,8 @@ impl Metrics {
         let unknown_edges = Gauge::default();
         let server_players = Family::<Labels, Gauge>::default();
         let sleeps = Family::<Labels, Counter>::default();
+        let events_dropped = Counter::default();
+        let webhooks = Family::<Labels, Counter>::default();
         r.register("automc_syncd_routes", "Routes in the table", routes.clone());
         r.register(
             "automc_syncd_table_version",
@@ -181,6 +185,16 @@ impl Metrics {
             "Stop requests to the waker by outcome",
             sleeps.clone(),
         );
+        r.register(
+            "automc_syncd_events_dropped",
+            "Fleet events a WatchEvents stream or webhook lost because it fell behind",
+            events_dropped.clone(),
+        );
+        r.register(
+            "automc_syncd_webhook_deliveries",
+            "Webhook deliveries by outcome (delivered, failed after retries)",
+            webhooks.clone(),
+        );
         Self {
             registry: Arc::new(r),
             routes,
@@ -207,7 +221,15 @@ impl Metrics {
             unknown_edges,
             server_players,
             sleeps,
+            events_dropped,
+            webhooks,
         }
+    }
+
+    pub fn webhook_outcome(&self, outcome: &str) {
+        self.webhooks
+            .get_or_create(&vec![("outcome".to_owned(), outcome.to_owned())])
+            .inc();
     }
 
     pub fn sleep_outcome(&self, outcome: &str) {

@@ -26,10 +26,12 @@ use tracing::Instrument;
 
 use crate::config::WakerConfig;
 use crate::diff::Change;
+use crate::events::Events;
 use crate::metrics::Metrics;
 use crate::ping;
 use crate::publisher::{now_ms, Publisher};
 use crate::waker::{WakerClient, WakerError};
+use automc_proto::v1::EventKind;
 
 /// Why a wake failed. The text (which may name addresses) goes to logs,
 /// `ListWakes` and the status message; edges act on [`WakeFailure::kind`] only.
@@ -112,6 +114,7 @@ pub struct Wakes {
     waker: Option<Arc<WakerClient>>,
     publisher: Arc<Publisher>,
     metrics: Metrics,
+    events: Events,
     shutdown: CancellationToken,
     tasks: TaskTracker,
     book: Mutex<Book>,
@@ -167,11 +170,13 @@ pub fn parse_relay(payload: &str) -> Option<Relayed> {
 }
 
 impl Wakes {
+    #[allow(clippy::too_many_arguments)] // one call site (lib.rs), each a distinct concern
     pub fn new(
         cfg: WakerConfig,
         waker: Option<WakerClient>,
         publisher: Arc<Publisher>,
         metrics: Metrics,
+        events: Events,
         shutdown: CancellationToken,
         tasks: TaskTracker,
         relay: mpsc::UnboundedSender<String>,
@@ -182,6 +187,7 @@ impl Wakes {
             waker: waker.map(Arc::new),
             publisher,
             metrics,
+            events,
             shutdown,
             tasks,
             book: Mutex::new(Book::default()),
@@ -250,6 +256,8 @@ impl Wakes {
             book.stopping.insert(server.to_owned(), rx);
         }
         self.metrics.sleep_outcome("requested");
+        self.events
+            .server(EventKind::SleepRequested, server, "", "");
         tracing::info!(
             server,
             "nobody played for the sleep period; asking the waker to stop it"
@@ -263,6 +271,11 @@ impl Wakes {
                 let r = tokio::select! {
                     _ = this.shutdown.cancelled() => Err(None),
                     r = waker.stop(&server) => r.map_err(Some),
+                };
+                let kind = if r.is_ok() {
+                    EventKind::SleepDone
+                } else {
+                    EventKind::SleepFailed
                 };
                 let (state, phase) = match r {
                     Ok(()) => {
@@ -282,11 +295,18 @@ impl Wakes {
                         (StopState::Failed { reason, at_ms: now_ms() }, WakePhase::Running)
                     }
                 };
+                let reason = match &state {
+                    StopState::Unsupported { reason } | StopState::Failed { reason, .. } => {
+                        reason.clone()
+                    }
+                    _ => String::new(),
+                };
                 {
                     let mut book = this.book();
                     book.stops.insert(server.clone(), state);
                     book.stopping.remove(&server);
                 }
+                this.events.server(kind, &server, "", &reason);
                 this.announce(&server, phase);
                 tx.send_replace(true);
             }
@@ -352,6 +372,8 @@ impl Wakes {
                     drop(book);
                     tracing::info!(server, caller, "wake started");
                     self.announce(server, WakePhase::Waking);
+                    self.events
+                        .server(EventKind::WakeStarted, server, "", caller);
                     let this = self.clone();
                     let span = tracing::info_span!("wake", server = %server);
                     let server = server.to_owned();
@@ -452,8 +474,17 @@ impl Wakes {
             }
         }
         let phase = match &state {
-            WakeState::Running { .. } => WakePhase::Running,
-            _ => WakePhase::Failed,
+            WakeState::Running { address } => {
+                self.events
+                    .server(EventKind::WakeFinished, &server, address, "");
+                WakePhase::Running
+            }
+            WakeState::Failed(f) => {
+                self.events
+                    .server(EventKind::WakeFailed, &server, "", &f.to_string());
+                WakePhase::Failed
+            }
+            WakeState::Waking => WakePhase::Failed,
         };
         self.announce(&server, phase);
         tx.send_replace(state);

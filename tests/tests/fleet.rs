@@ -514,3 +514,142 @@ async fn syncd_servers_and_players_print_the_fleet_as_tables_and_json() {
             .expect("players --json is JSON");
     assert_eq!(json["players"][0]["edge_id"], "e1");
 }
+
+/// HMAC-SHA256 written out from RFC 2104, independent of syncd's (ring).
+fn hmac_sha256_hex(key: &[u8], msg: &[u8]) -> String {
+    use sha2::{Digest, Sha256};
+    let mut k = [0u8; 64];
+    if key.len() > 64 {
+        k[..32].copy_from_slice(&Sha256::digest(key));
+    } else {
+        k[..key.len()].copy_from_slice(key);
+    }
+    let pad = |b: u8| k.iter().map(|x| x ^ b).collect::<Vec<u8>>();
+    let inner = Sha256::new()
+        .chain_update(pad(0x36))
+        .chain_update(msg)
+        .finalize();
+    let outer = Sha256::new()
+        .chain_update(pad(0x5c))
+        .chain_update(inner)
+        .finalize();
+    outer.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+type Hooked = std::sync::Arc<std::sync::Mutex<Vec<(Option<String>, Vec<u8>)>>>;
+
+/// A webhook receiver on 127.0.0.1:0: records (signature, body), or never
+/// answers when `hang`.
+async fn webhook_receiver(hang: bool) -> (String, Hooked) {
+    use axum::routing::post;
+    let got: Hooked = Hooked::default();
+    let rec = got.clone();
+    let app = axum::Router::new().route(
+        "/hook",
+        post(
+            move |headers: axum::http::HeaderMap, body: axum::body::Bytes| {
+                let rec = rec.clone();
+                async move {
+                    if hang {
+                        std::future::pending::<()>().await;
+                    }
+                    let sig = headers
+                        .get("x-automc-signature")
+                        .and_then(|v| v.to_str().ok())
+                        .map(str::to_owned);
+                    rec.lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .push((sig, body.to_vec()));
+                    "ok"
+                }
+            },
+        ),
+    );
+    let l = TcpListener::bind("127.0.0.1:0").await.expect("bind hook");
+    let url = format!("http://{}/hook", l.local_addr().expect("addr"));
+    tokio::spawn(async move { axum::serve(l, app).await });
+    (url, got)
+}
+
+#[tokio::test]
+async fn watch_events_and_signed_webhooks_see_wakes_joins_and_leaves_and_a_hung_webhook_slows_no_login(
+) {
+    use futures::StreamExt;
+    let pg = migrated_pg().await;
+    let b = backend().await;
+    add_server(&pg, "lobby", b.addr(), "stopped").await;
+    let waker = FakeWaker::start().await;
+    let (good, got) = webhook_receiver(false).await;
+    let (hung, _) = webhook_receiver(true).await;
+    let url = waker.url();
+    let syncd = start_syncd(&pg.dsn(), |c| {
+        c.waker.url = Some(url);
+        c.webhook_urls = vec![hung, good];
+        c.webhook_secret = Some("s3cret".into());
+    })
+    .await;
+    let mut events = syncd
+        .client()
+        .await
+        .watch_events(automc_proto::v1::WatchEventsRequest {})
+        .await
+        .expect("WatchEvents")
+        .into_inner();
+    let e1 = edge(&syncd.grpc_url(), "e1").await;
+    e1.wait_route("lobby.example.com", Some("lobby")).await;
+
+    // The login wakes the server and joins while one webhook hangs.
+    let player = join(&e1, &b, "lobby.example.com", "Alex").await;
+    wait_players(&syncd, "lobby", 1).await;
+    drop(player);
+    wait_players(&syncd, "lobby", 0).await;
+
+    use automc_proto::v1::EventKind;
+    let mut seen = Vec::new();
+    while !seen.contains(&EventKind::PlayerLeft) {
+        let e = tokio::time::timeout(DEADLINE, events.next())
+            .await
+            .expect("an event in time")
+            .expect("stream open")
+            .expect("event");
+        assert_eq!(e.server, "lobby");
+        if matches!(e.kind(), EventKind::PlayerJoined | EventKind::PlayerLeft) {
+            assert_eq!((e.player.as_str(), e.edge_id.as_str()), ("Alex", "e1"));
+            assert_eq!(e.uuid, player_uuid("Alex"));
+        }
+        seen.push(e.kind());
+    }
+    assert_eq!(
+        seen,
+        vec![
+            EventKind::WakeStarted,
+            EventKind::WakeFinished,
+            EventKind::PlayerJoined,
+            EventKind::PlayerLeft
+        ]
+    );
+
+    let g = got.clone();
+    eventually("the webhook got all four events", DEADLINE, || {
+        let g = g.clone();
+        async move { g.lock().unwrap_or_else(|p| p.into_inner()).len() >= 4 }
+    })
+    .await;
+    let hooked = got.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    let mut kinds = Vec::new();
+    for (sig, body) in &hooked {
+        let want = format!("sha256={}", hmac_sha256_hex(b"s3cret", body));
+        assert_eq!(sig.as_deref(), Some(want.as_str()), "signature of {body:?}");
+        let v: serde_json::Value = serde_json::from_slice(body).expect("JSON body");
+        kinds.push(v["kind"].as_str().unwrap_or_default().to_owned());
+    }
+    assert_eq!(
+        kinds[..4],
+        [
+            "wake_started",
+            "wake_finished",
+            "player_joined",
+            "player_left"
+        ]
+    );
+}
