@@ -40,6 +40,10 @@ KNOWN_METRICS = [
     "automc_syncd_wakes_total",
     "automc_syncd_wake_duration_seconds",
     "automc_syncd_waker_http_responses_total",
+    "automc_syncd_grpc_connections",
+    "automc_syncd_grpc_handshakes",
+    "automc_syncd_grpc_connections_refused_total",
+    "automc_syncd_grpc_unauthenticated",
     "automc_edge_connections_total",
     "automc_edge_connections_active",
     "automc_edge_bytes_total",
@@ -169,6 +173,22 @@ def build():
         (f"rate(automc_syncd_watchers_cut_total{{{SYNCD}}}[{RI}])", "slow watchers cut/s"),
     ], unit="ops", description="Many notifications, few re-reads: coalescing at work.")
     d.series("Postgres connected", [(f"automc_syncd_pg_connected{{{SYNCD}}}", "{{instance}}")], w=24, h=5)
+
+    d.row("syncd: gRPC port")
+    d.stat("gRPC authentication", f"max(automc_syncd_grpc_unauthenticated{{{SYNCD}}})",
+           mappings=[{"type": "value", "options": {"0": {"text": "REQUIRED", "color": "green"},
+                                                   "1": {"text": "OPEN", "color": "red"}}}],
+           description="OPEN: syncd serves RouteSync on a reachable address without a token or mutual "
+                       "TLS (--allow-unauthenticated).")
+    d.series("gRPC connections", [
+        (f"automc_syncd_grpc_connections{{{SYNCD}}}", "open"),
+        (f"automc_syncd_grpc_handshakes{{{SYNCD}}}", "in handshake"),
+    ], w=8, description="Connections to syncd's gRPC port, and those not past TLS and the HTTP/2 preface yet.")
+    d.series("gRPC connections refused by reason", [
+        (f"sum by (reason) (rate(automc_syncd_grpc_connections_refused_total{{{SYNCD}}}[{RI}]))", "{{reason}}"),
+    ], unit="ops", stack=True,
+        description="Refused at accept (connection and handshake caps) or cut during the handshake (deadline, "
+                    "not HTTP/2, TLS failure).")
 
     d.row("Edges: traffic")
     d.series("Connections by outcome", [

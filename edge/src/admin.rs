@@ -1,8 +1,11 @@
 //! Admin surfaces: HTTP `/metrics`, `/healthz`, `/readyz` (axum) and gRPC
 //! `automc.v1.EdgeAdmin` with `grpc.health.v1` and reflection v1 + v1alpha
-//! (grpcurl 1.8 asks for v1alpha).
+//! (grpcurl 1.8 asks for v1alpha). With `--admin-token`, EdgeAdmin calls
+//! need `authorization: Bearer <token>` (checked like syncd's token); health
+//! and reflection stay open, as on syncd.
 use std::sync::Arc;
 
+use automc_proto::auth::BearerAuth;
 use automc_proto::v1::edge_admin_server::{EdgeAdmin, EdgeAdminServer};
 use automc_proto::v1::{
     Connection, GetRouteRequest, GetRouteResponse, GetSyncStatusRequest, ListConnectionsRequest,
@@ -16,6 +19,7 @@ use axum::Router;
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
+use tonic::service::interceptor::InterceptedService;
 use tonic::{Request, Response, Status};
 
 use crate::Shared;
@@ -69,6 +73,7 @@ pub async fn serve_grpc(
     shared: Arc<Shared>,
     stop: CancellationToken,
 ) -> Result<(), tonic::transport::Error> {
+    let auth = BearerAuth::new(shared.config.admin_token.as_deref());
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_serving::<EdgeAdminServer<AdminService>>().await;
     let reflection = || {
@@ -88,7 +93,10 @@ pub async fn serve_grpc(
         .add_service(health_service)
         .add_optional_service(v1)
         .add_optional_service(v1alpha)
-        .add_service(EdgeAdminServer::new(AdminService { shared }))
+        .add_service(InterceptedService::new(
+            EdgeAdminServer::new(AdminService { shared }),
+            auth,
+        ))
         .serve_with_incoming_shutdown(TcpListenerStream::new(listener), stop.cancelled_owned())
         .await
 }
@@ -151,6 +159,8 @@ impl EdgeAdmin for AdminService {
                     started_ms: e.started_ms,
                     bytes_up: e.bytes_up.load(std::sync::atomic::Ordering::Relaxed),
                     bytes_down: e.bytes_down.load(std::sync::atomic::Ordering::Relaxed),
+                    player: d.player,
+                    player_uuid: d.player_uuid,
                 }
             })
             .collect::<Vec<_>>();

@@ -3,6 +3,7 @@
 //! an environment variable behind every flag (SPEC §7).
 use std::fmt;
 use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use clap::Parser;
@@ -10,6 +11,13 @@ use ipnet::IpNet;
 
 use crate::limits::LimitsConfig;
 
+/// The player port: open to the world, that is the product.
+pub const DEFAULT_LISTEN: &str = "0.0.0.0:25565";
+/// `/metrics` and probes: this host only unless told otherwise.
+pub const DEFAULT_HTTP_LISTEN: &str = "127.0.0.1:8080";
+/// `EdgeAdmin` (routes with backend addresses, players' IPs): this host only
+/// unless told otherwise.
+pub const DEFAULT_GRPC_LISTEN: &str = "127.0.0.1:50052";
 pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 /// The vanilla client gives up after ~30 s without a packet while logging in.
@@ -18,6 +26,8 @@ pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
 pub const DEFAULT_STATUS_CACHE_TTL: Duration = Duration::from_secs(1);
 pub const DEFAULT_STATUS_STALE_FOR: Duration = Duration::from_secs(60);
 pub const DEFAULT_HEARTBEAT_TIMEOUT: Duration = Duration::from_secs(30);
+/// A full session report (and not only what changed) this often.
+pub const DEFAULT_REPORT_INTERVAL: Duration = Duration::from_secs(30);
 pub const DEFAULT_SYNC_BACKOFF_MIN: Duration = Duration::from_millis(200);
 pub const DEFAULT_SYNC_BACKOFF_MAX: Duration = Duration::from_secs(10);
 pub const DEFAULT_ASLEEP_MOTD: &str = "§7Server is asleep. §fJoin to wake it up!";
@@ -53,6 +63,9 @@ pub struct Config {
     pub grpc_token: Option<String>,
     pub http_listen: SocketAddr,
     pub grpc_listen: SocketAddr,
+    /// Bearer token `EdgeAdmin` calls must carry (health and reflection stay
+    /// open). `None` = open to whoever reaches `grpc_listen`.
+    pub admin_token: Option<String>,
     pub handshake_timeout: Duration,
     pub connect_timeout: Duration,
     pub hold_timeout: Duration,
@@ -78,6 +91,9 @@ pub struct Config {
     pub heartbeat_timeout: Duration,
     pub sync_backoff_min: Duration,
     pub sync_backoff_max: Duration,
+    /// A full report of the live sessions to syncd this often (changes go
+    /// at once, at most one report per 250 ms).
+    pub report_interval: Duration,
     /// Admission limits on the player port (zero = no limit).
     pub limits: LimitsConfig,
     /// CA and client certificate for `https://` syncd URLs.
@@ -87,11 +103,12 @@ pub struct Config {
 impl Default for Config {
     fn default() -> Self {
         Self {
-            listen: SocketAddr::from(([0, 0, 0, 0], 25565)),
+            listen: default_addr(DEFAULT_LISTEN),
             syncd: Vec::new(),
             grpc_token: None,
-            http_listen: SocketAddr::from(([0, 0, 0, 0], 8080)),
-            grpc_listen: SocketAddr::from(([0, 0, 0, 0], 50052)),
+            http_listen: default_addr(DEFAULT_HTTP_LISTEN),
+            grpc_listen: default_addr(DEFAULT_GRPC_LISTEN),
+            admin_token: None,
             handshake_timeout: DEFAULT_HANDSHAKE_TIMEOUT,
             connect_timeout: DEFAULT_CONNECT_TIMEOUT,
             hold_timeout: DEFAULT_HOLD_TIMEOUT,
@@ -110,6 +127,7 @@ impl Default for Config {
             heartbeat_timeout: DEFAULT_HEARTBEAT_TIMEOUT,
             sync_backoff_min: DEFAULT_SYNC_BACKOFF_MIN,
             sync_backoff_max: DEFAULT_SYNC_BACKOFF_MAX,
+            report_interval: DEFAULT_REPORT_INTERVAL,
             limits: LimitsConfig::default(),
             syncd_tls: crate::tls::SyncdTls::default(),
         }
@@ -127,6 +145,10 @@ impl fmt::Debug for Config {
             )
             .field("http_listen", &self.http_listen)
             .field("grpc_listen", &self.grpc_listen)
+            .field(
+                "admin_token",
+                &self.admin_token.as_ref().map(|_| "<redacted>"),
+            )
             .field("handshake_timeout", &self.handshake_timeout)
             .field("connect_timeout", &self.connect_timeout)
             .field("hold_timeout", &self.hold_timeout)
@@ -143,10 +165,16 @@ impl fmt::Debug for Config {
             .field("status_mode", &self.status_mode)
             .field("splice_pipes", &self.splice_pipes)
             .field("heartbeat_timeout", &self.heartbeat_timeout)
+            .field("report_interval", &self.report_interval)
             .field("limits", &self.limits)
             .field("syncd_tls", &self.syncd_tls)
             .finish_non_exhaustive()
     }
+}
+
+/// The `DEFAULT_*_LISTEN` constants are literals that parse.
+fn default_addr(s: &str) -> SocketAddr {
+    s.parse().unwrap_or(SocketAddr::from(([127, 0, 0, 1], 0)))
 }
 
 fn default_edge_id() -> String {
@@ -167,6 +195,8 @@ pub enum ConfigError {
     Tls(String),
     #[error("--hold-timeout must be greater than zero")]
     ZeroHoldTimeout,
+    #[error(transparent)]
+    TokenFile(#[from] automc_proto::auth::TokenFileError),
 }
 
 impl Config {
@@ -201,7 +231,7 @@ pub use automc_telemetry::LogFormat;
 )]
 pub struct Args {
     /// Player listen address.
-    #[arg(long, env = "EDGE_LISTEN", default_value = "0.0.0.0:25565")]
+    #[arg(long, env = "EDGE_LISTEN", default_value = DEFAULT_LISTEN)]
     pub listen: SocketAddr,
     /// syncd gRPC URL; repeat (or comma-separate in EDGE_SYNCD) for several.
     #[arg(
@@ -212,14 +242,33 @@ pub struct Args {
     )]
     pub syncd: Vec<String>,
     /// Bearer token presented to syncd.
-    #[arg(long, env = "EDGE_GRPC_TOKEN", hide_env_values = true)]
+    #[arg(
+        long,
+        env = "EDGE_GRPC_TOKEN",
+        hide_env_values = true,
+        conflicts_with = "grpc_token_file"
+    )]
     pub grpc_token: Option<String>,
+    /// File holding the token presented to syncd (surrounding whitespace is ignored).
+    #[arg(long, env = "EDGE_GRPC_TOKEN_FILE")]
+    pub grpc_token_file: Option<PathBuf>,
     /// HTTP admin address (/metrics, /healthz, /readyz).
-    #[arg(long, env = "EDGE_HTTP_LISTEN", default_value = "0.0.0.0:8080")]
+    #[arg(long, env = "EDGE_HTTP_LISTEN", default_value = DEFAULT_HTTP_LISTEN)]
     pub http_listen: SocketAddr,
     /// gRPC admin address (EdgeAdmin, health, reflection).
-    #[arg(long, env = "EDGE_GRPC_LISTEN", default_value = "0.0.0.0:50052")]
+    #[arg(long, env = "EDGE_GRPC_LISTEN", default_value = DEFAULT_GRPC_LISTEN)]
     pub grpc_listen: SocketAddr,
+    /// Bearer token EdgeAdmin calls must carry (health and reflection stay open).
+    #[arg(
+        long,
+        env = "EDGE_ADMIN_TOKEN",
+        hide_env_values = true,
+        conflicts_with = "admin_token_file"
+    )]
+    pub admin_token: Option<String>,
+    /// File holding the EdgeAdmin token (surrounding whitespace is ignored).
+    #[arg(long, env = "EDGE_ADMIN_TOKEN_FILE")]
+    pub admin_token_file: Option<PathBuf>,
     /// Longest wait for a complete handshake.
     #[arg(long, env = "EDGE_HANDSHAKE_TIMEOUT", default_value = "5s", value_parser = humantime::parse_duration)]
     pub handshake_timeout: Duration,
@@ -265,6 +314,10 @@ pub struct Args {
     /// Most pipes kept for zero-copy splice on Linux (0 = always copy through user space).
     #[arg(long, env = "EDGE_SPLICE_PIPES", default_value_t = crate::splice::DEFAULT_PIPES)]
     pub splice_pipes: usize,
+    /// Send syncd a full report of the live sessions this often (what changed
+    /// goes at once, at most one report per 250 ms).
+    #[arg(long, env = "EDGE_REPORT_INTERVAL", default_value = "30s", value_parser = humantime::parse_duration)]
+    pub report_interval: Duration,
     /// Most concurrent player connections (0 = no limit).
     #[arg(long, env = "EDGE_MAX_CONNECTIONS", default_value_t = LimitsConfig::default().max_connections)]
     pub max_connections: usize,
@@ -303,7 +356,19 @@ impl fmt::Debug for Args {
                 "grpc_token",
                 &self.grpc_token.as_ref().map(|_| "<redacted>"),
             )
+            .field(
+                "admin_token",
+                &self.admin_token.as_ref().map(|_| "<redacted>"),
+            )
             .finish_non_exhaustive()
+    }
+}
+
+/// A token from its flag or, when given, its file.
+fn token(value: Option<String>, file: Option<&Path>) -> Result<Option<String>, ConfigError> {
+    match file {
+        Some(path) => Ok(Some(automc_proto::auth::read_token_file(path)?)),
+        None => Ok(value.filter(|t| !t.is_empty())),
     }
 }
 
@@ -319,9 +384,10 @@ impl Args {
         let cfg = Config {
             listen: self.listen,
             syncd,
-            grpc_token: self.grpc_token.filter(|t| !t.is_empty()),
+            grpc_token: token(self.grpc_token, self.grpc_token_file.as_deref())?,
             http_listen: self.http_listen,
             grpc_listen: self.grpc_listen,
+            admin_token: token(self.admin_token, self.admin_token_file.as_deref())?,
             handshake_timeout: self.handshake_timeout,
             connect_timeout: self.connect_timeout,
             hold_timeout: self.hold_timeout,
@@ -337,6 +403,7 @@ impl Args {
             status_cache_size: self.status_cache_size,
             status_mode: self.status_mode,
             splice_pipes: self.splice_pipes,
+            report_interval: self.report_interval,
             limits: LimitsConfig {
                 max_connections: self.max_connections,
                 max_connections_per_ip: self.max_connections_per_ip,
@@ -382,6 +449,54 @@ mod tests {
         assert_eq!(cfg.unknown_host, UnknownHost::Close);
         assert_eq!(cfg.proxy_protocol_trusted.len(), 2);
         assert!(!format!("{cfg:?}").contains("sekrit"));
+    }
+
+    #[test]
+    fn admin_ports_default_to_loopback_and_the_player_port_does_not() {
+        let cfg = Args::try_parse_from(["edge", "--syncd", "http://a:1"])
+            .unwrap_or_else(|e| panic!("{e}"))
+            .into_config()
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert!(cfg.http_listen.ip().is_loopback(), "{}", cfg.http_listen);
+        assert!(cfg.grpc_listen.ip().is_loopback(), "{}", cfg.grpc_listen);
+        assert!(cfg.listen.ip().is_unspecified(), "{}", cfg.listen);
+        let d = Config::default();
+        assert_eq!(
+            (d.listen, d.http_listen, d.grpc_listen),
+            (cfg.listen, cfg.http_listen, cfg.grpc_listen)
+        );
+        assert_eq!(cfg.admin_token, None);
+    }
+
+    #[test]
+    fn the_admin_token_comes_from_its_flag_or_its_file() {
+        let dir = std::env::temp_dir().join(format!("automc-edge-token-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("{e}"));
+        let file = dir.join("admin-token");
+        std::fs::write(&file, "from-file\n").unwrap_or_else(|e| panic!("{e}"));
+        let parse = |extra: &[&str]| {
+            let mut argv = vec!["edge", "--syncd", "http://a:1"];
+            argv.extend_from_slice(extra);
+            Args::try_parse_from(argv).map(Args::into_config)
+        };
+        let from_flag = parse(&["--admin-token", "from-flag"]).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(
+            from_flag
+                .unwrap_or_else(|e| panic!("{e}"))
+                .admin_token
+                .as_deref(),
+            Some("from-flag")
+        );
+        let path = file.to_string_lossy().into_owned();
+        let from_file = parse(&["--admin-token-file", &path]).unwrap_or_else(|e| panic!("{e}"));
+        let cfg = from_file.unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(cfg.admin_token.as_deref(), Some("from-file"));
+        assert!(!format!("{cfg:?}").contains("from-file"));
+        assert!(parse(&["--admin-token", "a", "--admin-token-file", &path]).is_err());
+        std::fs::write(&file, "").unwrap_or_else(|e| panic!("{e}"));
+        let empty = parse(&["--admin-token-file", &path]).unwrap_or_else(|e| panic!("{e}"));
+        assert!(matches!(empty, Err(ConfigError::TokenFile(_))));
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]

@@ -13,6 +13,7 @@ pub mod conn;
 pub mod limits;
 pub mod listener;
 pub mod metrics;
+pub mod report;
 pub mod routes;
 pub mod splice;
 pub mod status;
@@ -157,9 +158,11 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
 
     let routes = Arc::new(Routes::new());
     let metrics = Arc::new(metrics::Metrics::new());
+    let conns = Arc::new(listener::Connections::default());
     let sync = Arc::new(sync_client::SyncClient::new(
         &config,
         routes.clone(),
+        conns.clone(),
         metrics.clone(),
     )?);
     let shared = Arc::new(Shared {
@@ -171,7 +174,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
         routes,
         metrics,
         sync: sync.clone(),
-        conns: Arc::new(listener::Connections::default()),
+        conns,
         draining: AtomicBool::new(false),
     });
 
@@ -192,6 +195,13 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
         tracker.clone(),
     ));
     info!(%listen_addr, %http_addr, %grpc_addr, "edge listening");
+    if shared.config.admin_token.is_none() && !grpc_addr.ip().to_canonical().is_loopback() {
+        warn!(
+            %grpc_addr,
+            "EdgeAdmin is served without --admin-token on a reachable address: anyone who \
+             reaches it can list backend addresses and players' IPs"
+        );
+    }
 
     let sup_shared = shared.clone();
     let task = tokio::spawn(async move {

@@ -17,7 +17,7 @@
 //! table.
 use std::collections::{HashMap, VecDeque};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -350,43 +350,7 @@ impl Drop for IpPermit {
     }
 }
 
-/// Log a repeated event at most once per interval, with how many were
-/// suppressed since, so a flood cannot flood the logs too.
-#[derive(Debug)]
-pub struct LogThrottle {
-    interval: Duration,
-    suppressed: AtomicU64,
-    last: Mutex<Option<Instant>>,
-}
-
-impl LogThrottle {
-    pub fn new(interval: Duration) -> Self {
-        Self {
-            interval,
-            suppressed: AtomicU64::new(0),
-            last: Mutex::new(None),
-        }
-    }
-
-    /// `Some(n)` when the caller should log now (`n` events were suppressed
-    /// since the last line), `None` when it should stay quiet.
-    pub fn check(&self, now: Instant) -> Option<u64> {
-        let mut last = self
-            .last
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        match *last {
-            Some(t) if now.saturating_duration_since(t) < self.interval => {
-                self.suppressed.fetch_add(1, Ordering::Relaxed);
-                None
-            }
-            _ => {
-                *last = Some(now);
-                Some(self.suppressed.swap(0, Ordering::Relaxed))
-            }
-        }
-    }
-}
+pub use automc_telemetry::LogThrottle;
 
 #[cfg(test)]
 mod tests {
@@ -549,16 +513,5 @@ mod tests {
         let a = Admission::new(cfg(0, 0, 0.0, 0.0));
         let _p = a.admit_ip(ip(1), Instant::now()).unwrap();
         assert_eq!(a.tracked_ips(), 0);
-    }
-
-    #[test]
-    fn log_throttle_speaks_once_per_interval_and_counts_the_rest() {
-        let t = LogThrottle::new(Duration::from_secs(10));
-        let t0 = Instant::now();
-        assert_eq!(t.check(t0), Some(0));
-        for i in 1..=5 {
-            assert_eq!(t.check(t0 + Duration::from_secs(i)), None);
-        }
-        assert_eq!(t.check(t0 + Duration::from_secs(10)), Some(5));
     }
 }

@@ -17,6 +17,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use automc_proto::auth::BearerToken;
 use automc_proto::sync::{
     whole_table, Assembler, Event, FramingError, TableHashMismatch, MAX_MESSAGE_BYTES,
 };
@@ -29,35 +30,21 @@ use automc_proto::RouteTable;
 use automc_proto::WakeFailure;
 use futures::StreamExt;
 use rand::Rng;
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
-use tokio_stream::wrappers::WatchStream;
+use tokio_stream::wrappers::{ReceiverStream, WatchStream};
 use tokio_util::sync::CancellationToken;
-use tonic::metadata::{Ascii, MetadataValue};
 use tonic::service::interceptor::InterceptedService;
-use tonic::service::Interceptor;
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Code, Request, Status};
 use tracing::{debug, info, info_span, warn, Instrument};
 
+use crate::listener::Connections;
 use crate::metrics::Metrics;
 use crate::routes::Routes;
 use crate::Config;
 
-/// Adds `authorization: Bearer …` to every call when a token is configured.
-#[derive(Clone)]
-pub struct Bearer(Option<MetadataValue<Ascii>>);
-
-impl Interceptor for Bearer {
-    fn call(&mut self, mut req: Request<()>) -> Result<Request<()>, Status> {
-        if let Some(v) = &self.0 {
-            req.metadata_mut().insert("authorization", v.clone());
-        }
-        Ok(req)
-    }
-}
-
-type Client = RouteSyncClient<InterceptedService<Channel, Bearer>>;
+type Client = RouteSyncClient<InterceptedService<Channel, BearerToken>>;
 
 /// Why a watch stream ended.
 #[derive(Debug, thiserror::Error)]
@@ -156,8 +143,11 @@ struct StatusInner {
 /// Connection to syncd: the watch loop and wake calls.
 pub struct SyncClient {
     endpoints: Vec<(String, Channel)>,
-    bearer: Bearer,
+    bearer: BearerToken,
     routes: Arc<Routes>,
+    /// Live connections, reported to syncd on the watch stream.
+    conns: Arc<Connections>,
+    report_interval: Duration,
     metrics: Arc<Metrics>,
     edge_id: String,
     heartbeat_timeout: Duration,
@@ -185,6 +175,7 @@ impl SyncClient {
     pub fn new(
         config: &Config,
         routes: Arc<Routes>,
+        conns: Arc<Connections>,
         metrics: Arc<Metrics>,
     ) -> Result<Self, SetupError> {
         let mut endpoints = Vec::new();
@@ -199,18 +190,14 @@ impl SyncClient {
             let ep = config.syncd_tls.apply(url, ep).map_err(SetupError::Tls)?;
             endpoints.push((url.clone(), ep.connect_lazy()));
         }
-        let bearer = match &config.grpc_token {
-            Some(t) => Some(
-                format!("Bearer {t}")
-                    .parse::<MetadataValue<Ascii>>()
-                    .map_err(|_| SetupError::Token)?,
-            ),
-            None => None,
-        };
+        let bearer =
+            BearerToken::new(config.grpc_token.as_deref()).map_err(|_| SetupError::Token)?;
         Ok(Self {
             endpoints,
-            bearer: Bearer(bearer),
+            bearer,
             routes,
+            conns,
+            report_interval: config.report_interval,
             metrics,
             edge_id: config.edge_id.clone(),
             heartbeat_timeout: config.heartbeat_timeout,
@@ -350,7 +337,22 @@ impl SyncClient {
                 msg: Some(watch_request::Msg::Ack(ack)),
             })
         });
-        let call = client.watch_routes(futures::stream::iter([hello]).chain(acks));
+        // Session reports share the stream; the reporter ends with it.
+        let (report_tx, report_rx) = mpsc::channel(4);
+        let reporter = CancellationToken::new();
+        let _stop_reporter = reporter.clone().drop_guard();
+        tokio::spawn(crate::report::run(
+            self.conns.clone(),
+            report_tx,
+            self.report_interval,
+            reporter,
+        ));
+        let reports = ReceiverStream::new(report_rx).map(|r| WatchRequest {
+            msg: Some(watch_request::Msg::Report(r)),
+        });
+        let call = client.watch_routes(
+            futures::stream::iter([hello]).chain(futures::stream::select(acks, reports)),
+        );
         let mut stream = tokio::time::timeout(self.heartbeat_timeout, call)
             .await
             .map_err(|_| SyncError::HeartbeatTimeout(self.heartbeat_timeout))??
@@ -540,8 +542,7 @@ mod tests {
     use super::*;
     use automc_proto::v1::route_sync_server::{RouteSync, RouteSyncServer};
     use automc_proto::v1::*;
-    use tokio::sync::mpsc;
-    use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
+    use tokio_stream::wrappers::TcpListenerStream;
     use tonic::{Response, Streaming};
 
     #[test]
@@ -634,6 +635,18 @@ mod tests {
         ) -> Result<Response<ListWakesResponse>, Status> {
             Err(Status::unimplemented("fake"))
         }
+        async fn list_servers(
+            &self,
+            _: Request<ListServersRequest>,
+        ) -> Result<Response<ListServersResponse>, Status> {
+            Err(Status::unimplemented("fake"))
+        }
+        async fn list_players(
+            &self,
+            _: Request<ListPlayersRequest>,
+        ) -> Result<Response<ListPlayersResponse>, Status> {
+            Err(Status::unimplemented("fake"))
+        }
     }
 
     fn route(server: &str, host: &str) -> Route {
@@ -710,7 +723,13 @@ mod tests {
         };
         let routes = Arc::new(Routes::new());
         let client = Arc::new(
-            SyncClient::new(&config, routes.clone(), Arc::new(Metrics::new())).expect("client"),
+            SyncClient::new(
+                &config,
+                routes.clone(),
+                Arc::default(),
+                Arc::new(Metrics::new()),
+            )
+            .expect("client"),
         );
         let cancel = CancellationToken::new();
         tokio::spawn(client.clone().run(cancel.clone()));
@@ -850,8 +869,13 @@ mod tests {
             syncd: vec![format!("http://127.0.0.1:{port}")],
             ..Config::default()
         };
-        let client = SyncClient::new(&config, Arc::new(Routes::new()), Arc::new(Metrics::new()))
-            .expect("client");
+        let client = SyncClient::new(
+            &config,
+            Arc::new(Routes::new()),
+            Arc::default(),
+            Arc::new(Metrics::new()),
+        )
+        .expect("client");
         let started = std::time::Instant::now();
         let r = client.wake("x", Duration::from_secs(20)).await;
         assert!(matches!(r, Err(WakeError::Unreachable(_))), "{r:?}");

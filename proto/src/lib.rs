@@ -5,6 +5,7 @@
 //! what crosses the wire (route states, wake failures).
 #![forbid(unsafe_code)]
 
+pub mod auth;
 pub mod hostname;
 pub mod state;
 pub mod sync;

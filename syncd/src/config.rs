@@ -7,8 +7,24 @@ use std::fmt;
 use std::net::SocketAddr;
 use std::time::Duration;
 
+/// Reachable for edges on other hosts; on a non-loopback address syncd
+/// refuses to start without a token or mutual TLS (see [`Config::grpc_auth`]).
 pub const DEFAULT_GRPC_LISTEN: &str = "0.0.0.0:50051";
-pub const DEFAULT_HTTP_LISTEN: &str = "0.0.0.0:9090";
+/// `/metrics` and probes: this host only unless told otherwise.
+pub const DEFAULT_HTTP_LISTEN: &str = "127.0.0.1:9090";
+/// The accept layer of the gRPC port (`accept`): one deadline from accept to
+/// the end of the HTTP/2 preface (TLS included) ...
+pub const DEFAULT_GRPC_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// ... connections open at once ...
+pub const DEFAULT_GRPC_MAX_CONNECTIONS: usize = 4096;
+/// ... from one peer IP (like `--max-watchers-per-peer`: edges behind one NAT) ...
+pub const DEFAULT_GRPC_MAX_CONNECTIONS_PER_PEER: usize = 128;
+/// ... still in their handshake from one peer IP (a real client needs one
+/// for well under a second) ...
+pub const DEFAULT_GRPC_MAX_HANDSHAKES_PER_PEER: usize = 8;
+/// ... and concurrent RPCs on one connection (an edge multiplexes its watch
+/// and every wake it waits for on one connection; past this they queue).
+pub const DEFAULT_GRPC_MAX_STREAMS_PER_CONNECTION: u32 = 256;
 pub const DEFAULT_HEARTBEAT_INTERVAL: Duration = Duration::from_secs(5);
 pub const DEFAULT_WATCHER_QUEUE: usize = 1024;
 pub const DEFAULT_HISTORY_LEN: usize = 4096;
@@ -37,6 +53,11 @@ pub struct Config {
     pub http_listen: SocketAddr,
     /// Bearer token required on every RPC except health. `None` = open.
     pub grpc_token: Option<String>,
+    /// Serve RouteSync on a non-loopback address without a token or mutual
+    /// TLS anyway (warned about at start, `automc_syncd_grpc_unauthenticated`).
+    pub allow_unauthenticated: bool,
+    /// Bounds on what a peer can make syncd do before its handshake is done.
+    pub accept: crate::accept::Limits,
     /// A watch stream that carried nothing for this long gets a heartbeat.
     pub heartbeat_interval: Duration,
     /// Messages queued per watcher before it counts as stuck and is cut off.
@@ -67,6 +88,11 @@ pub struct Config {
     /// Hot standby: instances sharing this advisory lock id elect one
     /// active syncd (the only one serving `Wake`). `None` = always active.
     pub leader_lock: Option<i64>,
+    /// An edge whose stream dropped counts as unknown this long (its last
+    /// session counts stand, and nothing sleeps).
+    pub edge_grace: std::time::Duration,
+    /// Opt-in sleeping of idle servers, and the player gauges.
+    pub sleep: crate::sleep::SleepConfig,
 }
 
 /// How syncd calls the waker (SPEC §4).
@@ -117,6 +143,8 @@ impl Default for Config {
             grpc_listen: any,
             http_listen: any,
             grpc_token: None,
+            allow_unauthenticated: false,
+            accept: crate::accept::Limits::default(),
             heartbeat_interval: DEFAULT_HEARTBEAT_INTERVAL,
             watcher_queue: DEFAULT_WATCHER_QUEUE,
             history_len: DEFAULT_HISTORY_LEN,
@@ -130,9 +158,35 @@ impl Default for Config {
             waker: WakerConfig::default(),
             tls: None,
             leader_lock: None,
+            edge_grace: crate::sleep::DEFAULT_EDGE_GRACE,
+            sleep: crate::sleep::SleepConfig::default(),
         }
     }
 }
+
+/// Who may call RouteSync, as decided at start from the config.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GrpcAuth {
+    /// Every RPC but health and reflection needs the bearer token.
+    Token,
+    /// Only clients with a certificate from `--tls-client-ca` get in.
+    MutualTls,
+    /// No authentication, but only this host can connect.
+    LoopbackOnly,
+    /// No authentication on a reachable address: `--allow-unauthenticated`.
+    Unauthenticated,
+}
+
+/// syncd would serve RouteSync open to the network without being told to.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error(
+    "refusing to serve gRPC on {0} without authentication: anyone who reaches it could read \
+     every backend address and wake every server. Set --grpc-token or --grpc-token-file \
+     (SYNCD_GRPC_TOKEN, SYNCD_GRPC_TOKEN_FILE) and give the edges the same token, or require \
+     client certificates with --tls-client-ca, or listen on a loopback address \
+     (--grpc-listen 127.0.0.1:50051); --allow-unauthenticated serves it open anyway"
+)]
+pub struct Unprotected(pub SocketAddr);
 
 impl Config {
     /// Config for a database, everything else default.
@@ -140,6 +194,22 @@ impl Config {
         Self {
             database_url: database_url.into(),
             ..Self::default()
+        }
+    }
+
+    /// How RouteSync is protected; an error when it would be open on a
+    /// non-loopback address without `allow_unauthenticated`.
+    pub fn grpc_auth(&self) -> Result<GrpcAuth, Unprotected> {
+        if self.grpc_token.as_deref().is_some_and(|t| !t.is_empty()) {
+            Ok(GrpcAuth::Token)
+        } else if self.tls.as_ref().is_some_and(|t| t.client_ca.is_some()) {
+            Ok(GrpcAuth::MutualTls)
+        } else if self.grpc_listen.ip().to_canonical().is_loopback() {
+            Ok(GrpcAuth::LoopbackOnly)
+        } else if self.allow_unauthenticated {
+            Ok(GrpcAuth::Unauthenticated)
+        } else {
+            Err(Unprotected(self.grpc_listen))
         }
     }
 }
@@ -162,6 +232,8 @@ impl fmt::Debug for Config {
             .field("grpc_listen", &self.grpc_listen)
             .field("http_listen", &self.http_listen)
             .field("grpc_token", &redact(&self.grpc_token))
+            .field("allow_unauthenticated", &self.allow_unauthenticated)
+            .field("accept", &self.accept)
             .field("heartbeat_interval", &self.heartbeat_interval)
             .field("watcher_queue", &self.watcher_queue)
             .field("history_len", &self.history_len)
@@ -175,6 +247,8 @@ impl fmt::Debug for Config {
             .field("waker", &self.waker)
             .field("tls", &self.tls)
             .field("leader_lock", &self.leader_lock)
+            .field("edge_grace", &self.edge_grace)
+            .field("sleep", &self.sleep)
             .finish()
     }
 }
@@ -209,5 +283,93 @@ mod tests {
             assert!(!s.contains(secret), "{secret} leaked: {s}");
         }
         assert!(s.contains("db:5432"));
+    }
+
+    #[test]
+    fn grpc_on_a_reachable_address_needs_a_token_mutual_tls_or_an_explicit_opt_out() {
+        let tls = |client_ca: Option<&str>| {
+            let mut f = crate::tls::TlsFiles::new("c.pem", "k.pem");
+            f.client_ca = client_ca.map(Into::into);
+            Some(f)
+        };
+        // (listen, token, TLS files, --allow-unauthenticated, outcome)
+        type Case = (
+            &'static str,
+            Option<&'static str>,
+            Option<crate::tls::TlsFiles>,
+            bool,
+            Option<GrpcAuth>,
+        );
+        let cases: [Case; 9] = [
+            ("0.0.0.0:50051", None, None, false, None),
+            ("0.0.0.0:50051", Some(""), None, false, None),
+            ("0.0.0.0:50051", None, tls(None), false, None),
+            (
+                "10.1.2.3:50051",
+                Some("t"),
+                None,
+                false,
+                Some(GrpcAuth::Token),
+            ),
+            (
+                "[::]:50051",
+                None,
+                tls(Some("ca.pem")),
+                false,
+                Some(GrpcAuth::MutualTls),
+            ),
+            (
+                "127.0.0.1:50051",
+                None,
+                None,
+                false,
+                Some(GrpcAuth::LoopbackOnly),
+            ),
+            (
+                "[::1]:50051",
+                None,
+                None,
+                false,
+                Some(GrpcAuth::LoopbackOnly),
+            ),
+            (
+                "[::ffff:127.0.0.1]:50051",
+                None,
+                None,
+                false,
+                Some(GrpcAuth::LoopbackOnly),
+            ),
+            (
+                "0.0.0.0:50051",
+                None,
+                None,
+                true,
+                Some(GrpcAuth::Unauthenticated),
+            ),
+        ];
+        for (listen, token, tls, allow, want) in cases {
+            let mut c = Config::new("postgres://db/automc");
+            c.grpc_listen = listen.parse().expect("address");
+            c.grpc_token = token.map(Into::into);
+            c.tls = tls;
+            c.allow_unauthenticated = allow;
+            assert_eq!(
+                c.grpc_auth().ok(),
+                want,
+                "{listen} token={token:?} allow={allow}"
+            );
+        }
+        let mut c = Config::new("postgres://db/automc");
+        c.grpc_listen = DEFAULT_GRPC_LISTEN.parse().expect("address");
+        let e = c
+            .grpc_auth()
+            .expect_err("the default address without a token");
+        assert!(e.to_string().contains("--grpc-token"), "{e}");
+    }
+
+    #[test]
+    fn the_admin_http_port_defaults_to_loopback() {
+        let http: SocketAddr = DEFAULT_HTTP_LISTEN.parse().expect("address");
+        assert!(http.ip().is_loopback());
     }
 }

@@ -11,19 +11,20 @@ use std::time::Duration;
 use automc_proto::v1::route_sync_server::{RouteSync, RouteSyncServer};
 use automc_proto::v1::{
     watch_request, GetRouteRequest, GetRouteResponse, ListEdgesRequest, ListEdgesResponse,
-    ListRoutesRequest, ListRoutesResponse, ListWakesRequest, ListWakesResponse, WakeRequest,
+    ListPlayersRequest, ListPlayersResponse, ListRoutesRequest, ListRoutesResponse,
+    ListServersRequest, ListServersResponse, ListWakesRequest, ListWakesResponse, WakeRequest,
     WakeResponse, WatchRequest, WatchResponse,
 };
 use futures::Stream;
-use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
 use tonic::service::interceptor::InterceptedService;
 use tonic::{Request, Response, Status, Streaming};
 
-use crate::auth::BearerAuth;
+use crate::fleet::Fleet;
 use crate::publisher::Publisher;
+use crate::sleep::Sleeper;
 use crate::wake::Wakes;
+use automc_proto::auth::BearerAuth;
 
 /// After shutdown starts, streams get this long to end before the server
 /// stops waiting for them (a stuck client never reads its final status).
@@ -37,6 +38,9 @@ pub struct RouteSyncService {
     wakes: Arc<Wakes>,
     /// False while this instance is a hot standby (see `leader`).
     active: tokio::sync::watch::Receiver<bool>,
+    /// Sessions reported by the edges.
+    fleet: Arc<Fleet>,
+    sleeper: Arc<Sleeper>,
 }
 
 type WatchStream = Pin<Box<dyn Stream<Item = Result<WatchResponse, Status>> + Send + 'static>>;
@@ -67,13 +71,26 @@ impl RouteSync for RouteSyncService {
         let stream = self.publisher.subscribe(&hello, peer)?;
         let id = stream.id();
         let publisher = self.publisher.clone();
-        // Acks arrive on the inbound half; it may also be closed early (a
-        // grpcurl user closes stdin) without ending the watch.
+        let fleet = self.fleet.clone();
+        let edge_id = hello.edge_id;
+        // Acks and session reports arrive on the inbound half; it may also
+        // be closed early (a grpcurl user closes stdin) without ending the
+        // watch. An edge that reported sessions and whose inbound half ends
+        // is gone (or cut off): its sessions turn unknown.
         tokio::spawn(async move {
+            let mut reported = false;
             while let Ok(Some(m)) = inbound.message().await {
-                if let Some(watch_request::Msg::Ack(a)) = m.msg {
-                    publisher.ack(id, &a.epoch, a.version);
+                match m.msg {
+                    Some(watch_request::Msg::Ack(a)) => publisher.ack(id, &a.epoch, a.version),
+                    Some(watch_request::Msg::Report(r)) => {
+                        reported = true;
+                        fleet.report(id, &edge_id, r);
+                    }
+                    Some(watch_request::Msg::Hello(_)) | None => {}
                 }
+            }
+            if reported {
+                fleet.lost(id);
             }
         });
         Ok(Response::new(Box::pin(stream.into_stream())))
@@ -136,19 +153,67 @@ impl RouteSync for RouteSyncService {
             wakes: self.wakes.list(),
         }))
     }
+
+    async fn list_servers(
+        &self,
+        req: Request<ListServersRequest>,
+    ) -> Result<Response<ListServersResponse>, Status> {
+        let req = req.into_inner();
+        let cur = self.publisher.current();
+        let st = self.fleet.lock();
+        let sessions = st.servers();
+        let (names, next) =
+            crate::servers::page_names(&cur.table, &sessions, &req.page_token, req.page_size);
+        let last_seen: Vec<Option<i64>> = names.iter().map(|n| st.last_seen(n)).collect();
+        let unknown = st.unknown_edges().len();
+        // The sleep view reads the fleet too.
+        drop(st);
+        let servers = names
+            .iter()
+            .zip(last_seen)
+            .map(|(name, seen)| {
+                crate::servers::server_info(
+                    name,
+                    cur.table.get(name),
+                    sessions.get(name),
+                    seen,
+                    self.publisher.wake_phase(name),
+                    self.sleeper.view(name),
+                )
+            })
+            .collect();
+        Ok(Response::new(ListServersResponse {
+            servers,
+            next_page_token: next.unwrap_or_default(),
+            unknown_edges: u32::try_from(unknown).unwrap_or(u32::MAX),
+        }))
+    }
+
+    async fn list_players(
+        &self,
+        req: Request<ListPlayersRequest>,
+    ) -> Result<Response<ListPlayersResponse>, Status> {
+        let players = self.fleet.lock().players();
+        Ok(Response::new(crate::servers::players_page(
+            players,
+            req.get_ref(),
+        )))
+    }
 }
 
 /// Serve until `shutdown`; health turns SERVING once `ready` is true.
 #[allow(clippy::too_many_arguments)] // one call site (lib.rs), each a distinct concern
 pub async fn serve(
-    listener: TcpListener,
+    incoming: impl Stream<Item = Result<crate::accept::Connection, std::io::Error>>,
+    limits: crate::accept::Limits,
     publisher: Arc<Publisher>,
     wakes: Arc<Wakes>,
     token: Option<&str>,
     mut ready: tokio::sync::watch::Receiver<bool>,
-    tls: Option<Arc<crate::tls::ServerTls>>,
     active: tokio::sync::watch::Receiver<bool>,
     hello_timeout: Duration,
+    fleet: Arc<Fleet>,
+    sleeper: Arc<Sleeper>,
     shutdown: CancellationToken,
 ) -> Result<(), crate::Error> {
     let auth = BearerAuth::new(token);
@@ -172,6 +237,8 @@ pub async fn serve(
         hello_timeout,
         wakes,
         active,
+        fleet,
+        sleeper,
     });
     let health_task = {
         let health = health.clone();
@@ -188,37 +255,25 @@ pub async fn serve(
                 .await;
         })
     };
-    let router = builder()
+    let router = builder(limits)
         .add_service(health_svc)
         .add_service(InterceptedService::new(svc, auth))
         .add_service(v1)
         .add_service(v1alpha);
     let stop = shutdown.clone().cancelled_owned();
-    let r = match tls {
-        None => {
-            let incoming = TcpListenerStream::new(listener);
-            with_grace(
-                router.serve_with_incoming_shutdown(incoming, stop),
-                &shutdown,
-            )
-            .await
-        }
-        Some(tls) => {
-            let incoming = crate::tls::incoming(listener, tls, shutdown.clone());
-            with_grace(
-                router.serve_with_incoming_shutdown(incoming, stop),
-                &shutdown,
-            )
-            .await
-        }
-    };
+    let r = with_grace(
+        router.serve_with_incoming_shutdown(incoming, stop),
+        &shutdown,
+    )
+    .await;
     health_task.abort();
     r.map_err(crate::Error::Grpc)
 }
 
-fn builder() -> tonic::transport::Server {
+fn builder(limits: crate::accept::Limits) -> tonic::transport::Server {
+    // TCP_NODELAY is set by the accept layer, which owns the sockets.
     tonic::transport::Server::builder()
-        .tcp_nodelay(true)
+        .max_concurrent_streams(limits.max_streams_per_connection)
         .http2_keepalive_interval(Some(Duration::from_secs(20)))
         .http2_keepalive_timeout(Some(Duration::from_secs(10)))
 }

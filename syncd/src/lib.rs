@@ -9,10 +9,11 @@
 //! shutdown token is cancelled and everything has stopped.
 #![forbid(unsafe_code)]
 
-pub mod auth;
+pub mod accept;
 pub mod config;
 pub mod diff;
 pub mod dsn;
+pub mod fleet;
 pub mod grpc;
 pub mod http;
 pub mod inspect;
@@ -22,6 +23,8 @@ pub mod pg;
 pub mod pg_tls;
 pub mod publisher;
 pub mod schema;
+pub mod servers;
+pub mod sleep;
 pub mod tls;
 pub mod wake;
 pub mod waker;
@@ -141,6 +144,14 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
         }
         None => None,
     };
+    let grpc_auth = config
+        .grpc_auth()
+        .map_err(|e| Error::Config(e.to_string()))?;
+    if config.accept.handshake_timeout.is_zero() {
+        return Err(Error::Config(
+            "--grpc-handshake-timeout must be greater than zero".into(),
+        ));
+    }
     let grpc_listener = bind("gRPC", config.grpc_listen).await?;
     let http_listener = bind("HTTP", config.http_listen).await?;
     let grpc_addr = local_addr("gRPC", config.grpc_listen, &grpc_listener)?;
@@ -171,6 +182,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
         tasks.clone(),
         relay_tx,
     );
+    let fleet = Arc::new(fleet::Fleet::new(config.edge_grace, metrics.clone()));
     let target = schema::redact_dsn(&config.database_url);
     tracing::info!(
         %grpc_addr,
@@ -178,11 +190,20 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
         epoch = %epoch,
         db = %target,
         waker = config.waker.url.as_deref().unwrap_or("(none)"),
-        auth = config.grpc_token.is_some(),
+        auth = ?grpc_auth,
         tls = config.tls.is_some(),
-        mutual_tls = config.tls.as_ref().is_some_and(|t| t.client_ca.is_some()),
+        sleep_after = ?config.sleep.sleep_after,
         "syncd starting"
     );
+    if grpc_auth == config::GrpcAuth::Unauthenticated {
+        metrics.grpc_unauthenticated.set(1);
+        tracing::warn!(
+            %grpc_addr,
+            "gRPC is served WITHOUT authentication on a reachable address \
+             (--allow-unauthenticated): anyone who reaches it can read every backend address \
+             and wake every server; set --grpc-token or --tls-client-ca"
+        );
+    }
     if let Some(t) = &tls {
         tasks.spawn(t.clone().watch(shutdown.clone()));
     }
@@ -201,7 +222,17 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
             .run(),
         );
     }
+    let sleeper = sleep::Sleeper::new(
+        config.sleep,
+        publisher.clone(),
+        fleet.clone(),
+        wakes.clone(),
+        metrics.clone(),
+        active_rx.clone(),
+    );
+    tasks.spawn(sleeper.clone().run(shutdown.clone()));
     let hook_wakes = wakes.clone();
+    let hook_sleeper = sleeper.clone();
     let listener = pg::Listener {
         pg,
         tls: pg_tls,
@@ -210,6 +241,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
         metrics: metrics.clone(),
         ready: ready_tx,
         on_change: Arc::new(move |c| hook_wakes.routes_changed(c)),
+        on_sleep_options: Arc::new(move |o| hook_sleeper.set_overrides(o)),
         reconnect_min: config.reconnect_min,
         reconnect_max: config.reconnect_max.max(config.reconnect_min),
         probe_interval: config.pg_probe_interval,
@@ -228,16 +260,22 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
         let token = config.grpc_token.clone();
         let active_rx_grpc = active_rx.clone();
         let hello_timeout = config.hello_timeout;
+        let gate = accept::Gate::new(config.accept, &metrics);
+        let metrics = metrics.clone();
         tokio::spawn(async move {
+            let incoming =
+                accept::incoming(grpc_listener, gate.clone(), tls, metrics, shutdown.clone());
             let r = grpc::serve(
-                grpc_listener,
+                incoming,
+                gate.limits(),
                 publisher,
                 wakes,
                 token.as_deref(),
                 ready,
-                tls,
                 active_rx_grpc,
                 hello_timeout,
+                fleet,
+                sleeper,
                 shutdown.clone(),
             )
             .await;

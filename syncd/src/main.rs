@@ -42,6 +42,10 @@ enum Command {
     Edges(InspectArgs),
     /// Print the wakes in flight and recent ones, with outcome and reason.
     Wakes(InspectArgs),
+    /// Print every server with its players across all edges, per-edge counts, wake and sleep state.
+    Servers(InspectArgs),
+    /// Print every player on every edge (name, UUID, server, edge, since).
+    Players(InspectArgs),
 }
 
 #[derive(Args, Clone)]
@@ -101,9 +105,38 @@ struct ServeArgs {
     /// HTTP address for /metrics, /healthz, /readyz.
     #[arg(long, env = "SYNCD_HTTP_LISTEN", default_value = syncd::config::DEFAULT_HTTP_LISTEN)]
     http_listen: SocketAddr,
-    /// Bearer token required on every RPC except health.
-    #[arg(long, env = "SYNCD_GRPC_TOKEN", hide_env_values = true)]
+    /// Bearer token required on every RPC except health. Without it (or
+    /// mutual TLS), syncd refuses a non-loopback --grpc-listen.
+    #[arg(
+        long,
+        env = "SYNCD_GRPC_TOKEN",
+        hide_env_values = true,
+        conflicts_with = "grpc_token_file"
+    )]
     grpc_token: Option<String>,
+    /// File holding the gRPC token (surrounding whitespace is ignored).
+    #[arg(long, env = "SYNCD_GRPC_TOKEN_FILE")]
+    grpc_token_file: Option<PathBuf>,
+    /// Serve gRPC on a non-loopback address without a token or mutual TLS
+    /// anyway (warned at start; automc_syncd_grpc_unauthenticated is 1).
+    #[arg(long, env = "SYNCD_ALLOW_UNAUTHENTICATED")]
+    allow_unauthenticated: bool,
+    /// A gRPC connection must finish its handshake (TLS and the HTTP/2
+    /// preface) within this long of being accepted, or it is closed.
+    #[arg(long, env = "SYNCD_GRPC_HANDSHAKE_TIMEOUT", default_value_t = syncd::config::DEFAULT_GRPC_HANDSHAKE_TIMEOUT.into())]
+    grpc_handshake_timeout: humantime::Duration,
+    /// gRPC connections open at once; more are refused at accept.
+    #[arg(long, env = "SYNCD_GRPC_MAX_CONNECTIONS", default_value_t = syncd::config::DEFAULT_GRPC_MAX_CONNECTIONS, value_parser = at_least_one())]
+    grpc_max_connections: usize,
+    /// gRPC connections open at once from one peer IP address.
+    #[arg(long, env = "SYNCD_GRPC_MAX_CONNECTIONS_PER_PEER", default_value_t = syncd::config::DEFAULT_GRPC_MAX_CONNECTIONS_PER_PEER, value_parser = at_least_one())]
+    grpc_max_connections_per_peer: usize,
+    /// gRPC connections from one peer IP address still in their handshake.
+    #[arg(long, env = "SYNCD_GRPC_MAX_HANDSHAKES_PER_PEER", default_value_t = syncd::config::DEFAULT_GRPC_MAX_HANDSHAKES_PER_PEER, value_parser = at_least_one())]
+    grpc_max_handshakes_per_peer: usize,
+    /// Concurrent RPCs on one gRPC connection (HTTP/2 max concurrent streams).
+    #[arg(long, env = "SYNCD_GRPC_MAX_STREAMS_PER_CONNECTION", default_value_t = syncd::config::DEFAULT_GRPC_MAX_STREAMS_PER_CONNECTION, value_parser = clap::value_parser!(u32).range(1..))]
+    grpc_max_streams_per_connection: u32,
     /// Waker base URL; unset = wakes fail with "waker not configured".
     /// Falls back to AUTOMC_WAKER_URL.
     #[arg(long, env = "SYNCD_WAKER_URL")]
@@ -177,6 +210,24 @@ struct ServeArgs {
     /// http://127.0.0.1:4317 (off when unset).
     #[arg(long, env = "SYNCD_OTLP_ENDPOINT")]
     otlp_endpoint: Option<String>,
+    /// Ask the waker to stop a server nobody played on for this long
+    /// (off when unset; server_options.sleep_after overrides per server).
+    #[arg(long, env = "SYNCD_SLEEP_AFTER", value_parser = humantime::parse_duration)]
+    sleep_after: Option<Duration>,
+    /// Never stop a server sooner than this after it came up.
+    #[arg(long, env = "SYNCD_MIN_UPTIME", value_parser = humantime::parse_duration, default_value = "5m")]
+    min_uptime: Duration,
+    /// An edge whose stream dropped counts as unknown this long: its last
+    /// player counts stand and no server sleeps meanwhile.
+    #[arg(long, env = "SYNCD_EDGE_GRACE", value_parser = humantime::parse_duration, default_value = "2m")]
+    edge_grace: Duration,
+    /// Export automc_syncd_server_players{server} (turn off for very large fleets).
+    #[arg(long, env = "SYNCD_PLAYER_METRICS_PER_SERVER", action = clap::ArgAction::Set, default_value_t = true)]
+    player_metrics_per_server: bool,
+}
+
+fn at_least_one() -> clap::builder::RangedU64ValueParser<usize> {
+    clap::builder::RangedU64ValueParser::<usize>::new().range(1..)
 }
 
 fn env_fallback(value: Option<String>, legacy: &str) -> Option<String> {
@@ -197,7 +248,18 @@ impl ServeArgs {
         let mut c = syncd::Config::new(self.db.database_url()?);
         c.grpc_listen = self.grpc_listen;
         c.http_listen = self.http_listen;
-        c.grpc_token = self.grpc_token.filter(|t| !t.is_empty());
+        c.grpc_token = match &self.grpc_token_file {
+            Some(path) => Some(automc_proto::auth::read_token_file(path)?),
+            None => self.grpc_token.filter(|t| !t.is_empty()),
+        };
+        c.allow_unauthenticated = self.allow_unauthenticated;
+        c.accept = syncd::accept::Limits {
+            handshake_timeout: self.grpc_handshake_timeout.into(),
+            max_connections: self.grpc_max_connections,
+            max_connections_per_peer: self.grpc_max_connections_per_peer,
+            max_handshakes_per_peer: self.grpc_max_handshakes_per_peer,
+            max_streams_per_connection: self.grpc_max_streams_per_connection,
+        };
         c.heartbeat_interval = self.heartbeat_interval;
         c.watcher_queue = self.watcher_queue;
         c.history_len = self.history;
@@ -206,13 +268,8 @@ impl ServeArgs {
         c.max_watchers_per_peer = self.max_watchers_per_peer;
         c.pg_probe_interval = self.pg_probe_interval;
         c.waker.url = env_fallback(self.waker_url, "AUTOMC_WAKER_URL");
-        c.waker.token = match self.waker_token_file {
-            Some(path) => Some(
-                std::fs::read_to_string(&path)
-                    .with_context(|| format!("cannot read --waker-token-file {}", path.display()))?
-                    .trim()
-                    .to_owned(),
-            ),
+        c.waker.token = match &self.waker_token_file {
+            Some(path) => Some(automc_proto::auth::read_token_file(path)?),
             None => env_fallback(self.waker_token, "AUTOMC_WAKER_TOKEN"),
         };
         c.waker.poll_interval = self.waker_poll_interval;
@@ -221,6 +278,12 @@ impl ServeArgs {
         c.waker.ready_check = self.waker_ready_check;
         c.waker.reuse_for = self.wake_reuse;
         c.leader_lock = self.leader_lock;
+        c.edge_grace = self.edge_grace;
+        c.sleep = syncd::sleep::SleepConfig {
+            sleep_after: self.sleep_after.filter(|d| !d.is_zero()),
+            min_uptime: self.min_uptime,
+            per_server_metrics: self.player_metrics_per_server,
+        };
         c.tls = match (self.tls_cert, self.tls_key) {
             (Some(cert), Some(key)) => Some(syncd::tls::TlsFiles {
                 cert,
@@ -281,6 +344,8 @@ fn main() -> ExitCode {
             Some(Command::Routes(args)) => inspect(args, syncd::inspect::Query::Routes).await,
             Some(Command::Edges(args)) => inspect(args, syncd::inspect::Query::Edges).await,
             Some(Command::Wakes(args)) => inspect(args, syncd::inspect::Query::Wakes).await,
+            Some(Command::Servers(args)) => inspect(args, syncd::inspect::Query::Servers).await,
+            Some(Command::Players(args)) => inspect(args, syncd::inspect::Query::Players).await,
         }
     })
 }

@@ -11,31 +11,20 @@
 //! rotation never takes the port down. No SIGHUP is needed (and none is
 //! handled): writing the files is the whole procedure.
 //!
-//! Handshakes run in their own tasks under a timeout, so a client that opens
-//! a socket and says nothing holds a task, not the accept loop.
+//! The handshakes themselves run in the accept layer (`accept`), under its
+//! deadline and per-peer caps.
 use std::hash::{Hash, Hasher};
-use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
-use futures::Stream;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::server::WebPkiClientVerifier;
 use rustls::{RootCertStore, ServerConfig};
-use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{mpsc, Semaphore};
-use tokio_rustls::server::TlsStream;
-use tokio_rustls::TlsAcceptor;
-use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 
 pub const DEFAULT_RELOAD_INTERVAL: Duration = Duration::from_secs(10);
-/// A client must finish the TLS handshake within this.
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-/// Handshakes in flight at once; more wait in the kernel's accept queue.
-const MAX_HANDSHAKES: usize = 256;
 
 /// Where the PEM files are.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -224,53 +213,6 @@ fn stamps(files: &TlsFiles) -> u64 {
         std::fs::read(p).unwrap_or_default().hash(&mut h);
     }
     h.finish()
-}
-
-/// Accept TCP connections and hand out finished TLS streams.
-pub fn incoming(
-    listener: TcpListener,
-    tls: Arc<ServerTls>,
-    shutdown: CancellationToken,
-) -> impl Stream<Item = Result<TlsStream<TcpStream>, io::Error>> {
-    let (tx, rx) = mpsc::channel(64);
-    tokio::spawn(async move {
-        let permits = Arc::new(Semaphore::new(MAX_HANDSHAKES));
-        loop {
-            let Ok(permit) = permits.clone().acquire_owned().await else {
-                return;
-            };
-            let (tcp, peer) = tokio::select! {
-                _ = shutdown.cancelled() => return,
-                r = listener.accept() => match r {
-                    Ok(c) => c,
-                    Err(e) => {
-                        // Out of descriptors and the like: back off, keep going.
-                        tracing::warn!(error = %e, "gRPC accept failed");
-                        tokio::time::sleep(Duration::from_millis(100)).await;
-                        continue;
-                    }
-                },
-            };
-            let _ = tcp.set_nodelay(true);
-            let acceptor = TlsAcceptor::from(tls.current());
-            let tx = tx.clone();
-            tokio::spawn(async move {
-                let _permit = permit;
-                match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
-                    Ok(Ok(stream)) => {
-                        let _ = tx.send(Ok(stream)).await;
-                    }
-                    Ok(Err(e)) => {
-                        tracing::debug!(client.addr = %peer, error = %e, "TLS handshake failed")
-                    }
-                    Err(_) => {
-                        tracing::debug!(client.addr = %peer, "TLS handshake timed out")
-                    }
-                }
-            });
-        }
-    });
-    ReceiverStream::new(rx)
 }
 
 #[cfg(test)]

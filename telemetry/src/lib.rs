@@ -9,6 +9,9 @@
 //!   spans, never a stalled connection.
 #![forbid(unsafe_code)]
 
+mod throttle;
+pub use throttle::LogThrottle;
+
 use std::io::IsTerminal as _;
 use std::time::Duration;
 

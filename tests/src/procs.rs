@@ -79,7 +79,9 @@ pub struct Proc {
 
 impl Proc {
     /// Start `bin` with `args`; `{main}` and `{http}` in args are replaced by
-    /// free loopback addresses (retried when another test took the port).
+    /// free loopback addresses (retried when another test took the port),
+    /// `{main_port}` by the port of `{main}` alone (to listen on `0.0.0.0`
+    /// while the test dials 127.0.0.1).
     pub async fn spawn(bin: &str, args: &[String], env: &[(&str, &str)]) -> Proc {
         Self::spawn_from(&bin_dir().await, bin, args, env).await
     }
@@ -135,6 +137,7 @@ impl Proc {
             .iter()
             .map(|a| {
                 a.replace("{main}", &main_addr.to_string())
+                    .replace("{main_port}", &main_addr.port().to_string())
                     .replace("{http}", &http_addr.to_string())
             })
             .collect();

@@ -42,6 +42,18 @@ pub async fn http_get(addr: SocketAddr, path: &str) -> std::io::Result<(u16, Str
     Ok((status, body))
 }
 
+/// `msg` with `authorization: Bearer <token>`, as grpcurl's `-H` sends it.
+pub fn with_token<T>(msg: T, token: &str) -> tonic::Request<T> {
+    let mut req = tonic::Request::new(msg);
+    match format!("Bearer {token}").parse() {
+        Ok(v) => {
+            req.metadata_mut().insert("authorization", v);
+        }
+        Err(e) => panic!("token {token:?} is not a header value: {e}"),
+    }
+    req
+}
+
 /// Poll `cond` until it holds or `deadline` passes (then panic naming `what`).
 pub async fn eventually<F, Fut>(what: &str, deadline: Duration, mut cond: F)
 where

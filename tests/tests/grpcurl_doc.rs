@@ -8,6 +8,7 @@ use automc_tests::stack::{migrated_pg, start_edge, start_syncd};
 use automc_tests::waker::{Behaviour, FakeWaker};
 
 const TOKEN: &str = "doc-token-1234";
+const ADMIN_TOKEN: &str = "doc-admin-token-5678";
 
 fn commands() -> Vec<String> {
     let doc =
@@ -33,6 +34,7 @@ fn run(cmd: &str, syncd: &str, edge: &str) -> (bool, String, String) {
         .env("SYNCD", syncd)
         .env("EDGE_ADMIN", edge)
         .env("TOKEN", TOKEN)
+        .env("ADMIN_TOKEN", ADMIN_TOKEN)
         .output()
         .unwrap_or_else(|e| panic!("cannot run bash for `{cmd}`: {e}"));
     (
@@ -75,10 +77,18 @@ async fn every_grpcurl_command_in_the_docs_works() {
     let edge = start_edge(&[syncd.grpc_url()], |_| {}).await;
     edge.wait_route("survival.example.com", Some("survival"))
         .await;
+    let guarded_edge = start_edge(&[syncd.grpc_url()], |c| {
+        c.admin_token = Some(ADMIN_TOKEN.into())
+    })
+    .await;
+    guarded_edge
+        .wait_route("survival.example.com", Some("survival"))
+        .await;
 
     let syncd_addr = syncd.grpc_addr.to_string();
     let guarded_addr = guarded.grpc_addr.to_string();
     let edge_addr = edge.grpc_addr.to_string();
+    let guarded_edge_addr = guarded_edge.grpc_addr.to_string();
     for cmd in &cmds {
         // Commands that carry the token go to the token-protected syncd.
         let target = if cmd.contains("$TOKEN") {
@@ -86,7 +96,13 @@ async fn every_grpcurl_command_in_the_docs_works() {
         } else {
             &syncd_addr
         };
-        let (ok, stdout, stderr) = run(cmd, target, &edge_addr);
+        // Likewise for the edge's admin token.
+        let edge_target = if cmd.contains("$ADMIN_TOKEN") {
+            &guarded_edge_addr
+        } else {
+            &edge_addr
+        };
+        let (ok, stdout, stderr) = run(cmd, target, edge_target);
         assert!(ok, "`{cmd}` failed:\n{stderr}\n{stdout}");
         assert!(!stdout.trim().is_empty(), "`{cmd}` printed nothing");
         if cmd.contains(" list") && cmd.contains("$SYNCD") {
@@ -122,6 +138,18 @@ async fn every_grpcurl_command_in_the_docs_works() {
         if cmd.contains("/ListWakes") {
             assert!(stdout.contains("survival"), "`{cmd}`:\n{stdout}");
         }
+        if cmd.contains("/ListServers") {
+            assert!(
+                stdout.contains("\"server\": \"survival\""),
+                "`{cmd}`:\n{stdout}"
+            );
+        }
+        if cmd.contains("/ListServers") && cmd.contains("-emit-defaults") {
+            assert!(stdout.contains("SLEEP_STATE_OFF"), "`{cmd}`:\n{stdout}");
+        }
+        if cmd.contains("/ListPlayers") {
+            assert!(stdout.contains("\"players\": ["), "`{cmd}`:\n{stdout}");
+        }
         if cmd.contains("GetSyncStatus") {
             assert!(stdout.contains("connected"), "`{cmd}`:\n{stdout}");
         }
@@ -132,6 +160,12 @@ async fn every_grpcurl_command_in_the_docs_works() {
         "grpcurl -plaintext $SYNCD automc.v1.RouteSync/ListRoutes",
         &guarded_addr,
         &edge_addr,
+    );
+    assert!(!ok && stderr.contains("Unauthenticated"), "{stderr}");
+    let (ok, _, stderr) = run(
+        "grpcurl -plaintext $EDGE_ADMIN automc.v1.EdgeAdmin/ListRoutes",
+        &syncd_addr,
+        &guarded_edge_addr,
     );
     assert!(!ok && stderr.contains("Unauthenticated"), "{stderr}");
     assert_eq!(waker.posts("survival"), 1, "one wake, one POST");

@@ -9,7 +9,7 @@ use automc_proto::v1::{ListRoutesRequest, WakeRequest};
 use automc_tests::mc::login;
 use automc_tests::pg::free_port;
 use automc_tests::procs::{bin_dir, edge_args, syncd_args, Proc};
-use automc_tests::stack::{eventually, migrated_pg, DEADLINE};
+use automc_tests::stack::{eventually, migrated_pg, with_token, DEADLINE};
 
 const PG_PASSWORD: &str = "pg-secret-7f3a9c";
 const GRPC_TOKEN: &str = "grpc-secret-91bd0e";
@@ -20,15 +20,6 @@ fn assert_no_secret(place: &str, text: &str) {
     for s in SECRETS {
         assert!(!text.contains(s), "{s} leaked into {place}:\n{text}");
     }
-}
-
-fn with_token<T>(msg: T, token: &str) -> tonic::Request<T> {
-    let mut req = tonic::Request::new(msg);
-    req.metadata_mut().insert(
-        "authorization",
-        format!("Bearer {token}").parse().expect("ascii"),
-    );
-    req
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

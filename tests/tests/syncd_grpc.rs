@@ -3,22 +3,15 @@
 use std::process::Command;
 
 use automc_proto::v1::ListRoutesRequest;
-use automc_tests::stack::{http_get, metric_value, migrated_pg, start_syncd, RouteWatcher};
+use automc_tests::stack::{
+    http_get, metric_value, migrated_pg, start_syncd, with_token, RouteWatcher,
+};
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
 use tonic_health::pb::HealthCheckRequest;
 
 const SEED: &str = "INSERT INTO servers (name, domain, address) VALUES ('lobby', 'lobby.example.com', '10.0.0.1:25565')";
 const TOKEN: &str = "s3cret-token";
-
-fn with_token<T>(msg: T, token: &str) -> tonic::Request<T> {
-    let mut req = tonic::Request::new(msg);
-    req.metadata_mut().insert(
-        "authorization",
-        format!("Bearer {token}").parse().expect("ascii"),
-    );
-    req
-}
 
 #[tokio::test]
 async fn token_protected_syncd_refuses_missing_and_wrong_tokens_but_not_health() {
