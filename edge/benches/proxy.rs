@@ -177,6 +177,18 @@ impl RouteSync for FakeSyncd {
     ) -> Result<Response<ListWakesResponse>, Status> {
         Err(Status::unimplemented("bench"))
     }
+    async fn list_servers(
+        &self,
+        _: Request<ListServersRequest>,
+    ) -> Result<Response<ListServersResponse>, Status> {
+        Err(Status::unimplemented("bench"))
+    }
+    async fn list_players(
+        &self,
+        _: Request<ListPlayersRequest>,
+    ) -> Result<Response<ListPlayersResponse>, Status> {
+        Err(Status::unimplemented("bench"))
+    }
 }
 
 // ---------------------------------------------------------------- clients

@@ -159,6 +159,8 @@ impl EdgeAdmin for AdminService {
                     started_ms: e.started_ms,
                     bytes_up: e.bytes_up.load(std::sync::atomic::Ordering::Relaxed),
                     bytes_down: e.bytes_down.load(std::sync::atomic::Ordering::Relaxed),
+                    player: d.player,
+                    player_uuid: d.player_uuid,
                 }
             })
             .collect::<Vec<_>>();

@@ -26,6 +26,8 @@ pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
 pub const DEFAULT_STATUS_CACHE_TTL: Duration = Duration::from_secs(1);
 pub const DEFAULT_STATUS_STALE_FOR: Duration = Duration::from_secs(60);
 pub const DEFAULT_HEARTBEAT_TIMEOUT: Duration = Duration::from_secs(30);
+/// A full session report (and not only what changed) this often.
+pub const DEFAULT_REPORT_INTERVAL: Duration = Duration::from_secs(30);
 pub const DEFAULT_SYNC_BACKOFF_MIN: Duration = Duration::from_millis(200);
 pub const DEFAULT_SYNC_BACKOFF_MAX: Duration = Duration::from_secs(10);
 pub const DEFAULT_ASLEEP_MOTD: &str = "§7Server is asleep. §fJoin to wake it up!";
@@ -89,6 +91,9 @@ pub struct Config {
     pub heartbeat_timeout: Duration,
     pub sync_backoff_min: Duration,
     pub sync_backoff_max: Duration,
+    /// A full report of the live sessions to syncd this often (changes go
+    /// at once, at most one report per 250 ms).
+    pub report_interval: Duration,
     /// Admission limits on the player port (zero = no limit).
     pub limits: LimitsConfig,
     /// CA and client certificate for `https://` syncd URLs.
@@ -122,6 +127,7 @@ impl Default for Config {
             heartbeat_timeout: DEFAULT_HEARTBEAT_TIMEOUT,
             sync_backoff_min: DEFAULT_SYNC_BACKOFF_MIN,
             sync_backoff_max: DEFAULT_SYNC_BACKOFF_MAX,
+            report_interval: DEFAULT_REPORT_INTERVAL,
             limits: LimitsConfig::default(),
             syncd_tls: crate::tls::SyncdTls::default(),
         }
@@ -159,6 +165,7 @@ impl fmt::Debug for Config {
             .field("status_mode", &self.status_mode)
             .field("splice_pipes", &self.splice_pipes)
             .field("heartbeat_timeout", &self.heartbeat_timeout)
+            .field("report_interval", &self.report_interval)
             .field("limits", &self.limits)
             .field("syncd_tls", &self.syncd_tls)
             .finish_non_exhaustive()
@@ -307,6 +314,10 @@ pub struct Args {
     /// Most pipes kept for zero-copy splice on Linux (0 = always copy through user space).
     #[arg(long, env = "EDGE_SPLICE_PIPES", default_value_t = crate::splice::DEFAULT_PIPES)]
     pub splice_pipes: usize,
+    /// Send syncd a full report of the live sessions this often (what changed
+    /// goes at once, at most one report per 250 ms).
+    #[arg(long, env = "EDGE_REPORT_INTERVAL", default_value = "30s", value_parser = humantime::parse_duration)]
+    pub report_interval: Duration,
     /// Most concurrent player connections (0 = no limit).
     #[arg(long, env = "EDGE_MAX_CONNECTIONS", default_value_t = LimitsConfig::default().max_connections)]
     pub max_connections: usize,
@@ -392,6 +403,7 @@ impl Args {
             status_cache_size: self.status_cache_size,
             status_mode: self.status_mode,
             splice_pipes: self.splice_pipes,
+            report_interval: self.report_interval,
             limits: LimitsConfig {
                 max_connections: self.max_connections,
                 max_connections_per_ip: self.max_connections_per_ip,

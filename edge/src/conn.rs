@@ -120,6 +120,8 @@ pub async fn handle(
         client.addr = %peer,
         hostname = field::Empty,
         route = field::Empty,
+        player.name = field::Empty,
+        player.uuid = field::Empty,
         server.addr = field::Empty,
         outcome = field::Empty,
         bytes.up = field::Empty,
@@ -265,6 +267,12 @@ async fn serve(
                     serve_status(&mut stream, shared, route.as_ref(), &handshake, &who, raw).await
                 }
                 NextState::Login | NextState::Transfer => {
+                    let version = handshake.protocol_version;
+                    if let Err(o) =
+                        read_login_start(&mut stream, &mut buf, len, version, entry, deadline).await
+                    {
+                        return o;
+                    }
                     login(stream, shared, entry, route, &who, buf).await
                 }
             }
@@ -343,6 +351,44 @@ async fn read_first_packet(
             }
             Err(e) => return Err(read_end_outcome(e, buf)),
         }
+    }
+}
+
+/// Read the Login Start that follows the handshake (under the same deadline)
+/// and note who is logging in. The packet is only observed: one the parser
+/// does not understand (a mod's layout) is forwarded all the same, and the
+/// backend judges it.
+async fn read_login_start(
+    stream: &mut TcpStream,
+    buf: &mut Vec<u8>,
+    handshake_len: usize,
+    protocol_version: i32,
+    entry: &ConnEntry,
+    deadline: Instant,
+) -> Result<(), Outcome> {
+    let cap = handshake_len + protocol::MAX_LOGIN_START_BYTES;
+    loop {
+        let rest = buf.get(handshake_len..).unwrap_or_default();
+        match protocol::parse_login_start(rest, protocol_version) {
+            Ok(Some((login, _))) => {
+                let span = Span::current();
+                span.record("player.name", login.name.as_str());
+                let uuid = login.uuid_string();
+                if !uuid.is_empty() {
+                    span.record("player.uuid", uuid.as_str());
+                }
+                entry.set_player(login.name, uuid);
+                return Ok(());
+            }
+            Ok(None) => {}
+            Err(e) => {
+                debug!(reason = e.reason(), error = %e, "Login Start not understood; forwarding it as sent");
+                return Ok(());
+            }
+        }
+        read_more(stream, buf, cap, deadline)
+            .await
+            .map_err(|e| read_end_outcome(e, buf))?;
     }
 }
 
@@ -505,8 +551,11 @@ async fn login(
         disconnect(&mut stream, msg).await;
         return Outcome::UnknownHost;
     };
-    let asleep =
-        route.is_stopped() || shared.routes.wake_phase(&route.server) == Some(WakePhase::Waking);
+    let asleep = route.is_stopped()
+        || matches!(
+            shared.routes.wake_phase(&route.server),
+            Some(WakePhase::Waking | WakePhase::Asleep)
+        );
     let mut address = route.address.clone();
     let mut dialed = None;
     let mut dial_error = None;

@@ -14,6 +14,7 @@ pub mod limits;
 pub mod listener;
 pub mod metrics;
 pub mod protocol;
+pub mod report;
 pub mod routes;
 pub mod splice;
 pub mod status;
@@ -158,9 +159,11 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
 
     let routes = Arc::new(Routes::new());
     let metrics = Arc::new(metrics::Metrics::new());
+    let conns = Arc::new(listener::Connections::default());
     let sync = Arc::new(sync_client::SyncClient::new(
         &config,
         routes.clone(),
+        conns.clone(),
         metrics.clone(),
     )?);
     let shared = Arc::new(Shared {
@@ -172,7 +175,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
         routes,
         metrics,
         sync: sync.clone(),
-        conns: Arc::new(listener::Connections::default()),
+        conns,
         draining: AtomicBool::new(false),
     });
 

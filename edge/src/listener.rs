@@ -8,6 +8,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use tokio::net::TcpListener;
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::warn;
@@ -51,6 +52,10 @@ pub struct ConnDetail {
     pub hostname: String,
     pub server: String,
     pub backend: String,
+    /// From Login Start: at most 16 characters (empty until read, and for status pings).
+    pub player: String,
+    /// Hyphenated profile UUID when the protocol version carries one.
+    pub player_uuid: String,
 }
 
 /// One live connection.
@@ -62,11 +67,22 @@ pub struct ConnEntry {
     phase: AtomicU8,
     pub bytes_up: AtomicU64,
     pub bytes_down: AtomicU64,
+    /// The registry's change counter (what the session report waits on).
+    changed: Arc<watch::Sender<u64>>,
 }
 
 impl ConnEntry {
     pub fn set_phase(&self, p: Phase) {
         self.phase.store(p as u8, Ordering::Relaxed);
+        bump(&self.changed);
+    }
+
+    /// Who is logging in (from Login Start).
+    pub fn set_player(&self, name: String, uuid: String) {
+        self.update(|d| {
+            d.player = name;
+            d.player_uuid = uuid;
+        });
     }
 
     pub fn phase(&self) -> Phase {
@@ -85,10 +101,27 @@ impl ConnEntry {
 }
 
 /// Every live connection of this edge.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Connections {
     next_id: AtomicU64,
     map: Mutex<HashMap<u64, Arc<ConnEntry>>>,
+    /// Bumped when a connection comes, goes or changes phase; each session
+    /// reporter holds its own receiver, so none misses a change.
+    changed: Arc<watch::Sender<u64>>,
+}
+
+impl Default for Connections {
+    fn default() -> Self {
+        Self {
+            next_id: AtomicU64::new(0),
+            map: Mutex::default(),
+            changed: Arc::new(watch::Sender::new(0)),
+        }
+    }
+}
+
+fn bump(changed: &watch::Sender<u64>) {
+    changed.send_modify(|n| *n = n.wrapping_add(1));
 }
 
 impl Connections {
@@ -109,10 +142,12 @@ impl Connections {
             phase: AtomicU8::new(Phase::Handshake as u8),
             bytes_up: AtomicU64::new(0),
             bytes_down: AtomicU64::new(0),
+            changed: self.changed.clone(),
         });
         if let Ok(mut m) = self.map.lock() {
             m.insert(id, entry.clone());
         }
+        bump(&self.changed);
         ConnGuard {
             conns: self.clone(),
             entry,
@@ -125,6 +160,11 @@ impl Connections {
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+
+    /// A receiver that sees every later change (come, go, phase).
+    pub fn subscribe(&self) -> watch::Receiver<u64> {
+        self.changed.subscribe()
     }
 
     /// Snapshot of every live connection, oldest first.
@@ -151,6 +191,7 @@ impl Drop for ConnGuard {
         if let Ok(mut m) = self.conns.map.lock() {
             m.remove(&self.entry.id);
         }
+        bump(&self.conns.changed);
     }
 }
 

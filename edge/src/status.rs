@@ -351,6 +351,10 @@ pub fn decide(shared: &Shared, route: Option<&Route>) -> Answer {
     if phase == Some(WakePhase::Waking) {
         return Answer::Local(cfg.starting_motd.clone());
     }
+    if phase == Some(WakePhase::Asleep) {
+        // Stopped by syncd: the state column may still say running.
+        return Answer::Local(cfg.asleep_motd.clone());
+    }
     match route.run_state() {
         RouteState::Running => Answer::Backend,
         // Woken by syncd while the state column was not (yet) updated.

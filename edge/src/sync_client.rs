@@ -30,15 +30,16 @@ use automc_proto::RouteTable;
 use automc_proto::WakeFailure;
 use futures::StreamExt;
 use rand::Rng;
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
-use tokio_stream::wrappers::WatchStream;
+use tokio_stream::wrappers::{ReceiverStream, WatchStream};
 use tokio_util::sync::CancellationToken;
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Code, Request, Status};
 use tracing::{debug, info, info_span, warn, Instrument};
 
+use crate::listener::Connections;
 use crate::metrics::Metrics;
 use crate::routes::Routes;
 use crate::Config;
@@ -144,6 +145,9 @@ pub struct SyncClient {
     endpoints: Vec<(String, Channel)>,
     bearer: BearerToken,
     routes: Arc<Routes>,
+    /// Live connections, reported to syncd on the watch stream.
+    conns: Arc<Connections>,
+    report_interval: Duration,
     metrics: Arc<Metrics>,
     edge_id: String,
     heartbeat_timeout: Duration,
@@ -171,6 +175,7 @@ impl SyncClient {
     pub fn new(
         config: &Config,
         routes: Arc<Routes>,
+        conns: Arc<Connections>,
         metrics: Arc<Metrics>,
     ) -> Result<Self, SetupError> {
         let mut endpoints = Vec::new();
@@ -191,6 +196,8 @@ impl SyncClient {
             endpoints,
             bearer,
             routes,
+            conns,
+            report_interval: config.report_interval,
             metrics,
             edge_id: config.edge_id.clone(),
             heartbeat_timeout: config.heartbeat_timeout,
@@ -330,7 +337,22 @@ impl SyncClient {
                 msg: Some(watch_request::Msg::Ack(ack)),
             })
         });
-        let call = client.watch_routes(futures::stream::iter([hello]).chain(acks));
+        // Session reports share the stream; the reporter ends with it.
+        let (report_tx, report_rx) = mpsc::channel(4);
+        let reporter = CancellationToken::new();
+        let _stop_reporter = reporter.clone().drop_guard();
+        tokio::spawn(crate::report::run(
+            self.conns.clone(),
+            report_tx,
+            self.report_interval,
+            reporter,
+        ));
+        let reports = ReceiverStream::new(report_rx).map(|r| WatchRequest {
+            msg: Some(watch_request::Msg::Report(r)),
+        });
+        let call = client.watch_routes(
+            futures::stream::iter([hello]).chain(futures::stream::select(acks, reports)),
+        );
         let mut stream = tokio::time::timeout(self.heartbeat_timeout, call)
             .await
             .map_err(|_| SyncError::HeartbeatTimeout(self.heartbeat_timeout))??
@@ -520,8 +542,7 @@ mod tests {
     use super::*;
     use automc_proto::v1::route_sync_server::{RouteSync, RouteSyncServer};
     use automc_proto::v1::*;
-    use tokio::sync::mpsc;
-    use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
+    use tokio_stream::wrappers::TcpListenerStream;
     use tonic::{Response, Streaming};
 
     #[test]
@@ -614,6 +635,18 @@ mod tests {
         ) -> Result<Response<ListWakesResponse>, Status> {
             Err(Status::unimplemented("fake"))
         }
+        async fn list_servers(
+            &self,
+            _: Request<ListServersRequest>,
+        ) -> Result<Response<ListServersResponse>, Status> {
+            Err(Status::unimplemented("fake"))
+        }
+        async fn list_players(
+            &self,
+            _: Request<ListPlayersRequest>,
+        ) -> Result<Response<ListPlayersResponse>, Status> {
+            Err(Status::unimplemented("fake"))
+        }
     }
 
     fn route(server: &str, host: &str) -> Route {
@@ -690,7 +723,13 @@ mod tests {
         };
         let routes = Arc::new(Routes::new());
         let client = Arc::new(
-            SyncClient::new(&config, routes.clone(), Arc::new(Metrics::new())).expect("client"),
+            SyncClient::new(
+                &config,
+                routes.clone(),
+                Arc::default(),
+                Arc::new(Metrics::new()),
+            )
+            .expect("client"),
         );
         let cancel = CancellationToken::new();
         tokio::spawn(client.clone().run(cancel.clone()));
@@ -830,8 +869,13 @@ mod tests {
             syncd: vec![format!("http://127.0.0.1:{port}")],
             ..Config::default()
         };
-        let client = SyncClient::new(&config, Arc::new(Routes::new()), Arc::new(Metrics::new()))
-            .expect("client");
+        let client = SyncClient::new(
+            &config,
+            Arc::new(Routes::new()),
+            Arc::default(),
+            Arc::new(Metrics::new()),
+        )
+        .expect("client");
         let started = std::time::Instant::now();
         let r = client.wake("x", Duration::from_secs(20)).await;
         assert!(matches!(r, Err(WakeError::Unreachable(_))), "{r:?}");

@@ -28,8 +28,9 @@ fuzz_target!(|data: &[u8]| {
                     }
                 }
                 NextState::Login | NextState::Transfer => {
-                    if let Ok(Some((name, n))) = parse_login_start(rest) {
-                        assert!(n <= rest.len() && name.encode_utf16().count() <= 16);
+                    let version = handshake.protocol_version;
+                    if let Ok(Some((login, n))) = parse_login_start(rest, version) {
+                        assert!(n <= rest.len() && login.name.encode_utf16().count() <= 16);
                     }
                 }
             }

@@ -13,7 +13,7 @@ fuzz_target!(|data: &[u8]| {
         };
         assert!(again.len() <= n);
     }
-    if let Ok(Some((_, n))) = parse_login_start(data) {
+    if let Ok(Some((_, n))) = parse_login_start(data, 760) {
         assert!(n <= data.len());
     }
     if let Ok(Some((json, n))) = parse_status_response(data, 1 << 16) {

@@ -88,6 +88,11 @@ pub struct Config {
     /// Hot standby: instances sharing this advisory lock id elect one
     /// active syncd (the only one serving `Wake`). `None` = always active.
     pub leader_lock: Option<i64>,
+    /// An edge whose stream dropped counts as unknown this long (its last
+    /// session counts stand, and nothing sleeps).
+    pub edge_grace: std::time::Duration,
+    /// Opt-in sleeping of idle servers, and the player gauges.
+    pub sleep: crate::sleep::SleepConfig,
 }
 
 /// How syncd calls the waker (SPEC §4).
@@ -153,6 +158,8 @@ impl Default for Config {
             waker: WakerConfig::default(),
             tls: None,
             leader_lock: None,
+            edge_grace: crate::sleep::DEFAULT_EDGE_GRACE,
+            sleep: crate::sleep::SleepConfig::default(),
         }
     }
 }
@@ -240,6 +247,8 @@ impl fmt::Debug for Config {
             .field("waker", &self.waker)
             .field("tls", &self.tls)
             .field("leader_lock", &self.leader_lock)
+            .field("edge_grace", &self.edge_grace)
+            .field("sleep", &self.sleep)
             .finish()
     }
 }

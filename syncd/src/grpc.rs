@@ -11,7 +11,8 @@ use std::time::Duration;
 use automc_proto::v1::route_sync_server::{RouteSync, RouteSyncServer};
 use automc_proto::v1::{
     watch_request, GetRouteRequest, GetRouteResponse, ListEdgesRequest, ListEdgesResponse,
-    ListRoutesRequest, ListRoutesResponse, ListWakesRequest, ListWakesResponse, WakeRequest,
+    ListPlayersRequest, ListPlayersResponse, ListRoutesRequest, ListRoutesResponse,
+    ListServersRequest, ListServersResponse, ListWakesRequest, ListWakesResponse, WakeRequest,
     WakeResponse, WatchRequest, WatchResponse,
 };
 use futures::Stream;
@@ -19,7 +20,9 @@ use tokio_util::sync::CancellationToken;
 use tonic::service::interceptor::InterceptedService;
 use tonic::{Request, Response, Status, Streaming};
 
+use crate::fleet::Fleet;
 use crate::publisher::Publisher;
+use crate::sleep::Sleeper;
 use crate::wake::Wakes;
 use automc_proto::auth::BearerAuth;
 
@@ -35,6 +38,9 @@ pub struct RouteSyncService {
     wakes: Arc<Wakes>,
     /// False while this instance is a hot standby (see `leader`).
     active: tokio::sync::watch::Receiver<bool>,
+    /// Sessions reported by the edges.
+    fleet: Arc<Fleet>,
+    sleeper: Arc<Sleeper>,
 }
 
 type WatchStream = Pin<Box<dyn Stream<Item = Result<WatchResponse, Status>> + Send + 'static>>;
@@ -65,13 +71,26 @@ impl RouteSync for RouteSyncService {
         let stream = self.publisher.subscribe(&hello, peer)?;
         let id = stream.id();
         let publisher = self.publisher.clone();
-        // Acks arrive on the inbound half; it may also be closed early (a
-        // grpcurl user closes stdin) without ending the watch.
+        let fleet = self.fleet.clone();
+        let edge_id = hello.edge_id;
+        // Acks and session reports arrive on the inbound half; it may also
+        // be closed early (a grpcurl user closes stdin) without ending the
+        // watch. An edge that reported sessions and whose inbound half ends
+        // is gone (or cut off): its sessions turn unknown.
         tokio::spawn(async move {
+            let mut reported = false;
             while let Ok(Some(m)) = inbound.message().await {
-                if let Some(watch_request::Msg::Ack(a)) = m.msg {
-                    publisher.ack(id, &a.epoch, a.version);
+                match m.msg {
+                    Some(watch_request::Msg::Ack(a)) => publisher.ack(id, &a.epoch, a.version),
+                    Some(watch_request::Msg::Report(r)) => {
+                        reported = true;
+                        fleet.report(id, &edge_id, r);
+                    }
+                    Some(watch_request::Msg::Hello(_)) | None => {}
                 }
+            }
+            if reported {
+                fleet.lost(id);
             }
         });
         Ok(Response::new(Box::pin(stream.into_stream())))
@@ -134,6 +153,52 @@ impl RouteSync for RouteSyncService {
             wakes: self.wakes.list(),
         }))
     }
+
+    async fn list_servers(
+        &self,
+        req: Request<ListServersRequest>,
+    ) -> Result<Response<ListServersResponse>, Status> {
+        let req = req.into_inner();
+        let cur = self.publisher.current();
+        let st = self.fleet.lock();
+        let sessions = st.servers();
+        let (names, next) =
+            crate::servers::page_names(&cur.table, &sessions, &req.page_token, req.page_size);
+        let last_seen: Vec<Option<i64>> = names.iter().map(|n| st.last_seen(n)).collect();
+        let unknown = st.unknown_edges().len();
+        // The sleep view reads the fleet too.
+        drop(st);
+        let servers = names
+            .iter()
+            .zip(last_seen)
+            .map(|(name, seen)| {
+                crate::servers::server_info(
+                    name,
+                    cur.table.get(name),
+                    sessions.get(name),
+                    seen,
+                    self.publisher.wake_phase(name),
+                    self.sleeper.view(name),
+                )
+            })
+            .collect();
+        Ok(Response::new(ListServersResponse {
+            servers,
+            next_page_token: next.unwrap_or_default(),
+            unknown_edges: u32::try_from(unknown).unwrap_or(u32::MAX),
+        }))
+    }
+
+    async fn list_players(
+        &self,
+        req: Request<ListPlayersRequest>,
+    ) -> Result<Response<ListPlayersResponse>, Status> {
+        let players = self.fleet.lock().players();
+        Ok(Response::new(crate::servers::players_page(
+            players,
+            req.get_ref(),
+        )))
+    }
 }
 
 /// Serve until `shutdown`; health turns SERVING once `ready` is true.
@@ -147,6 +212,8 @@ pub async fn serve(
     mut ready: tokio::sync::watch::Receiver<bool>,
     active: tokio::sync::watch::Receiver<bool>,
     hello_timeout: Duration,
+    fleet: Arc<Fleet>,
+    sleeper: Arc<Sleeper>,
     shutdown: CancellationToken,
 ) -> Result<(), crate::Error> {
     let auth = BearerAuth::new(token);
@@ -170,6 +237,8 @@ pub async fn serve(
         hello_timeout,
         wakes,
         active,
+        fleet,
+        sleeper,
     });
     let health_task = {
         let health = health.clone();

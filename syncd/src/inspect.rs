@@ -1,4 +1,4 @@
-//! `syncd routes | edges | wakes`: what an operator asks a running syncd
+//! `syncd routes | edges | wakes | servers | players`: what an operator asks a running syncd
 //! first, printed as aligned tables or as JSON (`--json`). Everything here
 //! goes through the public gRPC API (the same calls grpcurl makes), so it
 //! works against any syncd the caller can reach and authenticate to.
@@ -10,8 +10,9 @@ use std::time::Duration;
 use automc_proto::auth::BearerToken;
 use automc_proto::v1::route_sync_client::RouteSyncClient;
 use automc_proto::v1::{
-    EdgeInfo, ListEdgesRequest, ListEdgesResponse, ListRoutesRequest, ListRoutesResponse,
-    ListWakesRequest, WakeInfo,
+    EdgeInfo, ListEdgesRequest, ListEdgesResponse, ListPlayersRequest, ListRoutesRequest,
+    ListRoutesResponse, ListServersRequest, ListWakesRequest, PlayerInfo, ServerInfo, SleepState,
+    WakeInfo,
 };
 use serde_json::{json, Value};
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
@@ -28,6 +29,8 @@ pub enum Query {
     Routes,
     Edges,
     Wakes,
+    Servers,
+    Players,
 }
 
 /// How to reach syncd.
@@ -134,6 +137,51 @@ pub async fn fetch(target: &Target, query: Query, as_json: bool) -> Result<Strin
             let r = client.list_wakes(ListWakesRequest {}).await?.into_inner();
             render(as_json, wakes_json(&r.wakes), || {
                 wakes_text(&r.wakes, now_ms)
+            })
+        }
+        Query::Servers => {
+            let mut servers = Vec::new();
+            let mut token = String::new();
+            let mut unknown;
+            loop {
+                let page = client
+                    .list_servers(ListServersRequest {
+                        page_size: ROUTES_PAGE_SIZE,
+                        page_token: token,
+                    })
+                    .await?
+                    .into_inner();
+                servers.extend(page.servers);
+                unknown = page.unknown_edges;
+                token = page.next_page_token;
+                if token.is_empty() {
+                    break;
+                }
+            }
+            render(as_json, servers_json(&servers, unknown), || {
+                servers_text(&servers, unknown, now_ms)
+            })
+        }
+        Query::Players => {
+            let mut players = Vec::new();
+            let mut token = String::new();
+            loop {
+                let page = client
+                    .list_players(ListPlayersRequest {
+                        page_size: ROUTES_PAGE_SIZE,
+                        page_token: token,
+                        server: String::new(),
+                    })
+                    .await?
+                    .into_inner();
+                players.extend(page.players);
+                token = page.next_page_token;
+                if token.is_empty() {
+                    break;
+                }
+            }
+            render(as_json, players_json(&players), || {
+                players_text(&players, now_ms)
             })
         }
     })
@@ -325,10 +373,195 @@ pub fn wakes_json(wakes: &[WakeInfo]) -> Value {
     })
 }
 
+/// `SLEEP_STATE_IDLE` → "idle".
+fn sleep_word(s: SleepState) -> &'static str {
+    match s {
+        SleepState::Unspecified | SleepState::Off => "off",
+        SleepState::Busy => "busy",
+        SleepState::Idle => "idle",
+        SleepState::Stopping => "stopping",
+        SleepState::Asleep => "asleep",
+        SleepState::Disabled => "disabled",
+    }
+}
+
+fn edge_counts(s: &ServerInfo) -> String {
+    let list: Vec<String> = s
+        .edges
+        .iter()
+        .map(|e| {
+            format!(
+                "{}={}{}",
+                e.edge_id,
+                e.players,
+                if e.unknown { "?" } else { "" }
+            )
+        })
+        .collect();
+    or_dash(&list.join(","))
+}
+
+pub fn servers_text(servers: &[ServerInfo], unknown_edges: u32, now_ms: i64) -> String {
+    let rows: Vec<Vec<String>> = servers
+        .iter()
+        .map(|s| {
+            let sleep = match s.sleep() {
+                SleepState::Idle if s.sleep_at_ms > 0 => {
+                    format!("idle (stop in {})", age(s.sleep_at_ms - now_ms))
+                }
+                other => sleep_word(other).to_owned(),
+            };
+            vec![
+                s.server.clone(),
+                or_dash(&s.state),
+                s.players.to_string(),
+                s.holding.to_string(),
+                edge_counts(s),
+                if s.last_seen_ms > 0 {
+                    format!("{} ago", age(now_ms - s.last_seen_ms))
+                } else {
+                    "-".into()
+                },
+                or_dash(&s.wake),
+                sleep,
+                or_dash(&s.sleep_reason),
+            ]
+        })
+        .collect();
+    format!(
+        "{}{} servers, {} players; {} unknown edges\n",
+        table(
+            &[
+                "SERVER",
+                "STATE",
+                "PLAYERS",
+                "HELD",
+                "EDGES",
+                "LAST SEEN",
+                "WAKE",
+                "SLEEP",
+                "REASON"
+            ],
+            &rows
+        ),
+        servers.len(),
+        servers.iter().map(|s| u64::from(s.players)).sum::<u64>(),
+        unknown_edges
+    )
+}
+
+pub fn servers_json(servers: &[ServerInfo], unknown_edges: u32) -> Value {
+    json!({
+        "unknown_edges": unknown_edges,
+        "servers": servers.iter().map(|s| json!({
+            "server": s.server,
+            "state": s.state,
+            "players": s.players,
+            "holding": s.holding,
+            "status": s.status,
+            "edges": s.edges.iter().map(|e| json!({
+                "edge_id": e.edge_id,
+                "players": e.players,
+                "holding": e.holding,
+                "status": e.status,
+                "unknown": e.unknown,
+            })).collect::<Vec<_>>(),
+            "last_seen_ms": s.last_seen_ms,
+            "wake": s.wake,
+            "sleep": sleep_word(s.sleep()),
+            "sleep_at_ms": s.sleep_at_ms,
+            "sleep_reason": s.sleep_reason,
+        })).collect::<Vec<_>>(),
+    })
+}
+
+pub fn players_text(players: &[PlayerInfo], now_ms: i64) -> String {
+    let rows: Vec<Vec<String>> = players
+        .iter()
+        .map(|p| {
+            vec![
+                or_dash(&p.name),
+                or_dash(&p.uuid),
+                p.server.clone(),
+                or_dash(&p.edge_id),
+                age(now_ms - p.since_ms),
+            ]
+        })
+        .collect();
+    format!(
+        "{}{} players\n",
+        table(&["NAME", "UUID", "SERVER", "EDGE", "FOR"], &rows),
+        players.len()
+    )
+}
+
+pub fn players_json(players: &[PlayerInfo]) -> Value {
+    json!({
+        "players": players.iter().map(|p| json!({
+            "name": p.name,
+            "uuid": p.uuid,
+            "server": p.server,
+            "edge_id": p.edge_id,
+            "since_ms": p.since_ms,
+        })).collect::<Vec<_>>(),
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use automc_proto::v1::Route;
+    use automc_proto::v1::{EdgeCount, Route};
+
+    #[test]
+    fn servers_table_shows_players_per_edge_and_why_it_does_not_sleep() {
+        let s = ServerInfo {
+            server: "lobby".into(),
+            state: "running".into(),
+            players: 3,
+            edges: vec![
+                EdgeCount {
+                    edge_id: "e1".into(),
+                    players: 2,
+                    ..EdgeCount::default()
+                },
+                EdgeCount {
+                    edge_id: "e2".into(),
+                    players: 1,
+                    unknown: true,
+                    ..EdgeCount::default()
+                },
+            ],
+            last_seen_ms: 1_000,
+            sleep: SleepState::Busy as i32,
+            sleep_reason: "3 players".into(),
+            ..ServerInfo::default()
+        };
+        let text = servers_text(std::slice::from_ref(&s), 1, 61_000);
+        assert!(text.contains("e1=2,e2=1?"), "{text}");
+        assert!(text.contains("60s ago"), "{text}");
+        assert!(text.contains("busy   3 players"), "{text}");
+        assert!(
+            text.ends_with("1 servers, 3 players; 1 unknown edges\n"),
+            "{text}"
+        );
+        assert_eq!(
+            servers_json(&[s], 1)["servers"][0]["edges"][1]["unknown"],
+            true
+        );
+        let p = PlayerInfo {
+            name: "Alex".into(),
+            uuid: "069a79f4-44e9-4726-a5be-fca90e38aaf5".into(),
+            server: "lobby".into(),
+            edge_id: "e1".into(),
+            since_ms: 0,
+        };
+        let text = players_text(std::slice::from_ref(&p), 5_000);
+        assert!(
+            text.contains("Alex  069a79f4-44e9-4726-a5be-fca90e38aaf5  lobby   e1    5s"),
+            "{text}"
+        );
+        assert_eq!(players_json(&[p])["players"][0]["name"], "Alex");
+    }
 
     #[test]
     fn table_pads_columns_to_the_widest_cell_without_trailing_blanks() {

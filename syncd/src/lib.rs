@@ -13,6 +13,7 @@ pub mod accept;
 pub mod config;
 pub mod diff;
 pub mod dsn;
+pub mod fleet;
 pub mod grpc;
 pub mod http;
 pub mod inspect;
@@ -23,6 +24,8 @@ pub mod pg_tls;
 pub mod ping;
 pub mod publisher;
 pub mod schema;
+pub mod servers;
+pub mod sleep;
 pub mod tls;
 pub mod wake;
 pub mod waker;
@@ -180,6 +183,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
         tasks.clone(),
         relay_tx,
     );
+    let fleet = Arc::new(fleet::Fleet::new(config.edge_grace, metrics.clone()));
     let target = schema::redact_dsn(&config.database_url);
     tracing::info!(
         %grpc_addr,
@@ -189,6 +193,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
         waker = config.waker.url.as_deref().unwrap_or("(none)"),
         auth = ?grpc_auth,
         tls = config.tls.is_some(),
+        sleep_after = ?config.sleep.sleep_after,
         "syncd starting"
     );
     if grpc_auth == config::GrpcAuth::Unauthenticated {
@@ -218,7 +223,17 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
             .run(),
         );
     }
+    let sleeper = sleep::Sleeper::new(
+        config.sleep,
+        publisher.clone(),
+        fleet.clone(),
+        wakes.clone(),
+        metrics.clone(),
+        active_rx.clone(),
+    );
+    tasks.spawn(sleeper.clone().run(shutdown.clone()));
     let hook_wakes = wakes.clone();
+    let hook_sleeper = sleeper.clone();
     let listener = pg::Listener {
         pg,
         tls: pg_tls,
@@ -227,6 +242,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
         metrics: metrics.clone(),
         ready: ready_tx,
         on_change: Arc::new(move |c| hook_wakes.routes_changed(c)),
+        on_sleep_options: Arc::new(move |o| hook_sleeper.set_overrides(o)),
         reconnect_min: config.reconnect_min,
         reconnect_max: config.reconnect_max.max(config.reconnect_min),
         probe_interval: config.pg_probe_interval,
@@ -259,6 +275,8 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
                 ready,
                 active_rx_grpc,
                 hello_timeout,
+                fleet,
+                sleeper,
                 shutdown.clone(),
             )
             .await;

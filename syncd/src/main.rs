@@ -42,6 +42,10 @@ enum Command {
     Edges(InspectArgs),
     /// Print the wakes in flight and recent ones, with outcome and reason.
     Wakes(InspectArgs),
+    /// Print every server with its players across all edges, per-edge counts, wake and sleep state.
+    Servers(InspectArgs),
+    /// Print every player on every edge (name, UUID, server, edge, since).
+    Players(InspectArgs),
 }
 
 #[derive(Args, Clone)]
@@ -206,6 +210,20 @@ struct ServeArgs {
     /// http://127.0.0.1:4317 (off when unset).
     #[arg(long, env = "SYNCD_OTLP_ENDPOINT")]
     otlp_endpoint: Option<String>,
+    /// Ask the waker to stop a server nobody played on for this long
+    /// (off when unset; server_options.sleep_after overrides per server).
+    #[arg(long, env = "SYNCD_SLEEP_AFTER", value_parser = humantime::parse_duration)]
+    sleep_after: Option<Duration>,
+    /// Never stop a server sooner than this after it came up.
+    #[arg(long, env = "SYNCD_MIN_UPTIME", value_parser = humantime::parse_duration, default_value = "5m")]
+    min_uptime: Duration,
+    /// An edge whose stream dropped counts as unknown this long: its last
+    /// player counts stand and no server sleeps meanwhile.
+    #[arg(long, env = "SYNCD_EDGE_GRACE", value_parser = humantime::parse_duration, default_value = "2m")]
+    edge_grace: Duration,
+    /// Export automc_syncd_server_players{server} (turn off for very large fleets).
+    #[arg(long, env = "SYNCD_PLAYER_METRICS_PER_SERVER", action = clap::ArgAction::Set, default_value_t = true)]
+    player_metrics_per_server: bool,
 }
 
 fn at_least_one() -> clap::builder::RangedU64ValueParser<usize> {
@@ -260,6 +278,12 @@ impl ServeArgs {
         c.waker.ready_check = self.waker_ready_check;
         c.waker.reuse_for = self.wake_reuse;
         c.leader_lock = self.leader_lock;
+        c.edge_grace = self.edge_grace;
+        c.sleep = syncd::sleep::SleepConfig {
+            sleep_after: self.sleep_after.filter(|d| !d.is_zero()),
+            min_uptime: self.min_uptime,
+            per_server_metrics: self.player_metrics_per_server,
+        };
         c.tls = match (self.tls_cert, self.tls_key) {
             (Some(cert), Some(key)) => Some(syncd::tls::TlsFiles {
                 cert,
@@ -320,6 +344,8 @@ fn main() -> ExitCode {
             Some(Command::Routes(args)) => inspect(args, syncd::inspect::Query::Routes).await,
             Some(Command::Edges(args)) => inspect(args, syncd::inspect::Query::Edges).await,
             Some(Command::Wakes(args)) => inspect(args, syncd::inspect::Query::Wakes).await,
+            Some(Command::Servers(args)) => inspect(args, syncd::inspect::Query::Servers).await,
+            Some(Command::Players(args)) => inspect(args, syncd::inspect::Query::Players).await,
         }
     })
 }

@@ -34,6 +34,12 @@ pub struct Metrics {
     wakes: Family<Labels, Counter>,
     pub wake_duration: Histogram,
     waker_http_responses: Family<Labels, Counter>,
+    pub session_reports: Counter,
+    pub session_entries_refused: Counter,
+    pub fleet_players: Gauge,
+    pub unknown_edges: Gauge,
+    server_players: Family<Labels, Gauge>,
+    sleeps: Family<Labels, Counter>,
 }
 
 impl Metrics {
@@ -57,6 +63,12 @@ impl Metrics {
         let wakes = Family::<Labels, Counter>::default();
         let wake_duration = Histogram::new(exponential_buckets(0.05, 2.0, 14));
         let waker_http_responses = Family::<Labels, Counter>::default();
+        let session_reports = Counter::default();
+        let session_entries_refused = Counter::default();
+        let fleet_players = Gauge::default();
+        let unknown_edges = Gauge::default();
+        let server_players = Family::<Labels, Gauge>::default();
+        let sleeps = Family::<Labels, Counter>::default();
         r.register("automc_syncd_routes", "Routes in the table", routes.clone());
         r.register(
             "automc_syncd_table_version",
@@ -139,6 +151,36 @@ impl Metrics {
             "HTTP responses from the waker by status (or transport error)",
             waker_http_responses.clone(),
         );
+        r.register(
+            "automc_syncd_session_reports",
+            "Session reports received from edges",
+            session_reports.clone(),
+        );
+        r.register(
+            "automc_syncd_session_entries_refused",
+            "Session report entries refused (bad names, per-edge caps)",
+            session_entries_refused.clone(),
+        );
+        r.register(
+            "automc_syncd_fleet_players",
+            "Players on every server across every edge",
+            fleet_players.clone(),
+        );
+        r.register(
+            "automc_syncd_unknown_edges",
+            "Edges whose stream dropped, counted until their grace period passes",
+            unknown_edges.clone(),
+        );
+        r.register(
+            "automc_syncd_server_players",
+            "Players per server across every edge (off with --player-metrics-per-server=false)",
+            server_players.clone(),
+        );
+        r.register(
+            "automc_syncd_sleeps",
+            "Stop requests to the waker by outcome",
+            sleeps.clone(),
+        );
         Self {
             registry: Arc::new(r),
             routes,
@@ -159,7 +201,32 @@ impl Metrics {
             wakes,
             wake_duration,
             waker_http_responses,
+            session_reports,
+            session_entries_refused,
+            fleet_players,
+            unknown_edges,
+            server_players,
+            sleeps,
         }
+    }
+
+    pub fn sleep_outcome(&self, outcome: &str) {
+        self.sleeps
+            .get_or_create(&vec![("outcome".to_owned(), outcome.to_owned())])
+            .inc();
+    }
+
+    /// Set the per-server player gauge of `server`.
+    pub fn set_server_players(&self, server: &str, players: i64) {
+        self.server_players
+            .get_or_create(&vec![("server".to_owned(), server.to_owned())])
+            .set(players);
+    }
+
+    /// Drop the per-server player series of `server`.
+    pub fn remove_server_players(&self, server: &str) {
+        self.server_players
+            .remove(&vec![("server".to_owned(), server.to_owned())]);
     }
 
     pub fn wake_outcome(&self, outcome: &str) {
@@ -211,6 +278,8 @@ mod tests {
         let m = Metrics::new();
         m.wake_outcome("success");
         m.waker_response("202");
+        m.sleep_outcome("stopped");
+        m.set_server_players("lobby", 3);
         m.grpc_refused("not_http2");
         let text = m.render();
         for name in [
@@ -232,6 +301,12 @@ mod tests {
             "automc_syncd_wakes_total{outcome=\"success\"} ",
             "automc_syncd_wake_duration_seconds_count ",
             "automc_syncd_waker_http_responses_total{status=\"202\"} ",
+            "automc_syncd_session_reports_total ",
+            "automc_syncd_session_entries_refused_total ",
+            "automc_syncd_fleet_players ",
+            "automc_syncd_unknown_edges ",
+            "automc_syncd_server_players{server=\"lobby\"} 3",
+            "automc_syncd_sleeps_total{outcome=\"stopped\"} ",
         ] {
             assert!(text.contains(name), "missing {name} in\n{text}");
         }

@@ -564,7 +564,7 @@ impl Publisher {
     /// Record that a server started or stopped waking, and tell every watcher.
     pub fn set_wake(&self, server: &str, phase: WakePhase) {
         let mut st = self.lock();
-        if phase == WakePhase::Waking {
+        if matches!(phase, WakePhase::Waking | WakePhase::Asleep) {
             st.waking.insert(server.to_owned(), phase);
         } else {
             st.waking.remove(server);
@@ -732,6 +732,11 @@ impl Publisher {
             .collect();
         edges.sort_by_key(|e| e.watcher_id);
         (st.version, edges)
+    }
+
+    /// The phase edges hold for `server` (waking or asleep), if any.
+    pub fn wake_phase(&self, server: &str) -> Option<WakePhase> {
+        self.lock().waking.get(server).copied()
     }
 
     pub fn route(&self, server: &str) -> Option<Route> {

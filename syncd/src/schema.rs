@@ -109,7 +109,41 @@ DROP TRIGGER IF EXISTS automc_server_aliases_truncate_notify ON server_aliases;
 CREATE TRIGGER automc_server_aliases_truncate_notify
     AFTER TRUNCATE ON server_aliases
     FOR EACH STATEMENT EXECUTE FUNCTION automc_notify_alias_changed();
+
+-- Per-server options; NULL means the global default. Only sleep_after is
+-- read so far (idle time before syncd asks the waker to stop the server).
+CREATE TABLE IF NOT EXISTS server_options (
+    server TEXT PRIMARY KEY REFERENCES servers(name) ON DELETE CASCADE ON UPDATE CASCADE
+);
+ALTER TABLE server_options ADD COLUMN IF NOT EXISTS sleep_after INTERVAL;
+DROP TRIGGER IF EXISTS automc_server_options_notify ON server_options;
+CREATE TRIGGER automc_server_options_notify
+    AFTER INSERT OR UPDATE OR DELETE ON server_options
+    FOR EACH ROW EXECUTE FUNCTION automc_notify_alias_changed();
+DROP TRIGGER IF EXISTS automc_server_options_truncate_notify ON server_options;
+CREATE TRIGGER automc_server_options_truncate_notify
+    AFTER TRUNCATE ON server_options
+    FOR EACH STATEMENT EXECUTE FUNCTION automc_notify_alias_changed();
 "#;
+
+/// Per-server `sleep_after` overrides (rows with a value), in seconds; an
+/// error when the database has no `server_options.sleep_after` (an
+/// original automc schema: no overrides).
+pub const SLEEP_OPTIONS_SQL: &str = "SELECT server, EXTRACT(EPOCH FROM sleep_after)::float8 \
+     FROM server_options WHERE sleep_after IS NOT NULL";
+
+/// Whether the database has `server_options.sleep_after`.
+pub async fn has_sleep_options(client: &Client) -> Result<bool, tokio_postgres::Error> {
+    let row = client
+        .query_one(
+            "SELECT EXISTS (SELECT 1 FROM pg_attribute
+                            WHERE attrelid = to_regclass('server_options')
+                              AND attname = 'sleep_after' AND NOT attisdropped)",
+            &[],
+        )
+        .await?;
+    Ok(row.get(0))
+}
 
 /// Apply [`MIGRATE_SQL`] in one transaction.
 pub async fn migrate(client: &mut Client) -> Result<(), tokio_postgres::Error> {

@@ -86,6 +86,24 @@ struct Finished {
 struct Book {
     inflight: HashMap<String, InFlight>,
     recent: VecDeque<Finished>,
+    /// Servers syncd stopped (or tried to), by name.
+    stops: HashMap<String, StopState>,
+    /// Stops in flight: a wake waits for the stop to end first.
+    stopping: HashMap<String, watch::Receiver<bool>>,
+}
+
+/// Where syncd's stop of an idle server stands (see `sleep`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StopState {
+    /// `POST /servers/{name}/stop` is in flight; wakes wait for it.
+    Stopping { since_ms: i64 },
+    /// The waker accepted the stop; the next wake clears this.
+    Asleep { since_ms: i64 },
+    /// The stop failed; it is tried again after another idle period.
+    Failed { reason: String, at_ms: i64 },
+    /// The waker has no stop endpoint (404, 405, 501): sleeping is off for
+    /// this server until syncd restarts.
+    Unsupported { reason: String },
 }
 
 /// The wake coordinator.
@@ -114,6 +132,7 @@ fn phase_word(phase: WakePhase) -> &'static str {
         WakePhase::Waking => "waking",
         WakePhase::Running => "running",
         WakePhase::Failed => "failed",
+        WakePhase::Asleep => "asleep",
         WakePhase::Unspecified => "unspecified",
     }
 }
@@ -135,6 +154,7 @@ pub fn parse_relay(payload: &str) -> Option<Relayed> {
         "waking" => WakePhase::Waking,
         "running" => WakePhase::Running,
         "failed" => WakePhase::Failed,
+        "asleep" => WakePhase::Asleep,
         _ => return None,
     };
     let epoch = parts.next()?.to_owned();
@@ -182,12 +202,112 @@ impl Wakes {
             .send(relay_payload(self.publisher.epoch(), server, phase));
     }
 
+    /// Where syncd's stop of `server` stands, if it ever stopped it.
+    pub fn stop_state(&self, server: &str) -> Option<StopState> {
+        self.book().stops.get(server).cloned()
+    }
+
+    /// A wake of `server` is in flight.
+    pub fn is_waking(&self, server: &str) -> bool {
+        self.book().inflight.contains_key(server)
+    }
+
+    /// Unix ms at which the last successful wake of `server` ended, if it is
+    /// still in the recent history.
+    pub fn woke_ms(&self, server: &str) -> Option<i64> {
+        self.book().recent.iter().rev().find_map(|f| match f.state {
+            WakeState::Running { .. } if f.server == server => {
+                Some(f.started_ms + i64::try_from(f.duration.as_millis()).unwrap_or(i64::MAX))
+            }
+            _ => None,
+        })
+    }
+
+    /// Ask the waker to stop `server` (the sleep planner decided it is
+    /// idle). Returns false when no stop was started: no waker, a wake or
+    /// stop in flight, or a waker that cannot stop servers. Edges are told
+    /// at once (`WAKE_PHASE_ASLEEP`), so a login from now on is held and
+    /// wakes the server again once the stop is done.
+    pub fn stop(self: &Arc<Self>, server: &str) -> bool {
+        let Some(waker) = self.waker.clone() else {
+            return false;
+        };
+        let (tx, rx) = watch::channel(false);
+        {
+            let mut book = self.book();
+            if book.inflight.contains_key(server)
+                || matches!(
+                    book.stops.get(server),
+                    Some(StopState::Stopping { .. } | StopState::Unsupported { .. })
+                )
+            {
+                return false;
+            }
+            book.stops.insert(
+                server.to_owned(),
+                StopState::Stopping { since_ms: now_ms() },
+            );
+            book.stopping.insert(server.to_owned(), rx);
+        }
+        self.metrics.sleep_outcome("requested");
+        tracing::info!(
+            server,
+            "nobody played for the sleep period; asking the waker to stop it"
+        );
+        self.announce(server, WakePhase::Asleep);
+        let this = self.clone();
+        let server = server.to_owned();
+        let span = tracing::info_span!("stop", server = %server);
+        self.tasks.spawn(
+            async move {
+                let r = tokio::select! {
+                    _ = this.shutdown.cancelled() => Err(None),
+                    r = waker.stop(&server) => r.map_err(Some),
+                };
+                let (state, phase) = match r {
+                    Ok(()) => {
+                        this.metrics.sleep_outcome("stopped");
+                        tracing::info!(server = %server, "waker accepted the stop; the next login wakes it");
+                        (StopState::Asleep { since_ms: now_ms() }, WakePhase::Asleep)
+                    }
+                    Err(Some(e @ WakerError::StopUnsupported(_))) => {
+                        this.metrics.sleep_outcome("unsupported");
+                        tracing::warn!(server = %server, reason = %e, "sleeping disabled for this server");
+                        (StopState::Unsupported { reason: e.to_string() }, WakePhase::Running)
+                    }
+                    Err(e) => {
+                        let reason = e.map_or_else(|| "syncd is shutting down".to_owned(), |e| e.to_string());
+                        this.metrics.sleep_outcome("failed");
+                        tracing::warn!(server = %server, reason = %reason, "stop failed; the server keeps running");
+                        (StopState::Failed { reason, at_ms: now_ms() }, WakePhase::Running)
+                    }
+                };
+                {
+                    let mut book = this.book();
+                    book.stops.insert(server.clone(), state);
+                    book.stopping.remove(&server);
+                }
+                this.announce(&server, phase);
+                tx.send_replace(true);
+            }
+            .instrument(span),
+        );
+        true
+    }
+
     /// Wake `server` (or join the wake in flight) and wait for the outcome.
     pub async fn wake(
         self: &Arc<Self>,
         server: &str,
         caller: &str,
     ) -> Result<WakeResponse, Status> {
+        // A login that arrives while syncd stops the server waits for the
+        // stop to end, then wakes it like any other.
+        let stopping = self.book().stopping.get(server).cloned();
+        if let Some(mut done) = stopping {
+            tracing::info!(server, caller, "wake waits for the stop in flight");
+            let _ = done.wait_for(|d| *d).await;
+        }
         let Some(waker) = self.waker.clone() else {
             self.metrics.wake_outcome(Failure::NotConfigured.label());
             return Err(Failure::NotConfigured.to_status("waker not configured"));
@@ -213,6 +333,9 @@ impl Wakes {
                     (f.rx.clone(), f.started)
                 }
                 None => {
+                    if !matches!(book.stops.get(server), Some(StopState::Unsupported { .. })) {
+                        book.stops.remove(server);
+                    }
                     let (tx, rx) = watch::channel(WakeState::Waking);
                     let running_seen = Arc::new(Notify::new());
                     let started = Instant::now();
@@ -262,6 +385,13 @@ impl Wakes {
     }
 
     fn recent_success(&self, book: &Book, server: &str) -> Option<String> {
+        if matches!(
+            book.stops.get(server),
+            Some(StopState::Stopping { .. } | StopState::Asleep { .. })
+        ) {
+            // Stopped since: that address is not up any more.
+            return None;
+        }
         book.recent.iter().rev().find_map(|f| match &f.state {
             WakeState::Running { address }
                 if f.server == server && f.ended.elapsed() < self.cfg.reuse_for =>
@@ -487,7 +617,12 @@ mod tests {
 
     #[test]
     fn relay_payloads_round_trip_and_garbage_is_ignored() {
-        for phase in [WakePhase::Waking, WakePhase::Running, WakePhase::Failed] {
+        for phase in [
+            WakePhase::Waking,
+            WakePhase::Running,
+            WakePhase::Failed,
+            WakePhase::Asleep,
+        ] {
             let p = relay_payload("18c-0a1b", "my server", phase);
             assert_eq!(
                 parse_relay(&p),

@@ -26,6 +26,10 @@ pub enum WakerError {
     StartRejected(u16),
     #[error("waker answered HTTP {0} to the status request")]
     StatusRejected(u16),
+    #[error("waker answered HTTP {0} to the stop request")]
+    StopRejected(u16),
+    #[error("waker cannot stop servers: it answered HTTP {0} to POST /servers/{{name}}/stop")]
+    StopUnsupported(u16),
     #[error("waker unreachable: {0}")]
     Unreachable(String),
     #[error("waker did not answer within {0:?}")]
@@ -46,9 +50,11 @@ impl WakerError {
     pub fn kind(&self) -> WakeFailure {
         match self {
             Self::BadUrl(_) => WakeFailure::NotConfigured,
-            Self::StartRejected(_) | Self::StatusRejected(_) | Self::Redirected { .. } => {
-                WakeFailure::WakerRefused
-            }
+            Self::StartRejected(_)
+            | Self::StatusRejected(_)
+            | Self::StopRejected(_)
+            | Self::StopUnsupported(_)
+            | Self::Redirected { .. } => WakeFailure::WakerRefused,
             Self::Unreachable(_) | Self::NoAnswer(_) => WakeFailure::WakerUnreachable,
             Self::BadBody(_) | Self::BodyTooLarge => WakeFailure::WakerBadResponse,
         }
@@ -129,12 +135,13 @@ impl WakerClient {
         &self.base
     }
 
-    fn url(&self, server: &str, start: bool) -> Url {
+    /// `{base}/servers/{server}` and, with an action, `/{action}`.
+    fn url(&self, server: &str, action: Option<&str>) -> Url {
         let mut url = self.base.clone();
         if let Ok(mut segs) = url.path_segments_mut() {
             segs.push("servers").push(server);
-            if start {
-                segs.push("start");
+            if let Some(a) = action {
+                segs.push(a);
             }
         }
         url
@@ -161,7 +168,7 @@ impl WakerClient {
     /// success.
     pub async fn start(&self, server: &str) -> Result<(), WakerError> {
         let resp = self
-            .request(reqwest::Method::POST, self.url(server, true))
+            .request(reqwest::Method::POST, self.url(server, Some("start")))
             .send()
             .await
             .map_err(|e| self.transport_error(&e))?;
@@ -177,10 +184,31 @@ impl WakerClient {
         }
     }
 
+    /// Ask the waker to stop `server`; 2xx and 409 (already stopping or
+    /// stopped) are success. 404, 405 and 501 mean this waker has no stop
+    /// endpoint ([`WakerError::StopUnsupported`]).
+    pub async fn stop(&self, server: &str) -> Result<(), WakerError> {
+        let resp = self
+            .request(reqwest::Method::POST, self.url(server, Some("stop")))
+            .send()
+            .await
+            .map_err(|e| self.transport_error(&e))?;
+        let status = resp.status();
+        self.metrics.waker_response(status.as_str());
+        if status.is_redirection() {
+            return Err(self.redirected(&resp));
+        }
+        match status.as_u16() {
+            _ if status.is_success() || status == StatusCode::CONFLICT => Ok(()),
+            code @ (404 | 405 | 501) => Err(WakerError::StopUnsupported(code)),
+            code => Err(WakerError::StopRejected(code)),
+        }
+    }
+
     /// The waker's view of `server`.
     pub async fn status(&self, server: &str) -> Result<ServerStatus, WakerError> {
         let resp = self
-            .request(reqwest::Method::GET, self.url(server, false))
+            .request(reqwest::Method::GET, self.url(server, None))
             .send()
             .await
             .map_err(|e| self.transport_error(&e))?;
@@ -257,15 +285,19 @@ mod tests {
         )
         .expect("client");
         assert_eq!(
-            c.url("lobby", true).as_str(),
+            c.url("lobby", Some("start")).as_str(),
             "http://w:8080/api/servers/lobby/start"
         );
         assert_eq!(
-            c.url("lobby", false).as_str(),
+            c.url("lobby", Some("stop")).as_str(),
+            "http://w:8080/api/servers/lobby/stop"
+        );
+        assert_eq!(
+            c.url("lobby", None).as_str(),
             "http://w:8080/api/servers/lobby"
         );
         assert_eq!(
-            c.url("a/b c", false).as_str(),
+            c.url("a/b c", None).as_str(),
             "http://w:8080/api/servers/a%2Fb%20c"
         );
         assert!(

@@ -63,15 +63,45 @@ pub fn handshake_packet(protocol: i32, address: &str, port: u16, next_state: i32
     framed(&body)
 }
 
-/// A framed Login Start: the name, plus a UUID for protocols ≥ 764 (1.20.2+).
+/// A framed Login Start as a client of `protocol` sends it: the name; 1.19–1.19.2 (759–760)
+/// add an (empty) signature-data flag; 1.19.1–1.20.1 (760–763) a has-UUID flag and the
+/// UUID; 1.20.2+ (764) the UUID alone. The UUID is [`player_uuid`] of the name.
 pub fn login_start_packet(protocol: i32, username: &str) -> Vec<u8> {
     let mut body = vec![0x00];
     put_string(&mut body, username);
-    if protocol >= 764 {
-        let digest = Sha256::digest(username.as_bytes());
-        body.extend_from_slice(&digest[..16]);
+    if (759..=760).contains(&protocol) {
+        body.push(0x00);
+    }
+    if (760..=763).contains(&protocol) {
+        body.push(0x01);
+    }
+    if protocol >= 760 {
+        body.extend_from_slice(&player_uuid_bytes(username));
     }
     framed(&body)
+}
+
+fn player_uuid_bytes(username: &str) -> [u8; 16] {
+    let digest = Sha256::digest(username.as_bytes());
+    let mut u = [0u8; 16];
+    u.copy_from_slice(&digest[..16]);
+    u
+}
+
+/// The UUID [`login_start_packet`] sends for `username` (protocols ≥ 760), hyphenated.
+pub fn player_uuid(username: &str) -> String {
+    let hex: String = player_uuid_bytes(username)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    format!(
+        "{}-{}-{}-{}-{}",
+        &hex[0..8],
+        &hex[8..12],
+        &hex[12..16],
+        &hex[16..20],
+        &hex[20..]
+    )
 }
 
 /// Reads a VarInt from `buf` at `*pos`, `None` if cut short.
@@ -1275,11 +1305,15 @@ mod tests {
             );
             assert_eq!(p::encode_handshake(&handshake), ours);
         }
-        let ls = login_start_packet(769, "Alex");
-        assert_eq!(
-            p::parse_login_start(&ls),
-            Ok(Some(("Alex".to_owned(), ls.len())))
-        );
+        for proto in [47, 759, 760, 762, 769] {
+            let ls = login_start_packet(proto, "Alex");
+            let (got, n) = p::parse_login_start(&ls, proto)
+                .expect("parses")
+                .expect("complete");
+            assert_eq!((got.name.as_str(), n), ("Alex", ls.len()), "{proto}");
+            let want = (proto >= 760).then(|| player_uuid("Alex"));
+            assert_eq!(got.uuid.map(p::format_uuid), want, "{proto}");
+        }
         assert_eq!(p::encode_ping(-9), ping_packet(-9));
         assert_eq!(
             p::encode_login_disconnect("a \"b\""),

@@ -1,5 +1,6 @@
 //! A fake waker: a real HTTP server (axum on 127.0.0.1:0) speaking the
-//! waker contract (`POST /servers/{name}/start`, `GET /servers/{name}`),
+//! waker contract (`POST /servers/{name}/start`, `GET /servers/{name}`,
+//! `POST /servers/{name}/stop`),
 //! with a behaviour per server that models what real wakers do: start after
 //! a delay, answer 409, fail with 5xx, send garbage JSON, hang, never finish,
 //! redirect elsewhere, send a body too large to be a status answer.
@@ -63,9 +64,20 @@ impl Behaviour {
     }
 }
 
+/// How the fake waker answers `POST /servers/{name}/stop`.
+#[derive(Debug, Clone)]
+pub enum StopBehaviour {
+    /// 202 after `delay`; the next start begins from "starting" again.
+    Stops { delay: Duration },
+    /// Answers this status (404/405/501: "cannot stop"; 500: a failure).
+    Answers(u16),
+}
+
 #[derive(Default)]
 struct Inner {
     behaviours: HashMap<String, Behaviour>,
+    stop_behaviours: HashMap<String, StopBehaviour>,
+    stops: HashMap<String, u64>,
     first_post: HashMap<String, Instant>,
     posts: HashMap<String, u64>,
     gets: HashMap<String, u64>,
@@ -91,6 +103,7 @@ impl FakeWaker {
         let inner: Shared = Arc::default();
         let app = Router::new()
             .route("/servers/{name}/start", post(start_server))
+            .route("/servers/{name}/stop", post(stop_server))
             .route("/servers/{name}", get(server_status))
             .with_state(inner.clone());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
@@ -122,6 +135,18 @@ impl FakeWaker {
         lock(&self.inner)
             .behaviours
             .insert(server.to_owned(), behaviour);
+    }
+
+    /// How `POST /servers/{server}/stop` answers (default: 202 at once).
+    pub fn set_stop(&self, server: &str, behaviour: StopBehaviour) {
+        lock(&self.inner)
+            .stop_behaviours
+            .insert(server.to_owned(), behaviour);
+    }
+
+    /// `POST /servers/{server}/stop` requests received.
+    pub fn stops(&self, server: &str) -> u64 {
+        lock(&self.inner).stops.get(server).copied().unwrap_or(0)
     }
 
     /// `POST /servers/{server}/start` requests received.
@@ -188,6 +213,37 @@ async fn start_server(
             .into_response(),
         Behaviour::Hangs => std::future::pending::<Response>().await,
         _ => (StatusCode::ACCEPTED, r#"{"ok":true}"#).into_response(),
+    }
+}
+
+async fn stop_server(
+    State(inner): State<Shared>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    let b = {
+        let mut i = lock(&inner);
+        record(&mut i, &headers);
+        *i.stops.entry(name.clone()).or_default() += 1;
+        i.stop_behaviours
+            .get(&name)
+            .cloned()
+            .unwrap_or(StopBehaviour::Stops {
+                delay: Duration::ZERO,
+            })
+    };
+    match b {
+        StopBehaviour::Stops { delay } => {
+            tokio::time::sleep(delay).await;
+            // Stopped: a later start goes through "starting" again.
+            lock(&inner).first_post.remove(&name);
+            (StatusCode::ACCEPTED, r#"{"ok":true}"#).into_response()
+        }
+        StopBehaviour::Answers(code) => (
+            StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+            "no",
+        )
+            .into_response(),
     }
 }
 

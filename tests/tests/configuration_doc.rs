@@ -165,7 +165,7 @@ fn render() -> String {
         "syncd check [OPTIONS]",
         &parse_options(&help("syncd", &["check"])),
     ));
-    for cmd in ["routes", "edges", "wakes"] {
+    for cmd in ["routes", "edges", "wakes", "servers", "players"] {
         doc.push_str(&table(
             &format!("syncd {cmd}"),
             &format!("syncd {cmd} [OPTIONS]  (asks a running syncd; prints a table, or JSON with --json)"),

@@ -138,6 +138,18 @@ async fn every_grpcurl_command_in_the_docs_works() {
         if cmd.contains("/ListWakes") {
             assert!(stdout.contains("survival"), "`{cmd}`:\n{stdout}");
         }
+        if cmd.contains("/ListServers") {
+            assert!(
+                stdout.contains("\"server\": \"survival\""),
+                "`{cmd}`:\n{stdout}"
+            );
+        }
+        if cmd.contains("/ListServers") && cmd.contains("-emit-defaults") {
+            assert!(stdout.contains("SLEEP_STATE_OFF"), "`{cmd}`:\n{stdout}");
+        }
+        if cmd.contains("/ListPlayers") {
+            assert!(stdout.contains("\"players\": ["), "`{cmd}`:\n{stdout}");
+        }
         if cmd.contains("GetSyncStatus") {
             assert!(stdout.contains("connected"), "`{cmd}`:\n{stdout}");
         }

@@ -11,6 +11,7 @@
 
 mod handshake;
 mod legacy;
+mod login;
 mod packets;
 pub mod proxy_header;
 mod status;
@@ -26,11 +27,13 @@ pub use legacy::{
     encode_legacy_ping_v1_6, encode_legacy_response, parse_legacy_bare_timeout, LegacyForm,
     LegacyPing, MAX_LEGACY_PING_BYTES,
 };
-pub use packets::{
-    encode_handshake, encode_login_disconnect, encode_login_start, encode_ping, encode_pong,
-    encode_status_request, encode_status_response, parse_login_start, parse_pong,
-    parse_status_packet, parse_status_response, StatusPacket, MAX_LOGIN_START_BYTES,
+pub use login::{
+    encode_login_start, format_uuid, parse_login_start, LoginStart, MAX_LOGIN_START_BYTES,
     MAX_USERNAME_CHARS,
+};
+pub use packets::{
+    encode_handshake, encode_login_disconnect, encode_ping, encode_pong, encode_status_request,
+    encode_status_response, parse_pong, parse_status_packet, parse_status_response, StatusPacket,
 };
 pub use proxy_header::{
     detect_proxy_header, encode_proxy_v1, encode_proxy_v2, parse_proxy_header, ProxyHeader,

@@ -8,16 +8,10 @@ use super::ProtocolError;
 const STATUS_REQUEST_ID: i32 = 0x00;
 const PING_ID: i32 = 0x01;
 const STATUS_RESPONSE_ID: i32 = 0x00;
-const LOGIN_START_ID: i32 = 0x00;
 const LOGIN_DISCONNECT_ID: i32 = 0x00;
 
 /// Status-phase packets from a player are tiny (a request is 1 byte, a ping 9).
 const MAX_STATUS_PACKET_BYTES: usize = 64;
-/// Login Start is a name plus a UUID today; 1.19.0–1.19.2 also carried a signed public key
-/// (key ≤ 512 bytes, signature ≤ 4096), hence the room.
-pub const MAX_LOGIN_START_BYTES: usize = 8192;
-/// Usernames are at most 16 characters (vanilla reads them with that limit).
-pub const MAX_USERNAME_CHARS: usize = 16;
 
 /// A packet from a player in the status state.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -43,24 +37,6 @@ pub fn parse_status_packet(buf: &[u8]) -> Result<Option<(StatusPacket, usize)>, 
         ));
     }
     Ok(Some((packet, len)))
-}
-
-/// Reads the username from a Login Start packet (any version); the rest of the packet
-/// (UUID, 1.19 signature data) is skipped but counted in the consumed length.
-pub fn parse_login_start(buf: &[u8]) -> Result<Option<(String, usize)>, ProtocolError> {
-    let Some((body, len)) = read_frame(buf, MAX_LOGIN_START_BYTES)? else {
-        return Ok(None);
-    };
-    let mut r = Reader::new(body);
-    let id = r.varint()?;
-    if id != LOGIN_START_ID {
-        return Err(ProtocolError::BadPacketId(id));
-    }
-    let name = r.string(
-        MAX_USERNAME_CHARS,
-        ProtocolError::Malformed("username longer than 16 characters"),
-    )?;
-    Ok(Some((name.to_owned(), len)))
 }
 
 /// Client side: a Status Response (JSON) from a backend. Packets longer than `max` bytes are
@@ -126,14 +102,6 @@ pub fn encode_status_response(json: &str) -> Vec<u8> {
     let mut body = Vec::with_capacity(json.len() + 4);
     write_varint(&mut body, STATUS_RESPONSE_ID);
     write_string(&mut body, json);
-    frame(&body)
-}
-
-/// Login Start with only the name (1.7–1.18 layout); enough for tests and fuzz seeds.
-pub fn encode_login_start(username: &str) -> Vec<u8> {
-    let mut body = Vec::with_capacity(username.len() + 2);
-    write_varint(&mut body, LOGIN_START_ID);
-    write_string(&mut body, username);
     frame(&body)
 }
 

@@ -37,7 +37,8 @@ enum Expect {
 enum Rest {
     Nothing,
     StatusRequest,
-    LoginStart(&'static str, bool),
+    /// Login Start naming this player and UUID.
+    LoginStart(&'static str, Option<[u8; 16]>),
 }
 
 macro_rules! vector {
@@ -76,7 +77,7 @@ fn vectors() -> Vec<Vector> {
         ),
         vector!(
             "vanilla_1_8_login",
-            modern(47, HOST, 25565, Login, Rest::LoginStart("Notch", false))
+            modern(47, HOST, 25565, Login, Rest::LoginStart("Notch", None))
         ),
         vector!(
             "vanilla_1_12_2_login",
@@ -85,8 +86,52 @@ fn vectors() -> Vec<Vector> {
                 "play.example.net",
                 25565,
                 Login,
-                Rest::LoginStart("jeb_", false)
+                Rest::LoginStart("jeb_", None)
             )
+        ),
+        vector!(
+            "vanilla_1_7_10_login",
+            modern(5, HOST, 25565, Login, Rest::LoginStart("Notch", None))
+        ),
+        vector!(
+            "vanilla_1_18_2_login",
+            modern(758, HOST, 25565, Login, Rest::LoginStart("Alex", None))
+        ),
+        vector!(
+            "vanilla_1_19_login",
+            modern(759, HOST, 25565, Login, Rest::LoginStart("Alex", None))
+        ),
+        vector!(
+            "vanilla_1_19_unsigned_login",
+            modern(759, HOST, 25565, Login, Rest::LoginStart("Alex", None))
+        ),
+        vector!(
+            "vanilla_1_19_2_login",
+            modern(
+                760,
+                HOST,
+                25565,
+                Login,
+                Rest::LoginStart("Alex", Some(UUID))
+            )
+        ),
+        vector!(
+            "vanilla_1_19_2_no_uuid_login",
+            modern(760, HOST, 25565, Login, Rest::LoginStart("Alex", None))
+        ),
+        vector!(
+            "vanilla_1_19_4_login",
+            modern(
+                762,
+                HOST,
+                25565,
+                Login,
+                Rest::LoginStart("Alex", Some(UUID))
+            )
+        ),
+        vector!(
+            "vanilla_1_20_1_no_uuid_login",
+            modern(763, HOST, 25565, Login, Rest::LoginStart("Alex", None))
         ),
         vector!(
             "vanilla_1_20_4_status",
@@ -99,7 +144,7 @@ fn vectors() -> Vec<Vector> {
                 "Play.Example.NET.",
                 25565,
                 Login,
-                Rest::LoginStart("Alex", true)
+                Rest::LoginStart("Alex", Some(UUID))
             )
         ),
         vector!(
@@ -108,15 +153,33 @@ fn vectors() -> Vec<Vector> {
         ),
         vector!(
             "vanilla_1_21_login",
-            modern(767, HOST, 25565, Login, Rest::LoginStart("Steve", true))
+            modern(
+                767,
+                HOST,
+                25565,
+                Login,
+                Rest::LoginStart("Steve", Some(UUID))
+            )
         ),
         vector!(
             "vanilla_1_21_3_login",
-            modern(768, HOST, 25577, Login, Rest::LoginStart("Steve", true))
+            modern(
+                768,
+                HOST,
+                25577,
+                Login,
+                Rest::LoginStart("Steve", Some(UUID))
+            )
         ),
         vector!(
             "vanilla_1_21_4_login",
-            modern(769, HOST, 25565, Login, Rest::LoginStart("Steve", true))
+            modern(
+                769,
+                HOST,
+                25565,
+                Login,
+                Rest::LoginStart("Steve", Some(UUID))
+            )
         ),
         vector!(
             "vanilla_1_21_4_handshake_only",
@@ -124,7 +187,13 @@ fn vectors() -> Vec<Vector> {
         ),
         vector!(
             "vanilla_1_21_4_transfer",
-            modern(769, HOST, 25565, Transfer, Rest::LoginStart("Steve", true))
+            modern(
+                769,
+                HOST,
+                25565,
+                Transfer,
+                Rest::LoginStart("Steve", Some(UUID))
+            )
         ),
         vector!(
             "forge_1_12_2_login",
@@ -133,7 +202,7 @@ fn vectors() -> Vec<Vector> {
                 "mc.example.com\0FML\0",
                 25565,
                 Login,
-                Rest::LoginStart("Dev", false)
+                Rest::LoginStart("Dev", None)
             )
         ),
         vector!(
@@ -143,7 +212,7 @@ fn vectors() -> Vec<Vector> {
                 "mc.example.com\0FML2\0",
                 25565,
                 Login,
-                Rest::LoginStart("Dev", false)
+                Rest::LoginStart("Dev", None)
             )
         ),
         vector!(
@@ -153,7 +222,7 @@ fn vectors() -> Vec<Vector> {
                 "mc.example.com\0FML3\0",
                 25565,
                 Login,
-                Rest::LoginStart("Dev", true)
+                Rest::LoginStart("Dev", Some(UUID))
             )
         ),
         vector!(
@@ -163,7 +232,7 @@ fn vectors() -> Vec<Vector> {
                 "mc.example.com///203.0.113.7:51234///1732770000",
                 25565,
                 Login,
-                Rest::LoginStart("Alex", true)
+                Rest::LoginStart("Alex", Some(UUID))
             )
         ),
         vector!(
@@ -223,14 +292,21 @@ fn check_vector(v: &Vector) -> Option<usize> {
                         Ok(Some((StatusPacket::Request, 2)))
                     )
                 }
-                Rest::LoginStart(name, with_uuid) => {
-                    let (got_name, n) = parse_login_start(after)
+                Rest::LoginStart(name, uuid) => {
+                    let (got, n) = parse_login_start(after, *protocol_version)
                         .unwrap_or_else(|e| panic!("{}: {e}", v.name))
                         .unwrap_or_else(|| panic!("{}: login start incomplete", v.name));
-                    assert_eq!(got_name, *name, "{}", v.name);
+                    assert_eq!(got.name, *name, "{}", v.name);
+                    assert_eq!(got.uuid, *uuid, "{}", v.name);
                     assert_eq!(n, after.len(), "{}", v.name);
-                    if *with_uuid {
-                        assert_eq!(&after[n - 16..], UUID, "{}", v.name);
+                    // Every shorter prefix asks for more bytes.
+                    for cut in 0..after.len() {
+                        assert_eq!(
+                            parse_login_start(&after[..cut], *protocol_version),
+                            Ok(None),
+                            "{} login start cut at {cut}",
+                            v.name
+                        );
                     }
                 }
             }
@@ -400,7 +476,7 @@ fn a_hostile_length_is_refused_before_its_bytes_arrive() {
         })
     );
     assert!(parse_status_response(&[0xff, 0xff, 0x7f], 1 << 20).is_err());
-    assert!(parse_login_start(&[0xff, 0xff, 0x03]).is_err());
+    assert!(parse_login_start(&[0xff, 0xff, 0x03], 765).is_err());
 }
 
 #[test]
@@ -740,7 +816,9 @@ proptest! {
         }
         let _ = parse_legacy_bare_timeout(&buf);
         let _ = parse_status_packet(&buf);
-        let _ = parse_login_start(&buf);
+        for version in [47, 759, 760, 762, 765] {
+            let _ = parse_login_start(&buf, version);
+        }
         let _ = parse_status_response(&buf, 1 << 16);
         let _ = parse_pong(&buf);
         let _ = detect_proxy_header(&buf);
@@ -812,8 +890,9 @@ proptest! {
     #[test]
     fn status_login_and_disconnect_round_trip(payload in any::<i64>(), name in "[A-Za-z0-9_]{1,16}", msg in "\\PC{0,200}", json in "\\PC{0,300}") {
         prop_assert_eq!(parse_pong(&encode_pong(payload)), Ok(Some((payload, 10))));
-        let ls = encode_login_start(&name);
-        prop_assert_eq!(parse_login_start(&ls), Ok(Some((name, ls.len()))));
+        let login = LoginStart { name, uuid: None };
+        let ls = encode_login_start(47, &login);
+        prop_assert_eq!(parse_login_start(&ls, 47), Ok(Some((login, ls.len()))));
         let d = encode_login_disconnect(&msg);
         let (text, _) = parse_status_response(&d, 1 << 16).expect("parses").expect("complete");
         let v: serde_json::Value = serde_json::from_str(&text).expect("valid json");
@@ -878,4 +957,75 @@ fn tcpshield_address_with_a_long_signature_is_accepted() {
         parse_first_packet(&handshake_with_address(&long_host)),
         Err(ProtocolError::AddressTooLong)
     );
+}
+
+/// One protocol version of each Login Start layout.
+const LOGIN_LAYOUTS: [i32; 6] = [47, 759, 760, 762, 765, 0x4000_0100];
+
+proptest! {
+    #[test]
+    fn login_start_round_trips_in_every_layout(
+        name in "[A-Za-z0-9_]{1,16}",
+        uuid in proptest::option::of(any::<[u8; 16]>()),
+        layout in 0..LOGIN_LAYOUTS.len(),
+        trailing in proptest::collection::vec(any::<u8>(), 0..8),
+    ) {
+        let version = LOGIN_LAYOUTS[layout];
+        let login = LoginStart { name, uuid };
+        let bytes = encode_login_start(version, &login);
+        let (got, n) = parse_login_start(&bytes, version).expect("parses").expect("complete");
+        prop_assert_eq!(n, bytes.len());
+        prop_assert_eq!(&got.name, &login.name);
+        // Before 1.19.1 the packet has no UUID; from 1.20.2 it always has one.
+        let want_uuid = match version {
+            ..=759 => None,
+            760..=763 => uuid,
+            _ => Some(uuid.unwrap_or_default()),
+        };
+        prop_assert_eq!(got.uuid, want_uuid);
+        // What follows the packet in the buffer is not part of it.
+        let mut more = bytes.clone();
+        more.extend_from_slice(&trailing);
+        prop_assert_eq!(parse_login_start(&more, version), Ok(Some((got, n))));
+    }
+}
+
+#[test]
+fn login_start_refuses_long_names_bad_ids_and_bad_booleans() {
+    let long = LoginStart {
+        name: "a".repeat(17),
+        uuid: None,
+    };
+    assert!(parse_login_start(&encode_login_start(47, &long), 47).is_err());
+    // Status request id 0x00 frame with a different id.
+    assert_eq!(
+        parse_login_start(&[0x02, 0x01, 0x00], 47),
+        Err(ProtocolError::BadPacketId(1))
+    );
+    // 1.19.3 layout: has-uuid must be 0 or 1.
+    let mut b = vec![0x00, 0x04];
+    b.extend_from_slice(b"Alex");
+    b.push(0x07);
+    b.insert(0, b.len() as u8);
+    assert!(parse_login_start(&b, 762).is_err());
+    // 1.19: a key longer than vanilla's 512 bytes is refused before it is read.
+    let mut b = vec![0x00, 0x04];
+    b.extend_from_slice(b"Alex");
+    b.push(0x01);
+    b.extend_from_slice(&0i64.to_be_bytes());
+    b.extend_from_slice(&[0x81, 0x04]); // 513
+    let mut framed = Vec::new();
+    write_varint(&mut framed, b.len() as i32);
+    framed.extend_from_slice(&b);
+    assert!(parse_login_start(&framed, 759).is_err());
+}
+
+#[test]
+fn uuids_print_hyphenated() {
+    assert_eq!(format_uuid(UUID), "069a79f4-44e9-4726-a5be-fca90e38aaf5");
+    let l = LoginStart {
+        name: "Notch".into(),
+        uuid: None,
+    };
+    assert_eq!(l.uuid_string(), "");
 }

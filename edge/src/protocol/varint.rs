@@ -137,6 +137,29 @@ impl<'a> Reader<'a> {
         }
     }
 
+    pub fn bool(&mut self) -> Result<bool, ProtocolError> {
+        match self.take(1)?[0] {
+            0 => Ok(false),
+            1 => Ok(true),
+            _ => Err(ProtocolError::Malformed("boolean that is neither 0 nor 1")),
+        }
+    }
+
+    /// `n` raw bytes.
+    pub fn bytes(&mut self, n: usize) -> Result<&'a [u8], ProtocolError> {
+        self.take(n)
+    }
+
+    /// A VarInt-prefixed byte array of at most `max` bytes.
+    pub fn byte_array(&mut self, max: usize) -> Result<&'a [u8], ProtocolError> {
+        let len = usize::try_from(self.varint()?)
+            .map_err(|_| ProtocolError::Malformed("negative array length"))?;
+        if len > max {
+            return Err(ProtocolError::Malformed("byte array longer than allowed"));
+        }
+        self.take(len)
+    }
+
     pub fn u16(&mut self) -> Result<u16, ProtocolError> {
         let b = self.take(2)?;
         Ok(u16::from_be_bytes([b[0], b[1]]))

@@ -41,12 +41,29 @@ def login_start(name, uid=None):
     return frame(body)
 
 
-def login_start_1_19_2(name, uid):
-    """1.19.1/1.19.2 (760): name, has_sig_data, timestamp, public key, signature, has_uuid, uuid."""
+def sig_data():
+    """1.19-1.19.2 profile key: has_sig_data, expiry, public key, signature."""
     key = bytes(range(256)) + bytes(38)  # 294 bytes, the size of an X.509 RSA-2048 key
     sig = bytes((i * 7) & 0xFF for i in range(512))
-    body = (varint(0) + string(name) + b"\x01" + struct.pack(">q", 1732770000123)
-            + varint(len(key)) + key + varint(len(sig)) + sig + b"\x01" + uuid.UUID(uid).bytes)
+    return b"\x01" + struct.pack(">q", 1732770000123) + varint(len(key)) + key + varint(len(sig)) + sig
+
+
+def login_start_1_19(name, signed):
+    """1.19 (759): name, has_sig_data, [expiry, key, signature]; no UUID field."""
+    return frame(varint(0) + string(name) + (sig_data() if signed else b"\x00"))
+
+
+def login_start_1_19_2(name, uid, signed=True):
+    """1.19.1/1.19.2 (760): name, has_sig_data, [...], has_uuid, [uuid]."""
+    body = varint(0) + string(name) + (sig_data() if signed else b"\x00")
+    body += (b"\x01" + uuid.UUID(uid).bytes) if uid else b"\x00"
+    return frame(body)
+
+
+def login_start_opt_uuid(name, uid):
+    """1.19.3-1.20.1 (761-763): name, has_uuid, [uuid]."""
+    body = varint(0) + string(name)
+    body += (b"\x01" + uuid.UUID(uid).bytes) if uid else b"\x00"
     return frame(body)
 
 
@@ -65,7 +82,15 @@ V = {
     "vanilla_1_8_status": handshake(47, "mc.example.com", 25565, 1) + STATUS_REQUEST,
     "vanilla_1_8_login": handshake(47, "mc.example.com", 25565, 2) + login_start("Notch"),
     "vanilla_1_12_2_login": handshake(340, "play.example.net", 25565, 2) + login_start("jeb_"),
+    "vanilla_1_7_10_login": handshake(5, "mc.example.com", 25565, 2) + login_start("Notch"),
+    "vanilla_1_18_2_login": handshake(758, "mc.example.com", 25565, 2) + login_start("Alex"),
+    "vanilla_1_19_login": handshake(759, "mc.example.com", 25565, 2) + login_start_1_19("Alex", True),
+    "vanilla_1_19_unsigned_login": handshake(759, "mc.example.com", 25565, 2) + login_start_1_19("Alex", False),
     "vanilla_1_19_2_login": handshake(760, "mc.example.com", 25565, 2) + login_start_1_19_2("Alex", UID),
+    "vanilla_1_19_2_no_uuid_login": handshake(760, "mc.example.com", 25565, 2)
+    + login_start_1_19_2("Alex", None, signed=False),
+    "vanilla_1_19_4_login": handshake(762, "mc.example.com", 25565, 2) + login_start_opt_uuid("Alex", UID),
+    "vanilla_1_20_1_no_uuid_login": handshake(763, "mc.example.com", 25565, 2) + login_start_opt_uuid("Alex", None),
     "vanilla_1_20_4_status": handshake(765, "mc.example.com", 25565, 1) + STATUS_REQUEST,
     "vanilla_1_20_4_login": handshake(765, "Play.Example.NET.", 25565, 2) + login_start("Alex", UID),
     "vanilla_1_20_4_handshake_only": handshake(765, "mc.example.com", 25565, 2),
@@ -76,7 +101,7 @@ V = {
     "vanilla_1_21_4_transfer": handshake(769, "mc.example.com", 25565, 3) + login_start("Steve", UID),
     "forge_1_12_2_login": handshake(340, "mc.example.com\0FML\0", 25565, 2) + login_start("Dev"),
     "forge_1_16_5_login": handshake(754, "mc.example.com\0FML2\0", 25565, 2) + login_start("Dev"),
-    "forge_1_20_1_login": handshake(763, "mc.example.com\0FML3\0", 25565, 2) + login_start("Dev", UID),
+    "forge_1_20_1_login": handshake(763, "mc.example.com\0FML3\0", 25565, 2) + login_start_opt_uuid("Dev", UID),
     "tcpshield_1_20_4_login": handshake(765, "mc.example.com///203.0.113.7:51234///1732770000", 25565, 2)
     + login_start("Alex", UID),
     "unicode_host_status": handshake(765, "bücher.example", 25565, 1) + STATUS_REQUEST,
