@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Seeds fuzz/corpus/<target>/seed-* from edge/src/protocol/testdata/*.bin and a few
+"""Seeds fuzz/corpus/<target>/seed-* from mcproto/src/testdata/*.bin and a few
 hand-written PROXY headers and status packets. Run from fuzz/: `python3 make_corpus.py`.
 
 The legacy and proxy_header targets read their first byte as a selector (see the targets);
@@ -10,7 +10,7 @@ import os
 import struct
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-TESTDATA = os.path.join(HERE, "..", "edge", "src", "protocol", "testdata")
+TESTDATA = os.path.join(HERE, "..", "mcproto", "src", "testdata")
 
 
 def write(target, name, data):

@@ -3,7 +3,7 @@
 //! several configurations, and through HAProxy in TCP mode, all on this
 //! machine in one run.
 //!
-//! Run: `ulimit -n 40000; cargo bench -p edge --bench proxy`
+//! Run: `ulimit -n 20000; cargo bench -p edge --bench proxy` (HAProxy gets maxconn 9500, which needs 19,017 fds)
 //! (env `BENCH_SECS` = seconds per ping measurement, default 3;
 //! `BENCH_IDLE` = idle connections, default 8000; `BENCH_BULK_MIB`, default 2048;
 //! `BENCH_FLOOD` = silent connections from one address, default 5000).
@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 
 use automc_proto::v1::route_sync_server::{RouteSync, RouteSyncServer};
 use automc_proto::v1::*;
-use edge::protocol::{self, FirstPacket, Handshake, NextState};
+use mcproto::{FirstPacket, Handshake, NextState};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
@@ -56,7 +56,7 @@ async fn serve_backend(mut s: TcpStream) -> Result<(), BoxErr> {
     let mut buf = Vec::with_capacity(512);
     let (hs, len) = loop {
         if let Some(FirstPacket::Modern { handshake, len }) =
-            protocol::parse_first_packet(&buf).map_err(|e| e.reason())?
+            mcproto::parse_first_packet(&buf).map_err(|e| e.reason())?
         {
             break (handshake, len);
         }
@@ -67,14 +67,14 @@ async fn serve_backend(mut s: TcpStream) -> Result<(), BoxErr> {
     let mut rest = buf.split_off(len);
     match hs.next_state {
         NextState::Status => loop {
-            match protocol::parse_status_packet(&rest).map_err(|e| e.reason())? {
-                Some((protocol::StatusPacket::Request, n)) => {
+            match mcproto::parse_status_packet(&rest).map_err(|e| e.reason())? {
+                Some((mcproto::StatusPacket::Request, n)) => {
                     rest.drain(..n);
-                    s.write_all(&protocol::encode_status_response(STATUS_JSON))
+                    s.write_all(&mcproto::encode_status_response(STATUS_JSON))
                         .await?;
                 }
-                Some((protocol::StatusPacket::Ping(p), _)) => {
-                    s.write_all(&protocol::encode_pong(p)).await?;
+                Some((mcproto::StatusPacket::Ping(p), _)) => {
+                    s.write_all(&mcproto::encode_pong(p)).await?;
                     return Ok(());
                 }
                 None => {
@@ -194,7 +194,7 @@ impl RouteSync for FakeSyncd {
 // ---------------------------------------------------------------- clients
 
 fn handshake(next: NextState) -> Vec<u8> {
-    protocol::encode_handshake(&Handshake {
+    mcproto::encode_handshake(&Handshake {
         protocol_version: 767,
         server_address: HOST.into(),
         server_port: 25565,
@@ -207,12 +207,12 @@ async fn status_ping(addr: SocketAddr) -> Result<Duration, BoxErr> {
     let mut s = TcpStream::connect(addr).await?;
     s.set_nodelay(true)?;
     let mut out = handshake(NextState::Status);
-    out.extend(protocol::encode_status_request());
+    out.extend(mcproto::encode_status_request());
     s.write_all(&out).await?;
     let mut buf = Vec::with_capacity(512);
     let used = loop {
         if let Some((_, n)) =
-            protocol::parse_status_response(&buf, 1 << 20).map_err(|e| e.reason())?
+            mcproto::parse_status_response(&buf, 1 << 20).map_err(|e| e.reason())?
         {
             break n;
         }
@@ -221,9 +221,9 @@ async fn status_ping(addr: SocketAddr) -> Result<Duration, BoxErr> {
         }
     };
     buf.drain(..used);
-    s.write_all(&protocol::encode_ping(7)).await?;
+    s.write_all(&mcproto::encode_ping(7)).await?;
     loop {
-        if let Some((7, _)) = protocol::parse_pong(&buf).map_err(|e| e.reason())? {
+        if let Some((7, _)) = mcproto::parse_pong(&buf).map_err(|e| e.reason())? {
             break;
         }
         if s.read_buf(&mut buf).await? == 0 {
@@ -502,7 +502,7 @@ async fn main() -> Result<(), BoxErr> {
     std::fs::write(
         &cfg,
         format!(
-            "global\n  maxconn 20000\n\ndefaults\n  mode tcp\n  timeout connect 3s\n  timeout client 1h\n  timeout server 1h\n\n\
+            "global\n  maxconn 9500\n\ndefaults\n  mode tcp\n  timeout connect 3s\n  timeout client 1h\n  timeout server 1h\n\n\
              listen mc\n  bind {haproxy_addr}\n  server b1 {backend_addr}\n"
         ),
     )?;
@@ -511,7 +511,8 @@ async fn main() -> Result<(), BoxErr> {
             .args(["-db", "-f"])
             .arg(&cfg)
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            // Its alerts (e.g. "cannot raise FD limit") say why it would not serve.
+            .stderr(Stdio::inherit())
             .spawn()?,
     );
     wait_serving(haproxy_addr).await?;

@@ -1,5 +1,5 @@
 //! One player connection: PROXY header (trusted peers only) → handshake
-//! (under `--handshake-timeout`, at most [`protocol::MAX_HANDSHAKE_BYTES`]
+//! (under `--handshake-timeout`, at most [`mcproto::MAX_HANDSHAKE_BYTES`]
 //! buffered) → route lookup → status answer, or login: dial (waking the
 //! server through syncd and holding the player when needed) → replay every
 //! byte read so far → splice.
@@ -19,11 +19,11 @@ use tracing::{debug, field, info, info_span, Instrument, Span};
 
 use crate::limits::{ConnectionPermit, IpPermit, Refusal};
 use crate::listener::{ConnEntry, Phase};
-use crate::protocol::{self, FirstPacket, Handshake, NextState};
 use crate::splice::{splice, Tally};
 use crate::status::{self, ConverseEnd, RelayEnd, StatusMode};
 use crate::sync_client::WakeError;
 use crate::{Shared, UnknownHost};
+use mcproto::{FirstPacket, Handshake, NextState};
 
 /// After a lone `FE` (or `FE 01`), how long to wait for the rest of a 1.6 ping.
 const LEGACY_GRACE: Duration = Duration::from_millis(300);
@@ -294,10 +294,10 @@ async fn read_proxy_header(
         destination: None,
     };
     loop {
-        match protocol::detect_proxy_header(buf) {
+        match mcproto::detect_proxy_header(buf) {
             Some(false) => return Ok(who),
             Some(true) if !trusted => return Err(Outcome::Refused("untrusted_proxy_header")),
-            Some(true) => match protocol::parse_proxy_header(buf) {
+            Some(true) => match mcproto::parse_proxy_header(buf) {
                 Ok(Some((header, n))) => {
                     buf.drain(..n);
                     if let Some(src) = header.source {
@@ -311,7 +311,7 @@ async fn read_proxy_header(
             },
             None => {}
         }
-        read_more(stream, buf, protocol::MAX_PROXY_HEADER_BYTES, deadline)
+        read_more(stream, buf, mcproto::MAX_PROXY_HEADER_BYTES, deadline)
             .await
             .map_err(|e| read_end_outcome(e, buf))?;
     }
@@ -323,12 +323,12 @@ async fn read_first_packet(
     deadline: Instant,
 ) -> Result<FirstPacket, Outcome> {
     loop {
-        match protocol::parse_first_packet(buf) {
+        match mcproto::parse_first_packet(buf) {
             Ok(Some(f)) => return Ok(f),
             Ok(None) => {}
             Err(e) => return Err(Outcome::HandshakeError(e.reason())),
         }
-        if buf.len() >= protocol::MAX_HANDSHAKE_BYTES {
+        if buf.len() >= mcproto::MAX_HANDSHAKE_BYTES {
             return Err(Outcome::HandshakeError("too_large"));
         }
         // A bare `FE` (or `FE 01`) may be all a legacy client sends: answer
@@ -339,10 +339,10 @@ async fn read_first_packet(
         } else {
             deadline
         };
-        match read_more(stream, buf, protocol::MAX_HANDSHAKE_BYTES, until).await {
+        match read_more(stream, buf, mcproto::MAX_HANDSHAKE_BYTES, until).await {
             Ok(()) => {}
             Err(ReadEnd::Timeout | ReadEnd::Eof) if legacy => {
-                return protocol::parse_legacy_bare_timeout(buf)
+                return mcproto::parse_legacy_bare_timeout(buf)
                     .map(|ping| FirstPacket::Legacy {
                         ping,
                         len: buf.len(),
@@ -366,10 +366,10 @@ async fn read_login_start(
     entry: &ConnEntry,
     deadline: Instant,
 ) -> Result<(), Outcome> {
-    let cap = handshake_len + protocol::MAX_LOGIN_START_BYTES;
+    let cap = handshake_len + mcproto::MAX_LOGIN_START_BYTES;
     loop {
         let rest = buf.get(handshake_len..).unwrap_or_default();
-        match protocol::parse_login_start(rest, protocol_version) {
+        match mcproto::parse_login_start(rest, protocol_version) {
             Ok(Some((login, _))) => {
                 let span = Span::current();
                 span.record("player.name", login.name.as_str());
@@ -451,7 +451,7 @@ async fn serve_status(
         if let Some(route) = route {
             let mut head = Vec::with_capacity(raw.handshake.len() + raw.rest.len() + 64);
             if let Some((src, dst)) = proxy {
-                head.extend(protocol::encode_proxy_v2(src, dst));
+                head.extend(mcproto::encode_proxy_v2(src, dst));
             }
             head.extend_from_slice(&raw.handshake);
             head.extend_from_slice(&raw.rest);
@@ -516,7 +516,7 @@ async fn dial_until(address: &str, timeout: Duration, deadline: Instant) -> io::
 
 async fn disconnect(stream: &mut TcpStream, message: &str) {
     let _ = stream
-        .write_all(&protocol::encode_login_disconnect(message))
+        .write_all(&mcproto::encode_login_disconnect(message))
         .await;
     let _ = stream.shutdown().await;
 }
@@ -700,7 +700,7 @@ async fn proxy(
     entry.set_phase(Phase::Proxying);
     let mut head = Vec::with_capacity(buf.len() + 64);
     if let Some((src, dst)) = proxy_pair(shared, who, &stream) {
-        head.extend(protocol::encode_proxy_v2(src, dst));
+        head.extend(mcproto::encode_proxy_v2(src, dst));
     }
     head.extend_from_slice(&buf);
     drop(buf);

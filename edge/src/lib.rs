@@ -13,7 +13,6 @@ pub mod conn;
 pub mod limits;
 pub mod listener;
 pub mod metrics;
-pub mod protocol;
 pub mod report;
 pub mod routes;
 pub mod splice;

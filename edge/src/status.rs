@@ -27,11 +27,10 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
 
-use crate::protocol::{self, Handshake, LegacyPing, NextState, StatusInfo, StatusPacket};
 use crate::{Shared, UnknownHost};
+use mcproto::client::{fetch_status, StatusTarget, MAX_STATUS_BYTES};
+use mcproto::{Handshake, LegacyPing, NextState, StatusInfo, StatusPacket};
 
-/// Largest status JSON accepted from a backend (favicons are big).
-pub const MAX_STATUS_BYTES: usize = 256 * 1024;
 /// Status cache entries kept by default (`--status-cache-size`).
 pub const DEFAULT_CACHE_ENTRIES: usize = 4096;
 /// Version name shown in local answers.
@@ -114,7 +113,7 @@ impl Entry {
     fn stale(&self, now: Instant, stale_for: Duration) -> Fetched {
         match &self.good {
             Some((json, at)) if now.duration_since(*at) < stale_for => {
-                match protocol::mark_status_stale(json, "(cached)") {
+                match mcproto::mark_status_stale(json, "(cached)") {
                     Some(s) => Fetched::Stale(s),
                     None => Fetched::Unavailable,
                 }
@@ -139,15 +138,6 @@ pub enum Fetched {
     /// The backend did not answer; this is its last good answer, marked.
     Stale(String),
     Unavailable,
-}
-
-/// Where and how to fetch a backend's status.
-#[derive(Debug, Clone)]
-pub struct FetchTarget {
-    pub address: String,
-    pub handshake: Handshake,
-    /// PROXY v2 (source, destination) to send first, when configured.
-    pub proxy: Option<(SocketAddr, SocketAddr)>,
 }
 
 /// How a cache lookup proceeds once the lock is released.
@@ -185,7 +175,7 @@ impl StatusCache {
     /// arriving meanwhile shares. The protocol announced is the bucket's.
     pub async fn get(
         &self,
-        mut target: FetchTarget,
+        mut target: StatusTarget,
         ttl: Duration,
         stale_for: Duration,
         timeout: Duration,
@@ -239,11 +229,11 @@ impl StatusCache {
     async fn fetch_for(
         self,
         key: StatusKey,
-        target: FetchTarget,
+        target: StatusTarget,
         timeout: Duration,
         tx: watch::Sender<FetchResult>,
     ) {
-        let result = fetch(&target, timeout).await;
+        let result = fetch_status(&target, timeout).await;
         let shared = match result {
             Ok(json) => Ok(Arc::<str>::from(json)),
             Err(e) => {
@@ -277,56 +267,6 @@ impl StatusCache {
 }
 
 /// A backend status fetch that failed.
-#[derive(Debug, thiserror::Error)]
-pub enum FetchError {
-    #[error("connect: {0}")]
-    Connect(std::io::Error),
-    #[error("timed out")]
-    Timeout,
-    #[error("i/o: {0}")]
-    Io(#[from] std::io::Error),
-    #[error("backend closed before answering")]
-    Closed,
-    #[error("bad answer: {0}")]
-    Protocol(&'static str),
-}
-
-/// One status exchange with a backend, bounded by `timeout` overall.
-pub async fn fetch(target: &FetchTarget, timeout: Duration) -> Result<String, FetchError> {
-    tokio::time::timeout(timeout, fetch_inner(target))
-        .await
-        .map_err(|_| FetchError::Timeout)?
-}
-
-async fn fetch_inner(target: &FetchTarget) -> Result<String, FetchError> {
-    let mut s = TcpStream::connect(&target.address)
-        .await
-        .map_err(FetchError::Connect)?;
-    let _ = s.set_nodelay(true);
-    let mut out = Vec::with_capacity(300);
-    if let Some((src, dst)) = target.proxy {
-        out.extend(protocol::encode_proxy_v2(src, dst));
-    }
-    out.extend(protocol::encode_handshake(&target.handshake));
-    out.extend(protocol::encode_status_request());
-    s.write_all(&out).await?;
-    let mut buf = Vec::with_capacity(4096);
-    loop {
-        match protocol::parse_status_response(&buf, MAX_STATUS_BYTES) {
-            Ok(Some((json, _))) => return Ok(json),
-            Ok(None) => {}
-            Err(e) => return Err(FetchError::Protocol(e.reason())),
-        }
-        if buf.len() > MAX_STATUS_BYTES + 16 {
-            return Err(FetchError::Protocol("status too large"));
-        }
-        let n = s.read_buf(&mut buf).await?;
-        if n == 0 {
-            return Err(FetchError::Closed);
-        }
-    }
-}
-
 /// The answer a status ping gets, decided from the route and its state.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Answer {
@@ -366,7 +306,7 @@ pub fn decide(shared: &Shared, route: Option<&Route>) -> Answer {
 
 /// Local status JSON for `motd`, echoing the client's protocol.
 pub fn local_json(motd: &str, protocol: i32) -> String {
-    protocol::status_json(&StatusInfo {
+    mcproto::status_json(&StatusInfo {
         motd,
         version_name: LOCAL_VERSION_NAME,
         protocol,
@@ -413,7 +353,7 @@ async fn backend_status(
     proxy: Option<(SocketAddr, SocketAddr)>,
 ) -> Option<String> {
     let cfg = &shared.config;
-    let target = FetchTarget {
+    let target = StatusTarget {
         address: route.address.clone(),
         handshake: Handshake {
             protocol_version,
@@ -449,7 +389,7 @@ pub async fn legacy_answer(
     let cfg = &shared.config;
     let client_protocol = ping.protocol_version.map_or(127, i32::from);
     let local = |motd: &str| {
-        protocol::encode_legacy_response(
+        mcproto::encode_legacy_response(
             ping,
             &StatusInfo {
                 motd,
@@ -477,7 +417,7 @@ pub async fn legacy_answer(
                 return Some(local(&cfg.asleep_motd));
             };
             let s = summarize(&json);
-            Some(protocol::encode_legacy_response(
+            Some(mcproto::encode_legacy_response(
                 ping,
                 &StatusInfo {
                     motd: &s.motd,
@@ -560,7 +500,7 @@ async fn converse_inner(
 ) -> Result<(), ConverseEnd> {
     let mut answered = false;
     loop {
-        match protocol::parse_status_packet(&rest) {
+        match mcproto::parse_status_packet(&rest) {
             Ok(Some((StatusPacket::Request, n))) => {
                 rest.drain(..n);
                 if answered {
@@ -569,16 +509,16 @@ async fn converse_inner(
                 }
                 answered = true;
                 stream
-                    .write_all(&protocol::encode_status_response(json))
+                    .write_all(&mcproto::encode_status_response(json))
                     .await
                     .map_err(|_| ConverseEnd::ClientGone)?;
             }
             Ok(Some((StatusPacket::Ping(p), _))) => {
-                let _ = stream.write_all(&protocol::encode_pong(p)).await;
+                let _ = stream.write_all(&mcproto::encode_pong(p)).await;
                 return Ok(());
             }
             Ok(None) => {
-                if rest.len() >= protocol::MAX_HANDSHAKE_BYTES {
+                if rest.len() >= mcproto::MAX_HANDSHAKE_BYTES {
                     return Err(ConverseEnd::Protocol("status packet too large"));
                 }
                 let n = stream

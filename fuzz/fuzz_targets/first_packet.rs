@@ -1,7 +1,7 @@
 //! Whatever a player sends first: modern handshake or legacy ping, then the next packet.
 #![no_main]
 
-use automc_fuzz::protocol::*;
+use mcproto::*;
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

@@ -2,7 +2,7 @@
 //! the MC|PingHost parser, and parsed pings are answered with a fuzzed MOTD.
 #![no_main]
 
-use automc_fuzz::protocol::*;
+use mcproto::*;
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

@@ -1,7 +1,7 @@
 //! PROXY protocol v1/v2 headers ahead of the player's bytes.
 #![no_main]
 
-use automc_fuzz::protocol::*;
+use mcproto::*;
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

@@ -1,7 +1,7 @@
 //! Status/login-phase packets from players and backends, and the stale-status rewriter.
 #![no_main]
 
-use automc_fuzz::protocol::*;
+use mcproto::*;
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

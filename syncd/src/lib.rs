@@ -21,7 +21,6 @@ pub mod leader;
 pub mod metrics;
 pub mod pg;
 pub mod pg_tls;
-pub mod ping;
 pub mod publisher;
 pub mod schema;
 pub mod servers;

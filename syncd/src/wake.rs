@@ -27,7 +27,6 @@ use tracing::Instrument;
 use crate::config::WakerConfig;
 use crate::diff::Change;
 use crate::metrics::Metrics;
-use crate::ping;
 use crate::publisher::{now_ms, Publisher};
 use crate::waker::{WakerClient, WakerError};
 
@@ -537,7 +536,7 @@ impl Wakes {
                     reason: last,
                 });
             }
-            match ping::status_ping(address, self.cfg.ready_check_timeout.min(left)).await {
+            match mcproto::client::ping(address, self.cfg.ready_check_timeout.min(left)).await {
                 Ok(_) => return Ok(()),
                 Err(e) => {
                     let reason = e.to_string();

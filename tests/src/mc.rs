@@ -2,7 +2,7 @@
 //!
 //! This is a second, deliberately independent implementation of the few packets involved
 //! (VarInt framing, handshake, status, ping, Login Start, login Disconnect, legacy pings,
-//! PROXY headers). It shares no code with `edge::protocol`, so a bug in one cannot hide in
+//! PROXY headers). It shares no code with `mcproto`, so a bug in one cannot hide in
 //! the other. Test support: it panics on misuse, and returns `anyhow` errors for anything a
 //! test may want to assert on.
 
@@ -26,7 +26,7 @@ pub const DEFAULT_PROTOCOL: i32 = 769;
 pub const IO_TIMEOUT: Duration = Duration::from_secs(10);
 
 // ---------------------------------------------------------------------------------------
-// Wire helpers (independent of edge::protocol)
+// Wire helpers (independent of mcproto)
 // ---------------------------------------------------------------------------------------
 
 /// Appends a VarInt.
@@ -1283,8 +1283,8 @@ mod tests {
 
     /// The two implementations are independent; here they must agree on the wire bytes.
     #[test]
-    fn test_peers_and_edge_protocol_agree_on_the_wire() {
-        use edge::protocol as p;
+    fn test_peers_and_mcproto_agree_on_the_wire() {
+        use mcproto as p;
         for (proto, host, state) in [
             (47, "a.example", 1),
             (769, "mc.example.com\0FML3\0", 2),

@@ -258,8 +258,8 @@ async fn proxy_protocol_from_a_trusted_peer_names_the_player_and_is_sent_upstrea
     let mut mc_bytes = mc::handshake_packet(DEFAULT_PROTOCOL, "p.example.com", 25565, 2);
     mc_bytes.extend(mc::login_start_packet(DEFAULT_PROTOCOL, "steve"));
     for header in [
-        edge::protocol::encode_proxy_v2(player, lb),
-        edge::protocol::encode_proxy_v1(player, lb),
+        mcproto::encode_proxy_v2(player, lb),
+        mcproto::encode_proxy_v1(player, lb),
     ] {
         let before = b.logins().len();
         let mut first = header;
@@ -292,7 +292,7 @@ async fn proxy_protocol_from_an_untrusted_peer_is_refused() {
         b.addr()
     );
     let (_pg, _syncd, edge) = stack(&rows, |_| {}).await;
-    let mut first = edge::protocol::encode_proxy_v1(
+    let mut first = mcproto::encode_proxy_v1(
         "203.0.113.7:41234".parse().expect("addr"),
         "198.51.100.1:25565".parse().expect("addr"),
     );

@@ -1,6 +1,9 @@
-//! The Minecraft Java Edition wire protocol, as far as a hostname router needs it.
+//! The Minecraft Java Edition wire protocol, as far as a hostname router needs it: the one
+//! implementation the edge, syncd's readiness ping, the test support code and the fuzz
+//! targets all use.
 //!
-//! Everything here is pure: functions over byte slices and plain values, no I/O, no async.
+//! Everything outside [`client`] is pure: functions over byte slices and plain values, no I/O,
+//! no async. [`client`] (feature `client`, on tokio) is the one async status-ping client.
 //! Parsers look at "everything read so far" and answer `Ok(None)` when more bytes are needed,
 //! so the connection code can read under a timeout into a capped buffer and replay the exact
 //! bytes to the backend afterwards (the linkerd `parse_sni` shape).
@@ -9,6 +12,9 @@
 //! ≤ [`MAX_HANDSHAKE_BYTES`], the server address ≤ [`MAX_ADDRESS_CHARS`]. No length read from
 //! the wire is ever used to allocate before the bytes it describes are present.
 
+#[cfg(feature = "client")]
+pub mod client;
+mod first_packet;
 mod handshake;
 mod legacy;
 mod login;
@@ -20,9 +26,8 @@ mod varint;
 #[cfg(test)]
 mod tests;
 
-pub use handshake::{
-    parse_first_packet, FirstPacket, Handshake, NextState, MAX_ADDRESS_CHARS, MAX_HANDSHAKE_BYTES,
-};
+pub use first_packet::{parse_first_packet, FirstPacket};
+pub use handshake::{Handshake, NextState, MAX_HANDSHAKE_BYTES};
 pub use legacy::{
     encode_legacy_ping_v1_6, encode_legacy_response, parse_legacy_bare_timeout, LegacyForm,
     LegacyPing, MAX_LEGACY_PING_BYTES,
@@ -41,9 +46,11 @@ pub use proxy_header::{
 };
 pub use status::{mark_status_stale, status_json, StatusInfo};
 
-/// Same as [`parse_legacy_bare_timeout`] (the name used in some notes).
-pub use legacy::parse_legacy_bare_timeout as legacy_from_bare;
 pub use varint::{read_varint, varint_len, write_varint, MAX_PACKET_BYTES, MAX_VARINT_BYTES};
+
+/// The server address may hold at most this many UTF-16 units (vanilla's limit), in a modern
+/// handshake and in a 1.6 legacy ping alike.
+pub const MAX_ADDRESS_CHARS: usize = 255;
 
 /// Why bytes from a peer are not a packet we accept. `reason()` is the metrics label.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -1,16 +1,13 @@
-//! The first packet a player sends: a modern Handshake, or one of the legacy (pre-1.7) pings.
+//! The modern (1.7+) Handshake packet: what a player sends first to pick a server and a state.
 
-use super::legacy::{self, LegacyPing};
-use super::varint::{read_frame, varint_len, Reader};
-use super::ProtocolError;
+use crate::varint::{read_frame, varint_len, Reader};
+use crate::{ProtocolError, MAX_ADDRESS_CHARS};
 
 /// The most bytes a framed handshake (length prefix included) may take. A vanilla handshake is
 /// under 270 bytes; this leaves room for Forge markers and proxy suffixes and is also the buffer
-/// the edge fills before routing: [`parse_first_packet`] never answers "need more" once
+/// the edge fills before routing: [`crate::parse_first_packet`] never answers "need more" once
 /// `buf.len() >= MAX_HANDSHAKE_BYTES`.
 pub const MAX_HANDSHAKE_BYTES: usize = 1024;
-/// The server address may hold at most this many UTF-16 units (vanilla's limit).
-pub const MAX_ADDRESS_CHARS: usize = 255;
 
 /// What the player wants after the handshake.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -50,31 +47,9 @@ pub struct Handshake {
     pub next_state: NextState,
 }
 
-/// The first packet of a connection.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum FirstPacket {
-    /// `len`: bytes of the framed handshake including its length prefix; whatever follows in
-    /// the buffer (often the status request or Login Start) belongs to the next packet.
-    Modern { handshake: Handshake, len: usize },
-    /// `len`: bytes of the legacy ping that were recognised.
-    Legacy { ping: LegacyPing, len: usize },
-}
-
-/// Recognises the first packet in `buf` (everything read so far).
-///
-/// `Ok(None)` means more bytes are needed. `[0xFE]` and `[0xFE, 0x01]` are answered `Ok(None)`
-/// because they may be the start of a longer legacy ping; when nothing more arrives within a
-/// short wait the caller uses [`super::parse_legacy_bare_timeout`].
-pub fn parse_first_packet(buf: &[u8]) -> Result<Option<FirstPacket>, ProtocolError> {
-    match buf.first() {
-        None => Ok(None),
-        Some(&legacy::LEGACY_PING) => legacy::parse_legacy(buf),
-        Some(_) => parse_modern(buf),
-    }
-}
-
-/// Parses a framed modern handshake from the start of `buf`.
-pub(crate) fn parse_modern(buf: &[u8]) -> Result<Option<FirstPacket>, ProtocolError> {
+/// Parses a framed modern handshake from the start of `buf`: `Ok(None)` while more bytes are
+/// needed, else the handshake and the bytes its frame took (length prefix included).
+pub(crate) fn parse_framed(buf: &[u8]) -> Result<Option<(Handshake, usize)>, ProtocolError> {
     // The prefix of a ≤ 1024-byte frame is two bytes, so the body may take the rest.
     let Some((body, len)) = read_frame(buf, MAX_HANDSHAKE_BYTES - 2)? else {
         return Ok(None);
@@ -84,8 +59,7 @@ pub(crate) fn parse_modern(buf: &[u8]) -> Result<Option<FirstPacket>, ProtocolEr
             max: MAX_HANDSHAKE_BYTES,
         });
     }
-    let handshake = parse_handshake_body(body)?;
-    Ok(Some(FirstPacket::Modern { handshake, len }))
+    Ok(Some((parse_handshake_body(body)?, len)))
 }
 
 fn parse_handshake_body(body: &[u8]) -> Result<Handshake, ProtocolError> {

@@ -11,11 +11,10 @@
 //! A modern frame whose length VarInt starts with byte `FE` (254, 382, … 1022 bytes) is told
 //! apart by what follows, as vanilla does: only `FE`, `FE 01` and `FE 01 FA` are legacy.
 
-use super::handshake::{self, FirstPacket, MAX_ADDRESS_CHARS};
-use super::status::StatusInfo;
-use super::ProtocolError;
+use crate::status::StatusInfo;
+use crate::{ProtocolError, MAX_ADDRESS_CHARS};
 
-pub(crate) const LEGACY_PING: u8 = 0xFE;
+const LEGACY_PING: u8 = 0xFE;
 const LEGACY_PAYLOAD: u8 = 0x01;
 const PLUGIN_MESSAGE: u8 = 0xFA;
 const KICK: u8 = 0xFF;
@@ -60,18 +59,22 @@ impl LegacyPing {
     }
 }
 
-/// `buf` starts with `FE`.
-pub(crate) fn parse_legacy(buf: &[u8]) -> Result<Option<FirstPacket>, ProtocolError> {
-    match buf.get(1) {
-        None => Ok(None),
-        Some(&LEGACY_PAYLOAD) => match buf.get(2) {
-            None => Ok(None),
-            Some(&PLUGIN_MESSAGE) => parse_ping_host(buf),
-            // Anything else is what vanilla does too: not a legacy ping, so a modern frame
-            // whose length prefix happens to start FE (254, 382, … bytes), e.g. `FE 01 00`.
-            Some(_) => handshake::parse_modern(buf),
-        },
-        Some(_) => handshake::parse_modern(buf),
+/// What the first bytes say about a legacy ping.
+pub(crate) enum LegacyStart {
+    /// `FE` or `FE 01` so far: a legacy ping or a modern frame of 254+ bytes; wait.
+    NeedMore,
+    /// `FE 01 FA`: a 1.6 ping, which carries the hostname.
+    PingHost,
+    /// Not a legacy ping (anything not starting `FE`, and, as in vanilla, a modern frame
+    /// whose length prefix happens to start FE (254, 382, … bytes), e.g. `FE 01 00`).
+    NotLegacy,
+}
+
+pub(crate) fn classify_start(buf: &[u8]) -> LegacyStart {
+    match buf {
+        [] | [LEGACY_PING] | [LEGACY_PING, LEGACY_PAYLOAD] => LegacyStart::NeedMore,
+        [LEGACY_PING, LEGACY_PAYLOAD, PLUGIN_MESSAGE, ..] => LegacyStart::PingHost,
+        _ => LegacyStart::NotLegacy,
     }
 }
 
@@ -92,7 +95,8 @@ fn be_u16(b: &[u8], at: usize) -> Option<u16> {
     Some(u16::from_be_bytes([*b.get(at)?, *b.get(at + 1)?]))
 }
 
-fn parse_ping_host(buf: &[u8]) -> Result<Option<FirstPacket>, ProtocolError> {
+/// A 1.6 ping (`buf` starts `FE 01 FA`) and the bytes it took.
+pub(crate) fn parse_ping_host(buf: &[u8]) -> Result<Option<(LegacyPing, usize)>, ProtocolError> {
     // Check each field as soon as it is present, so garbage is refused without waiting.
     let Some(channel_units) = be_u16(buf, 3) else {
         return Ok(None);
@@ -157,7 +161,7 @@ fn parse_ping_host(buf: &[u8]) -> Result<Option<FirstPacket>, ProtocolError> {
         hostname: Some(hostname),
         port: Some(port),
     };
-    Ok(Some(FirstPacket::Legacy { ping, len: end }))
+    Ok(Some((ping, end)))
 }
 
 fn utf16be(s: &str) -> Vec<u8> {

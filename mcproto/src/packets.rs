@@ -1,9 +1,9 @@
 //! Status- and login-phase packets the edge reads or writes, and the builders for all
 //! packets it sends. Builders return framed bytes, ready to write.
 
-use super::handshake::{handshake_body_len, Handshake};
-use super::varint::{frame, read_frame, write_string, write_varint, Reader, MAX_PACKET_BYTES};
-use super::ProtocolError;
+use crate::handshake::{handshake_body_len, Handshake};
+use crate::varint::{frame, read_frame, write_string, write_varint, Reader, MAX_PACKET_BYTES};
+use crate::ProtocolError;
 
 const STATUS_REQUEST_ID: i32 = 0x00;
 const PING_ID: i32 = 0x01;

@@ -14,8 +14,8 @@
 //! fleet report); the bytes go to the backend unchanged, and the backend is the one that
 //! accepts or refuses the login.
 
-use super::varint::{frame, read_frame, write_string, write_varint, Reader};
-use super::ProtocolError;
+use crate::varint::{frame, read_frame, write_string, write_varint, Reader};
+use crate::ProtocolError;
 
 const LOGIN_START_ID: i32 = 0x00;
 

@@ -4,7 +4,7 @@
 //! answer `Ok(None)` when more bytes are needed. `Reader` walks the body of a packet that is
 //! already complete, so running out of bytes there is a malformed packet, not a short read.
 
-use super::ProtocolError;
+use crate::ProtocolError;
 
 /// A VarInt never takes more than five bytes (32 bits in 7-bit groups).
 pub const MAX_VARINT_BYTES: usize = 5;
