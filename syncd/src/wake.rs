@@ -28,7 +28,7 @@ use crate::config::WakerConfig;
 use crate::diff::Change;
 use crate::metrics::Metrics;
 use crate::publisher::{now_ms, Publisher};
-use crate::waker::{WakerClient, WakerError};
+use crate::waker_client::{WakerClient, WakerError};
 
 /// Why a wake failed. The text (which may name addresses) goes to logs,
 /// `ListWakes` and the status message; edges act on [`WakeFailure::kind`] only.
