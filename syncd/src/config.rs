@@ -231,10 +231,7 @@ fn redact(s: &Option<String>) -> &'static str {
 impl fmt::Debug for Config {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Config")
-            .field(
-                "database_url",
-                &crate::schema::redact_dsn(&self.database_url),
-            )
+            .field("database_url", &crate::dsn::redact(&self.database_url))
             .field("grpc_listen", &self.grpc_listen)
             .field("http_listen", &self.http_listen)
             .field("grpc_token", &redact(&self.grpc_token))

@@ -10,6 +10,7 @@
 #![forbid(unsafe_code)]
 
 pub mod accept;
+pub mod check;
 pub mod config;
 pub mod diff;
 pub mod dsn;
@@ -28,7 +29,7 @@ pub mod servers;
 pub mod sleep;
 pub mod tls;
 pub mod wake;
-pub mod waker;
+pub mod waker_client;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -113,14 +114,14 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
     let (mut pg, pg_tls) = pg_tls::parse(&config.database_url).map_err(|e| {
         Error::Config(format!(
             "database URL {} is not a valid Postgres DSN: {e}",
-            schema::redact_dsn(&config.database_url)
+            dsn::redact(&config.database_url)
         ))
     })?;
     if let Some(w) = pg_tls::split(&config.database_url)
         .ok()
         .and_then(|s| dsn::tls_warning(s.mode))
     {
-        tracing::warn!(db = %schema::redact_dsn(&config.database_url), "{w}");
+        tracing::warn!(db = %dsn::redact(&config.database_url), "{w}");
     }
     pg.application_name("automc-syncd")
         .keepalives(true)
@@ -129,7 +130,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
     let metrics = Metrics::new();
     let waker = match &config.waker.url {
         Some(url) if !url.trim().is_empty() => Some(
-            waker::WakerClient::new(
+            waker_client::WakerClient::new(
                 url.trim(),
                 config.waker.token.clone(),
                 config.waker.request_timeout,
@@ -198,7 +199,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
         metrics.clone(),
         events.clone(),
     ));
-    let target = schema::redact_dsn(&config.database_url);
+    let target = dsn::redact(&config.database_url);
     tracing::info!(
         %grpc_addr,
         %http_addr,
@@ -362,9 +363,9 @@ pub async fn migrate(database_url: &str) -> Result<schema::MigrateReport, pg_tls
 }
 
 /// Run `syncd check` against a database.
-pub async fn check(database_url: &str) -> Result<Vec<schema::Finding>, pg_tls::ConnectError> {
+pub async fn check(database_url: &str) -> Result<Vec<check::Finding>, pg_tls::ConnectError> {
     let (client, driver) = pg_tls::connect(database_url).await?;
-    let r = schema::check(&client).await;
+    let r = check::check(&client).await;
     drop(client);
     let _ = driver.await;
     Ok(r?)

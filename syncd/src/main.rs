@@ -441,7 +441,7 @@ async fn migrate(args: MigrateArgs) -> ExitCode {
             }
             println!(
                 "migrated {}: {}",
-                syncd::schema::redact_dsn(&url),
+                syncd::dsn::redact(&url),
                 report.summary()
             );
             ExitCode::SUCCESS
@@ -461,12 +461,12 @@ async fn check(args: CheckArgs) -> ExitCode {
         Ok(u) => u,
         Err(e) => return config_error(e),
     };
-    println!("checking {}", syncd::schema::redact_dsn(&url));
+    println!("checking {}", syncd::dsn::redact(&url));
     let mut failed = false;
     match syncd::check(&url).await {
         Ok(findings) => {
             for f in findings {
-                failed |= f.level == syncd::schema::Level::Error;
+                failed |= f.level == syncd::check::Level::Error;
                 println!("{f}");
             }
         }

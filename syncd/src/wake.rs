@@ -29,7 +29,7 @@ use crate::diff::Change;
 use crate::events::Events;
 use crate::metrics::Metrics;
 use crate::publisher::{now_ms, Publisher};
-use crate::waker::{WakerClient, WakerError};
+use crate::waker_client::{WakerClient, WakerError};
 use automc_proto::v1::EventKind;
 
 /// Why a wake failed. The text (which may name addresses) goes to logs,

@@ -80,6 +80,10 @@ async fn a_tls_syncd_feeds_an_edge_configured_with_its_ca_and_the_player_gets_th
     ))
     .await;
     let syncd = start_syncd(&pg.dsn(), |c| c.tls = Some(files)).await;
+    // A client that never starts its TLS handshake is cut at the deadline.
+    let mut silent = tokio::net::TcpStream::connect(syncd.grpc_addr)
+        .await
+        .expect("connect");
 
     let listed = list_over_tls(syncd.grpc_addr, &ca.pem(), None)
         .await
@@ -115,6 +119,30 @@ async fn a_tls_syncd_feeds_an_edge_configured_with_its_ca_and_the_player_gets_th
         .expect("login arrives");
     conn.send(b"over tls").await.expect("send");
     assert_eq!(conn.read_exact(8).await.expect("echo"), b"over tls");
+
+    // The plaintext client and the one trusting another CA failed the TLS
+    // handshake; the silent one is closed by the deadline.
+    let mut buf = [0u8; 16];
+    let closed = tokio::time::timeout(
+        DEADLINE,
+        tokio::io::AsyncReadExt::read(&mut silent, &mut buf),
+    )
+    .await
+    .expect("the silent client is cut");
+    assert!(matches!(closed, Ok(0) | Err(_)), "{closed:?}");
+    let s = &syncd;
+    eventually("TLS refusals counted by reason", DEADLINE, || async move {
+        let m = s.metrics_text().await;
+        refused(&m, "tls_handshake_failed") >= 2.0 && refused(&m, "handshake_timeout") == 1.0
+    })
+    .await;
+}
+
+fn refused(metrics: &str, reason: &str) -> f64 {
+    automc_tests::stack::metric_sample(
+        metrics,
+        &format!("automc_syncd_grpc_connections_refused_total{{reason=\"{reason}\"}}"),
+    )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -136,6 +164,11 @@ async fn mutual_tls_refuses_clients_without_a_trusted_certificate() {
     let stranger = TestCa::new("stranger").client("mallory");
     let wrong = list_over_tls(addr, &server_ca.pem(), Some(&stranger)).await;
     assert!(wrong.is_err(), "a certificate from another CA: refused");
+    let s = &syncd;
+    eventually("both refusals counted", DEADLINE, || async move {
+        refused(&s.metrics_text().await, "tls_handshake_failed") >= 2.0
+    })
+    .await;
     let edge_cert = client_ca.client("edge-1");
     let ok = list_over_tls(addr, &server_ca.pem(), Some(&edge_cert))
         .await

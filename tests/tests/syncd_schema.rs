@@ -3,7 +3,7 @@
 //! rows), and `syncd check` says what it finds.
 use automc_tests::pg::TestPg;
 use automc_tests::stack::{start_syncd, DEADLINE};
-use syncd::schema::Level;
+use syncd::check::Level;
 
 /// The original automc schema as deployed: no `enabled` column (so the
 /// trigger could only be created on domain, address, state), empty payload.
@@ -113,7 +113,7 @@ async fn migrate_upgrades_an_original_database_in_place_and_is_idempotent() {
     .await;
 }
 
-fn has(findings: &[syncd::schema::Finding], level: Level, needle: &str) -> bool {
+fn has(findings: &[syncd::check::Finding], level: Level, needle: &str) -> bool {
     findings
         .iter()
         .any(|f| f.level == level && f.text.contains(needle))

@@ -490,7 +490,7 @@ async fn an_oversized_waker_answer_is_refused() {
     waker.set(
         "survival",
         Behaviour::HugeStatus {
-            bytes: 2 * syncd::waker::MAX_BODY_BYTES,
+            bytes: 2 * syncd::waker_client::MAX_BODY_BYTES,
         },
     );
     let (_pg, syncd) = setup(&waker, |_| {}).await;
@@ -510,7 +510,7 @@ async fn an_oversized_waker_answer_is_refused() {
     waker.set(
         "survival",
         Behaviour::HugeStatus {
-            bytes: syncd::waker::MAX_BODY_BYTES - 1,
+            bytes: syncd::waker_client::MAX_BODY_BYTES - 1,
         },
     );
     wake(&mut syncd.client().await, "survival")
