@@ -301,7 +301,6 @@ impl fmt::Debug for WakerConfig {
     }
 }
 
-
 // --- Command line ------------------------------------------------------------------
 // The clap structs `main` parses. Every default comes from a constant above
 // (or the module that owns it), so `--help`, docs/configuration.md (generated

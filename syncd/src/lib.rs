@@ -138,9 +138,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
         _ => None,
     };
     let tls = match &config.tls {
-        Some(files) => {
-            Some(tls::ServerTls::new(files.clone()).map_err(ConfigError::Tls)?)
-        }
+        Some(files) => Some(tls::ServerTls::new(files.clone()).map_err(ConfigError::Tls)?),
         None => None,
     };
     let grpc_auth = config.grpc_auth().map_err(ConfigError::from)?;
