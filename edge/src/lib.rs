@@ -50,6 +50,8 @@ pub enum Error {
     Http(std::io::Error),
     #[error("admin gRPC server failed: {0}")]
     Grpc(#[from] tonic::transport::Error),
+    #[error("edge supervisor task panicked: {0}")]
+    Panic(#[source] tokio::task::JoinError),
 }
 
 /// State every connection and admin handler shares.
@@ -93,10 +95,7 @@ impl Running {
     pub async fn wait(self) -> Result<(), Error> {
         match self.task.await {
             Ok(r) => r,
-            Err(e) => {
-                warn!(error = %e, "edge supervisor task failed");
-                Ok(())
-            }
+            Err(e) => Err(Error::Panic(e)),
         }
     }
 

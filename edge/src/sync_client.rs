@@ -164,11 +164,11 @@ pub struct SyncClient {
 #[derive(Debug, thiserror::Error)]
 pub enum SetupError {
     #[error("bad syncd URL {0:?}: {1}")]
-    Url(String, tonic::transport::Error),
+    Url(String, #[source] tonic::transport::Error),
     #[error("the gRPC token is not a valid header value")]
     Token,
     #[error("TLS to syncd: {0}")]
-    Tls(String),
+    Tls(#[source] crate::tls::TlsError),
 }
 
 impl SyncClient {
