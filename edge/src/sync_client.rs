@@ -662,6 +662,7 @@ mod tests {
             hostnames: vec![host.into()],
             address: format!("{server}:25565"),
             state: "running".into(),
+            ..Route::default()
         }
     }
 

@@ -21,6 +21,7 @@ pub mod http;
 pub mod inspect;
 pub mod leader;
 pub mod metrics;
+pub mod options;
 pub mod pg;
 pub mod pg_tls;
 pub mod publisher;
