@@ -13,6 +13,7 @@ pub mod conn;
 pub mod limits;
 pub mod listener;
 pub mod metrics;
+pub mod registry;
 pub mod report;
 pub mod routes;
 pub mod splice;
@@ -60,7 +61,7 @@ pub struct Shared {
     pub routes: Arc<Routes>,
     pub metrics: Arc<metrics::Metrics>,
     pub sync: Arc<sync_client::SyncClient>,
-    pub conns: Arc<listener::Connections>,
+    pub conns: Arc<registry::Connections>,
     pub status_cache: status::StatusCache,
     /// Pipes lent to spliced sessions while their bytes flow.
     pub pipes: splice::PipePool,
@@ -157,7 +158,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
 
     let routes = Arc::new(Routes::new());
     let metrics = Arc::new(metrics::Metrics::new());
-    let conns = Arc::new(listener::Connections::default());
+    let conns = Arc::new(registry::Connections::default());
     let sync = Arc::new(sync_client::SyncClient::new(
         &config,
         routes.clone(),

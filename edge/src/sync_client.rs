@@ -39,8 +39,8 @@ use tonic::transport::{Channel, Endpoint};
 use tonic::{Code, Request, Status};
 use tracing::{debug, info, info_span, warn, Instrument};
 
-use crate::listener::Connections;
 use crate::metrics::Metrics;
+use crate::registry::Connections;
 use crate::routes::Routes;
 use crate::Config;
 
