@@ -104,7 +104,8 @@ impl Balancer {
             st.backoff.retain(|_, t| *t > now);
         }
         if st.backoff.len() < MAX_ENTRIES {
-            st.backoff.insert(address.to_owned(), now + self.backoff_for);
+            st.backoff
+                .insert(address.to_owned(), now + self.backoff_for);
         }
     }
 
@@ -177,11 +178,7 @@ impl Seat {
 
 impl Drop for Seat {
     fn drop(&mut self) {
-        let mut st = self.balancer.lock();
-        for (map, key) in [
-            (&mut st.on_server, self.server.take()),
-            (&mut st.on_backend, self.backend.take()),
-        ] {
+        fn release(map: &mut HashMap<String, u32>, key: Option<String>) {
             if let Some(k) = key {
                 if let Some(n) = map.get_mut(&k) {
                     *n = n.saturating_sub(1);
@@ -191,6 +188,10 @@ impl Drop for Seat {
                 }
             }
         }
+        let mut guard = self.balancer.lock();
+        let st = &mut *guard;
+        release(&mut st.on_server, self.server.take());
+        release(&mut st.on_backend, self.backend.take());
     }
 }
 
@@ -282,9 +283,8 @@ mod tests {
 
     #[test]
     fn deny_wins_over_allow_and_an_empty_allow_list_admits_everyone() {
-        let nets = |l: &[&str]| -> Vec<IpNet> {
-            l.iter().map(|c| c.parse().expect("cidr")).collect()
-        };
+        let nets =
+            |l: &[&str]| -> Vec<IpNet> { l.iter().map(|c| c.parse().expect("cidr")).collect() };
         let ip = |s: &str| -> IpAddr { s.parse().expect("ip") };
         let allow = nets(&["10.0.0.0/8", "2001:db8::/32"]);
         let deny = nets(&["10.9.0.0/16"]);
