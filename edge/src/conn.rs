@@ -18,7 +18,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, field, info, info_span, Instrument, Span};
 
 use crate::limits::{ConnectionPermit, IpPermit, Refusal};
-use crate::listener::{ConnEntry, Phase};
+use crate::registry::{ConnEntry, Phase};
 use crate::splice::{splice, Tally};
 use crate::status::{self, ConverseEnd, RelayEnd, StatusMode};
 use crate::sync_client::WakeError;

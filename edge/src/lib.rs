@@ -13,6 +13,7 @@ pub mod conn;
 pub mod limits;
 pub mod listener;
 pub mod metrics;
+pub mod registry;
 pub mod report;
 pub mod routes;
 pub mod splice;
@@ -50,6 +51,8 @@ pub enum Error {
     Http(std::io::Error),
     #[error("admin gRPC server failed: {0}")]
     Grpc(#[from] tonic::transport::Error),
+    #[error("edge supervisor task panicked: {0}")]
+    Panic(#[source] tokio::task::JoinError),
 }
 
 /// State every connection and admin handler shares.
@@ -58,7 +61,7 @@ pub struct Shared {
     pub routes: Arc<Routes>,
     pub metrics: Arc<metrics::Metrics>,
     pub sync: Arc<sync_client::SyncClient>,
-    pub conns: Arc<listener::Connections>,
+    pub conns: Arc<registry::Connections>,
     pub status_cache: status::StatusCache,
     /// Pipes lent to spliced sessions while their bytes flow.
     pub pipes: splice::PipePool,
@@ -93,10 +96,7 @@ impl Running {
     pub async fn wait(self) -> Result<(), Error> {
         match self.task.await {
             Ok(r) => r,
-            Err(e) => {
-                warn!(error = %e, "edge supervisor task failed");
-                Ok(())
-            }
+            Err(e) => Err(Error::Panic(e)),
         }
     }
 
@@ -158,7 +158,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
 
     let routes = Arc::new(Routes::new());
     let metrics = Arc::new(metrics::Metrics::new());
-    let conns = Arc::new(listener::Connections::default());
+    let conns = Arc::new(registry::Connections::default());
     let sync = Arc::new(sync_client::SyncClient::new(
         &config,
         routes.clone(),
