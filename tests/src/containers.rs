@@ -85,12 +85,17 @@ fn as_root(program: &str) -> Command {
     }
 }
 
-/// The `containers.conf` every podman call of the tests uses.
+/// The `containers.conf` every podman call of the tests uses (written once
+/// per test process; parallel processes write the same text).
 pub fn containers_conf() -> PathBuf {
-    let (_, hard) = rlimit::getrlimit(rlimit::Resource::NOFILE).unwrap_or((1024, 1024));
+    static CONF: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    CONF.get_or_init(write_containers_conf).clone()
+}
+
+fn write_containers_conf() -> PathBuf {
     // As many descriptors as the host allows (compose.yaml asks for 65536;
     // an engine cannot give more than its own hard limit).
-    let nofile = hard.min(65_536);
+    let nofile = container_nofile();
     let text = format!(
         "# Written by tests/src/containers.rs.\n\
          [containers]\n\
