@@ -130,6 +130,7 @@ impl RouteSync for FakeSyncd {
                 hostnames: vec![HOST.into()],
                 address: self.backend.to_string(),
                 state: "running".into(),
+                ..Route::default()
             }],
             wakes: vec![],
         };

@@ -86,6 +86,12 @@ pub struct Config {
     pub unknown_host: UnknownHost,
     pub proxy_protocol_trusted: Vec<IpNet>,
     pub send_proxy_protocol: bool,
+    /// Client addresses admitted (empty: all) and refused, for every server,
+    /// checked on the real address (after a trusted PROXY header).
+    pub allow_cidrs: Vec<IpNet>,
+    pub deny_cidrs: Vec<IpNet>,
+    /// How long a backend whose dial failed is tried after the others.
+    pub backend_backoff: Duration,
     pub edge_id: String,
     /// How long a backend's status answer is reused as fresh.
     pub status_cache_ttl: Duration,
@@ -131,6 +137,9 @@ impl Default for Config {
             unknown_host: UnknownHost::Motd(DEFAULT_UNKNOWN_HOST.to_owned()),
             proxy_protocol_trusted: Vec::new(),
             send_proxy_protocol: false,
+            allow_cidrs: Vec::new(),
+            deny_cidrs: Vec::new(),
+            backend_backoff: crate::balance::DEFAULT_BACKEND_BACKOFF,
             edge_id: default_edge_id(),
             status_cache_ttl: DEFAULT_STATUS_CACHE_TTL,
             status_stale_for: DEFAULT_STATUS_STALE_FOR,
@@ -173,6 +182,9 @@ impl fmt::Debug for Config {
             .field("unknown_host", &self.unknown_host)
             .field("proxy_protocol_trusted", &self.proxy_protocol_trusted)
             .field("send_proxy_protocol", &self.send_proxy_protocol)
+            .field("allow_cidrs", &self.allow_cidrs)
+            .field("deny_cidrs", &self.deny_cidrs)
+            .field("backend_backoff", &self.backend_backoff)
             .field("edge_id", &self.edge_id)
             .field("status_cache_ttl", &self.status_cache_ttl)
             .field("status_stale_for", &self.status_stale_for)
@@ -207,7 +219,7 @@ pub enum ConfigError {
     #[error("syncd endpoint {0:?} is not an http:// or https:// URL")]
     BadSyncdUrl(String),
     #[error("TLS to syncd: {0}")]
-    Tls(String),
+    Tls(#[source] crate::tls::TlsError),
     #[error("--hold-timeout must be greater than zero")]
     ZeroHoldTimeout,
     #[error("--long-hold-timeout must be greater than zero")]
@@ -290,14 +302,14 @@ pub struct Args {
     #[arg(long, env = "EDGE_ADMIN_TOKEN_FILE")]
     pub admin_token_file: Option<PathBuf>,
     /// Longest wait for a complete handshake.
-    #[arg(long, env = "EDGE_HANDSHAKE_TIMEOUT", default_value = "5s", value_parser = humantime::parse_duration)]
-    pub handshake_timeout: Duration,
+    #[arg(long, env = "EDGE_HANDSHAKE_TIMEOUT", default_value_t = DEFAULT_HANDSHAKE_TIMEOUT.into())]
+    pub handshake_timeout: humantime::Duration,
     /// Longest wait for a backend to accept a TCP connection.
-    #[arg(long, env = "EDGE_CONNECT_TIMEOUT", default_value = "3s", value_parser = humantime::parse_duration)]
-    pub connect_timeout: Duration,
+    #[arg(long, env = "EDGE_CONNECT_TIMEOUT", default_value_t = DEFAULT_CONNECT_TIMEOUT.into())]
+    pub connect_timeout: humantime::Duration,
     /// Longest a login of a client before 1.13 is held (silently) while its server wakes; keep under ~30s.
-    #[arg(long, env = "EDGE_HOLD_TIMEOUT", default_value = "25s", value_parser = humantime::parse_duration)]
-    pub hold_timeout: Duration,
+    #[arg(long, env = "EDGE_HOLD_TIMEOUT", default_value_t = DEFAULT_HOLD_TIMEOUT.into())]
+    pub hold_timeout: humantime::Duration,
     /// Longest a login of a 1.13+ client is held, kept alive with Login Plugin Requests, while its server wakes.
     #[arg(long, env = "EDGE_LONG_HOLD_TIMEOUT", default_value_t = DEFAULT_LONG_HOLD_TIMEOUT.into())]
     pub long_hold_timeout: humantime::Duration,
@@ -305,8 +317,8 @@ pub struct Args {
     #[arg(long, env = "EDGE_HOLD_KEEPALIVE_INTERVAL", default_value_t = DEFAULT_HOLD_KEEPALIVE_INTERVAL.into())]
     pub hold_keepalive_interval: humantime::Duration,
     /// Longest wait for connections to finish after SIGTERM.
-    #[arg(long, env = "EDGE_DRAIN_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration)]
-    pub drain_timeout: Duration,
+    #[arg(long, env = "EDGE_DRAIN_TIMEOUT", default_value_t = DEFAULT_DRAIN_TIMEOUT.into())]
+    pub drain_timeout: humantime::Duration,
     /// MOTD shown for a server that is stopped or unreachable.
     #[arg(long, env = "EDGE_ASLEEP_MOTD", default_value = DEFAULT_ASLEEP_MOTD)]
     pub asleep_motd: String,
@@ -322,28 +334,37 @@ pub struct Args {
     /// Send a PROXY protocol v2 header to backends.
     #[arg(long, env = "EDGE_SEND_PROXY_PROTOCOL")]
     pub send_proxy_protocol: bool,
+    /// Only these client CIDRs may connect to any server (comma list; empty: everyone).
+    #[arg(long, env = "EDGE_ALLOW_CIDRS", value_delimiter = ',')]
+    pub allow_cidrs: Vec<IpNet>,
+    /// Client CIDRs refused for every server (comma list; wins over allow lists).
+    #[arg(long, env = "EDGE_DENY_CIDRS", value_delimiter = ',')]
+    pub deny_cidrs: Vec<IpNet>,
+    /// How long a backend whose dial failed is tried only after a server's other backends.
+    #[arg(long, env = "EDGE_BACKEND_BACKOFF", default_value_t = crate::balance::DEFAULT_BACKEND_BACKOFF.into())]
+    pub backend_backoff: humantime::Duration,
     /// Id shown by syncd's ListEdges (default: $HOSTNAME).
     #[arg(long, env = "EDGE_ID")]
     pub edge_id: Option<String>,
     /// How long a backend's status answer is reused as fresh.
-    #[arg(long, env = "EDGE_STATUS_CACHE_TTL", default_value = "1s", value_parser = humantime::parse_duration)]
-    pub status_cache_ttl: Duration,
+    #[arg(long, env = "EDGE_STATUS_CACHE_TTL", default_value_t = DEFAULT_STATUS_CACHE_TTL.into())]
+    pub status_cache_ttl: humantime::Duration,
     /// How long a backend's last good status is served, marked stale.
-    #[arg(long, env = "EDGE_STATUS_STALE_FOR", default_value = "60s", value_parser = humantime::parse_duration)]
-    pub status_stale_for: Duration,
+    #[arg(long, env = "EDGE_STATUS_STALE_FOR", default_value_t = DEFAULT_STATUS_STALE_FOR.into())]
+    pub status_stale_for: humantime::Duration,
     /// Most backend status answers cached (least recently used go first).
     #[arg(long, env = "EDGE_STATUS_CACHE_SIZE", default_value_t = crate::status::DEFAULT_CACHE_ENTRIES, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
     pub status_cache_size: usize,
     /// Status pings of a running backend: `cache` (answered by the edge) or `relay` (forwarded byte for byte).
-    #[arg(long, env = "EDGE_STATUS_MODE", value_enum, default_value = "cache")]
+    #[arg(long, env = "EDGE_STATUS_MODE", value_enum, default_value_t = crate::status::StatusMode::default())]
     pub status_mode: crate::status::StatusMode,
     /// Most pipes kept for zero-copy splice on Linux (0 = always copy through user space).
     #[arg(long, env = "EDGE_SPLICE_PIPES", default_value_t = crate::splice::DEFAULT_PIPES)]
     pub splice_pipes: usize,
     /// Send syncd a full report of the live sessions this often (what changed
     /// goes at once, at most one report per 250 ms).
-    #[arg(long, env = "EDGE_REPORT_INTERVAL", default_value = "30s", value_parser = humantime::parse_duration)]
-    pub report_interval: Duration,
+    #[arg(long, env = "EDGE_REPORT_INTERVAL", default_value_t = DEFAULT_REPORT_INTERVAL.into())]
+    pub report_interval: humantime::Duration,
     /// Most concurrent player connections (0 = no limit).
     #[arg(long, env = "EDGE_MAX_CONNECTIONS", default_value_t = LimitsConfig::default().max_connections)]
     pub max_connections: usize,
@@ -366,7 +387,7 @@ pub struct Args {
     #[arg(long, env = "EDGE_IP_PREFIX_V6", default_value_t = crate::limits::DEFAULT_IPV6_PREFIX, value_parser = clap::value_parser!(u8).range(0..=128))]
     pub ip_prefix_v6: u8,
     /// Log format.
-    #[arg(long, env = "EDGE_LOG_FORMAT", value_enum, default_value = "text")]
+    #[arg(long, env = "EDGE_LOG_FORMAT", value_enum, default_value_t = LogFormat::default())]
     pub log_format: LogFormat,
     /// Export tracing spans over OTLP/gRPC to this collector, e.g.
     /// http://127.0.0.1:4317 (off when unset).
@@ -417,24 +438,27 @@ impl Args {
             http_listen: self.http_listen,
             grpc_listen: self.grpc_listen,
             admin_token: token(self.admin_token, self.admin_token_file.as_deref())?,
-            handshake_timeout: self.handshake_timeout,
-            connect_timeout: self.connect_timeout,
-            hold_timeout: self.hold_timeout,
+            handshake_timeout: self.handshake_timeout.into(),
+            connect_timeout: self.connect_timeout.into(),
+            hold_timeout: self.hold_timeout.into(),
             long_hold_timeout: self.long_hold_timeout.into(),
             hold_keepalive_interval: self.hold_keepalive_interval.into(),
-            drain_timeout: self.drain_timeout,
+            drain_timeout: self.drain_timeout.into(),
             asleep_motd: self.asleep_motd,
             starting_motd: self.starting_motd,
             unknown_host: UnknownHost::parse(&self.unknown_host),
             proxy_protocol_trusted: self.proxy_protocol_trusted,
             send_proxy_protocol: self.send_proxy_protocol,
+            allow_cidrs: self.allow_cidrs,
+            deny_cidrs: self.deny_cidrs,
+            backend_backoff: self.backend_backoff.into(),
             edge_id: self.edge_id.unwrap_or(d.edge_id),
-            status_cache_ttl: self.status_cache_ttl,
-            status_stale_for: self.status_stale_for,
+            status_cache_ttl: self.status_cache_ttl.into(),
+            status_stale_for: self.status_stale_for.into(),
             status_cache_size: self.status_cache_size,
             status_mode: self.status_mode,
             splice_pipes: self.splice_pipes,
-            report_interval: self.report_interval,
+            report_interval: self.report_interval.into(),
             limits: LimitsConfig {
                 max_connections: self.max_connections,
                 max_connections_per_ip: self.max_connections_per_ip,

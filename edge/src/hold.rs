@@ -33,7 +33,7 @@ use tracing::info;
 
 use crate::config::Config;
 use crate::limits::AddrKey;
-use crate::listener::{ConnEntry, Phase};
+use crate::registry::{ConnEntry, Phase};
 use crate::sync_client::WakeError;
 use crate::Shared;
 
@@ -55,17 +55,18 @@ pub struct HoldPlan {
 }
 
 /// The long, kept-alive hold for clients that answer Login Plugin Requests (unless the
-/// keep-alive is switched off); the bounded silent hold for everyone else.
-pub fn plan(cfg: &Config, protocol_version: i32) -> HoldPlan {
+/// keep-alive is switched off); the bounded silent hold for everyone else. A server's own
+/// hold timeout (`server_options.hold_timeout`), when set, is the budget of both.
+pub fn plan(cfg: &Config, protocol_version: i32, server_hold: Option<Duration>) -> HoldPlan {
     let interval = cfg.hold_keepalive_interval;
     if !interval.is_zero() && mcproto::answers_login_plugin_requests(protocol_version) {
         HoldPlan {
-            budget: cfg.long_hold_timeout,
+            budget: server_hold.unwrap_or(cfg.long_hold_timeout),
             keepalive: Some(interval),
         }
     } else {
         HoldPlan {
-            budget: cfg.hold_timeout,
+            budget: server_hold.unwrap_or(cfg.hold_timeout),
             keepalive: None,
         }
     }
@@ -199,8 +200,8 @@ impl KeepAlive {
         self.next_id
     }
 
-    /// Keep `stream` alive until `wake` resolves: a request now and every interval, the
-    /// answers read and checked. The wake's output comes back as it is; a client that
+    /// Keep `stream` alive until `wake` resolves: a request every interval (the first one
+    /// interval in: a quick wake needs none), the answers read and checked. The wake's output comes back as it is; a client that
     /// leaves or breaks the protocol ends it first.
     pub async fn run<S, F>(&mut self, stream: &mut S, wake: F) -> Result<F::Output, Break>
     where
@@ -208,7 +209,7 @@ impl KeepAlive {
         F: Future,
     {
         tokio::pin!(wake);
-        let mut tick = tokio::time::interval(self.interval);
+        let mut tick = tokio::time::interval_at(Instant::now() + self.interval, self.interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
@@ -366,9 +367,10 @@ where
     let result = match plan.keepalive {
         Some(every) => {
             let mut ka = KeepAlive::new(every, every.max(MIN_ANSWER_TIMEOUT));
+            // Settled either way: after a failed wake the edge may still dial the
+            // route's own address, and an answer must never follow the replay.
             let r = match ka.run(stream, wake).await {
-                Ok(Ok(resp)) => ka.settle(stream).await.map(|()| Ok(resp)),
-                Ok(Err(e)) => Ok(Err(e)),
+                Ok(out) => ka.settle(stream).await.map(|()| out),
                 Err(b) => Err(b),
             };
             match r {
@@ -519,7 +521,7 @@ mod tests {
             // Keep the connection open: the edge decides on the bytes alone.
             let _ = client.read_buf(&mut buf).await;
         });
-        let mut ka = KeepAlive::new(PATIENT, PATIENT);
+        let mut ka = KeepAlive::new(EVERY, PATIENT);
         let r = ka.run(&mut edge, std::future::pending::<()>()).await;
         player.abort();
         r.expect_err("the hold breaks")
@@ -578,18 +580,22 @@ mod tests {
     #[test]
     fn clients_from_1_13_get_the_long_kept_alive_hold_and_older_ones_the_bounded_one() {
         let cfg = Config::default();
-        let long = plan(&cfg, 393);
+        let long = plan(&cfg, 393, None);
         assert_eq!(long.budget, cfg.long_hold_timeout);
         assert_eq!(long.keepalive, Some(cfg.hold_keepalive_interval));
-        let short = plan(&cfg, 340);
+        let short = plan(&cfg, 340, None);
         assert_eq!(short.budget, cfg.hold_timeout);
         assert_eq!(short.keepalive, None);
         let off = Config {
             hold_keepalive_interval: Duration::ZERO,
             ..Config::default()
         };
-        assert_eq!(plan(&off, 769).keepalive, None);
-        assert_eq!(plan(&off, 769).budget, off.hold_timeout);
+        assert_eq!(plan(&off, 769, None).keepalive, None);
+        assert_eq!(plan(&off, 769, None).budget, off.hold_timeout);
+        // A server's own hold timeout wins for both kinds.
+        let own = Some(Duration::from_secs(40));
+        assert_eq!(plan(&cfg, 769, own).budget, Duration::from_secs(40));
+        assert_eq!(plan(&cfg, 340, own).budget, Duration::from_secs(40));
     }
 
     #[test]

@@ -39,8 +39,8 @@ use tonic::transport::{Channel, Endpoint};
 use tonic::{Code, Request, Status};
 use tracing::{debug, info, info_span, warn, Instrument};
 
-use crate::listener::Connections;
 use crate::metrics::Metrics;
+use crate::registry::Connections;
 use crate::routes::Routes;
 use crate::Config;
 
@@ -164,11 +164,11 @@ pub struct SyncClient {
 #[derive(Debug, thiserror::Error)]
 pub enum SetupError {
     #[error("bad syncd URL {0:?}: {1}")]
-    Url(String, tonic::transport::Error),
+    Url(String, #[source] tonic::transport::Error),
     #[error("the gRPC token is not a valid header value")]
     Token,
     #[error("TLS to syncd: {0}")]
-    Tls(String),
+    Tls(#[source] crate::tls::TlsError),
 }
 
 impl SyncClient {
@@ -662,6 +662,7 @@ mod tests {
             hostnames: vec![host.into()],
             address: format!("{server}:25565"),
             state: "running".into(),
+            ..Route::default()
         }
     }
 

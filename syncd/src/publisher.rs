@@ -836,6 +836,7 @@ mod tests {
             hostnames: vec![format!("{name}.example.com")],
             address: address.into(),
             state: "running".into(),
+            ..Route::default()
         }
     }
 
