@@ -114,6 +114,9 @@ async fn a_client_before_1_13_keeps_the_bounded_silent_hold() {
     );
 }
 
+/// What a test client answers to the request with this message id.
+type AnswerTo = dyn FnOnce(i32) -> Vec<u8>;
+
 /// Log in, answer the first request with `answer`, and return the Disconnect text.
 async fn break_the_hold(
     edge: &EdgeHandle,
@@ -149,7 +152,7 @@ async fn a_held_client_that_answers_wrongly_gets_a_disconnect_and_the_backend_ne
     );
     let (_pg, _syncd, edge) = stack(&waker, |_| {}).await;
 
-    let cases: [(&str, Box<dyn FnOnce(i32) -> Vec<u8>>); 4] = [
+    let cases: [(&str, Box<AnswerTo>); 4] = [
         ("garbage", Box::new(|_| b"GET / HTTP/1.1\r\n\r\n".to_vec())),
         (
             "wrong_id",
