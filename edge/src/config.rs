@@ -75,6 +75,12 @@ pub struct Config {
     pub unknown_host: UnknownHost,
     pub proxy_protocol_trusted: Vec<IpNet>,
     pub send_proxy_protocol: bool,
+    /// Client addresses admitted (empty: all) and refused, for every server,
+    /// checked on the real address (after a trusted PROXY header).
+    pub allow_cidrs: Vec<IpNet>,
+    pub deny_cidrs: Vec<IpNet>,
+    /// How long a backend whose dial failed is tried after the others.
+    pub backend_backoff: Duration,
     pub edge_id: String,
     /// How long a backend's status answer is reused as fresh.
     pub status_cache_ttl: Duration,
@@ -118,6 +124,9 @@ impl Default for Config {
             unknown_host: UnknownHost::Motd(DEFAULT_UNKNOWN_HOST.to_owned()),
             proxy_protocol_trusted: Vec::new(),
             send_proxy_protocol: false,
+            allow_cidrs: Vec::new(),
+            deny_cidrs: Vec::new(),
+            backend_backoff: crate::balance::DEFAULT_BACKEND_BACKOFF,
             edge_id: default_edge_id(),
             status_cache_ttl: DEFAULT_STATUS_CACHE_TTL,
             status_stale_for: DEFAULT_STATUS_STALE_FOR,
@@ -158,6 +167,9 @@ impl fmt::Debug for Config {
             .field("unknown_host", &self.unknown_host)
             .field("proxy_protocol_trusted", &self.proxy_protocol_trusted)
             .field("send_proxy_protocol", &self.send_proxy_protocol)
+            .field("allow_cidrs", &self.allow_cidrs)
+            .field("deny_cidrs", &self.deny_cidrs)
+            .field("backend_backoff", &self.backend_backoff)
             .field("edge_id", &self.edge_id)
             .field("status_cache_ttl", &self.status_cache_ttl)
             .field("status_stale_for", &self.status_stale_for)
@@ -296,6 +308,15 @@ pub struct Args {
     /// Send a PROXY protocol v2 header to backends.
     #[arg(long, env = "EDGE_SEND_PROXY_PROTOCOL")]
     pub send_proxy_protocol: bool,
+    /// Only these client CIDRs may connect to any server (comma list; empty: everyone).
+    #[arg(long, env = "EDGE_ALLOW_CIDRS", value_delimiter = ',')]
+    pub allow_cidrs: Vec<IpNet>,
+    /// Client CIDRs refused for every server (comma list; wins over allow lists).
+    #[arg(long, env = "EDGE_DENY_CIDRS", value_delimiter = ',')]
+    pub deny_cidrs: Vec<IpNet>,
+    /// How long a backend whose dial failed is tried only after a server's other backends.
+    #[arg(long, env = "EDGE_BACKEND_BACKOFF", default_value_t = crate::balance::DEFAULT_BACKEND_BACKOFF.into())]
+    pub backend_backoff: humantime::Duration,
     /// Id shown by syncd's ListEdges (default: $HOSTNAME).
     #[arg(long, env = "EDGE_ID")]
     pub edge_id: Option<String>,
@@ -397,6 +418,9 @@ impl Args {
             unknown_host: UnknownHost::parse(&self.unknown_host),
             proxy_protocol_trusted: self.proxy_protocol_trusted,
             send_proxy_protocol: self.send_proxy_protocol,
+            allow_cidrs: self.allow_cidrs,
+            deny_cidrs: self.deny_cidrs,
+            backend_backoff: self.backend_backoff.into(),
             edge_id: self.edge_id.unwrap_or(d.edge_id),
             status_cache_ttl: self.status_cache_ttl.into(),
             status_stale_for: self.status_stale_for.into(),

@@ -17,6 +17,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, field, info, info_span, Instrument, Span};
 
+use crate::balance;
 use crate::limits::{ConnectionPermit, IpPermit, Refusal};
 use crate::registry::{ConnEntry, Phase};
 use crate::splice::{splice, Tally};
@@ -235,6 +236,11 @@ async fn serve(
         }
     }
 
+    // Before any backend is dialled, and before the handshake is even read.
+    if !balance::admitted(who.client.ip(), &cfg.allow_cidrs, &cfg.deny_cidrs) {
+        return Outcome::Refused("denied_address");
+    }
+
     let first = match read_first_packet(&mut stream, &mut buf, deadline).await {
         Ok(f) => f,
         Err(o) => return o,
@@ -243,10 +249,16 @@ async fn serve(
         FirstPacket::Legacy { ping, .. } => {
             entry.set_phase(Phase::Status);
             let raw = ping.hostname.clone().unwrap_or_default();
-            let route = lookup(shared, entry, &raw);
-            let proxy = proxy_pair(shared, &who, &stream);
-            if let Some(answer) = status::legacy_answer(shared, route.as_ref(), &ping, proxy).await
-            {
+            let (route, capture) = lookup(shared, entry, &raw);
+            if !route_admits(route.as_ref(), &who) {
+                return Outcome::Refused("denied_address");
+            }
+            let proxy = proxy_pair(shared, route.as_ref(), &who, &stream);
+            let to = status::Target {
+                route: route.as_ref(),
+                capture: capture.as_deref(),
+            };
+            if let Some(answer) = status::legacy_answer(shared, to, &ping, proxy).await {
                 let _ = stream.write_all(&answer).await;
                 let _ = stream.shutdown().await;
                 Outcome::Legacy
@@ -255,16 +267,23 @@ async fn serve(
             }
         }
         FirstPacket::Modern { handshake, len } => {
-            let route = lookup(shared, entry, &handshake.server_address);
+            let (route, capture) = lookup(shared, entry, &handshake.server_address);
             match handshake.next_state {
                 NextState::Status => {
+                    if !route_admits(route.as_ref(), &who) {
+                        return Outcome::Refused("denied_address");
+                    }
                     entry.set_phase(Phase::Status);
                     let rest = buf.split_off(len.min(buf.len()));
                     let raw = StatusRaw {
                         handshake: buf,
                         rest,
                     };
-                    serve_status(&mut stream, shared, route.as_ref(), &handshake, &who, raw).await
+                    let to = status::Target {
+                        route: route.as_ref(),
+                        capture: capture.as_deref(),
+                    };
+                    serve_status(&mut stream, shared, to, &handshake, &who, raw).await
                 }
                 NextState::Login | NextState::Transfer => {
                     let version = handshake.protocol_version;
@@ -273,7 +292,11 @@ async fn serve(
                     {
                         return o;
                     }
-                    login(stream, shared, entry, route, &who, buf).await
+                    let first = FirstBytes {
+                        handshake: &handshake,
+                        len,
+                    };
+                    login(stream, shared, entry, route, capture, &who, buf, first).await
                 }
             }
         }
@@ -392,17 +415,19 @@ async fn read_login_start(
     }
 }
 
-/// Resolve the player's hostname against the current table.
-fn lookup(shared: &Shared, entry: &ConnEntry, raw: &str) -> Option<Route> {
+/// Resolve the player's hostname against the current table; also what a
+/// `*.suffix` pattern captured (for `{1}` in the backend address).
+fn lookup(shared: &Shared, entry: &ConnEntry, raw: &str) -> (Option<Route>, Option<String>) {
     let hostname = normalize_player_hostname(raw);
     let view = shared.routes.view();
     // The handshake already bounds the address to 255 characters.
-    let route = view
-        .table
-        .lookup(&hostname)
-        .ok()
-        .flatten()
-        .map(|m| m.route.clone());
+    let (route, capture) = match view.table.lookup(&hostname).ok().flatten() {
+        Some(m) => (
+            Some(m.route.clone()),
+            automc_proto::backend::captured(m.pattern, &hostname).map(str::to_owned),
+        ),
+        None => (None, None),
+    };
     shared.metrics.route_lookup(route.is_some());
     let span = Span::current();
     span.record("hostname", hostname.as_str());
@@ -415,11 +440,33 @@ fn lookup(shared: &Shared, entry: &ConnEntry, raw: &str) -> Option<Route> {
             d.server.clone_from(&r.server);
         }
     });
-    route
+    (route, capture)
 }
 
-fn proxy_pair(shared: &Shared, who: &Peer, stream: &TcpStream) -> Option<(SocketAddr, SocketAddr)> {
-    if !shared.config.send_proxy_protocol {
+/// The route's own allow/deny lists, on the real client address.
+fn route_admits(route: Option<&Route>, who: &Peer) -> bool {
+    match route {
+        Some(r) if r.options.is_some() => {
+            let (allow, deny) = balance::route_cidrs(r);
+            balance::admitted(who.client.ip(), &allow, &deny)
+        }
+        _ => true,
+    }
+}
+
+/// PROXY v2 source and destination, when this route's backends get one
+/// (its `proxy_protocol` option, else `--send-proxy-protocol`).
+fn proxy_pair(
+    shared: &Shared,
+    route: Option<&Route>,
+    who: &Peer,
+    stream: &TcpStream,
+) -> Option<(SocketAddr, SocketAddr)> {
+    let send = route
+        .and_then(|r| r.options.as_ref())
+        .and_then(|o| o.proxy_protocol)
+        .unwrap_or(shared.config.send_proxy_protocol);
+    if !send {
         return None;
     }
     let dst = who
@@ -439,25 +486,37 @@ struct StatusRaw {
 async fn serve_status(
     stream: &mut TcpStream,
     shared: &Shared,
-    route: Option<&Route>,
+    to: status::Target<'_>,
     handshake: &Handshake,
     who: &Peer,
     raw: StatusRaw,
 ) -> Outcome {
-    let proxy = proxy_pair(shared, who, stream);
+    let route = to.route;
+    let proxy = proxy_pair(shared, route, who, stream);
     if shared.config.status_mode == StatusMode::Relay
         && status::decide(shared, route) == status::Answer::Backend
     {
-        if let Some(route) = route {
+        let address = route.and_then(|r| {
+            shared
+                .balancer
+                .plan_status(r, to.capture)
+                .addresses
+                .into_iter()
+                .next()
+        });
+        if let (Some(route), Some(address)) = (route, address) {
             let mut head = Vec::with_capacity(raw.handshake.len() + raw.rest.len() + 64);
             if let Some((src, dst)) = proxy {
                 head.extend(mcproto::encode_proxy_v2(src, dst));
             }
-            head.extend_from_slice(&raw.handshake);
+            match rewrite_host(route) {
+                Some(host) => head.extend(mcproto::encode_rewritten_handshake(handshake, host)),
+                None => head.extend_from_slice(&raw.handshake),
+            }
             head.extend_from_slice(&raw.rest);
             let deadline = Instant::now() + shared.config.handshake_timeout;
             let timeout = shared.config.connect_timeout;
-            match status::relay(stream, &route.address, &head, timeout, deadline).await {
+            match status::relay(stream, &address, &head, timeout, deadline).await {
                 RelayEnd::Done => return Outcome::Status,
                 RelayEnd::Timeout => return Outcome::HandshakeError("timeout"),
                 RelayEnd::Io => return Outcome::ClientGone,
@@ -467,7 +526,7 @@ async fn serve_status(
         }
     }
     let rest = raw.rest;
-    let Some(json) = status::status_json_for(shared, route, handshake, proxy).await else {
+    let Some(json) = status::status_json_for(shared, to, handshake, proxy).await else {
         return Outcome::UnknownHost;
     };
     // One deadline for the whole conversation: trickled bytes do not extend it.
@@ -514,6 +573,54 @@ async fn dial_until(address: &str, timeout: Duration, deadline: Instant) -> io::
     }
 }
 
+/// The host a route writes into the backend's handshake, if it rewrites.
+pub(crate) fn rewrite_host(route: &Route) -> Option<&str> {
+    route
+        .options
+        .as_ref()
+        .and_then(|o| o.rewrite_host.as_deref())
+}
+
+/// The handshake as parsed and the bytes its frame took at the start of
+/// the buffer (what a host rewrite replaces).
+struct FirstBytes<'a> {
+    handshake: &'a Handshake,
+    len: usize,
+}
+
+/// Dial the backends of `plan` in order within one connect budget (each
+/// attempt gets an equal share of what is left), noting failures for the
+/// backoff. The address dialled and its stream, or the last error.
+async fn dial_plan(
+    shared: &Shared,
+    addresses: &[String],
+    budget: Duration,
+) -> Result<(String, TcpStream), Option<io::Error>> {
+    let deadline = Instant::now() + budget;
+    let mut last = None;
+    for (i, address) in addresses.iter().enumerate() {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            break;
+        }
+        let share = left / u32::try_from(addresses.len() - i).unwrap_or(u32::MAX);
+        match dial(address, share).await {
+            Ok(s) => {
+                shared.balancer.dial_worked(address);
+                return Ok((address.clone(), s));
+            }
+            Err(e) => {
+                shared.balancer.dial_failed(address);
+                if addresses.len() > 1 {
+                    info!(backend = %address, error = %e, "backend unreachable; trying the next");
+                }
+                last = Some(e);
+            }
+        }
+    }
+    Err(last)
+}
+
 async fn disconnect(stream: &mut TcpStream, message: &str) {
     let _ = stream
         .write_all(&mcproto::encode_login_disconnect(message))
@@ -532,15 +639,20 @@ pub mod messages {
     pub const UNKNOWN_HOST: &str = "§cThere is no server at this address.";
     pub const COULD_NOT_START: &str =
         "§cThe server could not be started right now.\n§7Please try again later.";
+    pub const FULL: &str = "§cThis server is full.\n§7Please try again later.";
+    pub const DENIED: &str = "§cYou cannot join this server from your network.";
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn login(
     mut stream: TcpStream,
     shared: &Shared,
     entry: &ConnEntry,
     route: Option<Route>,
+    capture: Option<String>,
     who: &Peer,
     mut buf: Vec<u8>,
+    first: FirstBytes<'_>,
 ) -> Outcome {
     let cfg = &shared.config;
     let Some(route) = route else {
@@ -551,18 +663,48 @@ async fn login(
         disconnect(&mut stream, msg).await;
         return Outcome::UnknownHost;
     };
+    // Allow/deny and the player limit come before any backend is dialled.
+    if !route_admits(Some(&route), who) {
+        disconnect(&mut stream, messages::DENIED).await;
+        return Outcome::Refused("denied_address");
+    }
+    let options = route.options.clone().unwrap_or_default();
+    let Some(mut seat) = shared
+        .balancer
+        .take_seat(&route.server, options.max_players)
+    else {
+        disconnect(&mut stream, messages::FULL).await;
+        return Outcome::Refused("server_full");
+    };
+    let plan = shared.balancer.plan_login(&route, capture.as_deref());
+    let Some(first_choice) = plan.addresses.first().cloned() else {
+        // A wildcard route whose address needs a label the hostname lacks.
+        disconnect(&mut stream, messages::UNKNOWN_HOST).await;
+        return Outcome::UnknownHost;
+    };
+    if let Some(host) = rewrite_host(&route) {
+        let mut head = mcproto::encode_rewritten_handshake(first.handshake, host);
+        head.extend_from_slice(buf.get(first.len..).unwrap_or_default());
+        buf = head;
+    }
+    let hold = options
+        .hold_timeout_ms
+        .map_or(cfg.hold_timeout, Duration::from_millis);
     let asleep = route.is_stopped()
         || matches!(
             shared.routes.wake_phase(&route.server),
             Some(WakePhase::Waking | WakePhase::Asleep)
         );
-    let mut address = route.address.clone();
+    let mut address = first_choice;
     let mut dialed = None;
     let mut dial_error = None;
     if !asleep {
-        match dial(&address, cfg.connect_timeout).await {
-            Ok(s) => dialed = Some(s),
-            Err(e) => dial_error = Some(e),
+        match dial_plan(shared, &plan.addresses, cfg.connect_timeout).await {
+            Ok((a, s)) => {
+                address = a;
+                dialed = Some(s);
+            }
+            Err(e) => dial_error = e,
         }
     }
     let upstream = match dialed {
@@ -571,11 +713,16 @@ async fn login(
             if let Some(e) = &dial_error {
                 info!(backend = %address, error = %e, "backend unreachable; waking");
             }
-            let hold_deadline = Instant::now() + cfg.hold_timeout;
-            match hold_for_wake(&mut stream, shared, entry, &route, &mut buf).await {
+            let hold_deadline = Instant::now() + hold;
+            match hold_for_wake(&mut stream, shared, entry, &route, hold, &mut buf).await {
                 Held::Woke(addr) => {
-                    if !addr.is_empty() {
-                        address = addr;
+                    // The waker's address, else the route's (expanded for
+                    // a wildcard capture); else the first choice.
+                    if let Some(a) =
+                        automc_proto::backend::expand_address(&addr, capture.as_deref())
+                            .filter(|a| !a.is_empty())
+                    {
+                        address = a;
                     }
                     match dial_until(&address, cfg.connect_timeout, hold_deadline).await {
                         Ok(s) => s,
@@ -592,7 +739,9 @@ async fn login(
                     // try it once before giving up.
                     if asleep {
                         if let Ok(s) = dial(&address, cfg.connect_timeout).await {
-                            return proxy(stream, s, shared, entry, who, &address, buf).await;
+                            seat.on_backend(&address);
+                            let to = (Some(&route), who);
+                            return proxy(stream, s, shared, entry, to, &address, buf).await;
                         }
                     }
                     let (msg, outcome) = wake_failure_message(&e);
@@ -603,7 +752,17 @@ async fn login(
             }
         }
     };
-    proxy(stream, upstream, shared, entry, who, &address, buf).await
+    seat.on_backend(&address);
+    proxy(
+        stream,
+        upstream,
+        shared,
+        entry,
+        (Some(&route), who),
+        &address,
+        buf,
+    )
+    .await
 }
 
 /// What the player reads after a failed wake: a fixed text per reason, never
@@ -642,12 +801,13 @@ async fn hold_for_wake(
     shared: &Shared,
     entry: &ConnEntry,
     route: &Route,
+    hold: Duration,
     buf: &mut Vec<u8>,
 ) -> Held {
     entry.set_phase(Phase::Holding);
     shared.metrics.held_logins.inc();
     let started = Instant::now();
-    let wake = shared.sync.wake(&route.server, shared.config.hold_timeout);
+    let wake = shared.sync.wake(&route.server, hold);
     tokio::pin!(wake);
     let mut client_open = true;
     let result = loop {
@@ -691,7 +851,7 @@ async fn proxy(
     mut upstream: TcpStream,
     shared: &Shared,
     entry: &ConnEntry,
-    who: &Peer,
+    (route, who): (Option<&Route>, &Peer),
     address: &str,
     buf: Vec<u8>,
 ) -> Outcome {
@@ -699,7 +859,7 @@ async fn proxy(
     entry.update(|d| d.backend = address.to_owned());
     entry.set_phase(Phase::Proxying);
     let mut head = Vec::with_capacity(buf.len() + 64);
-    if let Some((src, dst)) = proxy_pair(shared, who, &stream) {
+    if let Some((src, dst)) = proxy_pair(shared, route, who, &stream) {
         head.extend(mcproto::encode_proxy_v2(src, dst));
     }
     head.extend_from_slice(&buf);

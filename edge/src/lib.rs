@@ -8,6 +8,7 @@
 #![forbid(unsafe_code)]
 
 pub mod admin;
+pub mod balance;
 pub mod config;
 pub mod conn;
 pub mod limits;
@@ -66,6 +67,8 @@ pub struct Shared {
     /// Pipes lent to spliced sessions while their bytes flow.
     pub pipes: splice::PipePool,
     pub admission: limits::Admission,
+    /// Backend choice: dial backoffs, round-robin turns, player seats.
+    pub balancer: balance::Balancer,
     /// Refusals are logged at most once a second (a flood must not flood the logs).
     pub refusal_log: limits::LogThrottle,
     draining: AtomicBool,
@@ -169,6 +172,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
         status_cache: status::StatusCache::new(config.status_cache_size),
         pipes: splice::PipePool::new(config.splice_pipes),
         admission: limits::Admission::new(config.limits),
+        balancer: balance::Balancer::new(config.backend_backoff),
         refusal_log: limits::LogThrottle::new(Duration::from_secs(1)),
         config,
         routes,

@@ -278,6 +278,32 @@ pub enum Answer {
     Close,
 }
 
+/// What a status ping is for: the route its hostname matched, and what a
+/// wildcard captured (for `{1}` in backend addresses).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Target<'a> {
+    pub route: Option<&'a Route>,
+    pub capture: Option<&'a str>,
+}
+
+/// The asleep MOTD of `route`: its `asleep_motd` option, else the flag.
+pub fn asleep_motd<'a>(shared: &'a Shared, route: &'a Route) -> &'a str {
+    route
+        .options
+        .as_ref()
+        .and_then(|o| o.asleep_motd.as_deref())
+        .unwrap_or(&shared.config.asleep_motd)
+}
+
+/// The starting MOTD of `route`: its `starting_motd` option, else the flag.
+pub fn starting_motd<'a>(shared: &'a Shared, route: &'a Route) -> &'a str {
+    route
+        .options
+        .as_ref()
+        .and_then(|o| o.starting_motd.as_deref())
+        .unwrap_or(&shared.config.starting_motd)
+}
+
 /// What a status ping for `route` gets, before any fetch.
 pub fn decide(shared: &Shared, route: Option<&Route>) -> Answer {
     let cfg = &shared.config;
@@ -287,20 +313,22 @@ pub fn decide(shared: &Shared, route: Option<&Route>) -> Answer {
             UnknownHost::Close => Answer::Close,
         };
     };
+    let asleep = || Answer::Local(asleep_motd(shared, route).to_owned());
+    let starting = || Answer::Local(starting_motd(shared, route).to_owned());
     let phase = shared.routes.wake_phase(&route.server);
     if phase == Some(WakePhase::Waking) {
-        return Answer::Local(cfg.starting_motd.clone());
+        return starting();
     }
     if phase == Some(WakePhase::Asleep) {
         // Stopped by syncd: the state column may still say running.
-        return Answer::Local(cfg.asleep_motd.clone());
+        return asleep();
     }
     match route.run_state() {
         RouteState::Running => Answer::Backend,
         // Woken by syncd while the state column was not (yet) updated.
         _ if phase == Some(WakePhase::Running) => Answer::Backend,
-        RouteState::Starting => Answer::Local(cfg.starting_motd.clone()),
-        RouteState::Stopped | RouteState::Other => Answer::Local(cfg.asleep_motd.clone()),
+        RouteState::Starting => starting(),
+        RouteState::Stopped | RouteState::Other => asleep(),
     }
 }
 
@@ -315,28 +343,51 @@ pub fn local_json(motd: &str, protocol: i32) -> String {
     })
 }
 
+/// Local status JSON for a route: its favicon, its player limit as the
+/// maximum and this edge's players of it as online.
+pub fn local_json_for(shared: &Shared, route: Option<&Route>, motd: &str, protocol: i32) -> String {
+    let Some(route) = route else {
+        return local_json(motd, protocol);
+    };
+    let options = route.options.as_ref();
+    let info = StatusInfo {
+        motd,
+        version_name: LOCAL_VERSION_NAME,
+        protocol,
+        online: i64::from(shared.balancer.players_of(&route.server)),
+        max: options.and_then(|o| o.max_players).map_or(0, i64::from),
+    };
+    let favicon = options.map_or(&[][..], |o| o.favicon.as_slice());
+    mcproto::status_json_with_favicon(&info, favicon)
+}
+
 /// The status JSON a modern client gets for `route`; `None` means close.
 pub async fn status_json_for(
     shared: &Shared,
-    route: Option<&Route>,
+    to: Target<'_>,
     handshake: &Handshake,
     proxy: Option<(SocketAddr, SocketAddr)>,
 ) -> Option<String> {
-    let cfg = &shared.config;
+    let route = to.route;
+    let protocol = handshake.protocol_version;
     match decide(shared, route) {
         Answer::Close => None,
-        Answer::Local(m) => Some(local_json(&m, handshake.protocol_version)),
+        Answer::Local(m) => Some(local_json_for(shared, route, &m, protocol)),
         Answer::Backend => {
+            let route = route?;
             let json = backend_status(
                 shared,
-                route?,
-                handshake.protocol_version,
+                to,
+                route,
+                protocol,
                 handshake.server_address.clone(),
                 handshake.server_port,
                 proxy,
             )
             .await;
-            Some(json.unwrap_or_else(|| local_json(&cfg.asleep_motd, handshake.protocol_version)))
+            Some(json.unwrap_or_else(|| {
+                local_json_for(shared, Some(route), asleep_motd(shared, route), protocol)
+            }))
         }
     }
 }
@@ -346,6 +397,7 @@ pub async fn status_json_for(
 /// cached.
 async fn backend_status(
     shared: &Shared,
+    to: Target<'_>,
     route: &Route,
     protocol_version: i32,
     server_address: String,
@@ -353,14 +405,25 @@ async fn backend_status(
     proxy: Option<(SocketAddr, SocketAddr)>,
 ) -> Option<String> {
     let cfg = &shared.config;
+    // The backend a login would get now (without taking its turn).
+    let address = shared
+        .balancer
+        .plan_status(route, to.capture)
+        .addresses
+        .into_iter()
+        .next()?;
+    let mut handshake = Handshake {
+        protocol_version,
+        server_address,
+        server_port,
+        next_state: NextState::Status,
+    };
+    if let Some(host) = crate::conn::rewrite_host(route) {
+        handshake = mcproto::with_host(&handshake, host);
+    }
     let target = StatusTarget {
-        address: route.address.clone(),
-        handshake: Handshake {
-            protocol_version,
-            server_address,
-            server_port,
-            next_state: NextState::Status,
-        },
+        address,
+        handshake,
         proxy,
     };
     match shared
@@ -382,11 +445,11 @@ async fn backend_status(
 /// The legacy (pre-1.7) answer for `route`; `None` means close.
 pub async fn legacy_answer(
     shared: &Shared,
-    route: Option<&Route>,
+    to: Target<'_>,
     ping: &LegacyPing,
     proxy: Option<(SocketAddr, SocketAddr)>,
 ) -> Option<Vec<u8>> {
-    let cfg = &shared.config;
+    let route = to.route;
     let client_protocol = ping.protocol_version.map_or(127, i32::from);
     let local = |motd: &str| {
         mcproto::encode_legacy_response(
@@ -395,8 +458,11 @@ pub async fn legacy_answer(
                 motd,
                 version_name: LOCAL_VERSION_NAME,
                 protocol: client_protocol,
-                online: 0,
-                max: 0,
+                online: route.map_or(0, |r| i64::from(shared.balancer.players_of(&r.server))),
+                max: route
+                    .and_then(|r| r.options.as_ref())
+                    .and_then(|o| o.max_players)
+                    .map_or(0, i64::from),
             },
         )
     };
@@ -404,9 +470,11 @@ pub async fn legacy_answer(
         Answer::Close => None,
         Answer::Local(m) => Some(local(&m)),
         Answer::Backend => {
+            let route = route?;
             let fetched = backend_status(
                 shared,
-                route?,
+                to,
+                route,
                 LEGACY_FETCH_PROTOCOL,
                 ping.hostname.clone().unwrap_or_default(),
                 ping.port.unwrap_or(25565),
@@ -414,7 +482,7 @@ pub async fn legacy_answer(
             )
             .await;
             let Some(json) = fetched else {
-                return Some(local(&cfg.asleep_motd));
+                return Some(local(asleep_motd(shared, route)));
             };
             let s = summarize(&json);
             Some(mcproto::encode_legacy_response(

@@ -27,7 +27,7 @@ mod varint;
 mod tests;
 
 pub use first_packet::{parse_first_packet, FirstPacket};
-pub use handshake::{Handshake, NextState, MAX_HANDSHAKE_BYTES};
+pub use handshake::{with_host, Handshake, NextState, MAX_HANDSHAKE_BYTES};
 pub use legacy::{
     encode_legacy_ping_v1_6, encode_legacy_response, parse_legacy_bare_timeout, LegacyForm,
     LegacyPing, MAX_LEGACY_PING_BYTES,
@@ -37,14 +37,15 @@ pub use login::{
     MAX_USERNAME_CHARS,
 };
 pub use packets::{
-    encode_handshake, encode_login_disconnect, encode_ping, encode_pong, encode_status_request,
-    encode_status_response, parse_pong, parse_status_packet, parse_status_response, StatusPacket,
+    encode_handshake, encode_login_disconnect, encode_ping, encode_pong,
+    encode_rewritten_handshake, encode_status_request, encode_status_response, parse_pong,
+    parse_status_packet, parse_status_response, StatusPacket,
 };
 pub use proxy_header::{
     detect_proxy_header, encode_proxy_v1, encode_proxy_v2, parse_proxy_header, ProxyHeader,
     ProxyHeaderError, MAX_PROXY_HEADER_BYTES,
 };
-pub use status::{mark_status_stale, status_json, StatusInfo};
+pub use status::{base64, mark_status_stale, status_json, status_json_with_favicon, StatusInfo};
 
 pub use varint::{read_varint, varint_len, write_varint, MAX_PACKET_BYTES, MAX_VARINT_BYTES};
 

@@ -1029,3 +1029,68 @@ fn uuids_print_hyphenated() {
     };
     assert_eq!(l.uuid_string(), "");
 }
+
+#[test]
+fn a_rewritten_handshake_keeps_the_forge_marker_port_and_next_state() {
+    // Recorded: protocol 767, "play.example.com\0FML3\0", port 25565, login.
+    let mut sent = vec![0x1d, 0x00, 0xff, 0x05, 0x16];
+    sent.extend_from_slice(b"play.example.com\0FML3\0");
+    sent.extend_from_slice(&[0x63, 0xdd, 0x02]);
+    let (h, len) = match parse_first_packet(&sent) {
+        Ok(Some(FirstPacket::Modern { handshake, len })) => (handshake, len),
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(len, sent.len());
+    let out = encode_rewritten_handshake(&h, "lobby.internal");
+    let mut want = vec![0x1b, 0x00, 0xff, 0x05, 0x14];
+    want.extend_from_slice(b"lobby.internal\0FML3\0");
+    want.extend_from_slice(&[0x63, 0xdd, 0x02]);
+    assert_eq!(out, want);
+    // A forwarding suffix is kept too; a plain address is simply replaced.
+    let fwd = Handshake {
+        protocol_version: 47,
+        server_address: "a.example.com///1.2.3.4:5///sig".into(),
+        server_port: 25565,
+        next_state: NextState::Status,
+    };
+    assert_eq!(with_host(&fwd, "b").server_address, "b///1.2.3.4:5///sig");
+    let plain = Handshake {
+        server_address: "a.example.com".into(),
+        ..fwd
+    };
+    let again = encode_rewritten_handshake(&plain, "b.internal");
+    match parse_first_packet(&again) {
+        Ok(Some(FirstPacket::Modern { handshake, .. })) => {
+            assert_eq!(handshake.server_address, "b.internal");
+            assert_eq!(handshake.server_port, 25565);
+            assert_eq!(handshake.next_state, NextState::Status);
+            assert_eq!(handshake.protocol_version, 47);
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn a_favicon_goes_into_the_status_as_a_base64_data_url() {
+    assert_eq!(base64(b""), "");
+    assert_eq!(base64(b"f"), "Zg==");
+    assert_eq!(base64(b"fo"), "Zm8=");
+    assert_eq!(base64(b"foo"), "Zm9v");
+    assert_eq!(base64(b"foobar"), "Zm9vYmFy");
+    assert_eq!(base64(&[0xff, 0xfe, 0x00]), "//4A");
+    let info = StatusInfo {
+        motd: "hi",
+        version_name: "automc",
+        protocol: 767,
+        online: 1,
+        max: 20,
+    };
+    let v: serde_json::Value =
+        serde_json::from_str(&status_json_with_favicon(&info, b"\x89PNG")).expect("json");
+    assert_eq!(v["favicon"], "data:image/png;base64,iVBORw==");
+    assert_eq!(v["players"]["max"], 20);
+    let none: serde_json::Value =
+        serde_json::from_str(&status_json_with_favicon(&info, b"")).expect("json");
+    assert!(none.get("favicon").is_none());
+    assert_eq!(status_json_with_favicon(&info, b""), status_json(&info));
+}

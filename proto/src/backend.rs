@@ -132,6 +132,19 @@ impl BackendStrategy {
 }
 
 impl Route {
+    /// [`Route::backend_set`] with `{1}` expanded from `capture`; a backend
+    /// whose address cannot be expanded (no capture, or not one label) is
+    /// left out.
+    pub fn dial_set(&self, capture: Option<&str>) -> Vec<Backend> {
+        self.backend_set()
+            .into_iter()
+            .filter_map(|b| {
+                let address = expand_address(&b.address, capture)?;
+                Some(Backend { address, ..b })
+            })
+            .collect()
+    }
+
     /// Every backend in failover order: `address` (priority 0, weight 1)
     /// first among equals, then the extra rows, stably sorted by priority.
     pub fn backend_set(&self) -> Vec<Backend> {
@@ -155,9 +168,170 @@ impl Route {
     }
 }
 
+/// What an edge knows of one backend when it picks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct BackendState {
+    /// A dial failed recently: try it only after every other.
+    pub backed_off: bool,
+    /// Players on it (fleet-wide when known, else this edge's).
+    pub players: u32,
+}
+
+/// The order in which to try `backends` (failover order, as
+/// [`Route::backend_set`] gives them; `state` alike): the strategy's pick
+/// first, then every other backend not backed off in failover order, then
+/// the backed-off ones in failover order (a backoff is a preference, never a
+/// ban: a route whose every backend failed is still dialled).
+///
+/// The pick comes from the candidates: backends not backed off (all of them
+/// when each is), only weighted ones when there are any, of the best
+/// priority among those. `turn` drives round-robin (the edge counts logins
+/// per server), `random` the random strategy.
+pub fn order(
+    strategy: BackendStrategy,
+    backends: &[Backend],
+    state: &[BackendState],
+    turn: u64,
+    random: u64,
+) -> Vec<usize> {
+    let n = backends.len().min(state.len());
+    if n == 0 {
+        return Vec::new();
+    }
+    let healthy: Vec<usize> = (0..n).filter(|&i| !state[i].backed_off).collect();
+    let pool: Vec<usize> = if healthy.is_empty() {
+        (0..n).collect()
+    } else {
+        healthy.clone()
+    };
+    let weighted: Vec<usize> = pool
+        .iter()
+        .copied()
+        .filter(|&i| backends[i].weight > 0)
+        .collect();
+    let pool = if weighted.is_empty() { pool } else { weighted };
+    let best = pool
+        .iter()
+        .map(|&i| backends[i].priority)
+        .min()
+        .unwrap_or(0);
+    let candidates: Vec<usize> = pool
+        .into_iter()
+        .filter(|&i| backends[i].priority == best)
+        .collect();
+    let weight = |i: usize| u64::from(backends[i].weight.max(1));
+    let by_weight = |k: u64| {
+        let total: u64 = candidates.iter().map(|&i| weight(i)).sum();
+        let mut k = k % total.max(1);
+        for &i in &candidates {
+            if k < weight(i) {
+                return i;
+            }
+            k -= weight(i);
+        }
+        candidates[0]
+    };
+    let first = match strategy {
+        BackendStrategy::Unspecified | BackendStrategy::Failover => candidates[0],
+        BackendStrategy::RoundRobin => by_weight(turn),
+        BackendStrategy::Random => by_weight(random),
+        BackendStrategy::LeastPlayers => {
+            // Fewest players per unit of weight; ties keep failover order.
+            let mut best = candidates[0];
+            for &i in &candidates[1..] {
+                let (pi, pb) = (u64::from(state[i].players), u64::from(state[best].players));
+                if pi * weight(best) < pb * weight(i) {
+                    best = i;
+                }
+            }
+            best
+        }
+    };
+    let mut out = Vec::with_capacity(n);
+    out.push(first);
+    out.extend((0..n).filter(|&i| i != first && !state[i].backed_off));
+    out.extend((0..n).filter(|&i| i != first && state[i].backed_off));
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn b(address: &str, weight: u32, priority: i32) -> Backend {
+        Backend {
+            address: address.into(),
+            weight,
+            priority,
+        }
+    }
+
+    fn up(players: u32) -> BackendState {
+        BackendState {
+            backed_off: false,
+            players,
+        }
+    }
+
+    const DOWN: BackendState = BackendState {
+        backed_off: true,
+        players: 0,
+    };
+
+    #[test]
+    fn failover_takes_the_first_healthy_backend_and_keeps_the_rest_in_order() {
+        let set = [b("a", 1, 0), b("b", 1, 0), b("c", 1, 5)];
+        let f = BackendStrategy::Failover;
+        assert_eq!(order(f, &set, &[up(0); 3], 0, 0), [0, 1, 2]);
+        assert_eq!(order(f, &set, &[DOWN, up(0), up(0)], 0, 0), [1, 2, 0]);
+        assert_eq!(order(f, &set, &[DOWN, DOWN, up(0)], 0, 0), [2, 0, 1]);
+        // Every backend backed off: all are still tried, in order.
+        assert_eq!(order(f, &set, &[DOWN; 3], 0, 0), [0, 1, 2]);
+        assert_eq!(order(f, &[], &[], 0, 0), Vec::<usize>::new());
+    }
+
+    #[test]
+    fn round_robin_cycles_the_best_priority_by_weight() {
+        let set = [b("a", 1, 0), b("b", 2, 0), b("standby", 1, 9)];
+        let rr = BackendStrategy::RoundRobin;
+        let firsts: Vec<usize> = (0..6)
+            .map(|t| order(rr, &set, &[up(0); 3], t, 0)[0])
+            .collect();
+        assert_eq!(firsts, [0, 1, 1, 0, 1, 1]);
+        // The standby only when both are down.
+        assert_eq!(order(rr, &set, &[DOWN, DOWN, up(0)], 3, 0)[0], 2);
+    }
+
+    #[test]
+    fn weight_zero_is_a_last_resort() {
+        let set = [b("drained", 0, 0), b("live", 1, 0)];
+        for s in [BackendStrategy::Failover, BackendStrategy::RoundRobin] {
+            assert_eq!(order(s, &set, &[up(0); 2], 0, 0), [1, 0], "{s:?}");
+            assert_eq!(order(s, &set, &[up(0), DOWN], 0, 0), [0, 1], "{s:?}");
+        }
+    }
+
+    #[test]
+    fn random_follows_the_weights() {
+        let set = [b("a", 1, 0), b("b", 3, 0)];
+        let mut seen = [0usize; 2];
+        for r in 0..400 {
+            seen[order(BackendStrategy::Random, &set, &[up(0); 2], 0, r)[0]] += 1;
+        }
+        assert_eq!(seen, [100, 300]);
+    }
+
+    #[test]
+    fn least_players_picks_the_emptiest_per_weight() {
+        let set = [b("a", 1, 0), b("b", 1, 0), b("c", 2, 0)];
+        let lp = BackendStrategy::LeastPlayers;
+        assert_eq!(order(lp, &set, &[up(3), up(1), up(4)], 0, 0)[0], 1);
+        // 4 players on weight 2 is 2 per unit: fewer than 3.
+        assert_eq!(order(lp, &set, &[up(3), up(3), up(4)], 0, 0)[0], 2);
+        // Ties keep failover order; a backed-off one is skipped.
+        assert_eq!(order(lp, &set, &[up(1), up(1), up(2)], 0, 0)[0], 0);
+        assert_eq!(order(lp, &set, &[DOWN, up(5), up(0)], 0, 0), [2, 1, 0]);
+    }
 
     #[test]
     fn addresses_are_host_and_port() {

@@ -473,17 +473,30 @@ impl RouteTable {
         check_len(hostname)?;
         let normalized = normalize_player_hostname(hostname);
         Ok(match self.lookup(&normalized)? {
-            Some(m) => GetRouteResponse {
-                found: true,
-                route: Some(m.route.clone()),
-                matched: m.pattern.to_owned(),
-                normalized,
-            },
+            Some(m) => {
+                let capture = crate::backend::captured(m.pattern, &normalized);
+                let backends = m.route.dial_set(capture);
+                let strategy = m.route.strategy();
+                let state = vec![crate::backend::BackendState::default(); backends.len()];
+                let would_dial = crate::backend::order(strategy, &backends, &state, 0, 0)
+                    .first()
+                    .and_then(|&i| backends.get(i))
+                    .map(|b| b.address.clone())
+                    .unwrap_or_default();
+                GetRouteResponse {
+                    found: true,
+                    route: Some(m.route.clone()),
+                    matched: m.pattern.to_owned(),
+                    normalized,
+                    backends,
+                    strategy: strategy.into(),
+                    would_dial,
+                }
+            }
             None => GetRouteResponse {
                 found: false,
-                route: None,
-                matched: String::new(),
                 normalized,
+                ..GetRouteResponse::default()
             },
         })
     }

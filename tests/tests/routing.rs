@@ -3,11 +3,56 @@
 //! through the same snapshots and deltas as the routes; invalid rows are
 //! skipped and reported while the rest syncs; an original automc database
 //! without the new tables keeps working.
-use automc_proto::v1::BackendStrategy;
-use automc_tests::mc::{login, BackendOptions, McBackend};
+use automc_proto::v1::edge_admin_client::EdgeAdminClient;
+use automc_proto::v1::{BackendStrategy, GetRouteRequest};
+use automc_tests::mc::{self, login, status_ping, BackendOptions, McBackend, DEFAULT_PROTOCOL};
 use automc_tests::pg::TestPg;
-use automc_tests::stack::{metric_sample, migrated_pg, start_edge, start_syncd, DEADLINE};
+use automc_tests::stack::{
+    eventually, metric_sample, migrated_pg, start_edge, start_syncd, EdgeHandle, SyncdHandle,
+    DEADLINE,
+};
 use syncd::check::Level;
+
+async fn stack(
+    rows: &str,
+    tweak: impl FnOnce(&mut edge::Config),
+) -> (TestPg, SyncdHandle, EdgeHandle) {
+    let pg = migrated_pg().await;
+    pg.execute(rows).await;
+    let syncd = start_syncd(&pg.dsn(), |_| {}).await;
+    let edge = start_edge(&[syncd.grpc_url()], tweak).await;
+    edge.ready().await;
+    (pg, syncd, edge)
+}
+
+async fn backend(motd: &str) -> McBackend {
+    McBackend::start(BackendOptions::with_motd(motd))
+        .await
+        .expect("backend")
+}
+
+/// Log `name` in through the edge and return the index of the backend in
+/// `backends` that received it (and the open connection).
+async fn login_lands(
+    edge: &EdgeHandle,
+    host: &str,
+    name: &str,
+    backends: &[&McBackend],
+) -> (usize, mc::McConn) {
+    let conn = login(edge.listen_addr, host, name).await.expect("login");
+    let mut at = None;
+    eventually(&format!("{name} reaches a backend"), DEADLINE, || {
+        let found = backends.iter().position(|b| {
+            b.logins()
+                .iter()
+                .any(|c| c.username.as_deref() == Some(name))
+        });
+        at = found;
+        async move { found.is_some() }
+    })
+    .await;
+    (at.unwrap_or(usize::MAX), conn)
+}
 
 /// A 64x64 PNG (signature and IHDR; the pixels do not matter to anyone
 /// but the client, which is not here).
@@ -288,4 +333,316 @@ async fn an_original_database_without_the_new_tables_still_syncs_and_routes() {
         })
     })
     .await;
+}
+
+#[tokio::test]
+async fn failover_uses_the_first_backend_then_the_next_when_it_dies_and_recovers_after_the_backoff()
+{
+    let a = backend("a").await;
+    let b = backend("b").await;
+    let rows = format!(
+        "INSERT INTO servers (name, domain, address, state) VALUES ('s', 's.example.com', '{}', 'running');
+         INSERT INTO server_backends (server, address, priority) VALUES ('s', '{}', 1);",
+        a.addr(),
+        b.addr()
+    );
+    let (_pg, _syncd, edge) = stack(&rows, |_| {}).await;
+    for i in 0..3 {
+        let (at, _c) = login_lands(&edge, "s.example.com", &format!("first{i}"), &[&a, &b]).await;
+        assert_eq!(at, 0, "failover keeps to the first backend");
+    }
+    let a_addr = a.addr();
+    a.stop();
+    drop(a);
+    // The same login moves on to the next backend within its connect budget.
+    let (at, _c) = login_lands(&edge, "s.example.com", "moved", &[&b]).await;
+    assert_eq!(at, 0);
+    // The dead one is skipped (no wake, no wait) while it is backed off.
+    let (_, _c) = login_lands(&edge, "s.example.com", "skipped", &[&b]).await;
+    // Back on the same address: logins return to it once the backoff passes.
+    let a = McBackend::start_on(a_addr, BackendOptions::with_motd("a again"))
+        .await
+        .expect("restart a");
+    let mut n = 0;
+    eventually(
+        "logins return to the recovered first backend",
+        DEADLINE,
+        || {
+            n += 1;
+            let name = format!("back{n}");
+            let edge = &edge;
+            let (a, b) = (&a, &b);
+            async move {
+                let (at, _c) = login_lands(edge, "s.example.com", &name, &[a, b]).await;
+                at == 0
+            }
+        },
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn round_robin_cycles_the_backends_in_order() {
+    let a = backend("a").await;
+    let b = backend("b").await;
+    let c = backend("c").await;
+    let rows = format!(
+        "INSERT INTO servers (name, domain, address, state) VALUES ('s', 's.example.com', '{}', 'running');
+         INSERT INTO server_backends (server, address) VALUES ('s', '{}'), ('s', '{}');
+         INSERT INTO server_options (server, strategy) VALUES ('s', 'round-robin');",
+        a.addr(),
+        b.addr(),
+        c.addr()
+    );
+    let (_pg, _syncd, edge) = stack(&rows, |_| {}).await;
+    // servers.address first, then the rows in address order.
+    let mut rows_order = [
+        (b.addr().to_string(), 1usize),
+        (c.addr().to_string(), 2usize),
+    ];
+    rows_order.sort();
+    let want: Vec<usize> = [0, rows_order[0].1, rows_order[1].1].repeat(2);
+    let mut got = Vec::new();
+    for i in 0..6 {
+        let (at, _c) = login_lands(&edge, "s.example.com", &format!("p{i}"), &[&a, &b, &c]).await;
+        got.push(at);
+    }
+    assert_eq!(got, want);
+}
+
+#[tokio::test]
+async fn random_spreads_logins_over_every_backend() {
+    let a = backend("a").await;
+    let b = backend("b").await;
+    let rows = format!(
+        "INSERT INTO servers (name, domain, address, state) VALUES ('s', 's.example.com', '{}', 'running');
+         INSERT INTO server_backends (server, address) VALUES ('s', '{}');
+         INSERT INTO server_options (server, strategy) VALUES ('s', 'random');",
+        a.addr(),
+        b.addr()
+    );
+    let (_pg, _syncd, edge) = stack(&rows, |_| {}).await;
+    // Bounded by a count, not a clock: 2^-99 odds of a false failure.
+    let mut seen = [false; 2];
+    for n in 0..100 {
+        let (at, _c) = login_lands(&edge, "s.example.com", &format!("r{n}"), &[&a, &b]).await;
+        seen[at] = true;
+        if seen == [true, true] {
+            return;
+        }
+    }
+    panic!("100 random logins all went to one backend: {seen:?}");
+}
+
+#[tokio::test]
+async fn least_players_sends_each_login_to_the_emptiest_backend() {
+    let a = backend("a").await;
+    let b = backend("b").await;
+    let rows = format!(
+        "INSERT INTO servers (name, domain, address, state) VALUES ('s', 's.example.com', '{}', 'running');
+         INSERT INTO server_backends (server, address) VALUES ('s', '{}');
+         INSERT INTO server_options (server, strategy) VALUES ('s', 'least-players');",
+        a.addr(),
+        b.addr()
+    );
+    let (_pg, _syncd, edge) = stack(&rows, |_| {}).await;
+    let (first, c1) = login_lands(&edge, "s.example.com", "one", &[&a, &b]).await;
+    assert_eq!(first, 0, "a tie goes to the first backend");
+    let (second, c2) = login_lands(&edge, "s.example.com", "two", &[&a, &b]).await;
+    assert_eq!(second, 1, "one player on a: b is emptier");
+    let (third, _c3) = login_lands(&edge, "s.example.com", "three", &[&a, &b]).await;
+    assert_eq!(third, 0, "a tie again");
+    drop((c1, c2));
+}
+
+fn png_hex() -> String {
+    hex(&png_64())
+}
+
+#[tokio::test]
+async fn a_sleeping_server_answers_status_with_its_own_motd_favicon_and_player_limit() {
+    let rows = format!(
+        "INSERT INTO servers (name, domain, address, state)
+           VALUES ('s', 's.example.com', '127.0.0.1:1', 'stopped');
+         INSERT INTO server_options (server, asleep_motd, favicon, max_players)
+           VALUES ('s', 'Sleeping lobby: join to wake it', '\\x{}', 42);",
+        png_hex()
+    );
+    let (_pg, _syncd, edge) = stack(&rows, |_| {}).await;
+    let reply = status_ping(edge.listen_addr, "s.example.com", DEFAULT_PROTOCOL)
+        .await
+        .expect("status");
+    assert_eq!(reply.motd(), "Sleeping lobby: join to wake it");
+    let v = reply.value();
+    assert_eq!(
+        v["favicon"].as_str(),
+        Some(format!("data:image/png;base64,{}", mcproto::base64(&png_64())).as_str())
+    );
+    assert_eq!(v["players"]["max"], 42);
+}
+
+#[tokio::test]
+async fn past_max_players_a_login_gets_a_readable_server_is_full() {
+    let a = backend("a").await;
+    let rows = format!(
+        "INSERT INTO servers (name, domain, address, state) VALUES ('s', 's.example.com', '{}', 'running');
+         INSERT INTO server_options (server, max_players) VALUES ('s', 1);",
+        a.addr()
+    );
+    let (_pg, _syncd, edge) = stack(&rows, |_| {}).await;
+    let (_, _first) = login_lands(&edge, "s.example.com", "first", &[&a]).await;
+    let mut second = login(edge.listen_addr, "s.example.com", "second")
+        .await
+        .expect("connect");
+    let text = second.read_disconnect().await.expect("disconnect");
+    assert!(text.contains("full"), "{text}");
+    assert_eq!(
+        a.logins().len(),
+        1,
+        "the backend never saw the second login"
+    );
+}
+
+#[tokio::test]
+async fn denied_addresses_are_refused_before_any_backend_dial() {
+    let a = backend("a").await;
+    let rows = format!(
+        "INSERT INTO servers (name, domain, address, state) VALUES
+           ('denied', 'd.example.com', '{0}', 'running'),
+           ('allowed-elsewhere', 'o.example.com', '{0}', 'running'),
+           ('open', 'open.example.com', '{0}', 'running');
+         INSERT INTO server_options (server, deny_cidrs) VALUES ('denied', '{{127.0.0.0/8}}');
+         INSERT INTO server_options (server, allow_cidrs) VALUES ('allowed-elsewhere', '{{10.0.0.0/8}}');",
+        a.addr()
+    );
+    let (_pg, syncd, edge) = stack(&rows, |_| {}).await;
+    for host in ["d.example.com", "o.example.com"] {
+        let mut c = login(edge.listen_addr, host, "steve")
+            .await
+            .expect("connect");
+        let text = c.read_disconnect().await.expect("disconnect");
+        assert!(text.contains("cannot join"), "{host}: {text}");
+    }
+    assert_eq!(a.accepted(), 0, "no dial for a refused client");
+    let (_, _ok) = login_lands(&edge, "open.example.com", "fine", &[&a]).await;
+
+    // The global flag refuses before the handshake is even read.
+    let global = start_edge(&[syncd.grpc_url()], |c| {
+        c.deny_cidrs = vec!["127.0.0.1/32".parse().expect("cidr")];
+    })
+    .await;
+    global.ready().await;
+    let before = a.accepted();
+    let mut c = login(global.listen_addr, "open.example.com", "steve")
+        .await
+        .expect("connect");
+    assert!(c.closed_within(DEADLINE).await, "closed without an answer");
+    assert_eq!(a.accepted(), before);
+    assert!(global.metric("automc_edge_refused_total{reason=\"denied_address\"}") >= 1.0);
+}
+
+#[tokio::test]
+async fn rewrite_host_reaches_the_backend_with_the_forge_marker_and_every_later_byte_untouched() {
+    let a = backend("a").await;
+    let rows = format!(
+        "INSERT INTO servers (name, domain, address, state) VALUES ('s', 's.example.com', '{}', 'running');
+         INSERT INTO server_options (server, rewrite_host) VALUES ('s', 'lobby.internal');",
+        a.addr()
+    );
+    let (_pg, _syncd, edge) = stack(&rows, |_| {}).await;
+    let mut conn = login(edge.listen_addr, "S.Example.com\0FML3\0", "forge")
+        .await
+        .expect("login");
+    let recs = a.wait_for_logins(1, DEADLINE).await.expect("login arrives");
+    let rec = recs.last().expect("record");
+    let hs = rec.handshake.clone().expect("handshake");
+    assert_eq!(hs.address, "lobby.internal\0FML3\0");
+    assert_eq!(
+        (hs.port, hs.next_state, hs.protocol),
+        (25565, 2, DEFAULT_PROTOCOL)
+    );
+    let sent_hs = mc::handshake_packet(DEFAULT_PROTOCOL, "S.Example.com\0FML3\0", 25565, 2);
+    let want_hs = mc::handshake_packet(DEFAULT_PROTOCOL, "lobby.internal\0FML3\0", 25565, 2);
+    assert!(rec.received.starts_with(&want_hs));
+    assert_eq!(
+        rec.received[want_hs.len()..],
+        conn.sent_first[sent_hs.len()..],
+        "Login Start and everything after it as sent"
+    );
+    conn.send(b"after").await.expect("send");
+    assert_eq!(conn.read_exact(5).await.expect("echo"), b"after");
+}
+
+#[tokio::test]
+async fn a_wildcard_capture_dials_the_captured_label_and_refuses_anything_else() {
+    let a = backend("a").await;
+    let rows = format!(
+        "INSERT INTO servers (name, domain, address, state)
+           VALUES ('per-label', '*.mc.example.com', '{{1}}:{}', 'running');",
+        a.addr().port()
+    );
+    let (_pg, syncd, edge) = stack(&rows, |_| {}).await;
+    let (_, _c) = login_lands(&edge, "localhost.mc.example.com", "label", &[&a]).await;
+    for bad in ["a.localhost.mc.example.com", "x_y.mc.example.com"] {
+        let mut c = login(edge.listen_addr, bad, "evil").await.expect("connect");
+        let text = c.read_disconnect().await.expect("disconnect");
+        assert!(text.contains("no server at this address"), "{bad}: {text}");
+    }
+    assert_eq!(a.logins().len(), 1);
+
+    // GetRoute on syncd and on the edge shows the expanded backend.
+    let want = format!("localhost:{}", a.addr().port());
+    let mut client = syncd.client().await;
+    let r = client
+        .get_route(GetRouteRequest {
+            hostname: "localhost.mc.example.com".into(),
+        })
+        .await
+        .expect("GetRoute")
+        .into_inner();
+    assert_eq!(r.would_dial, want);
+    assert_eq!(r.backends.len(), 1);
+    let mut admin = EdgeAdminClient::connect(format!("http://{}", edge.grpc_addr))
+        .await
+        .expect("edge admin");
+    let r = admin
+        .get_route(GetRouteRequest {
+            hostname: "localhost.mc.example.com".into(),
+        })
+        .await
+        .expect("edge GetRoute")
+        .into_inner();
+    assert_eq!(r.would_dial, want);
+    assert_eq!(r.strategy(), BackendStrategy::Failover);
+}
+
+#[tokio::test]
+async fn get_route_shows_the_backend_set_and_what_this_edge_would_dial_now() {
+    let a = backend("a").await;
+    let b = backend("b").await;
+    let rows = format!(
+        "INSERT INTO servers (name, domain, address, state) VALUES ('s', 's.example.com', '{}', 'running');
+         INSERT INTO server_backends (server, address, priority) VALUES ('s', '{}', 1);",
+        a.addr(),
+        b.addr()
+    );
+    let (_pg, _syncd, edge) = stack(&rows, |_| {}).await;
+    let mut admin = EdgeAdminClient::connect(format!("http://{}", edge.grpc_addr))
+        .await
+        .expect("edge admin");
+    let ask = || GetRouteRequest {
+        hostname: "s.example.com".into(),
+    };
+    let r = admin.get_route(ask()).await.expect("GetRoute").into_inner();
+    let set: Vec<String> = r.backends.iter().map(|b| b.address.clone()).collect();
+    assert_eq!(set, [a.addr().to_string(), b.addr().to_string()]);
+    assert_eq!(r.would_dial, a.addr().to_string());
+    a.stop();
+    let (_, _c) = login_lands(&edge, "s.example.com", "moves", &[&b]).await;
+    let r = admin.get_route(ask()).await.expect("GetRoute").into_inner();
+    assert_eq!(
+        r.would_dial,
+        b.addr().to_string(),
+        "the dead backend is backed off"
+    );
 }
