@@ -8,22 +8,10 @@ use automc_proto::v1::{BackendStrategy, GetRouteRequest};
 use automc_tests::mc::{self, login, status_ping, BackendOptions, McBackend, DEFAULT_PROTOCOL};
 use automc_tests::pg::TestPg;
 use automc_tests::stack::{
-    dead_address, eventually, metric_sample, migrated_pg, start_edge, start_syncd, EdgeHandle,
-    SyncdHandle, DEADLINE,
+    dead_address, eventually, metric_sample, migrated_pg, stack, start_edge, start_syncd,
+    EdgeHandle, DEADLINE,
 };
 use syncd::check::Level;
-
-async fn stack(
-    rows: &str,
-    tweak: impl FnOnce(&mut edge::Config),
-) -> (TestPg, SyncdHandle, EdgeHandle) {
-    let pg = migrated_pg().await;
-    pg.execute(rows).await;
-    let syncd = start_syncd(&pg.dsn(), |_| {}).await;
-    let edge = start_edge(&[syncd.grpc_url()], tweak).await;
-    edge.ready().await;
-    (pg, syncd, edge)
-}
 
 async fn backend(motd: &str) -> McBackend {
     McBackend::start(BackendOptions::with_motd(motd))
