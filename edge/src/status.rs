@@ -35,6 +35,8 @@ use mcproto::{Handshake, LegacyPing, NextState, StatusInfo, StatusPacket};
 pub const DEFAULT_CACHE_ENTRIES: usize = 4096;
 /// Version name shown in local answers.
 pub const LOCAL_VERSION_NAME: &str = "automc";
+/// Most backends of one route asked for one status ping.
+const MAX_STATUS_BACKENDS: usize = 3;
 /// Protocol used to fetch a backend's status on behalf of a legacy client.
 const LEGACY_FETCH_PROTOCOL: i32 = 47;
 /// Protocol numbers above this (outside the snapshot range) are not a real
@@ -405,13 +407,6 @@ async fn backend_status(
     proxy: Option<(SocketAddr, SocketAddr)>,
 ) -> Option<String> {
     let cfg = &shared.config;
-    // The backend a login would get now (without taking its turn).
-    let address = shared
-        .balancer
-        .plan_status(route, to.capture)
-        .addresses
-        .into_iter()
-        .next()?;
     let mut handshake = Handshake {
         protocol_version,
         server_address,
@@ -421,25 +416,39 @@ async fn backend_status(
     if let Some(host) = crate::conn::rewrite_host(route) {
         handshake = mcproto::with_host(&handshake, host);
     }
-    let target = StatusTarget {
-        address,
-        handshake,
-        proxy,
-    };
-    match shared
-        .status_cache
-        .get(
-            target,
-            cfg.status_cache_ttl,
-            cfg.status_stale_for,
-            cfg.connect_timeout,
-        )
-        .await
-    {
-        Fetched::Fresh(j) => Some(j.to_string()),
-        Fetched::Stale(j) => Some(j),
-        Fetched::Unavailable => None,
+    // The backends in the order a login would try them now (without taking
+    // its turn): a backend that cannot answer is backed off like a failed
+    // dial, and the next one asked, so a dead first backend does not make a
+    // running server look asleep.
+    let plan = shared.balancer.plan_status(route, to.capture);
+    let mut stale = None;
+    for address in plan.addresses.into_iter().take(MAX_STATUS_BACKENDS) {
+        let target = StatusTarget {
+            address: address.clone(),
+            handshake: handshake.clone(),
+            proxy,
+        };
+        let got = shared
+            .status_cache
+            .get(
+                target,
+                cfg.status_cache_ttl,
+                cfg.status_stale_for,
+                cfg.connect_timeout,
+            )
+            .await;
+        match got {
+            // Only a working login dial ends a backoff: a cached answer
+            // says nothing about now.
+            Fetched::Fresh(j) => return Some(j.to_string()),
+            Fetched::Stale(j) => {
+                shared.balancer.dial_failed(&address);
+                stale.get_or_insert(j);
+            }
+            Fetched::Unavailable => shared.balancer.dial_failed(&address),
+        }
     }
+    stale
 }
 
 /// The legacy (pre-1.7) answer for `route`; `None` means close.

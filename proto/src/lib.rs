@@ -7,6 +7,8 @@
 
 pub mod auth;
 pub mod backend;
+#[cfg(feature = "fake")]
+pub mod fake;
 pub mod hostname;
 pub mod state;
 pub mod sync;

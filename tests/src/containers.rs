@@ -11,9 +11,10 @@
 //!   `target/` is never sent to the engine).
 //! - Every container, image, network and volume a test creates carries the
 //!   run's unique name and is removed by [`Cleanup`]'s `Drop`, also when the
-//!   test fails. Kept on purpose, as caches like `target/`: the base image and
-//!   the stand-in Postgres and HAProxy images of `tests/containers/` (tagged
-//!   with a hash of their files, rebuilt only when those change).
+//!   test fails. Kept on purpose, as caches like `target/`: the base image,
+//!   the Dockerfile's `runtime` stage and the stand-in Postgres and HAProxy
+//!   images of `tests/containers/` (each tagged with a hash of its inputs,
+//!   rebuilt only when those change).
 //!
 //! Podman runs with `runc` (crun refuses hybrid cgroups), the cgroupfs manager
 //! and explicit ulimits (the engine's default, the host's hard limit, is
@@ -30,8 +31,15 @@ use tokio::process::Command;
 use crate::procs::bin_dir;
 use crate::stack::DEADLINE;
 
-/// Name of the base image made by `deploy/docker/debian-base.sh`.
-pub const BASE_IMAGE: &str = "localhost/automc-ci-debian:bookworm-slim";
+/// Name of the base image made by `deploy/docker/debian-base.sh`: its tag
+/// carries a hash of the script, so a changed script makes a new base.
+pub fn base_image_name() -> String {
+    let script = std::fs::read(repo().join("deploy/docker/debian-base.sh")).unwrap_or_default();
+    format!(
+        "localhost/automc-ci-debian:bookworm-slim-{}",
+        short_hex(&Sha256::digest(&script))
+    )
+}
 
 /// The repository root.
 pub fn repo() -> PathBuf {
@@ -202,10 +210,11 @@ pub async fn lock(name: &str) -> std::fs::File {
 }
 
 /// The base image, made once by `deploy/docker/debian-base.sh`.
-pub async fn base_image() -> &'static str {
+pub async fn base_image() -> String {
+    let image = base_image_name();
     let mut c = as_root("bash");
     c.arg(repo().join("deploy/docker/debian-base.sh"))
-        .arg(BASE_IMAGE)
+        .arg(&image)
         .arg(cache_dir())
         .env("CONTAINERS_CONF", containers_conf());
     // Cold: debootstrap downloads and unpacks ~100 packages.
@@ -213,7 +222,7 @@ pub async fn base_image() -> &'static str {
     if !out.status.success() {
         panic!("deploy/docker/debian-base.sh failed: {}", text(&out));
     }
-    BASE_IMAGE
+    image
 }
 
 /// Names of the three product images of one run.
@@ -395,7 +404,7 @@ async fn build_target(context: &Path, target: &str, tag: &str, base: &str) {
 /// `CARGO_BIN_EXE_automc-demo-backend`), tagged `localhost/automc-*:<run>`
 /// (the names compose.yaml and the Kubernetes manifests use).
 pub async fn build_product_images(run: &str, demo_backend: &Path, cleanup: &Cleanup) -> Images {
-    let base = base_image().await;
+    let base = &base_image().await;
     let bins = bin_dir().await;
     let ctx = cache_dir().join(format!("context-{run}"));
     cleanup.dir(&ctx);
@@ -415,6 +424,17 @@ pub async fn build_product_images(run: &str, demo_backend: &Path, cleanup: &Clea
         demo_backend: format!("localhost/automc-demo-backend:{run}"),
     };
     let _lock = lock("podman-build").await;
+    // The Dockerfile's `runtime` stage (apt-get from the mirror, the user, the
+    // health check script), kept under a tag of its own so the layers outlive
+    // this run's images: the next run builds only the binaries' layers.
+    let mut h = Sha256::new();
+    h.update(std::fs::read(repo().join("deploy/docker/Dockerfile")).unwrap_or_default());
+    h.update(std::fs::read(repo().join("deploy/docker/automc-healthcheck.sh")).unwrap_or_default());
+    h.update(podman_ok(&["image", "inspect", "--format", "{{.Id}}", base]).await);
+    let runtime = format!("localhost/automc-ci-runtime:{}", short_hex(&h.finalize()));
+    if !podman_try(&["image", "exists", &runtime]).await.0 {
+        build_target(&ctx, "runtime", &runtime, base).await;
+    }
     for (target, tag) in [
         ("syncd-prebuilt", &images.syncd),
         ("edge-prebuilt", &images.edge),
@@ -426,11 +446,16 @@ pub async fn build_product_images(run: &str, demo_backend: &Path, cleanup: &Clea
     images
 }
 
+/// The first 8 bytes of a digest, in hex (an image tag).
+fn short_hex(digest: &[u8]) -> String {
+    digest[..8].iter().map(|b| format!("{b:02x}")).collect()
+}
+
 /// A stand-in image from `tests/containers/<name>.Dockerfile` (the context is
 /// `tests/containers/`), built on the base once and kept: its tag is a hash of
 /// the directory's files and the base image's id.
 pub async fn fixture_image(name: &str) -> String {
-    let base = base_image().await;
+    let base = &base_image().await;
     let dir = repo().join("tests/containers");
     let mut h = Sha256::new();
     let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
@@ -444,9 +469,7 @@ pub async fn fixture_image(name: &str) -> String {
         h.update(std::fs::read(f).unwrap_or_default());
     }
     h.update(podman_ok(&["image", "inspect", "--format", "{{.Id}}", base]).await);
-    let digest = h.finalize();
-    let tag: String = digest[..8].iter().map(|b| format!("{b:02x}")).collect();
-    let image = format!("localhost/automc-ci-{name}:{tag}");
+    let image = format!("localhost/automc-ci-{name}:{}", short_hex(&h.finalize()));
     let _lock = lock("podman-build").await;
     let (exists, _) = podman_try(&["image", "exists", &image]).await;
     if !exists {

@@ -8,22 +8,10 @@ use automc_proto::v1::{BackendStrategy, GetRouteRequest};
 use automc_tests::mc::{self, login, status_ping, BackendOptions, McBackend, DEFAULT_PROTOCOL};
 use automc_tests::pg::TestPg;
 use automc_tests::stack::{
-    eventually, metric_sample, migrated_pg, start_edge, start_syncd, EdgeHandle, SyncdHandle,
-    DEADLINE,
+    dead_address, eventually, metric_sample, migrated_pg, stack, start_edge, start_syncd,
+    EdgeHandle, DEADLINE,
 };
 use syncd::check::Level;
-
-async fn stack(
-    rows: &str,
-    tweak: impl FnOnce(&mut edge::Config),
-) -> (TestPg, SyncdHandle, EdgeHandle) {
-    let pg = migrated_pg().await;
-    pg.execute(rows).await;
-    let syncd = start_syncd(&pg.dsn(), |_| {}).await;
-    let edge = start_edge(&[syncd.grpc_url()], tweak).await;
-    edge.ready().await;
-    (pg, syncd, edge)
-}
 
 async fn backend(motd: &str) -> McBackend {
     McBackend::start(BackendOptions::with_motd(motd))
@@ -645,4 +633,48 @@ async fn get_route_shows_the_backend_set_and_what_this_edge_would_dial_now() {
         b.addr().to_string(),
         "the dead backend is backed off"
     );
+}
+
+#[tokio::test]
+async fn a_status_ping_skips_a_dead_first_backend_and_shows_the_running_one() {
+    let b = backend("the second backend").await;
+    let rows = format!(
+        "INSERT INTO servers (name, domain, address, state) VALUES ('s', 's.example.com', '{}', 'running');
+         INSERT INTO server_backends (server, address, priority) VALUES ('s', '{}', 1);",
+        dead_address(),
+        b.addr()
+    );
+    let (_pg, _syncd, edge) = stack(&rows, |_| {}).await;
+    let reply = status_ping(edge.listen_addr, "s.example.com", DEFAULT_PROTOCOL)
+        .await
+        .expect("status");
+    assert_eq!(reply.motd(), "the second backend");
+    // The dead one is now backed off: the next login goes straight to b.
+    let (_, _c) = login_lands(&edge, "s.example.com", "p", &[&b]).await;
+}
+
+#[tokio::test]
+async fn proxy_protocol_per_server_overrides_the_global_flag() {
+    let with = McBackend::start(BackendOptions {
+        expect_proxy_header: true,
+        ..BackendOptions::with_motd("with")
+    })
+    .await
+    .expect("backend");
+    let without = backend("without").await;
+    let rows = format!(
+        "INSERT INTO servers (name, domain, address, state) VALUES
+           ('with', 'with.example.com', '{}', 'running'),
+           ('without', 'without.example.com', '{}', 'running');
+         INSERT INTO server_options (server, proxy_protocol) VALUES ('with', true);",
+        with.addr(),
+        without.addr()
+    );
+    let (_pg, _syncd, edge) = stack(&rows, |_| {}).await;
+    let (_, _a) = login_lands(&edge, "with.example.com", "p1", &[&with]).await;
+    let (_, _b) = login_lands(&edge, "without.example.com", "p2", &[&without]).await;
+    let rec = with.logins().pop().expect("login");
+    assert!(rec.proxy.is_some(), "PROXY v2 header sent: {rec:?}");
+    let rec = without.logins().pop().expect("login");
+    assert!(rec.proxy.is_none(), "no header without the option");
 }
