@@ -36,7 +36,8 @@ pub const DEFAULT_REPORT_INTERVAL: Duration = Duration::from_secs(30);
 pub const DEFAULT_SYNC_BACKOFF_MIN: Duration = Duration::from_millis(200);
 pub const DEFAULT_SYNC_BACKOFF_MAX: Duration = Duration::from_secs(10);
 pub const DEFAULT_ASLEEP_MOTD: &str = "§7Server is asleep. §fJoin to wake it up!";
-pub const DEFAULT_STARTING_MOTD: &str = "§eServer is starting, §fplease wait...";
+/// `{elapsed}` and `{waiting}` are filled in per ping (see `status::render_starting_motd`).
+pub const DEFAULT_STARTING_MOTD: &str = "§eServer is starting ({elapsed}s), §fplease wait...";
 pub const DEFAULT_UNKNOWN_HOST: &str = "§cUnknown server address";
 
 /// What an unknown hostname gets.
@@ -84,6 +85,9 @@ pub struct Config {
     pub asleep_motd: String,
     pub starting_motd: String,
     pub unknown_host: UnknownHost,
+    /// Player names (from Login Start, unverified) that may wake a sleeping
+    /// server; empty = anyone.
+    pub wake_allow_players: Vec<String>,
     pub proxy_protocol_trusted: Vec<IpNet>,
     pub send_proxy_protocol: bool,
     /// Client addresses admitted (empty: all) and refused, for every server,
@@ -135,6 +139,7 @@ impl Default for Config {
             asleep_motd: DEFAULT_ASLEEP_MOTD.to_owned(),
             starting_motd: DEFAULT_STARTING_MOTD.to_owned(),
             unknown_host: UnknownHost::Motd(DEFAULT_UNKNOWN_HOST.to_owned()),
+            wake_allow_players: Vec::new(),
             proxy_protocol_trusted: Vec::new(),
             send_proxy_protocol: false,
             allow_cidrs: Vec::new(),
@@ -180,6 +185,7 @@ impl fmt::Debug for Config {
             .field("asleep_motd", &self.asleep_motd)
             .field("starting_motd", &self.starting_motd)
             .field("unknown_host", &self.unknown_host)
+            .field("wake_allow_players", &self.wake_allow_players)
             .field("proxy_protocol_trusted", &self.proxy_protocol_trusted)
             .field("send_proxy_protocol", &self.send_proxy_protocol)
             .field("allow_cidrs", &self.allow_cidrs)
@@ -322,12 +328,15 @@ pub struct Args {
     /// MOTD shown for a server that is stopped or unreachable.
     #[arg(long, env = "EDGE_ASLEEP_MOTD", default_value = DEFAULT_ASLEEP_MOTD)]
     pub asleep_motd: String,
-    /// MOTD shown while a server is waking.
+    /// MOTD shown while a server is waking; `{elapsed}` = seconds since the wake began, `{waiting}` = logins held on this edge.
     #[arg(long, env = "EDGE_STARTING_MOTD", default_value = DEFAULT_STARTING_MOTD)]
     pub starting_motd: String,
     /// What an unknown hostname gets: a MOTD text, or the word `close`.
     #[arg(long, env = "EDGE_UNKNOWN_HOST", default_value = DEFAULT_UNKNOWN_HOST)]
     pub unknown_host: String,
+    /// Only these player names (comma list, case-insensitive) may wake a sleeping server; others get "this server is asleep". Names are not verified by a pass-through router: a convenience, not security.
+    #[arg(long, env = "EDGE_WAKE_ALLOW_PLAYERS", value_delimiter = ',')]
+    pub wake_allow_players: Vec<String>,
     /// CIDRs allowed to send a PROXY protocol header (comma list).
     #[arg(long, env = "EDGE_PROXY_PROTOCOL_TRUSTED", value_delimiter = ',')]
     pub proxy_protocol_trusted: Vec<IpNet>,
@@ -447,6 +456,12 @@ impl Args {
             asleep_motd: self.asleep_motd,
             starting_motd: self.starting_motd,
             unknown_host: UnknownHost::parse(&self.unknown_host),
+            wake_allow_players: self
+                .wake_allow_players
+                .iter()
+                .map(|n| n.trim().to_owned())
+                .filter(|n| !n.is_empty())
+                .collect(),
             proxy_protocol_trusted: self.proxy_protocol_trusted,
             send_proxy_protocol: self.send_proxy_protocol,
             allow_cidrs: self.allow_cidrs,

@@ -647,6 +647,8 @@ pub mod messages {
         "§cYour client sent unexpected data while the server was starting.\n§7Please try again.";
     pub const TOO_MANY_WAITING: &str =
         "§eToo many players from your address are already waiting for this server to start.\n§7Please try again in a moment.";
+    pub const ASLEEP: &str =
+        "§7This server is asleep.\n§7Only some players may wake it; please try again later.";
     pub const FULL: &str = "§cThis server is full.\n§7Please try again later.";
     pub const DENIED: &str = "§cYou cannot join this server from your network.";
 }
@@ -717,6 +719,11 @@ async fn login(
     let upstream = match dialed {
         Some(s) => s,
         None => {
+            if !may_wake(shared, entry, &route.server) {
+                info!(server = %route.server, "login refused: this player may not wake the server");
+                disconnect(&mut stream, messages::ASLEEP).await;
+                return Outcome::Refused("wake_not_allowed");
+            }
             if let Some(e) = &dial_error {
                 info!(backend = %address, error = %e, "backend unreachable; waking");
             }
@@ -799,6 +806,17 @@ async fn login(
         buf,
     )
     .await
+}
+
+/// `--wake-allow-players`: anyone when empty; else only the names listed may start a wake
+/// (anyone may join one already in flight). The name is Login Start's, unverified.
+fn may_wake(shared: &Shared, entry: &ConnEntry, server: &str) -> bool {
+    let allowed = &shared.config.wake_allow_players;
+    if allowed.is_empty() || shared.routes.wake_phase(server) == Some(WakePhase::Waking) {
+        return true;
+    }
+    let name = entry.detail().player;
+    allowed.iter().any(|a| a.eq_ignore_ascii_case(&name))
 }
 
 /// What the player reads after a failed wake: a fixed text per reason, never

@@ -40,6 +40,8 @@ impl Default for TableView {
 pub struct Routes {
     current: ArcSwap<TableView>,
     wakes: ArcSwap<HashMap<String, WakePhase>>,
+    /// When this edge learned that each waking server began waking.
+    waking_since: Mutex<HashMap<String, Instant>>,
     /// Last time syncd changed or confirmed the table (heartbeat).
     confirmed: Mutex<Instant>,
     has_snapshot: AtomicBool,
@@ -57,6 +59,7 @@ impl Routes {
         Self {
             current: ArcSwap::from_pointee(TableView::default()),
             wakes: ArcSwap::from_pointee(HashMap::new()),
+            waking_since: Mutex::default(),
             confirmed: Mutex::new(Instant::now()),
             has_snapshot: AtomicBool::new(false),
             version_tx: watch::channel(0).0,
@@ -88,6 +91,7 @@ impl Routes {
             applied_at: SystemTime::now(),
         };
         self.current.store(Arc::new(view));
+        self.note_waking(&wakes);
         self.wakes.store(Arc::new(wakes));
         self.has_snapshot.store(true, Ordering::Release);
         self.confirm();
@@ -112,6 +116,13 @@ impl Routes {
     }
 
     pub fn set_wake(&self, server: String, phase: WakePhase) {
+        if let Ok(mut since) = self.waking_since.lock() {
+            if phase == WakePhase::Waking {
+                since.entry(server.clone()).or_insert_with(Instant::now);
+            } else {
+                since.remove(&server);
+            }
+        }
         self.wakes.rcu(|w| {
             let mut w = HashMap::clone(w);
             w.insert(server.clone(), phase);
@@ -121,7 +132,26 @@ impl Routes {
 
     /// Replace every wake phase (a resume's wake set).
     pub fn set_wakes(&self, wakes: HashMap<String, WakePhase>) {
+        self.note_waking(&wakes);
         self.wakes.store(Arc::new(wakes));
+    }
+
+    /// Keep the start time of wakes still in flight, note new ones, forget ended ones.
+    fn note_waking(&self, wakes: &HashMap<String, WakePhase>) {
+        if let Ok(mut since) = self.waking_since.lock() {
+            since.retain(|s, _| wakes.get(s) == Some(&WakePhase::Waking));
+            for (s, p) in wakes {
+                if *p == WakePhase::Waking {
+                    since.entry(s.clone()).or_insert_with(Instant::now);
+                }
+            }
+        }
+    }
+
+    /// How long `server` has been waking, as far as this edge knows.
+    pub fn waking_for(&self, server: &str) -> Option<std::time::Duration> {
+        let since = self.waking_since.lock().ok()?;
+        since.get(server).map(Instant::elapsed)
     }
 
     pub fn wake_phase(&self, server: &str) -> Option<WakePhase> {
@@ -190,5 +220,9 @@ mod tests {
         routes.set_wake("a".into(), WakePhase::Waking);
         assert_eq!(routes.wake_phase("a"), Some(WakePhase::Waking));
         assert_eq!(routes.wake_phase("b"), None);
+        assert!(routes.waking_for("a").is_some());
+        assert_eq!(routes.waking_for("b"), None);
+        routes.set_wake("a".into(), WakePhase::Running);
+        assert_eq!(routes.waking_for("a"), None, "an ended wake has no age");
     }
 }

@@ -316,7 +316,13 @@ pub fn decide(shared: &Shared, route: Option<&Route>) -> Answer {
         };
     };
     let asleep = || Answer::Local(asleep_motd(shared, route).to_owned());
-    let starting = || Answer::Local(starting_motd(shared, route).to_owned());
+    let starting = || {
+        Answer::Local(render_starting_motd(
+            starting_motd(shared, route),
+            shared.routes.waking_for(&route.server),
+            shared.held.waiting(&route.server),
+        ))
+    };
     let phase = shared.routes.wake_phase(&route.server);
     if phase == Some(WakePhase::Waking) {
         return starting();
@@ -332,6 +338,16 @@ pub fn decide(shared: &Shared, route: Option<&Route>) -> Answer {
         RouteState::Starting => starting(),
         RouteState::Stopped | RouteState::Other => asleep(),
     }
+}
+
+/// The starting MOTD with its placeholders filled in: `{elapsed}` = whole seconds since
+/// this edge learned of the wake (0 when it knows of none), `{waiting}` = logins of the
+/// server held on this edge now.
+pub fn render_starting_motd(template: &str, elapsed: Option<Duration>, waiting: usize) -> String {
+    let secs = elapsed.map_or(0, |d| d.as_secs());
+    template
+        .replace("{elapsed}", &secs.to_string())
+        .replace("{waiting}", &waiting.to_string())
 }
 
 /// Local status JSON for `motd`, echoing the client's protocol.
@@ -714,6 +730,20 @@ mod tests {
         }
         assert_eq!(ProtocolBucket::Other.fetch_protocol(), -1);
         assert_eq!(ProtocolBucket::of(47).fetch_protocol(), 47);
+    }
+
+    #[test]
+    fn the_starting_motd_shows_elapsed_seconds_and_players_waiting() {
+        let t = "Starting ({elapsed}s, {waiting} waiting) {elapsed}";
+        assert_eq!(
+            render_starting_motd(t, Some(Duration::from_millis(12_900)), 3),
+            "Starting (12s, 3 waiting) 12"
+        );
+        assert_eq!(
+            render_starting_motd(t, None, 0),
+            "Starting (0s, 0 waiting) 0"
+        );
+        assert_eq!(render_starting_motd("plain", None, 2), "plain");
     }
 
     #[test]

@@ -235,3 +235,77 @@ async fn held_logins_from_one_address_beyond_its_share_are_refused_readably() {
         h.into_conn().await.expect("conn");
     }
 }
+
+#[tokio::test]
+async fn only_listed_players_may_wake_a_sleeping_server_and_others_read_that_it_is_asleep() {
+    let backend = McBackend::start(BackendOptions::default())
+        .await
+        .expect("backend");
+    let waker = FakeWaker::start().await;
+    waker.set(
+        "mc",
+        Behaviour::starts_at(Duration::ZERO, &backend.addr().to_string()),
+    );
+    let (_pg, _syncd, edge) = stack(&waker, |c| {
+        c.wake_allow_players = vec!["Alex".into(), "Notch".into()];
+    })
+    .await;
+    let mut steve = login_with(
+        edge.listen_addr,
+        DEFAULT_PROTOCOL,
+        "mc.example.com",
+        "steve",
+        &[],
+    )
+    .await
+    .expect("connect");
+    let text = steve.read_disconnect().await.expect("a Disconnect");
+    assert!(text.contains("asleep"), "{text}");
+    assert_eq!(waker.posts("mc"), 0, "steve woke nothing");
+    // Names compare case-insensitively.
+    let alex = login_answering(edge.listen_addr, DEFAULT_PROTOCOL, "mc.example.com", "alex")
+        .await
+        .expect("connect");
+    backend.wait_for_logins(1, WAIT).await.expect("alex joins");
+    alex.into_conn().await.expect("conn");
+    assert_eq!(waker.posts("mc"), 1);
+    assert_eq!(
+        edge.metric("automc_edge_refused_total{reason=\"wake_not_allowed\"}"),
+        1.0
+    );
+}
+
+#[tokio::test]
+async fn the_starting_motd_shows_how_long_the_wake_runs_and_how_many_wait() {
+    let waker = FakeWaker::start().await;
+    waker.set("mc", Behaviour::NeverRuns);
+    let (_pg, _syncd, edge) = stack(&waker, |c| {
+        c.starting_motd = "Starting for {elapsed}s, {waiting} waiting".into();
+    })
+    .await;
+    let held = login_answering(
+        edge.listen_addr,
+        DEFAULT_PROTOCOL,
+        "mc.example.com",
+        "first",
+    )
+    .await
+    .expect("connect");
+    eventually(
+        "the progress MOTD with one player waiting",
+        DEADLINE,
+        || async {
+            automc_tests::mc::status_ping(edge.listen_addr, "mc.example.com", DEFAULT_PROTOCOL)
+                .await
+                .is_ok_and(|r| {
+                    let m = r.motd();
+                    let secs = m
+                        .strip_prefix("Starting for ")
+                        .and_then(|rest| rest.strip_suffix("s, 1 waiting"));
+                    secs.is_some_and(|s| s.parse::<u64>().is_ok())
+                })
+        },
+    )
+    .await;
+    drop(held);
+}
