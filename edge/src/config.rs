@@ -22,6 +22,11 @@ pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 /// The vanilla client gives up after ~30 s without a packet while logging in.
 pub const DEFAULT_HOLD_TIMEOUT: Duration = Duration::from_secs(25);
+/// Clients from 1.13 are kept alive while held, so their hold may last a whole wake
+/// (syncd's default wake timeout).
+pub const DEFAULT_LONG_HOLD_TIMEOUT: Duration = Duration::from_secs(90);
+/// Well inside the vanilla client's 30 s read timeout, even with a lost packet or two.
+pub const DEFAULT_HOLD_KEEPALIVE_INTERVAL: Duration = Duration::from_secs(5);
 pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
 pub const DEFAULT_STATUS_CACHE_TTL: Duration = Duration::from_secs(1);
 pub const DEFAULT_STATUS_STALE_FOR: Duration = Duration::from_secs(60);
@@ -68,7 +73,13 @@ pub struct Config {
     pub admin_token: Option<String>,
     pub handshake_timeout: Duration,
     pub connect_timeout: Duration,
+    /// Longest silent hold (clients before 1.13, or with the keep-alive off).
     pub hold_timeout: Duration,
+    /// Longest kept-alive hold (clients from 1.13).
+    pub long_hold_timeout: Duration,
+    /// Login Plugin Request interval while a 1.13+ login is held (zero = off: every
+    /// client gets the silent `hold_timeout`).
+    pub hold_keepalive_interval: Duration,
     pub drain_timeout: Duration,
     pub asleep_motd: String,
     pub starting_motd: String,
@@ -118,6 +129,8 @@ impl Default for Config {
             handshake_timeout: DEFAULT_HANDSHAKE_TIMEOUT,
             connect_timeout: DEFAULT_CONNECT_TIMEOUT,
             hold_timeout: DEFAULT_HOLD_TIMEOUT,
+            long_hold_timeout: DEFAULT_LONG_HOLD_TIMEOUT,
+            hold_keepalive_interval: DEFAULT_HOLD_KEEPALIVE_INTERVAL,
             drain_timeout: DEFAULT_DRAIN_TIMEOUT,
             asleep_motd: DEFAULT_ASLEEP_MOTD.to_owned(),
             starting_motd: DEFAULT_STARTING_MOTD.to_owned(),
@@ -161,6 +174,8 @@ impl fmt::Debug for Config {
             .field("handshake_timeout", &self.handshake_timeout)
             .field("connect_timeout", &self.connect_timeout)
             .field("hold_timeout", &self.hold_timeout)
+            .field("long_hold_timeout", &self.long_hold_timeout)
+            .field("hold_keepalive_interval", &self.hold_keepalive_interval)
             .field("drain_timeout", &self.drain_timeout)
             .field("asleep_motd", &self.asleep_motd)
             .field("starting_motd", &self.starting_motd)
@@ -207,6 +222,8 @@ pub enum ConfigError {
     Tls(#[source] crate::tls::TlsError),
     #[error("--hold-timeout must be greater than zero")]
     ZeroHoldTimeout,
+    #[error("--long-hold-timeout must be greater than zero")]
+    ZeroLongHoldTimeout,
     #[error(transparent)]
     TokenFile(#[from] automc_proto::auth::TokenFileError),
 }
@@ -227,6 +244,9 @@ impl Config {
             .map_err(ConfigError::Tls)?;
         if self.hold_timeout.is_zero() {
             return Err(ConfigError::ZeroHoldTimeout);
+        }
+        if self.long_hold_timeout.is_zero() {
+            return Err(ConfigError::ZeroLongHoldTimeout);
         }
         Ok(())
     }
@@ -287,9 +307,15 @@ pub struct Args {
     /// Longest wait for a backend to accept a TCP connection.
     #[arg(long, env = "EDGE_CONNECT_TIMEOUT", default_value_t = DEFAULT_CONNECT_TIMEOUT.into())]
     pub connect_timeout: humantime::Duration,
-    /// Longest a login is held while its server wakes (keep under ~30s).
+    /// Longest a login of a client before 1.13 is held (silently) while its server wakes; keep under ~30s.
     #[arg(long, env = "EDGE_HOLD_TIMEOUT", default_value_t = DEFAULT_HOLD_TIMEOUT.into())]
     pub hold_timeout: humantime::Duration,
+    /// Longest a login of a 1.13+ client is held, kept alive with Login Plugin Requests, while its server wakes.
+    #[arg(long, env = "EDGE_LONG_HOLD_TIMEOUT", default_value_t = DEFAULT_LONG_HOLD_TIMEOUT.into())]
+    pub long_hold_timeout: humantime::Duration,
+    /// Interval of the Login Plugin Requests that keep a held 1.13+ login alive (0s = off: every client gets --hold-timeout).
+    #[arg(long, env = "EDGE_HOLD_KEEPALIVE_INTERVAL", default_value_t = DEFAULT_HOLD_KEEPALIVE_INTERVAL.into())]
+    pub hold_keepalive_interval: humantime::Duration,
     /// Longest wait for connections to finish after SIGTERM.
     #[arg(long, env = "EDGE_DRAIN_TIMEOUT", default_value_t = DEFAULT_DRAIN_TIMEOUT.into())]
     pub drain_timeout: humantime::Duration,
@@ -345,6 +371,9 @@ pub struct Args {
     /// Most concurrent connections from one IP (0 = no limit).
     #[arg(long, env = "EDGE_MAX_CONNECTIONS_PER_IP", default_value_t = LimitsConfig::default().max_connections_per_ip)]
     pub max_connections_per_ip: usize,
+    /// Most logins from one IP held at once while their server wakes (0 = no limit).
+    #[arg(long, env = "EDGE_MAX_HELD_LOGINS_PER_IP", default_value_t = LimitsConfig::default().max_held_logins_per_ip)]
+    pub max_held_logins_per_ip: usize,
     /// New connections per second from one IP (0 = no limit).
     #[arg(long, env = "EDGE_RATE_PER_IP", default_value_t = LimitsConfig::default().rate_per_ip)]
     pub rate_per_ip: f64,
@@ -412,6 +441,8 @@ impl Args {
             handshake_timeout: self.handshake_timeout.into(),
             connect_timeout: self.connect_timeout.into(),
             hold_timeout: self.hold_timeout.into(),
+            long_hold_timeout: self.long_hold_timeout.into(),
+            hold_keepalive_interval: self.hold_keepalive_interval.into(),
             drain_timeout: self.drain_timeout.into(),
             asleep_motd: self.asleep_motd,
             starting_motd: self.starting_motd,
@@ -431,6 +462,7 @@ impl Args {
             limits: LimitsConfig {
                 max_connections: self.max_connections,
                 max_connections_per_ip: self.max_connections_per_ip,
+                max_held_logins_per_ip: self.max_held_logins_per_ip,
                 rate_per_ip: self.rate_per_ip,
                 rate_burst: self.rate_burst,
                 ipv4_prefix: self.ip_prefix_v4,

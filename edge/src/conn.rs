@@ -18,6 +18,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, field, info, info_span, Instrument, Span};
 
 use crate::balance;
+use crate::hold::{self, Held};
 use crate::limits::{ConnectionPermit, IpPermit, Refusal};
 use crate::registry::{ConnEntry, Phase};
 use crate::splice::{splice, Tally};
@@ -28,8 +29,6 @@ use mcproto::{FirstPacket, Handshake, NextState};
 
 /// After a lone `FE` (or `FE 01`), how long to wait for the rest of a 1.6 ping.
 const LEGACY_GRACE: Duration = Duration::from_millis(300);
-/// Bytes a held player may send while waiting (replayed to the backend).
-const MAX_HELD_BYTES: usize = 64 * 1024;
 
 /// How a connection ended: the `outcome` label and span field.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -40,6 +39,8 @@ pub enum Outcome {
     UnknownHost,
     Offline,
     WakeFailed,
+    /// A held client broke the keep-alive exchange (the label says how).
+    HoldBroken(&'static str),
     HandshakeError(&'static str),
     Refused(&'static str),
     ClientGone,
@@ -55,6 +56,7 @@ impl Outcome {
             Self::UnknownHost => "unknown_host",
             Self::Offline => "backend_unreachable",
             Self::WakeFailed => "wake_failed",
+            Self::HoldBroken(_) => "hold_broken",
             Self::HandshakeError(_) => "handshake_error",
             Self::Refused(_) => "refused",
             Self::ClientGone => "client_gone",
@@ -157,7 +159,9 @@ pub async fn handle(
                 info!(reason, suppressed, "connection refused");
             }
         }
-        Outcome::Offline | Outcome::WakeFailed | Outcome::Cut => info!("connection ended"),
+        Outcome::Offline | Outcome::WakeFailed | Outcome::HoldBroken(_) | Outcome::Cut => {
+            info!("connection ended")
+        }
         _ => debug!("connection ended"),
     }
 }
@@ -639,6 +643,10 @@ pub mod messages {
     pub const UNKNOWN_HOST: &str = "§cThere is no server at this address.";
     pub const COULD_NOT_START: &str =
         "§cThe server could not be started right now.\n§7Please try again later.";
+    pub const HOLD_BROKEN: &str =
+        "§cYour client sent unexpected data while the server was starting.\n§7Please try again.";
+    pub const TOO_MANY_WAITING: &str =
+        "§eToo many players from your address are already waiting for this server to start.\n§7Please try again in a moment.";
     pub const FULL: &str = "§cThis server is full.\n§7Please try again later.";
     pub const DENIED: &str = "§cYou cannot join this server from your network.";
 }
@@ -687,9 +695,8 @@ async fn login(
         head.extend_from_slice(buf.get(first.len..).unwrap_or_default());
         buf = head;
     }
-    let hold = options
-        .hold_timeout_ms
-        .map_or(cfg.hold_timeout, Duration::from_millis);
+    // A server's own hold timeout bounds every hold of it, kept alive or not.
+    let hold = options.hold_timeout_ms.map(Duration::from_millis);
     let asleep = route.is_stopped()
         || matches!(
             shared.routes.wake_phase(&route.server),
@@ -713,27 +720,56 @@ async fn login(
             if let Some(e) = &dial_error {
                 info!(backend = %address, error = %e, "backend unreachable; waking");
             }
-            let hold_deadline = Instant::now() + hold;
-            match hold_for_wake(&mut stream, shared, entry, &route, hold, &mut buf).await {
-                Held::Woke(addr) => {
-                    // The waker's address, else the route's (expanded for
-                    // a wildcard capture); else the first choice.
-                    if let Some(a) =
-                        automc_proto::backend::expand_address(&addr, capture.as_deref())
-                            .filter(|a| !a.is_empty())
-                    {
-                        address = a;
-                    }
-                    match dial_until(&address, cfg.connect_timeout, hold_deadline).await {
-                        Ok(s) => s,
-                        Err(e) => {
-                            info!(backend = %address, error = %e, "woken backend unreachable");
-                            disconnect(&mut stream, messages::NOT_ACCEPTING).await;
-                            return Outcome::Offline;
-                        }
-                    }
+            let plan = hold::plan(cfg, first.handshake.protocol_version, hold);
+            let hold_deadline = Instant::now() + plan.budget;
+            let route_address = address.clone();
+            let connect_timeout = cfg.connect_timeout;
+            let capture = capture.clone();
+            let dial_woken = |woke: String| async move {
+                // The waker's address, else the route's (expanded for a
+                // wildcard capture); else the first choice.
+                let to = automc_proto::backend::expand_address(&woke, capture.as_deref())
+                    .filter(|a| !a.is_empty())
+                    .unwrap_or(route_address);
+                let r = dial_until(&to, connect_timeout, hold_deadline).await;
+                (to, r)
+            };
+            let held = hold::hold_for_wake(
+                &mut stream,
+                shared,
+                entry,
+                &route,
+                who.client.ip(),
+                &mut buf,
+                plan,
+                dial_woken,
+            )
+            .await;
+            match held {
+                Held::Ready {
+                    upstream,
+                    address: woken,
+                } => {
+                    address = woken;
+                    upstream
+                }
+                Held::NotAccepting {
+                    address: woken,
+                    error,
+                } => {
+                    info!(backend = %woken, error = %error, "woken backend unreachable");
+                    disconnect(&mut stream, messages::NOT_ACCEPTING).await;
+                    return Outcome::Offline;
                 }
                 Held::ClientGone => return Outcome::ClientGone,
+                Held::Broken(reason) => {
+                    disconnect(&mut stream, messages::HOLD_BROKEN).await;
+                    return Outcome::HoldBroken(reason);
+                }
+                Held::TooMany => {
+                    disconnect(&mut stream, messages::TOO_MANY_WAITING).await;
+                    return Outcome::Refused("max_held_logins_per_ip");
+                }
                 Held::Failed(e) => {
                     // Without a usable waker a "stopped" route may still be up:
                     // try it once before giving up.
@@ -785,62 +821,6 @@ fn wake_failure_message(e: &WakeError) -> (&'static str, Outcome) {
             | WakeFailure::WakerBadResponse
             | WakeFailure::Unspecified => (messages::COULD_NOT_START, Outcome::WakeFailed),
         },
-    }
-}
-
-enum Held {
-    Woke(String),
-    Failed(WakeError),
-    ClientGone,
-}
-
-/// Ask syncd to wake `route`'s server and hold the player meanwhile; bytes
-/// the player sends while held are kept for the replay.
-async fn hold_for_wake(
-    stream: &mut TcpStream,
-    shared: &Shared,
-    entry: &ConnEntry,
-    route: &Route,
-    hold: Duration,
-    buf: &mut Vec<u8>,
-) -> Held {
-    entry.set_phase(Phase::Holding);
-    shared.metrics.held_logins.inc();
-    let started = Instant::now();
-    let wake = shared.sync.wake(&route.server, hold);
-    tokio::pin!(wake);
-    let mut client_open = true;
-    let result = loop {
-        tokio::select! {
-            r = &mut wake => break r,
-            n = async {
-                let room = MAX_HELD_BYTES.saturating_sub(buf.len()) as u64;
-                (&mut *stream).take(room).read_buf(buf).await
-            }, if client_open => {
-                match n {
-                    Ok(0) if buf.len() >= MAX_HELD_BYTES => client_open = false,
-                    Ok(0) | Err(_) => {
-                        shared.metrics.held_logins.dec();
-                        shared.metrics.wake("abandoned");
-                        return Held::ClientGone;
-                    }
-                    Ok(_) => {}
-                }
-            }
-        }
-    };
-    shared.metrics.held_logins.dec();
-    let held_ms = started.elapsed().as_millis() as u64;
-    match result {
-        Ok(resp) => {
-            shared.metrics.wake("ok");
-            info!(server = %route.server, held_ms, address = %resp.address, "server woke; releasing the held login");
-            Held::Woke(resp.address)
-        }
-        Err(e) => {
-            shared.metrics.wake(e.outcome());
-            Held::Failed(e)
-        }
     }
 }
 

@@ -11,6 +11,7 @@ pub mod admin;
 pub mod balance;
 pub mod config;
 pub mod conn;
+pub mod hold;
 pub mod limits;
 pub mod listener;
 pub mod metrics;
@@ -67,6 +68,8 @@ pub struct Shared {
     /// Pipes lent to spliced sessions while their bytes flow.
     pub pipes: splice::PipePool,
     pub admission: limits::Admission,
+    /// Logins held while their server wakes, per server and per source address.
+    pub held: Arc<hold::HeldLogins>,
     /// Backend choice: dial backoffs, round-robin turns, player seats.
     pub balancer: balance::Balancer,
     /// Refusals are logged at most once a second (a flood must not flood the logs).
@@ -172,6 +175,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
         status_cache: status::StatusCache::new(config.status_cache_size),
         pipes: splice::PipePool::new(config.splice_pipes),
         admission: limits::Admission::new(config.limits),
+        held: Arc::default(),
         balancer: balance::Balancer::new(config.backend_backoff),
         refusal_log: limits::LogThrottle::new(Duration::from_secs(1)),
         config,

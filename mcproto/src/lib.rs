@@ -18,6 +18,7 @@ mod first_packet;
 mod handshake;
 mod legacy;
 mod login;
+mod login_plugin;
 mod packets;
 pub mod proxy_header;
 mod status;
@@ -35,6 +36,11 @@ pub use legacy::{
 pub use login::{
     encode_login_start, format_uuid, parse_login_start, LoginStart, MAX_LOGIN_START_BYTES,
     MAX_USERNAME_CHARS,
+};
+pub use login_plugin::{
+    answers_login_plugin_requests, encode_login_plugin_request, encode_login_plugin_response,
+    parse_login_plugin_request, parse_login_plugin_response, LoginPluginRequest,
+    LoginPluginResponse, LOGIN_PLUGIN_FROM_PROTOCOL, MAX_LOGIN_PLUGIN_RESPONSE_BYTES,
 };
 pub use packets::{
     encode_handshake, encode_login_disconnect, encode_ping, encode_pong,

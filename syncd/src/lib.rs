@@ -58,7 +58,7 @@ pub enum Error {
     #[error("gRPC server: {0}")]
     Grpc(#[from] tonic::transport::Error),
     #[error("reflection descriptors: {0}")]
-    Reflection(String),
+    Reflection(#[source] tonic_reflection::server::Error),
     #[error("HTTP admin server: {0}")]
     Http(std::io::Error),
     #[error("task panicked: {0}")]

@@ -622,6 +622,7 @@ pub fn edge_test_config(syncd_urls: &[String]) -> edge::Config {
         limits: edge::limits::LimitsConfig {
             max_connections: 0,
             max_connections_per_ip: 0,
+            max_held_logins_per_ip: 0,
             rate_per_ip: 0.0,
             rate_burst: 0.0,
             ..edge::limits::LimitsConfig::default()
