@@ -427,11 +427,21 @@ impl Publisher {
         let from = st.version;
         st.version += 1;
         let version = st.version;
+        // A change to an empty table (the first read) is the whole table:
+        // resuming from before it costs what a snapshot does, so it is not
+        // kept (at 100k routes it would pin a second copy of every route).
+        // History stays contiguous: what came before it goes too.
+        let whole_table = st.table.is_empty();
         st.table
             .apply(change.upserts.iter().cloned(), &change.removed);
         let change = Arc::new(change);
-        st.history.push_back((version, change.clone()));
-        st.history_size += change.len();
+        if whole_table {
+            st.history.clear();
+            st.history_size = 0;
+        } else {
+            st.history.push_back((version, change.clone()));
+            st.history_size += change.len();
+        }
         let budget = history_budget(st.table.len());
         while st.history.len() > self.limits.history_len || st.history_size > budget {
             match st.history.pop_front() {
@@ -1059,6 +1069,29 @@ mod tests {
         assert!(p.subscribe(&hello("", 0), Some(other)).is_ok());
         drop(held);
         assert!(p.subscribe(&hello("", 0), peer(9)).is_ok());
+    }
+
+    #[tokio::test]
+    async fn the_first_read_is_not_kept_for_resume_and_later_changes_are() {
+        let p = publisher(8, 8);
+        p.apply_full(&routes(&[route("a", "1:1"), route("b", "2:2")]));
+        assert!(p.lock().history.is_empty(), "the whole first table");
+        p.apply_full(&routes(&[route("a", "1:2"), route("b", "2:2")]));
+        let epoch = p.epoch().to_owned();
+        // From the first version: one delta. From before it: a snapshot.
+        let mut s = Box::pin(sub(&p, &hello(&epoch, 1)).into_stream());
+        match first(&mut s).await {
+            watch_response::Msg::Delta(d) => {
+                assert_eq!((d.from_version, d.version), (1, 2));
+                assert_eq!(d.upserts, vec![route("a", "1:2")]);
+            }
+            other => panic!("expected delta, got {other:?}"),
+        }
+        let mut s = Box::pin(sub(&p, &hello(&epoch, 0)).into_stream());
+        assert!(matches!(
+            first(&mut s).await,
+            watch_response::Msg::SnapshotChunk(_)
+        ));
     }
 
     #[tokio::test]

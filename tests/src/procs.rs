@@ -198,8 +198,14 @@ impl Proc {
 
     /// Wait until `/readyz` answers 200.
     pub async fn wait_ready(&self) {
+        self.wait_ready_within(DEADLINE).await;
+    }
+
+    /// [`Proc::wait_ready`] with a deadline of the caller's (a bench loading
+    /// a 1M-route table).
+    pub async fn wait_ready_within(&self, deadline: Duration) {
         let addr = self.http_addr;
-        eventually("child /readyz to answer 200", DEADLINE, || async move {
+        eventually("child /readyz to answer 200", deadline, || async move {
             matches!(http_get(addr, "/readyz").await, Ok((200, _)))
         })
         .await;
