@@ -11,6 +11,10 @@ checked and exits non-zero with a reason on the first class of problems.
                                                    for `promtool check rules`
     python3 deploy/check.py parse                  every YAML/JSON file under deploy/ parses
     python3 deploy/check.py runbooks               every alert's runbook anchor exists in docs/
+    python3 deploy/check.py images INSPECT.json    the Kubernetes manifests and compose.yaml use the
+                                                   images' names, ports, user and entrypoint as built
+                                                   (INSPECT.json: {"automc-edge": <podman image
+                                                   inspect>, ...}; tests/tests/containers.rs)
 """
 
 import json
@@ -309,13 +313,153 @@ def cmd_runbooks():
     print("  section links in deploy/README.md and docs/{deploy,operations,troubleshooting,migrating}.md resolve")
 
 
+# --- manifests against the built images ----------------------------------------
+
+def image_repo(ref):
+    """`registry/path/automc-edge:tag` -> `automc-edge`."""
+    last = ref.rsplit("/", 1)[-1]
+    return last.split("@", 1)[0].split(":", 1)[0]
+
+
+def listen_port(value):
+    m = re.fullmatch(r".*:(\d+)", str(value))
+    return int(m.group(1)) if m else None
+
+
+def cmd_images(inspect_json):
+    built = json.loads(pathlib.Path(inspect_json).read_text())
+    cfg = {}
+    for repo, inspect in built.items():
+        c = inspect.get("Config") or {}
+        ports = {int(p.split("/")[0]) for p in (c.get("ExposedPorts") or {})}
+        env = dict(e.split("=", 1) for e in c.get("Env") or [])
+        # Docker keeps User and Healthcheck under Config; Podman also at the top.
+        health = c.get("Healthcheck") or inspect.get("Healthcheck") or {}
+        cfg[repo] = {"ports": ports, "env": env, "user": c.get("User") or inspect.get("User") or "",
+                     "entrypoint": c.get("Entrypoint") or [], "cmd": c.get("Cmd") or [],
+                     "health": health.get("Test") or []}
+        # The image's own *_LISTEN defaults are ports it exposes.
+        for k, v in env.items():
+            if k.endswith("_LISTEN") and listen_port(v) not in ports:
+                raise CheckError(f"image {repo}: {k}={v} but EXPOSE {sorted(ports)}")
+        if cfg[repo]["user"].split(":")[0] != "10001":
+            raise CheckError(f"image {repo}: USER {cfg[repo]['user']!r}, expected 10001:10001")
+    need = {"automc-syncd", "automc-edge", "automc-demo-backend"}
+    if set(cfg) != need:
+        raise CheckError(f"expected inspect output of {sorted(need)}, got {sorted(cfg)}")
+    for repo in ("automc-syncd", "automc-edge"):
+        if not cfg[repo]["health"]:
+            raise CheckError(f"image {repo}: no HEALTHCHECK (built with the OCI format?)")
+
+    # Kubernetes base: image names, containerPorts, *_LISTEN env, runAsUser,
+    # Services' named targetPorts.
+    docs = []
+    for f in sorted((DEPLOY / "kubernetes" / "base").glob("*.yaml")):
+        if f.name != "kustomization.yaml":
+            docs.extend(load_all(f))
+    named_ports = {}  # (app label, port name) -> port
+    used = set()
+    for d in docs:
+        if d.get("kind") != "Deployment":
+            continue
+        pod = d["spec"]["template"]["spec"]
+        app = d["spec"]["template"]["metadata"]["labels"]["app.kubernetes.io/name"]
+        uid = (pod.get("securityContext") or {}).get("runAsUser")
+        for c in pod.get("initContainers", []) + pod["containers"]:
+            where = f"kubernetes {d['metadata']['name']}/{c['name']}"
+            repo = image_repo(c["image"])
+            if repo not in cfg:
+                raise CheckError(f"{where}: image {c['image']} is none of the built images {sorted(cfg)}")
+            used.add(repo)
+            img = cfg[repo]
+            if uid is not None and str(uid) != img["user"].split(":")[0]:
+                raise CheckError(f"{where}: runAsUser {uid}, image USER {img['user']}")
+            for p in c.get("ports", []):
+                if p["containerPort"] not in img["ports"]:
+                    raise CheckError(f"{where}: containerPort {p['containerPort']} not in the image's "
+                                     f"EXPOSE {sorted(img['ports'])}")
+                named_ports[(app, p["name"])] = p["containerPort"]
+            env = {e["name"]: e.get("value") for e in c.get("env", [])}
+            published = {p["containerPort"] for p in c.get("ports", [])}
+            for k, v in env.items():
+                if k in img["env"] and listen_port(v) != listen_port(img["env"][k]):
+                    raise CheckError(f"{where}: {k}={v}, the image's default is {img['env'][k]}")
+                if k.endswith("_LISTEN") and v and not v.startswith("127.0.0.1:") \
+                        and listen_port(v) not in published:
+                    raise CheckError(f"{where}: {k}={v} but containerPorts {sorted(published)}")
+            if c.get("command"):
+                raise CheckError(f"{where}: `command` replaces the image's ENTRYPOINT {img['entrypoint']}; "
+                                 "use `args`")
+        print(f"  kubernetes {d['metadata']['name']}: images, ports and user match the built images")
+    for d in docs:
+        if d.get("kind") != "Service":
+            continue
+        app = d["spec"]["selector"].get("app.kubernetes.io/name")
+        for p in d["spec"]["ports"]:
+            t = p.get("targetPort")
+            if isinstance(t, str) and (app, t) not in named_ports:
+                raise CheckError(f"Service {d['metadata']['name']}: targetPort {t} names no port of {app}")
+    if used != {"automc-syncd", "automc-edge"}:
+        raise CheckError(f"kubernetes base uses images {sorted(used)}")
+    for kf in sorted((DEPLOY / "kubernetes" / "overlays").rglob("kustomization.yaml")):
+        for i in yaml.safe_load(kf.read_text()).get("images") or []:
+            if i["name"] not in used:
+                raise CheckError(f"{rel(kf)}: images entry {i['name']} matches no image of the base")
+    print("  kubernetes Services: named targetPorts exist; overlays' images entries match the base")
+
+    # compose.yaml and haproxy.cfg.
+    compose = yaml.safe_load((DEPLOY / "docker" / "compose.yaml").read_text())
+    for name, svc in compose["services"].items():
+        repo = image_repo(svc.get("image", ""))
+        if not repo.startswith("automc-"):
+            continue
+        if repo not in cfg:
+            raise CheckError(f"compose {name}: image {svc['image']} is none of the built images")
+        img = cfg[repo]
+        target = (svc.get("build") or {}).get("target")
+        if target and f"automc-{target}" != repo:
+            raise CheckError(f"compose {name}: builds target {target} but is tagged {svc['image']}")
+        env = svc.get("environment") or {}
+        # Ports the container listens on: the image's, and any the service
+        # moves or adds with a *_LISTEN variable (the edges' EdgeAdmin).
+        listening = set(img["ports"])
+        for k, v in env.items():
+            if k in img["env"] and listen_port(v) != listen_port(img["env"][k]):
+                raise CheckError(f"compose {name}: {k}={v}, the image's default is {img['env'][k]}")
+            if k.endswith("_LISTEN") and listen_port(v) is not None:
+                listening.add(listen_port(v))
+        for p in svc.get("ports", []):
+            inner = int(str(p).rsplit(":", 1)[-1].split("/")[0])
+            if inner not in listening:
+                raise CheckError(f"compose {name}: publishes {p}, the container listens on {sorted(listening)}")
+        args = svc.get("command") or img["cmd"]
+        if "--listen" in args and listen_port(args[args.index("--listen") + 1]) not in img["ports"]:
+            raise CheckError(f"compose {name}: --listen {args[args.index('--listen') + 1]}, "
+                             f"the image exposes {sorted(img['ports'])}")
+    edge_ports = cfg["automc-edge"]["ports"]
+    hap = (DEPLOY / "docker" / "haproxy.cfg").read_text()
+    for m in re.finditer(r"^\s*server\s+\S+\s+\S+:(\d+)", hap, re.M):
+        if int(m.group(1)) not in edge_ports:
+            raise CheckError(f"haproxy.cfg: server port {m.group(1)}, the edge image exposes {sorted(edge_ports)}")
+    for m in re.finditer(r"\bcheck port (\d+)", hap):
+        if int(m.group(1)) not in edge_ports:
+            raise CheckError(f"haproxy.cfg: health check port {m.group(1)}, the edge exposes {sorted(edge_ports)}")
+    seed = " ".join(compose["services"]["seed"]["command"])
+    for m in re.finditer(r"'demo-backend:(\d+)'", seed):
+        if int(m.group(1)) not in cfg["automc-demo-backend"]["ports"]:
+            raise CheckError(f"compose seed: route to demo-backend:{m.group(1)}, the image exposes "
+                             f"{sorted(cfg['automc-demo-backend']['ports'])}")
+    print("  compose.yaml, haproxy.cfg: images, ports and the demo route match the built images")
+
+
 def main(argv):
     if not argv:
         print(__doc__, file=sys.stderr)
         return 2
     cmd, args = argv[0], argv[1:]
     fn = {"kustomize-paths": cmd_kustomize_paths, "crds": cmd_crds, "drain": cmd_drain,
-          "metrics": cmd_metrics, "parse": cmd_parse, "runbooks": cmd_runbooks}.get(cmd)
+          "metrics": cmd_metrics, "parse": cmd_parse, "runbooks": cmd_runbooks,
+          "images": cmd_images}.get(cmd)
     if fn is None:
         print(f"unknown check {cmd}\n{__doc__}", file=sys.stderr)
         return 2

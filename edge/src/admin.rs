@@ -124,13 +124,20 @@ impl EdgeAdmin for AdminService {
         &self,
         req: Request<GetRouteRequest>,
     ) -> Result<Response<GetRouteResponse>, Status> {
-        self.shared
+        let mut resp = self
+            .shared
             .routes
             .view()
             .table
             .resolve(&req.get_ref().hostname)
-            .map(Response::new)
-            .map_err(|e| Status::invalid_argument(e.to_string()))
+            .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        // This edge's own answer: its backoffs, turns and player counts.
+        if let Some(route) = &resp.route {
+            let capture = automc_proto::backend::captured(&resp.matched, &resp.normalized);
+            let plan = self.shared.balancer.plan_status(route, capture);
+            resp.would_dial = plan.addresses.into_iter().next().unwrap_or_default();
+        }
+        Ok(Response::new(resp))
     }
 
     async fn get_sync_status(

@@ -22,6 +22,11 @@ pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 /// The vanilla client gives up after ~30 s without a packet while logging in.
 pub const DEFAULT_HOLD_TIMEOUT: Duration = Duration::from_secs(25);
+/// Clients from 1.13 are kept alive while held, so their hold may last a whole wake
+/// (syncd's default wake timeout).
+pub const DEFAULT_LONG_HOLD_TIMEOUT: Duration = Duration::from_secs(90);
+/// Well inside the vanilla client's 30 s read timeout, even with a lost packet or two.
+pub const DEFAULT_HOLD_KEEPALIVE_INTERVAL: Duration = Duration::from_secs(5);
 pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
 pub const DEFAULT_STATUS_CACHE_TTL: Duration = Duration::from_secs(1);
 pub const DEFAULT_STATUS_STALE_FOR: Duration = Duration::from_secs(60);
@@ -68,13 +73,25 @@ pub struct Config {
     pub admin_token: Option<String>,
     pub handshake_timeout: Duration,
     pub connect_timeout: Duration,
+    /// Longest silent hold (clients before 1.13, or with the keep-alive off).
     pub hold_timeout: Duration,
+    /// Longest kept-alive hold (clients from 1.13).
+    pub long_hold_timeout: Duration,
+    /// Login Plugin Request interval while a 1.13+ login is held (zero = off: every
+    /// client gets the silent `hold_timeout`).
+    pub hold_keepalive_interval: Duration,
     pub drain_timeout: Duration,
     pub asleep_motd: String,
     pub starting_motd: String,
     pub unknown_host: UnknownHost,
     pub proxy_protocol_trusted: Vec<IpNet>,
     pub send_proxy_protocol: bool,
+    /// Client addresses admitted (empty: all) and refused, for every server,
+    /// checked on the real address (after a trusted PROXY header).
+    pub allow_cidrs: Vec<IpNet>,
+    pub deny_cidrs: Vec<IpNet>,
+    /// How long a backend whose dial failed is tried after the others.
+    pub backend_backoff: Duration,
     pub edge_id: String,
     /// How long a backend's status answer is reused as fresh.
     pub status_cache_ttl: Duration,
@@ -112,12 +129,17 @@ impl Default for Config {
             handshake_timeout: DEFAULT_HANDSHAKE_TIMEOUT,
             connect_timeout: DEFAULT_CONNECT_TIMEOUT,
             hold_timeout: DEFAULT_HOLD_TIMEOUT,
+            long_hold_timeout: DEFAULT_LONG_HOLD_TIMEOUT,
+            hold_keepalive_interval: DEFAULT_HOLD_KEEPALIVE_INTERVAL,
             drain_timeout: DEFAULT_DRAIN_TIMEOUT,
             asleep_motd: DEFAULT_ASLEEP_MOTD.to_owned(),
             starting_motd: DEFAULT_STARTING_MOTD.to_owned(),
             unknown_host: UnknownHost::Motd(DEFAULT_UNKNOWN_HOST.to_owned()),
             proxy_protocol_trusted: Vec::new(),
             send_proxy_protocol: false,
+            allow_cidrs: Vec::new(),
+            deny_cidrs: Vec::new(),
+            backend_backoff: crate::balance::DEFAULT_BACKEND_BACKOFF,
             edge_id: default_edge_id(),
             status_cache_ttl: DEFAULT_STATUS_CACHE_TTL,
             status_stale_for: DEFAULT_STATUS_STALE_FOR,
@@ -152,12 +174,17 @@ impl fmt::Debug for Config {
             .field("handshake_timeout", &self.handshake_timeout)
             .field("connect_timeout", &self.connect_timeout)
             .field("hold_timeout", &self.hold_timeout)
+            .field("long_hold_timeout", &self.long_hold_timeout)
+            .field("hold_keepalive_interval", &self.hold_keepalive_interval)
             .field("drain_timeout", &self.drain_timeout)
             .field("asleep_motd", &self.asleep_motd)
             .field("starting_motd", &self.starting_motd)
             .field("unknown_host", &self.unknown_host)
             .field("proxy_protocol_trusted", &self.proxy_protocol_trusted)
             .field("send_proxy_protocol", &self.send_proxy_protocol)
+            .field("allow_cidrs", &self.allow_cidrs)
+            .field("deny_cidrs", &self.deny_cidrs)
+            .field("backend_backoff", &self.backend_backoff)
             .field("edge_id", &self.edge_id)
             .field("status_cache_ttl", &self.status_cache_ttl)
             .field("status_stale_for", &self.status_stale_for)
@@ -192,9 +219,11 @@ pub enum ConfigError {
     #[error("syncd endpoint {0:?} is not an http:// or https:// URL")]
     BadSyncdUrl(String),
     #[error("TLS to syncd: {0}")]
-    Tls(String),
+    Tls(#[source] crate::tls::TlsError),
     #[error("--hold-timeout must be greater than zero")]
     ZeroHoldTimeout,
+    #[error("--long-hold-timeout must be greater than zero")]
+    ZeroLongHoldTimeout,
     #[error(transparent)]
     TokenFile(#[from] automc_proto::auth::TokenFileError),
 }
@@ -215,6 +244,9 @@ impl Config {
             .map_err(ConfigError::Tls)?;
         if self.hold_timeout.is_zero() {
             return Err(ConfigError::ZeroHoldTimeout);
+        }
+        if self.long_hold_timeout.is_zero() {
+            return Err(ConfigError::ZeroLongHoldTimeout);
         }
         Ok(())
     }
@@ -270,17 +302,23 @@ pub struct Args {
     #[arg(long, env = "EDGE_ADMIN_TOKEN_FILE")]
     pub admin_token_file: Option<PathBuf>,
     /// Longest wait for a complete handshake.
-    #[arg(long, env = "EDGE_HANDSHAKE_TIMEOUT", default_value = "5s", value_parser = humantime::parse_duration)]
-    pub handshake_timeout: Duration,
+    #[arg(long, env = "EDGE_HANDSHAKE_TIMEOUT", default_value_t = DEFAULT_HANDSHAKE_TIMEOUT.into())]
+    pub handshake_timeout: humantime::Duration,
     /// Longest wait for a backend to accept a TCP connection.
-    #[arg(long, env = "EDGE_CONNECT_TIMEOUT", default_value = "3s", value_parser = humantime::parse_duration)]
-    pub connect_timeout: Duration,
-    /// Longest a login is held while its server wakes (keep under ~30s).
-    #[arg(long, env = "EDGE_HOLD_TIMEOUT", default_value = "25s", value_parser = humantime::parse_duration)]
-    pub hold_timeout: Duration,
+    #[arg(long, env = "EDGE_CONNECT_TIMEOUT", default_value_t = DEFAULT_CONNECT_TIMEOUT.into())]
+    pub connect_timeout: humantime::Duration,
+    /// Longest a login of a client before 1.13 is held (silently) while its server wakes; keep under ~30s.
+    #[arg(long, env = "EDGE_HOLD_TIMEOUT", default_value_t = DEFAULT_HOLD_TIMEOUT.into())]
+    pub hold_timeout: humantime::Duration,
+    /// Longest a login of a 1.13+ client is held, kept alive with Login Plugin Requests, while its server wakes.
+    #[arg(long, env = "EDGE_LONG_HOLD_TIMEOUT", default_value_t = DEFAULT_LONG_HOLD_TIMEOUT.into())]
+    pub long_hold_timeout: humantime::Duration,
+    /// Interval of the Login Plugin Requests that keep a held 1.13+ login alive (0s = off: every client gets --hold-timeout).
+    #[arg(long, env = "EDGE_HOLD_KEEPALIVE_INTERVAL", default_value_t = DEFAULT_HOLD_KEEPALIVE_INTERVAL.into())]
+    pub hold_keepalive_interval: humantime::Duration,
     /// Longest wait for connections to finish after SIGTERM.
-    #[arg(long, env = "EDGE_DRAIN_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration)]
-    pub drain_timeout: Duration,
+    #[arg(long, env = "EDGE_DRAIN_TIMEOUT", default_value_t = DEFAULT_DRAIN_TIMEOUT.into())]
+    pub drain_timeout: humantime::Duration,
     /// MOTD shown for a server that is stopped or unreachable.
     #[arg(long, env = "EDGE_ASLEEP_MOTD", default_value = DEFAULT_ASLEEP_MOTD)]
     pub asleep_motd: String,
@@ -296,34 +334,46 @@ pub struct Args {
     /// Send a PROXY protocol v2 header to backends.
     #[arg(long, env = "EDGE_SEND_PROXY_PROTOCOL")]
     pub send_proxy_protocol: bool,
+    /// Only these client CIDRs may connect to any server (comma list; empty: everyone).
+    #[arg(long, env = "EDGE_ALLOW_CIDRS", value_delimiter = ',')]
+    pub allow_cidrs: Vec<IpNet>,
+    /// Client CIDRs refused for every server (comma list; wins over allow lists).
+    #[arg(long, env = "EDGE_DENY_CIDRS", value_delimiter = ',')]
+    pub deny_cidrs: Vec<IpNet>,
+    /// How long a backend whose dial failed is tried only after a server's other backends.
+    #[arg(long, env = "EDGE_BACKEND_BACKOFF", default_value_t = crate::balance::DEFAULT_BACKEND_BACKOFF.into())]
+    pub backend_backoff: humantime::Duration,
     /// Id shown by syncd's ListEdges (default: $HOSTNAME).
     #[arg(long, env = "EDGE_ID")]
     pub edge_id: Option<String>,
     /// How long a backend's status answer is reused as fresh.
-    #[arg(long, env = "EDGE_STATUS_CACHE_TTL", default_value = "1s", value_parser = humantime::parse_duration)]
-    pub status_cache_ttl: Duration,
+    #[arg(long, env = "EDGE_STATUS_CACHE_TTL", default_value_t = DEFAULT_STATUS_CACHE_TTL.into())]
+    pub status_cache_ttl: humantime::Duration,
     /// How long a backend's last good status is served, marked stale.
-    #[arg(long, env = "EDGE_STATUS_STALE_FOR", default_value = "60s", value_parser = humantime::parse_duration)]
-    pub status_stale_for: Duration,
+    #[arg(long, env = "EDGE_STATUS_STALE_FOR", default_value_t = DEFAULT_STATUS_STALE_FOR.into())]
+    pub status_stale_for: humantime::Duration,
     /// Most backend status answers cached (least recently used go first).
     #[arg(long, env = "EDGE_STATUS_CACHE_SIZE", default_value_t = crate::status::DEFAULT_CACHE_ENTRIES, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
     pub status_cache_size: usize,
     /// Status pings of a running backend: `cache` (answered by the edge) or `relay` (forwarded byte for byte).
-    #[arg(long, env = "EDGE_STATUS_MODE", value_enum, default_value = "cache")]
+    #[arg(long, env = "EDGE_STATUS_MODE", value_enum, default_value_t = crate::status::StatusMode::default())]
     pub status_mode: crate::status::StatusMode,
     /// Most pipes kept for zero-copy splice on Linux (0 = always copy through user space).
     #[arg(long, env = "EDGE_SPLICE_PIPES", default_value_t = crate::splice::DEFAULT_PIPES)]
     pub splice_pipes: usize,
     /// Send syncd a full report of the live sessions this often (what changed
     /// goes at once, at most one report per 250 ms).
-    #[arg(long, env = "EDGE_REPORT_INTERVAL", default_value = "30s", value_parser = humantime::parse_duration)]
-    pub report_interval: Duration,
+    #[arg(long, env = "EDGE_REPORT_INTERVAL", default_value_t = DEFAULT_REPORT_INTERVAL.into())]
+    pub report_interval: humantime::Duration,
     /// Most concurrent player connections (0 = no limit).
     #[arg(long, env = "EDGE_MAX_CONNECTIONS", default_value_t = LimitsConfig::default().max_connections)]
     pub max_connections: usize,
     /// Most concurrent connections from one IP (0 = no limit).
     #[arg(long, env = "EDGE_MAX_CONNECTIONS_PER_IP", default_value_t = LimitsConfig::default().max_connections_per_ip)]
     pub max_connections_per_ip: usize,
+    /// Most logins from one IP held at once while their server wakes (0 = no limit).
+    #[arg(long, env = "EDGE_MAX_HELD_LOGINS_PER_IP", default_value_t = LimitsConfig::default().max_held_logins_per_ip)]
+    pub max_held_logins_per_ip: usize,
     /// New connections per second from one IP (0 = no limit).
     #[arg(long, env = "EDGE_RATE_PER_IP", default_value_t = LimitsConfig::default().rate_per_ip)]
     pub rate_per_ip: f64,
@@ -337,7 +387,7 @@ pub struct Args {
     #[arg(long, env = "EDGE_IP_PREFIX_V6", default_value_t = crate::limits::DEFAULT_IPV6_PREFIX, value_parser = clap::value_parser!(u8).range(0..=128))]
     pub ip_prefix_v6: u8,
     /// Log format.
-    #[arg(long, env = "EDGE_LOG_FORMAT", value_enum, default_value = "text")]
+    #[arg(long, env = "EDGE_LOG_FORMAT", value_enum, default_value_t = LogFormat::default())]
     pub log_format: LogFormat,
     /// Export tracing spans over OTLP/gRPC to this collector, e.g.
     /// http://127.0.0.1:4317 (off when unset).
@@ -388,25 +438,31 @@ impl Args {
             http_listen: self.http_listen,
             grpc_listen: self.grpc_listen,
             admin_token: token(self.admin_token, self.admin_token_file.as_deref())?,
-            handshake_timeout: self.handshake_timeout,
-            connect_timeout: self.connect_timeout,
-            hold_timeout: self.hold_timeout,
-            drain_timeout: self.drain_timeout,
+            handshake_timeout: self.handshake_timeout.into(),
+            connect_timeout: self.connect_timeout.into(),
+            hold_timeout: self.hold_timeout.into(),
+            long_hold_timeout: self.long_hold_timeout.into(),
+            hold_keepalive_interval: self.hold_keepalive_interval.into(),
+            drain_timeout: self.drain_timeout.into(),
             asleep_motd: self.asleep_motd,
             starting_motd: self.starting_motd,
             unknown_host: UnknownHost::parse(&self.unknown_host),
             proxy_protocol_trusted: self.proxy_protocol_trusted,
             send_proxy_protocol: self.send_proxy_protocol,
+            allow_cidrs: self.allow_cidrs,
+            deny_cidrs: self.deny_cidrs,
+            backend_backoff: self.backend_backoff.into(),
             edge_id: self.edge_id.unwrap_or(d.edge_id),
-            status_cache_ttl: self.status_cache_ttl,
-            status_stale_for: self.status_stale_for,
+            status_cache_ttl: self.status_cache_ttl.into(),
+            status_stale_for: self.status_stale_for.into(),
             status_cache_size: self.status_cache_size,
             status_mode: self.status_mode,
             splice_pipes: self.splice_pipes,
-            report_interval: self.report_interval,
+            report_interval: self.report_interval.into(),
             limits: LimitsConfig {
                 max_connections: self.max_connections,
                 max_connections_per_ip: self.max_connections_per_ip,
+                max_held_logins_per_ip: self.max_held_logins_per_ip,
                 rate_per_ip: self.rate_per_ip,
                 rate_burst: self.rate_burst,
                 ipv4_prefix: self.ip_prefix_v4,

@@ -17,8 +17,10 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, field, info, info_span, Instrument, Span};
 
+use crate::balance;
+use crate::hold::{self, Held};
 use crate::limits::{ConnectionPermit, IpPermit, Refusal};
-use crate::listener::{ConnEntry, Phase};
+use crate::registry::{ConnEntry, Phase};
 use crate::splice::{splice, Tally};
 use crate::status::{self, ConverseEnd, RelayEnd, StatusMode};
 use crate::sync_client::WakeError;
@@ -27,8 +29,6 @@ use mcproto::{FirstPacket, Handshake, NextState};
 
 /// After a lone `FE` (or `FE 01`), how long to wait for the rest of a 1.6 ping.
 const LEGACY_GRACE: Duration = Duration::from_millis(300);
-/// Bytes a held player may send while waiting (replayed to the backend).
-const MAX_HELD_BYTES: usize = 64 * 1024;
 
 /// How a connection ended: the `outcome` label and span field.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -39,6 +39,8 @@ pub enum Outcome {
     UnknownHost,
     Offline,
     WakeFailed,
+    /// A held client broke the keep-alive exchange (the label says how).
+    HoldBroken(&'static str),
     HandshakeError(&'static str),
     Refused(&'static str),
     ClientGone,
@@ -54,6 +56,7 @@ impl Outcome {
             Self::UnknownHost => "unknown_host",
             Self::Offline => "backend_unreachable",
             Self::WakeFailed => "wake_failed",
+            Self::HoldBroken(_) => "hold_broken",
             Self::HandshakeError(_) => "handshake_error",
             Self::Refused(_) => "refused",
             Self::ClientGone => "client_gone",
@@ -156,7 +159,9 @@ pub async fn handle(
                 info!(reason, suppressed, "connection refused");
             }
         }
-        Outcome::Offline | Outcome::WakeFailed | Outcome::Cut => info!("connection ended"),
+        Outcome::Offline | Outcome::WakeFailed | Outcome::HoldBroken(_) | Outcome::Cut => {
+            info!("connection ended")
+        }
         _ => debug!("connection ended"),
     }
 }
@@ -235,6 +240,11 @@ async fn serve(
         }
     }
 
+    // Before any backend is dialled, and before the handshake is even read.
+    if !balance::admitted(who.client.ip(), &cfg.allow_cidrs, &cfg.deny_cidrs) {
+        return Outcome::Refused("denied_address");
+    }
+
     let first = match read_first_packet(&mut stream, &mut buf, deadline).await {
         Ok(f) => f,
         Err(o) => return o,
@@ -243,10 +253,16 @@ async fn serve(
         FirstPacket::Legacy { ping, .. } => {
             entry.set_phase(Phase::Status);
             let raw = ping.hostname.clone().unwrap_or_default();
-            let route = lookup(shared, entry, &raw);
-            let proxy = proxy_pair(shared, &who, &stream);
-            if let Some(answer) = status::legacy_answer(shared, route.as_ref(), &ping, proxy).await
-            {
+            let (route, capture) = lookup(shared, entry, &raw);
+            if !route_admits(route.as_ref(), &who) {
+                return Outcome::Refused("denied_address");
+            }
+            let proxy = proxy_pair(shared, route.as_ref(), &who, &stream);
+            let to = status::Target {
+                route: route.as_ref(),
+                capture: capture.as_deref(),
+            };
+            if let Some(answer) = status::legacy_answer(shared, to, &ping, proxy).await {
                 let _ = stream.write_all(&answer).await;
                 let _ = stream.shutdown().await;
                 Outcome::Legacy
@@ -255,16 +271,23 @@ async fn serve(
             }
         }
         FirstPacket::Modern { handshake, len } => {
-            let route = lookup(shared, entry, &handshake.server_address);
+            let (route, capture) = lookup(shared, entry, &handshake.server_address);
             match handshake.next_state {
                 NextState::Status => {
+                    if !route_admits(route.as_ref(), &who) {
+                        return Outcome::Refused("denied_address");
+                    }
                     entry.set_phase(Phase::Status);
                     let rest = buf.split_off(len.min(buf.len()));
                     let raw = StatusRaw {
                         handshake: buf,
                         rest,
                     };
-                    serve_status(&mut stream, shared, route.as_ref(), &handshake, &who, raw).await
+                    let to = status::Target {
+                        route: route.as_ref(),
+                        capture: capture.as_deref(),
+                    };
+                    serve_status(&mut stream, shared, to, &handshake, &who, raw).await
                 }
                 NextState::Login | NextState::Transfer => {
                     let version = handshake.protocol_version;
@@ -273,7 +296,11 @@ async fn serve(
                     {
                         return o;
                     }
-                    login(stream, shared, entry, route, &who, buf).await
+                    let first = FirstBytes {
+                        handshake: &handshake,
+                        len,
+                    };
+                    login(stream, shared, entry, route, capture, &who, buf, first).await
                 }
             }
         }
@@ -392,17 +419,19 @@ async fn read_login_start(
     }
 }
 
-/// Resolve the player's hostname against the current table.
-fn lookup(shared: &Shared, entry: &ConnEntry, raw: &str) -> Option<Route> {
+/// Resolve the player's hostname against the current table; also what a
+/// `*.suffix` pattern captured (for `{1}` in the backend address).
+fn lookup(shared: &Shared, entry: &ConnEntry, raw: &str) -> (Option<Route>, Option<String>) {
     let hostname = normalize_player_hostname(raw);
     let view = shared.routes.view();
     // The handshake already bounds the address to 255 characters.
-    let route = view
-        .table
-        .lookup(&hostname)
-        .ok()
-        .flatten()
-        .map(|m| m.route.clone());
+    let (route, capture) = match view.table.lookup(&hostname).ok().flatten() {
+        Some(m) => (
+            Some(m.route.clone()),
+            automc_proto::backend::captured(m.pattern, &hostname).map(str::to_owned),
+        ),
+        None => (None, None),
+    };
     shared.metrics.route_lookup(route.is_some());
     let span = Span::current();
     span.record("hostname", hostname.as_str());
@@ -415,11 +444,33 @@ fn lookup(shared: &Shared, entry: &ConnEntry, raw: &str) -> Option<Route> {
             d.server.clone_from(&r.server);
         }
     });
-    route
+    (route, capture)
 }
 
-fn proxy_pair(shared: &Shared, who: &Peer, stream: &TcpStream) -> Option<(SocketAddr, SocketAddr)> {
-    if !shared.config.send_proxy_protocol {
+/// The route's own allow/deny lists, on the real client address.
+fn route_admits(route: Option<&Route>, who: &Peer) -> bool {
+    match route {
+        Some(r) if r.options.is_some() => {
+            let (allow, deny) = balance::route_cidrs(r);
+            balance::admitted(who.client.ip(), &allow, &deny)
+        }
+        _ => true,
+    }
+}
+
+/// PROXY v2 source and destination, when this route's backends get one
+/// (its `proxy_protocol` option, else `--send-proxy-protocol`).
+fn proxy_pair(
+    shared: &Shared,
+    route: Option<&Route>,
+    who: &Peer,
+    stream: &TcpStream,
+) -> Option<(SocketAddr, SocketAddr)> {
+    let send = route
+        .and_then(|r| r.options.as_ref())
+        .and_then(|o| o.proxy_protocol)
+        .unwrap_or(shared.config.send_proxy_protocol);
+    if !send {
         return None;
     }
     let dst = who
@@ -439,25 +490,37 @@ struct StatusRaw {
 async fn serve_status(
     stream: &mut TcpStream,
     shared: &Shared,
-    route: Option<&Route>,
+    to: status::Target<'_>,
     handshake: &Handshake,
     who: &Peer,
     raw: StatusRaw,
 ) -> Outcome {
-    let proxy = proxy_pair(shared, who, stream);
+    let route = to.route;
+    let proxy = proxy_pair(shared, route, who, stream);
     if shared.config.status_mode == StatusMode::Relay
         && status::decide(shared, route) == status::Answer::Backend
     {
-        if let Some(route) = route {
+        let address = route.and_then(|r| {
+            shared
+                .balancer
+                .plan_status(r, to.capture)
+                .addresses
+                .into_iter()
+                .next()
+        });
+        if let (Some(route), Some(address)) = (route, address) {
             let mut head = Vec::with_capacity(raw.handshake.len() + raw.rest.len() + 64);
             if let Some((src, dst)) = proxy {
                 head.extend(mcproto::encode_proxy_v2(src, dst));
             }
-            head.extend_from_slice(&raw.handshake);
+            match rewrite_host(route) {
+                Some(host) => head.extend(mcproto::encode_rewritten_handshake(handshake, host)),
+                None => head.extend_from_slice(&raw.handshake),
+            }
             head.extend_from_slice(&raw.rest);
             let deadline = Instant::now() + shared.config.handshake_timeout;
             let timeout = shared.config.connect_timeout;
-            match status::relay(stream, &route.address, &head, timeout, deadline).await {
+            match status::relay(stream, &address, &head, timeout, deadline).await {
                 RelayEnd::Done => return Outcome::Status,
                 RelayEnd::Timeout => return Outcome::HandshakeError("timeout"),
                 RelayEnd::Io => return Outcome::ClientGone,
@@ -467,7 +530,7 @@ async fn serve_status(
         }
     }
     let rest = raw.rest;
-    let Some(json) = status::status_json_for(shared, route, handshake, proxy).await else {
+    let Some(json) = status::status_json_for(shared, to, handshake, proxy).await else {
         return Outcome::UnknownHost;
     };
     // One deadline for the whole conversation: trickled bytes do not extend it.
@@ -514,6 +577,54 @@ async fn dial_until(address: &str, timeout: Duration, deadline: Instant) -> io::
     }
 }
 
+/// The host a route writes into the backend's handshake, if it rewrites.
+pub(crate) fn rewrite_host(route: &Route) -> Option<&str> {
+    route
+        .options
+        .as_ref()
+        .and_then(|o| o.rewrite_host.as_deref())
+}
+
+/// The handshake as parsed and the bytes its frame took at the start of
+/// the buffer (what a host rewrite replaces).
+struct FirstBytes<'a> {
+    handshake: &'a Handshake,
+    len: usize,
+}
+
+/// Dial the backends of `plan` in order within one connect budget (each
+/// attempt gets an equal share of what is left), noting failures for the
+/// backoff. The address dialled and its stream, or the last error.
+async fn dial_plan(
+    shared: &Shared,
+    addresses: &[String],
+    budget: Duration,
+) -> Result<(String, TcpStream), Option<io::Error>> {
+    let deadline = Instant::now() + budget;
+    let mut last = None;
+    for (i, address) in addresses.iter().enumerate() {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            break;
+        }
+        let share = left / u32::try_from(addresses.len() - i).unwrap_or(u32::MAX);
+        match dial(address, share).await {
+            Ok(s) => {
+                shared.balancer.dial_worked(address);
+                return Ok((address.clone(), s));
+            }
+            Err(e) => {
+                shared.balancer.dial_failed(address);
+                if addresses.len() > 1 {
+                    info!(backend = %address, error = %e, "backend unreachable; trying the next");
+                }
+                last = Some(e);
+            }
+        }
+    }
+    Err(last)
+}
+
 async fn disconnect(stream: &mut TcpStream, message: &str) {
     let _ = stream
         .write_all(&mcproto::encode_login_disconnect(message))
@@ -532,15 +643,24 @@ pub mod messages {
     pub const UNKNOWN_HOST: &str = "§cThere is no server at this address.";
     pub const COULD_NOT_START: &str =
         "§cThe server could not be started right now.\n§7Please try again later.";
+    pub const HOLD_BROKEN: &str =
+        "§cYour client sent unexpected data while the server was starting.\n§7Please try again.";
+    pub const TOO_MANY_WAITING: &str =
+        "§eToo many players from your address are already waiting for this server to start.\n§7Please try again in a moment.";
+    pub const FULL: &str = "§cThis server is full.\n§7Please try again later.";
+    pub const DENIED: &str = "§cYou cannot join this server from your network.";
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn login(
     mut stream: TcpStream,
     shared: &Shared,
     entry: &ConnEntry,
     route: Option<Route>,
+    capture: Option<String>,
     who: &Peer,
     mut buf: Vec<u8>,
+    first: FirstBytes<'_>,
 ) -> Outcome {
     let cfg = &shared.config;
     let Some(route) = route else {
@@ -551,18 +671,47 @@ async fn login(
         disconnect(&mut stream, msg).await;
         return Outcome::UnknownHost;
     };
+    // Allow/deny and the player limit come before any backend is dialled.
+    if !route_admits(Some(&route), who) {
+        disconnect(&mut stream, messages::DENIED).await;
+        return Outcome::Refused("denied_address");
+    }
+    let options = route.options.clone().unwrap_or_default();
+    let Some(mut seat) = shared
+        .balancer
+        .take_seat(&route.server, options.max_players)
+    else {
+        disconnect(&mut stream, messages::FULL).await;
+        return Outcome::Refused("server_full");
+    };
+    let plan = shared.balancer.plan_login(&route, capture.as_deref());
+    let Some(first_choice) = plan.addresses.first().cloned() else {
+        // A wildcard route whose address needs a label the hostname lacks.
+        disconnect(&mut stream, messages::UNKNOWN_HOST).await;
+        return Outcome::UnknownHost;
+    };
+    if let Some(host) = rewrite_host(&route) {
+        let mut head = mcproto::encode_rewritten_handshake(first.handshake, host);
+        head.extend_from_slice(buf.get(first.len..).unwrap_or_default());
+        buf = head;
+    }
+    // A server's own hold timeout bounds every hold of it, kept alive or not.
+    let hold = options.hold_timeout_ms.map(Duration::from_millis);
     let asleep = route.is_stopped()
         || matches!(
             shared.routes.wake_phase(&route.server),
             Some(WakePhase::Waking | WakePhase::Asleep)
         );
-    let mut address = route.address.clone();
+    let mut address = first_choice;
     let mut dialed = None;
     let mut dial_error = None;
     if !asleep {
-        match dial(&address, cfg.connect_timeout).await {
-            Ok(s) => dialed = Some(s),
-            Err(e) => dial_error = Some(e),
+        match dial_plan(shared, &plan.addresses, cfg.connect_timeout).await {
+            Ok((a, s)) => {
+                address = a;
+                dialed = Some(s);
+            }
+            Err(e) => dial_error = e,
         }
     }
     let upstream = match dialed {
@@ -571,28 +720,64 @@ async fn login(
             if let Some(e) = &dial_error {
                 info!(backend = %address, error = %e, "backend unreachable; waking");
             }
-            let hold_deadline = Instant::now() + cfg.hold_timeout;
-            match hold_for_wake(&mut stream, shared, entry, &route, &mut buf).await {
-                Held::Woke(addr) => {
-                    if !addr.is_empty() {
-                        address = addr;
-                    }
-                    match dial_until(&address, cfg.connect_timeout, hold_deadline).await {
-                        Ok(s) => s,
-                        Err(e) => {
-                            info!(backend = %address, error = %e, "woken backend unreachable");
-                            disconnect(&mut stream, messages::NOT_ACCEPTING).await;
-                            return Outcome::Offline;
-                        }
-                    }
+            let plan = hold::plan(cfg, first.handshake.protocol_version, hold);
+            let hold_deadline = Instant::now() + plan.budget;
+            let route_address = address.clone();
+            let connect_timeout = cfg.connect_timeout;
+            let capture = capture.clone();
+            let dial_woken = |woke: String| async move {
+                // The waker's address, else the route's (expanded for a
+                // wildcard capture); else the first choice.
+                let to = automc_proto::backend::expand_address(&woke, capture.as_deref())
+                    .filter(|a| !a.is_empty())
+                    .unwrap_or(route_address);
+                let r = dial_until(&to, connect_timeout, hold_deadline).await;
+                (to, r)
+            };
+            let held = hold::hold_for_wake(
+                &mut stream,
+                shared,
+                entry,
+                &route,
+                who.client.ip(),
+                &mut buf,
+                plan,
+                dial_woken,
+            )
+            .await;
+            match held {
+                Held::Ready {
+                    upstream,
+                    address: woken,
+                } => {
+                    address = woken;
+                    upstream
+                }
+                Held::NotAccepting {
+                    address: woken,
+                    error,
+                } => {
+                    info!(backend = %woken, error = %error, "woken backend unreachable");
+                    disconnect(&mut stream, messages::NOT_ACCEPTING).await;
+                    return Outcome::Offline;
                 }
                 Held::ClientGone => return Outcome::ClientGone,
+                Held::Broken(reason) => {
+                    disconnect(&mut stream, messages::HOLD_BROKEN).await;
+                    return Outcome::HoldBroken(reason);
+                }
+                Held::TooMany => {
+                    disconnect(&mut stream, messages::TOO_MANY_WAITING).await;
+                    return Outcome::Refused("max_held_logins_per_ip");
+                }
                 Held::Failed(e) => {
                     // Without a usable waker a "stopped" route may still be up:
                     // try it once before giving up.
                     if asleep {
                         if let Ok(s) = dial(&address, cfg.connect_timeout).await {
-                            return proxy(stream, s, shared, entry, who, &address, buf).await;
+                            seat.on_backend(&address);
+                            let to = (Some(&route), who);
+                            return proxy(stream, s, shared, entry, to, &address, buf).await;
                         }
                     }
                     let (msg, outcome) = wake_failure_message(&e);
@@ -603,7 +788,17 @@ async fn login(
             }
         }
     };
-    proxy(stream, upstream, shared, entry, who, &address, buf).await
+    seat.on_backend(&address);
+    proxy(
+        stream,
+        upstream,
+        shared,
+        entry,
+        (Some(&route), who),
+        &address,
+        buf,
+    )
+    .await
 }
 
 /// What the player reads after a failed wake: a fixed text per reason, never
@@ -629,61 +824,6 @@ fn wake_failure_message(e: &WakeError) -> (&'static str, Outcome) {
     }
 }
 
-enum Held {
-    Woke(String),
-    Failed(WakeError),
-    ClientGone,
-}
-
-/// Ask syncd to wake `route`'s server and hold the player meanwhile; bytes
-/// the player sends while held are kept for the replay.
-async fn hold_for_wake(
-    stream: &mut TcpStream,
-    shared: &Shared,
-    entry: &ConnEntry,
-    route: &Route,
-    buf: &mut Vec<u8>,
-) -> Held {
-    entry.set_phase(Phase::Holding);
-    shared.metrics.held_logins.inc();
-    let started = Instant::now();
-    let wake = shared.sync.wake(&route.server, shared.config.hold_timeout);
-    tokio::pin!(wake);
-    let mut client_open = true;
-    let result = loop {
-        tokio::select! {
-            r = &mut wake => break r,
-            n = async {
-                let room = MAX_HELD_BYTES.saturating_sub(buf.len()) as u64;
-                (&mut *stream).take(room).read_buf(buf).await
-            }, if client_open => {
-                match n {
-                    Ok(0) if buf.len() >= MAX_HELD_BYTES => client_open = false,
-                    Ok(0) | Err(_) => {
-                        shared.metrics.held_logins.dec();
-                        shared.metrics.wake("abandoned");
-                        return Held::ClientGone;
-                    }
-                    Ok(_) => {}
-                }
-            }
-        }
-    };
-    shared.metrics.held_logins.dec();
-    let held_ms = started.elapsed().as_millis() as u64;
-    match result {
-        Ok(resp) => {
-            shared.metrics.wake("ok");
-            info!(server = %route.server, held_ms, address = %resp.address, "server woke; releasing the held login");
-            Held::Woke(resp.address)
-        }
-        Err(e) => {
-            shared.metrics.wake(e.outcome());
-            Held::Failed(e)
-        }
-    }
-}
-
 /// Connect the player to `upstream`: optional PROXY v2, every buffered byte,
 /// then splice.
 async fn proxy(
@@ -691,7 +831,7 @@ async fn proxy(
     mut upstream: TcpStream,
     shared: &Shared,
     entry: &ConnEntry,
-    who: &Peer,
+    (route, who): (Option<&Route>, &Peer),
     address: &str,
     buf: Vec<u8>,
 ) -> Outcome {
@@ -699,7 +839,7 @@ async fn proxy(
     entry.update(|d| d.backend = address.to_owned());
     entry.set_phase(Phase::Proxying);
     let mut head = Vec::with_capacity(buf.len() + 64);
-    if let Some((src, dst)) = proxy_pair(shared, who, &stream) {
+    if let Some((src, dst)) = proxy_pair(shared, route, who, &stream) {
         head.extend(mcproto::encode_proxy_v2(src, dst));
     }
     head.extend_from_slice(&buf);

@@ -8,11 +8,14 @@
 #![forbid(unsafe_code)]
 
 pub mod admin;
+pub mod balance;
 pub mod config;
 pub mod conn;
+pub mod hold;
 pub mod limits;
 pub mod listener;
 pub mod metrics;
+pub mod registry;
 pub mod report;
 pub mod routes;
 pub mod splice;
@@ -50,6 +53,8 @@ pub enum Error {
     Http(std::io::Error),
     #[error("admin gRPC server failed: {0}")]
     Grpc(#[from] tonic::transport::Error),
+    #[error("edge supervisor task panicked: {0}")]
+    Panic(#[source] tokio::task::JoinError),
 }
 
 /// State every connection and admin handler shares.
@@ -58,11 +63,15 @@ pub struct Shared {
     pub routes: Arc<Routes>,
     pub metrics: Arc<metrics::Metrics>,
     pub sync: Arc<sync_client::SyncClient>,
-    pub conns: Arc<listener::Connections>,
+    pub conns: Arc<registry::Connections>,
     pub status_cache: status::StatusCache,
     /// Pipes lent to spliced sessions while their bytes flow.
     pub pipes: splice::PipePool,
     pub admission: limits::Admission,
+    /// Logins held while their server wakes, per server and per source address.
+    pub held: Arc<hold::HeldLogins>,
+    /// Backend choice: dial backoffs, round-robin turns, player seats.
+    pub balancer: balance::Balancer,
     /// Refusals are logged at most once a second (a flood must not flood the logs).
     pub refusal_log: limits::LogThrottle,
     draining: AtomicBool,
@@ -93,10 +102,7 @@ impl Running {
     pub async fn wait(self) -> Result<(), Error> {
         match self.task.await {
             Ok(r) => r,
-            Err(e) => {
-                warn!(error = %e, "edge supervisor task failed");
-                Ok(())
-            }
+            Err(e) => Err(Error::Panic(e)),
         }
     }
 
@@ -158,7 +164,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
 
     let routes = Arc::new(Routes::new());
     let metrics = Arc::new(metrics::Metrics::new());
-    let conns = Arc::new(listener::Connections::default());
+    let conns = Arc::new(registry::Connections::default());
     let sync = Arc::new(sync_client::SyncClient::new(
         &config,
         routes.clone(),
@@ -169,6 +175,8 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
         status_cache: status::StatusCache::new(config.status_cache_size),
         pipes: splice::PipePool::new(config.splice_pipes),
         admission: limits::Admission::new(config.limits),
+        held: Arc::default(),
+        balancer: balance::Balancer::new(config.backend_backoff),
         refusal_log: limits::LogThrottle::new(Duration::from_secs(1)),
         config,
         routes,

@@ -28,6 +28,9 @@ pub struct LimitsConfig {
     pub max_connections: usize,
     /// Concurrent connections from one source address group.
     pub max_connections_per_ip: usize,
+    /// Logins from one source address group held at once while their server wakes (a
+    /// kept-alive hold lasts up to the whole wake: a share of `max_connections_per_ip`).
+    pub max_held_logins_per_ip: usize,
     /// New connections per second from one source address group (token refill rate).
     pub rate_per_ip: f64,
     /// Burst of new connections one address group may open at once (bucket size).
@@ -46,6 +49,7 @@ impl Default for LimitsConfig {
         Self {
             max_connections: 20_000,
             max_connections_per_ip: 64,
+            max_held_logins_per_ip: 8,
             rate_per_ip: 20.0,
             rate_burst: 40.0,
             ipv4_prefix: DEFAULT_IPV4_PREFIX,

@@ -1,52 +1,33 @@
 //! `edge` binary: parse flags, set up logging, start, wait for SIGINT/SIGTERM.
+//! The flags live in [`edge::config`]; exit codes are
+//! [`automc_telemetry::process`]'s (bad configuration, including an address
+//! that cannot be bound, exits 64).
 #![forbid(unsafe_code)]
 
+use std::process::ExitCode;
+
+use automc_telemetry::process::{clap_exit, config_exit, shutdown_signal, EXIT_CONFIG};
 use automc_telemetry::TelemetryConfig;
 use clap::Parser;
 use edge::Args;
 use tokio_util::sync::CancellationToken;
 
-/// Exit code for a configuration that cannot run (sysexits EX_USAGE).
-const EXIT_CONFIG: i32 = 64;
-
-async fn signalled() {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{signal, SignalKind};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = tokio::signal::ctrl_c() => {}
-                    _ = term.recv() => {}
-                }
-            }
-            Err(_) => {
-                let _ = tokio::signal::ctrl_c().await;
-            }
-        }
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = tokio::signal::ctrl_c().await;
-    }
-}
-
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+fn main() -> ExitCode {
     let args = match Args::try_parse() {
         Ok(a) => a,
+        Err(e) => return clap_exit(&e),
+    };
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(r) => r,
         Err(e) => {
-            use clap::error::ErrorKind;
-            let _ = e.print();
-            let code = match e.kind() {
-                ErrorKind::DisplayHelp
-                | ErrorKind::DisplayVersion
-                | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand => 0,
-                _ => EXIT_CONFIG,
-            };
-            std::process::exit(code);
+            eprintln!("edge: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
         }
     };
+    runtime.block_on(run(args))
+}
+
+async fn run(args: Args) -> ExitCode {
     let telemetry = match automc_telemetry::init(&TelemetryConfig {
         service: "edge",
         log_format: args.log_format,
@@ -56,33 +37,41 @@ async fn main() -> anyhow::Result<()> {
         Ok(t) => t,
         Err(e) => {
             eprintln!("edge: {e}");
-            std::process::exit(EXIT_CONFIG);
+            return ExitCode::from(EXIT_CONFIG);
         }
     };
     let config = match args.into_config() {
         Ok(c) => c,
-        Err(e) => {
-            eprintln!("edge: {e}");
-            std::process::exit(EXIT_CONFIG);
-        }
+        Err(e) => return config_exit("edge", &e),
     };
     tracing::info!(?config, "starting edge");
     let shutdown = CancellationToken::new();
     let running = match edge::start(config, shutdown.clone()).await {
         Ok(r) => r,
         Err(e @ (edge::Error::Config(_) | edge::Error::Bind { .. } | edge::Error::Sync(_))) => {
-            eprintln!("edge: {e}");
-            std::process::exit(EXIT_CONFIG);
+            return config_exit("edge", &e);
         }
-        Err(e) => return Err(e.into()),
+        Err(e) => {
+            tracing::error!(error = %e, "edge failed to start");
+            return ExitCode::FAILURE;
+        }
     };
-    signalled().await;
+    shutdown_signal().await;
     tracing::info!("signal received: draining");
     shutdown.cancel();
-    tokio::select! {
-        r = running.wait() => r?,
-        () = signalled() => tracing::warn!("second signal: exiting without waiting"),
-    }
+    let code = tokio::select! {
+        r = running.wait() => match r {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                tracing::error!(error = %e, "edge stopped with an error");
+                ExitCode::FAILURE
+            }
+        },
+        () = shutdown_signal() => {
+            tracing::warn!("second signal: exiting without waiting");
+            ExitCode::SUCCESS
+        }
+    };
     telemetry.shutdown();
-    Ok(())
+    code
 }

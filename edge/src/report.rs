@@ -16,7 +16,7 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::listener::{ConnEntry, Connections, Phase};
+use crate::registry::{ConnEntry, Connections, Phase};
 
 /// At most one report per this long, however fast sessions come and go.
 pub const DEBOUNCE: Duration = Duration::from_millis(250);

@@ -159,6 +159,7 @@ mod tests {
             hostnames: vec![host.into()],
             address: format!("{server}:25565"),
             state: "running".into(),
+            ..Route::default()
         }
     }
 

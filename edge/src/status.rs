@@ -35,6 +35,8 @@ use mcproto::{Handshake, LegacyPing, NextState, StatusInfo, StatusPacket};
 pub const DEFAULT_CACHE_ENTRIES: usize = 4096;
 /// Version name shown in local answers.
 pub const LOCAL_VERSION_NAME: &str = "automc";
+/// Most backends of one route asked for one status ping.
+const MAX_STATUS_BACKENDS: usize = 3;
 /// Protocol used to fetch a backend's status on behalf of a legacy client.
 const LEGACY_FETCH_PROTOCOL: i32 = 47;
 /// Protocol numbers above this (outside the snapshot range) are not a real
@@ -278,6 +280,32 @@ pub enum Answer {
     Close,
 }
 
+/// What a status ping is for: the route its hostname matched, and what a
+/// wildcard captured (for `{1}` in backend addresses).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Target<'a> {
+    pub route: Option<&'a Route>,
+    pub capture: Option<&'a str>,
+}
+
+/// The asleep MOTD of `route`: its `asleep_motd` option, else the flag.
+pub fn asleep_motd<'a>(shared: &'a Shared, route: &'a Route) -> &'a str {
+    route
+        .options
+        .as_ref()
+        .and_then(|o| o.asleep_motd.as_deref())
+        .unwrap_or(&shared.config.asleep_motd)
+}
+
+/// The starting MOTD of `route`: its `starting_motd` option, else the flag.
+pub fn starting_motd<'a>(shared: &'a Shared, route: &'a Route) -> &'a str {
+    route
+        .options
+        .as_ref()
+        .and_then(|o| o.starting_motd.as_deref())
+        .unwrap_or(&shared.config.starting_motd)
+}
+
 /// What a status ping for `route` gets, before any fetch.
 pub fn decide(shared: &Shared, route: Option<&Route>) -> Answer {
     let cfg = &shared.config;
@@ -287,20 +315,22 @@ pub fn decide(shared: &Shared, route: Option<&Route>) -> Answer {
             UnknownHost::Close => Answer::Close,
         };
     };
+    let asleep = || Answer::Local(asleep_motd(shared, route).to_owned());
+    let starting = || Answer::Local(starting_motd(shared, route).to_owned());
     let phase = shared.routes.wake_phase(&route.server);
     if phase == Some(WakePhase::Waking) {
-        return Answer::Local(cfg.starting_motd.clone());
+        return starting();
     }
     if phase == Some(WakePhase::Asleep) {
         // Stopped by syncd: the state column may still say running.
-        return Answer::Local(cfg.asleep_motd.clone());
+        return asleep();
     }
     match route.run_state() {
         RouteState::Running => Answer::Backend,
         // Woken by syncd while the state column was not (yet) updated.
         _ if phase == Some(WakePhase::Running) => Answer::Backend,
-        RouteState::Starting => Answer::Local(cfg.starting_motd.clone()),
-        RouteState::Stopped | RouteState::Other => Answer::Local(cfg.asleep_motd.clone()),
+        RouteState::Starting => starting(),
+        RouteState::Stopped | RouteState::Other => asleep(),
     }
 }
 
@@ -315,28 +345,51 @@ pub fn local_json(motd: &str, protocol: i32) -> String {
     })
 }
 
+/// Local status JSON for a route: its favicon, its player limit as the
+/// maximum and this edge's players of it as online.
+pub fn local_json_for(shared: &Shared, route: Option<&Route>, motd: &str, protocol: i32) -> String {
+    let Some(route) = route else {
+        return local_json(motd, protocol);
+    };
+    let options = route.options.as_ref();
+    let info = StatusInfo {
+        motd,
+        version_name: LOCAL_VERSION_NAME,
+        protocol,
+        online: i64::from(shared.balancer.players_of(&route.server)),
+        max: options.and_then(|o| o.max_players).map_or(0, i64::from),
+    };
+    let favicon = options.map_or(&[][..], |o| o.favicon.as_slice());
+    mcproto::status_json_with_favicon(&info, favicon)
+}
+
 /// The status JSON a modern client gets for `route`; `None` means close.
 pub async fn status_json_for(
     shared: &Shared,
-    route: Option<&Route>,
+    to: Target<'_>,
     handshake: &Handshake,
     proxy: Option<(SocketAddr, SocketAddr)>,
 ) -> Option<String> {
-    let cfg = &shared.config;
+    let route = to.route;
+    let protocol = handshake.protocol_version;
     match decide(shared, route) {
         Answer::Close => None,
-        Answer::Local(m) => Some(local_json(&m, handshake.protocol_version)),
+        Answer::Local(m) => Some(local_json_for(shared, route, &m, protocol)),
         Answer::Backend => {
+            let route = route?;
             let json = backend_status(
                 shared,
-                route?,
-                handshake.protocol_version,
+                to,
+                route,
+                protocol,
                 handshake.server_address.clone(),
                 handshake.server_port,
                 proxy,
             )
             .await;
-            Some(json.unwrap_or_else(|| local_json(&cfg.asleep_motd, handshake.protocol_version)))
+            Some(json.unwrap_or_else(|| {
+                local_json_for(shared, Some(route), asleep_motd(shared, route), protocol)
+            }))
         }
     }
 }
@@ -346,6 +399,7 @@ pub async fn status_json_for(
 /// cached.
 async fn backend_status(
     shared: &Shared,
+    to: Target<'_>,
     route: &Route,
     protocol_version: i32,
     server_address: String,
@@ -353,40 +407,58 @@ async fn backend_status(
     proxy: Option<(SocketAddr, SocketAddr)>,
 ) -> Option<String> {
     let cfg = &shared.config;
-    let target = StatusTarget {
-        address: route.address.clone(),
-        handshake: Handshake {
-            protocol_version,
-            server_address,
-            server_port,
-            next_state: NextState::Status,
-        },
-        proxy,
+    let mut handshake = Handshake {
+        protocol_version,
+        server_address,
+        server_port,
+        next_state: NextState::Status,
     };
-    match shared
-        .status_cache
-        .get(
-            target,
-            cfg.status_cache_ttl,
-            cfg.status_stale_for,
-            cfg.connect_timeout,
-        )
-        .await
-    {
-        Fetched::Fresh(j) => Some(j.to_string()),
-        Fetched::Stale(j) => Some(j),
-        Fetched::Unavailable => None,
+    if let Some(host) = crate::conn::rewrite_host(route) {
+        handshake = mcproto::with_host(&handshake, host);
     }
+    // The backends in the order a login would try them now (without taking
+    // its turn): a backend that cannot answer is backed off like a failed
+    // dial, and the next one asked, so a dead first backend does not make a
+    // running server look asleep.
+    let plan = shared.balancer.plan_status(route, to.capture);
+    let mut stale = None;
+    for address in plan.addresses.into_iter().take(MAX_STATUS_BACKENDS) {
+        let target = StatusTarget {
+            address: address.clone(),
+            handshake: handshake.clone(),
+            proxy,
+        };
+        let got = shared
+            .status_cache
+            .get(
+                target,
+                cfg.status_cache_ttl,
+                cfg.status_stale_for,
+                cfg.connect_timeout,
+            )
+            .await;
+        match got {
+            // Only a working login dial ends a backoff: a cached answer
+            // says nothing about now.
+            Fetched::Fresh(j) => return Some(j.to_string()),
+            Fetched::Stale(j) => {
+                shared.balancer.dial_failed(&address);
+                stale.get_or_insert(j);
+            }
+            Fetched::Unavailable => shared.balancer.dial_failed(&address),
+        }
+    }
+    stale
 }
 
 /// The legacy (pre-1.7) answer for `route`; `None` means close.
 pub async fn legacy_answer(
     shared: &Shared,
-    route: Option<&Route>,
+    to: Target<'_>,
     ping: &LegacyPing,
     proxy: Option<(SocketAddr, SocketAddr)>,
 ) -> Option<Vec<u8>> {
-    let cfg = &shared.config;
+    let route = to.route;
     let client_protocol = ping.protocol_version.map_or(127, i32::from);
     let local = |motd: &str| {
         mcproto::encode_legacy_response(
@@ -395,8 +467,11 @@ pub async fn legacy_answer(
                 motd,
                 version_name: LOCAL_VERSION_NAME,
                 protocol: client_protocol,
-                online: 0,
-                max: 0,
+                online: route.map_or(0, |r| i64::from(shared.balancer.players_of(&r.server))),
+                max: route
+                    .and_then(|r| r.options.as_ref())
+                    .and_then(|o| o.max_players)
+                    .map_or(0, i64::from),
             },
         )
     };
@@ -404,9 +479,11 @@ pub async fn legacy_answer(
         Answer::Close => None,
         Answer::Local(m) => Some(local(&m)),
         Answer::Backend => {
+            let route = route?;
             let fetched = backend_status(
                 shared,
-                route?,
+                to,
+                route,
                 LEGACY_FETCH_PROTOCOL,
                 ping.hostname.clone().unwrap_or_default(),
                 ping.port.unwrap_or(25565),
@@ -414,7 +491,7 @@ pub async fn legacy_answer(
             )
             .await;
             let Some(json) = fetched else {
-                return Some(local(&cfg.asleep_motd));
+                return Some(local(asleep_motd(shared, route)));
             };
             let s = summarize(&json);
             Some(mcproto::encode_legacy_response(

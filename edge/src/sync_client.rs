@@ -39,8 +39,8 @@ use tonic::transport::{Channel, Endpoint};
 use tonic::{Code, Request, Status};
 use tracing::{debug, info, info_span, warn, Instrument};
 
-use crate::listener::Connections;
 use crate::metrics::Metrics;
+use crate::registry::Connections;
 use crate::routes::Routes;
 use crate::Config;
 
@@ -164,11 +164,11 @@ pub struct SyncClient {
 #[derive(Debug, thiserror::Error)]
 pub enum SetupError {
     #[error("bad syncd URL {0:?}: {1}")]
-    Url(String, tonic::transport::Error),
+    Url(String, #[source] tonic::transport::Error),
     #[error("the gRPC token is not a valid header value")]
     Token,
     #[error("TLS to syncd: {0}")]
-    Tls(String),
+    Tls(#[source] crate::tls::TlsError),
 }
 
 impl SyncClient {
@@ -540,10 +540,8 @@ fn jitter(d: Duration) -> Duration {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use automc_proto::v1::route_sync_server::{RouteSync, RouteSyncServer};
+    use automc_proto::fake::{FakeSyncd, Watch};
     use automc_proto::v1::*;
-    use tokio_stream::wrappers::TcpListenerStream;
-    use tonic::{Response, Streaming};
 
     #[test]
     fn jitter_stays_within_a_quarter() {
@@ -553,137 +551,24 @@ mod tests {
         }
     }
 
-    /// One watch stream as the fake syncd sees it.
-    struct Watch {
-        hello: WatchHello,
-        token: Option<String>,
-        acks: Streaming<WatchRequest>,
-        tx: mpsc::Sender<Result<WatchResponse, Status>>,
-    }
-
-    struct Fake {
-        watches: mpsc::Sender<Watch>,
-    }
-
-    #[tonic::async_trait]
-    impl RouteSync for Fake {
-        type WatchRoutesStream = ReceiverStream<Result<WatchResponse, Status>>;
-        async fn watch_routes(
-            &self,
-            req: Request<Streaming<WatchRequest>>,
-        ) -> Result<Response<Self::WatchRoutesStream>, Status> {
-            let token = req
-                .metadata()
-                .get("authorization")
-                .and_then(|v| v.to_str().ok())
-                .map(str::to_owned);
-            let mut acks = req.into_inner();
-            let Some(Ok(WatchRequest {
-                msg: Some(watch_request::Msg::Hello(hello)),
-            })) = futures::StreamExt::next(&mut acks).await
-            else {
-                return Err(Status::invalid_argument("hello first"));
-            };
-            let (tx, rx) = mpsc::channel(16);
-            let _ = self
-                .watches
-                .send(Watch {
-                    hello,
-                    token,
-                    acks,
-                    tx,
-                })
-                .await;
-            Ok(Response::new(ReceiverStream::new(rx)))
-        }
-        async fn list_routes(
-            &self,
-            _: Request<ListRoutesRequest>,
-        ) -> Result<Response<ListRoutesResponse>, Status> {
-            Err(Status::unimplemented("fake"))
-        }
-        async fn get_route(
-            &self,
-            _: Request<GetRouteRequest>,
-        ) -> Result<Response<GetRouteResponse>, Status> {
-            Err(Status::unimplemented("fake"))
-        }
-        async fn wake(&self, req: Request<WakeRequest>) -> Result<Response<WakeResponse>, Status> {
-            match req.into_inner().server.as_str() {
-                "ok" => Ok(Response::new(WakeResponse {
-                    address: "10.0.0.9:25565".into(),
-                    reused: false,
-                    duration_ms: 1,
-                })),
-                "gone" => {
-                    Err(WakeFailure::WakerRefused
-                        .to_status("wake of gone failed: waker returned 500"))
-                }
-                "untyped" => Err(Status::unavailable("an older syncd or a proxy")),
-                _ => Err(WakeFailure::NotConfigured.to_status("waker not configured")),
-            }
-        }
-        async fn list_edges(
-            &self,
-            _: Request<ListEdgesRequest>,
-        ) -> Result<Response<ListEdgesResponse>, Status> {
-            Err(Status::unimplemented("fake"))
-        }
-        async fn list_wakes(
-            &self,
-            _: Request<ListWakesRequest>,
-        ) -> Result<Response<ListWakesResponse>, Status> {
-            Err(Status::unimplemented("fake"))
-        }
-        async fn list_servers(
-            &self,
-            _: Request<ListServersRequest>,
-        ) -> Result<Response<ListServersResponse>, Status> {
-            Err(Status::unimplemented("fake"))
-        }
-        async fn list_players(
-            &self,
-            _: Request<ListPlayersRequest>,
-        ) -> Result<Response<ListPlayersResponse>, Status> {
-            Err(Status::unimplemented("fake"))
-        }
-        type WatchEventsStream = ReceiverStream<Result<FleetEvent, Status>>;
-        async fn watch_events(
-            &self,
-            _: Request<WatchEventsRequest>,
-        ) -> Result<Response<Self::WatchEventsStream>, Status> {
-            Err(Status::unimplemented("fake"))
-        }
-    }
-
     fn route(server: &str, host: &str) -> Route {
         Route {
             server: server.into(),
             hostnames: vec![host.into()],
             address: format!("{server}:25565"),
             state: "running".into(),
+            ..Route::default()
         }
     }
 
-    fn send(w: &Watch, msg: watch_response::Msg) {
-        w.tx.try_send(Ok(WatchResponse { msg: Some(msg) }))
-            .expect("stream open");
+    async fn send(w: &Watch, msg: watch_response::Msg) {
+        assert!(w.send(msg).await, "stream open");
     }
 
     async fn next_ack(w: &mut Watch) -> WatchAck {
-        loop {
-            let m = tokio::time::timeout(
-                Duration::from_secs(10),
-                futures::StreamExt::next(&mut w.acks),
-            )
+        w.next_ack(Duration::from_secs(10))
             .await
             .expect("ack in time")
-            .expect("stream open")
-            .expect("ok");
-            if let Some(watch_request::Msg::Ack(a)) = m.msg {
-                return a;
-            }
-        }
     }
 
     fn found(routes: &Routes, host: &str) -> bool {
@@ -702,27 +587,30 @@ mod tests {
         }
     }
 
-    async fn next_watch(rx: &mut mpsc::Receiver<Watch>) -> Watch {
-        tokio::time::timeout(Duration::from_secs(10), rx.recv())
+    async fn next_watch(fake: &mut FakeSyncd) -> Watch {
+        fake.next_watch(Duration::from_secs(10))
             .await
             .expect("edge subscribes in time")
-            .expect("fake alive")
     }
 
     #[tokio::test]
     async fn snapshot_deltas_resume_and_resync_after_a_gap() {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind");
-        let addr = listener.local_addr().expect("addr");
-        let (wtx, mut wrx) = mpsc::channel(4);
-        tokio::spawn(
-            tonic::transport::Server::builder()
-                .add_service(RouteSyncServer::new(Fake { watches: wtx }))
-                .serve_with_incoming(TcpListenerStream::new(listener)),
-        );
+        let mut fake = FakeSyncd::start(Arc::new(|req: WakeRequest| match req.server.as_str() {
+            "ok" => Ok(WakeResponse {
+                address: "10.0.0.9:25565".into(),
+                reused: false,
+                duration_ms: 1,
+            }),
+            "gone" => {
+                Err(WakeFailure::WakerRefused.to_status("wake of gone failed: waker returned 500"))
+            }
+            "untyped" => Err(Status::unavailable("an older syncd or a proxy")),
+            _ => Err(WakeFailure::NotConfigured.to_status("waker not configured")),
+        }))
+        .await
+        .expect("fake syncd");
         let config = Config {
-            syncd: vec![format!("http://{addr}")],
+            syncd: vec![fake.url()],
             grpc_token: Some("t0ken".into()),
             sync_backoff_min: Duration::from_millis(20),
             sync_backoff_max: Duration::from_millis(100),
@@ -742,7 +630,7 @@ mod tests {
         tokio::spawn(client.clone().run(cancel.clone()));
 
         // First contact: nothing held, snapshot, then a delta.
-        let mut w = next_watch(&mut wrx).await;
+        let mut w = next_watch(&mut fake).await;
         assert_eq!(w.hello.epoch, "");
         assert_eq!(w.token.as_deref(), Some("Bearer t0ken"));
         // In two pieces: nothing is visible until the last.
@@ -756,7 +644,8 @@ mod tests {
                 last: false,
                 ..SnapshotChunk::default()
             }),
-        );
+        )
+        .await;
         send(
             &w,
             watch_response::Msg::SnapshotChunk(SnapshotChunk {
@@ -770,7 +659,8 @@ mod tests {
                 last: true,
                 ..SnapshotChunk::default()
             }),
-        );
+        )
+        .await;
         assert_eq!(next_ack(&mut w).await.version, 1);
         assert!(routes.has_snapshot());
         assert_eq!(routes.view().table.len(), 2);
@@ -785,7 +675,8 @@ mod tests {
                 removed: vec!["a".into()],
                 more: false,
             }),
-        );
+        )
+        .await;
         assert_eq!(next_ack(&mut w).await.version, 2);
         let view = routes.view();
         assert!(view.table.lookup("b.example.com").ok().flatten().is_some());
@@ -795,17 +686,18 @@ mod tests {
         // syncd goes away: the edge resumes with what it holds, and the
         // resume's wake set clears the wake that ended meanwhile.
         drop(w);
-        let w = next_watch(&mut wrx).await;
+        let w = next_watch(&mut fake).await;
         assert_eq!((w.hello.epoch.as_str(), w.hello.version), ("e1", 2));
         assert!(found(&routes, "b.example.com"), "last table keeps serving");
-        send(&w, watch_response::Msg::WakeSet(WakeSet { wakes: vec![] }));
+        send(&w, watch_response::Msg::WakeSet(WakeSet { wakes: vec![] })).await;
         send(
             &w,
             watch_response::Msg::Heartbeat(Heartbeat {
                 epoch: "e1".into(),
                 version: 2,
             }),
-        );
+        )
+        .await;
         eventually_none(&routes, "a").await;
 
         // A delta that skips a version: drop and ask for a snapshot.
@@ -819,8 +711,9 @@ mod tests {
                 removed: vec![],
                 more: false,
             }),
-        );
-        let mut w2 = next_watch(&mut wrx).await;
+        )
+        .await;
+        let mut w2 = next_watch(&mut fake).await;
         assert_eq!(w2.hello.epoch, "", "resubscribes asking for a snapshot");
         assert!(!found(&routes, "c.example.com"));
         send(
@@ -833,7 +726,8 @@ mod tests {
                 last: true,
                 ..SnapshotChunk::default()
             }),
-        );
+        )
+        .await;
         assert_eq!(next_ack(&mut w2).await.epoch, "e2");
         assert!(!found(&routes, "b.example.com"));
         assert!(found(&routes, "c.example.com"));

@@ -46,8 +46,32 @@ impl From<TlsArgs> for SyncdTls {
     }
 }
 
-fn read(what: &str, path: &PathBuf) -> Result<Vec<u8>, String> {
-    std::fs::read(path).map_err(|e| format!("cannot read {what} {}: {e}", path.display()))
+/// TLS toward syncd that cannot be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    #[error("cannot read {what} {path}: {source}")]
+    Read {
+        what: &'static str,
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("--tls-cert and --tls-key go together")]
+    HalfIdentity,
+    #[error("--syncd-ca / --tls-cert / --tls-key are set but no --syncd URL is https://")]
+    NoHttpsUrl,
+    #[error("TLS for {url}: {source}")]
+    Endpoint {
+        url: String,
+        source: tonic::transport::Error,
+    },
+}
+
+fn read(what: &'static str, path: &PathBuf) -> Result<Vec<u8>, TlsError> {
+    std::fs::read(path).map_err(|source| TlsError::Read {
+        what,
+        path: path.clone(),
+        source,
+    })
 }
 
 impl SyncdTls {
@@ -57,7 +81,7 @@ impl SyncdTls {
     }
 
     /// The tonic client TLS config from the files as they are now.
-    pub fn client_config(&self) -> Result<ClientTlsConfig, String> {
+    pub fn client_config(&self) -> Result<ClientTlsConfig, TlsError> {
         let mut c = ClientTlsConfig::new();
         c = match &self.ca {
             Some(ca) => c.ca_certificate(Certificate::from_pem(read("--syncd-ca", ca)?)),
@@ -71,18 +95,16 @@ impl SyncdTls {
                 ));
             }
             (None, None) => {}
-            _ => return Err("--tls-cert and --tls-key go together".into()),
+            _ => return Err(TlsError::HalfIdentity),
         }
         Ok(c)
     }
 
     /// Check the URLs and files before starting.
-    pub fn validate(&self, urls: &[String]) -> Result<(), String> {
+    pub fn validate(&self, urls: &[String]) -> Result<(), TlsError> {
         let any_https = urls.iter().any(|u| u.starts_with("https://"));
         if self.is_configured() && !any_https {
-            return Err(
-                "--syncd-ca / --tls-cert / --tls-key are set but no --syncd URL is https://".into(),
-            );
+            return Err(TlsError::NoHttpsUrl);
         }
         if any_https {
             self.client_config()?;
@@ -91,12 +113,15 @@ impl SyncdTls {
     }
 
     /// Add TLS to the endpoint of an `https://` URL.
-    pub fn apply(&self, url: &str, ep: Endpoint) -> Result<Endpoint, String> {
+    pub fn apply(&self, url: &str, ep: Endpoint) -> Result<Endpoint, TlsError> {
         if !url.starts_with("https://") {
             return Ok(ep);
         }
         ep.tls_config(self.client_config()?)
-            .map_err(|e| format!("TLS for {url}: {e}"))
+            .map_err(|source| TlsError::Endpoint {
+                url: url.to_owned(),
+                source,
+            })
     }
 }
 
@@ -111,7 +136,7 @@ mod tests {
             ..SyncdTls::default()
         };
         assert!(t.validate(&["http://a:1".into()]).is_err());
-        let err = t.validate(&["https://a:1".into()]).unwrap_err();
+        let err = t.validate(&["https://a:1".into()]).unwrap_err().to_string();
         assert!(err.contains("/nonexistent/ca.pem"), "{err}");
         assert!(SyncdTls::default().validate(&["http://a:1".into()]).is_ok());
     }

@@ -105,3 +105,21 @@ pub(crate) fn handshake_body_len(h: &Handshake) -> usize {
         + 2
         + 1
 }
+
+/// Where the hostname part of a handshake's server address ends: at the first NUL (a Forge marker
+/// such as `\0FML2\0`) or the first `///` (a forwarding suffix), whichever comes first.
+pub(crate) fn host_part_end(address: &str) -> usize {
+    let nul = address.find('\0').unwrap_or(address.len());
+    let fwd = address.find("///").unwrap_or(address.len());
+    nul.min(fwd)
+}
+
+/// `h` with its hostname replaced by `host`: whatever followed the hostname (a Forge marker, a
+/// forwarding suffix) is kept, and so are the protocol version, the port and the next state.
+pub fn with_host(h: &Handshake, host: &str) -> Handshake {
+    let rest = &h.server_address[host_part_end(&h.server_address)..];
+    Handshake {
+        server_address: format!("{host}{rest}"),
+        ..h.clone()
+    }
+}

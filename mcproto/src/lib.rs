@@ -18,6 +18,7 @@ mod first_packet;
 mod handshake;
 mod legacy;
 mod login;
+mod login_plugin;
 mod packets;
 pub mod proxy_header;
 mod status;
@@ -27,7 +28,7 @@ mod varint;
 mod tests;
 
 pub use first_packet::{parse_first_packet, FirstPacket};
-pub use handshake::{Handshake, NextState, MAX_HANDSHAKE_BYTES};
+pub use handshake::{with_host, Handshake, NextState, MAX_HANDSHAKE_BYTES};
 pub use legacy::{
     encode_legacy_ping_v1_6, encode_legacy_response, parse_legacy_bare_timeout, LegacyForm,
     LegacyPing, MAX_LEGACY_PING_BYTES,
@@ -36,15 +37,21 @@ pub use login::{
     encode_login_start, format_uuid, parse_login_start, LoginStart, MAX_LOGIN_START_BYTES,
     MAX_USERNAME_CHARS,
 };
+pub use login_plugin::{
+    answers_login_plugin_requests, encode_login_plugin_request, encode_login_plugin_response,
+    parse_login_plugin_request, parse_login_plugin_response, LoginPluginRequest,
+    LoginPluginResponse, LOGIN_PLUGIN_FROM_PROTOCOL, MAX_LOGIN_PLUGIN_RESPONSE_BYTES,
+};
 pub use packets::{
-    encode_handshake, encode_login_disconnect, encode_ping, encode_pong, encode_status_request,
-    encode_status_response, parse_pong, parse_status_packet, parse_status_response, StatusPacket,
+    encode_handshake, encode_login_disconnect, encode_ping, encode_pong,
+    encode_rewritten_handshake, encode_status_request, encode_status_response, parse_pong,
+    parse_status_packet, parse_status_response, StatusPacket,
 };
 pub use proxy_header::{
     detect_proxy_header, encode_proxy_v1, encode_proxy_v2, parse_proxy_header, ProxyHeader,
     ProxyHeaderError, MAX_PROXY_HEADER_BYTES,
 };
-pub use status::{mark_status_stale, status_json, StatusInfo};
+pub use status::{base64, mark_status_stale, status_json, status_json_with_favicon, StatusInfo};
 
 pub use varint::{read_varint, varint_len, write_varint, MAX_PACKET_BYTES, MAX_VARINT_BYTES};
 

@@ -82,6 +82,13 @@ pub fn encode_handshake(h: &Handshake) -> Vec<u8> {
     frame(&body)
 }
 
+/// The framed handshake a backend gets when its route rewrites the host: `h` re-encoded with
+/// `host` in place of the hostname (see [`crate::handshake::with_host`]). Only the handshake
+/// changes; the caller sends every later byte as the player sent it.
+pub fn encode_rewritten_handshake(h: &Handshake, host: &str) -> Vec<u8> {
+    encode_handshake(&crate::handshake::with_host(h, host))
+}
+
 pub fn encode_status_request() -> Vec<u8> {
     vec![0x01, STATUS_REQUEST_ID as u8]
 }

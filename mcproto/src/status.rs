@@ -24,6 +24,42 @@ pub fn status_json(info: &StatusInfo) -> String {
     .to_string()
 }
 
+/// [`status_json`] with a server icon: `png` (raw PNG bytes) as the `favicon` data URL the
+/// client shows; no `favicon` field when `png` is empty.
+pub fn status_json_with_favicon(info: &StatusInfo, png: &[u8]) -> String {
+    let mut v = json!({
+        "version": { "name": info.version_name, "protocol": info.protocol },
+        "players": { "max": info.max, "online": info.online },
+        "description": { "text": info.motd },
+    });
+    if !png.is_empty() {
+        v["favicon"] = Value::String(format!("data:image/png;base64,{}", base64(png)));
+    }
+    v.to_string()
+}
+
+/// Standard base64 with padding (RFC 4648 §4).
+pub fn base64(bytes: &[u8]) -> String {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
+    for chunk in bytes.chunks(3) {
+        let b = [
+            chunk[0],
+            chunk.get(1).copied().unwrap_or(0),
+            chunk.get(2).copied().unwrap_or(0),
+        ];
+        let n = u32::from(b[0]) << 16 | u32::from(b[1]) << 8 | u32::from(b[2]);
+        for (i, shift) in [18u32, 12, 6, 0].into_iter().enumerate() {
+            if i <= chunk.len() {
+                out.push(char::from(ALPHABET[(n >> shift & 63) as usize]));
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
+
 /// Appends a visible `note` to the description of a cached backend status, keeping its own
 /// formatting. `None` when `json` is not a JSON object.
 pub fn mark_status_stale(json: &str, note: &str) -> Option<String> {

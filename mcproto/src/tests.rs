@@ -1029,3 +1029,208 @@ fn uuids_print_hyphenated() {
     };
     assert_eq!(l.uuid_string(), "");
 }
+
+#[test]
+fn a_rewritten_handshake_keeps_the_forge_marker_port_and_next_state() {
+    // Recorded: protocol 767, "play.example.com\0FML3\0", port 25565, login.
+    let mut sent = vec![0x1d, 0x00, 0xff, 0x05, 0x16];
+    sent.extend_from_slice(b"play.example.com\0FML3\0");
+    sent.extend_from_slice(&[0x63, 0xdd, 0x02]);
+    let (h, len) = match parse_first_packet(&sent) {
+        Ok(Some(FirstPacket::Modern { handshake, len })) => (handshake, len),
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(len, sent.len());
+    let out = encode_rewritten_handshake(&h, "lobby.internal");
+    let mut want = vec![0x1b, 0x00, 0xff, 0x05, 0x14];
+    want.extend_from_slice(b"lobby.internal\0FML3\0");
+    want.extend_from_slice(&[0x63, 0xdd, 0x02]);
+    assert_eq!(out, want);
+    // A forwarding suffix is kept too; a plain address is simply replaced.
+    let fwd = Handshake {
+        protocol_version: 47,
+        server_address: "a.example.com///1.2.3.4:5///sig".into(),
+        server_port: 25565,
+        next_state: NextState::Status,
+    };
+    assert_eq!(with_host(&fwd, "b").server_address, "b///1.2.3.4:5///sig");
+    let plain = Handshake {
+        server_address: "a.example.com".into(),
+        ..fwd
+    };
+    let again = encode_rewritten_handshake(&plain, "b.internal");
+    match parse_first_packet(&again) {
+        Ok(Some(FirstPacket::Modern { handshake, .. })) => {
+            assert_eq!(handshake.server_address, "b.internal");
+            assert_eq!(handshake.server_port, 25565);
+            assert_eq!(handshake.next_state, NextState::Status);
+            assert_eq!(handshake.protocol_version, 47);
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn a_favicon_goes_into_the_status_as_a_base64_data_url() {
+    assert_eq!(base64(b""), "");
+    assert_eq!(base64(b"f"), "Zg==");
+    assert_eq!(base64(b"fo"), "Zm8=");
+    assert_eq!(base64(b"foo"), "Zm9v");
+    assert_eq!(base64(b"foobar"), "Zm9vYmFy");
+    assert_eq!(base64(&[0xff, 0xfe, 0x00]), "//4A");
+    let info = StatusInfo {
+        motd: "hi",
+        version_name: "automc",
+        protocol: 767,
+        online: 1,
+        max: 20,
+    };
+    let v: serde_json::Value =
+        serde_json::from_str(&status_json_with_favicon(&info, b"\x89PNG")).expect("json");
+    assert_eq!(v["favicon"], "data:image/png;base64,iVBORw==");
+    assert_eq!(v["players"]["max"], 20);
+    let none: serde_json::Value =
+        serde_json::from_str(&status_json_with_favicon(&info, b"")).expect("json");
+    assert!(none.get("favicon").is_none());
+    assert_eq!(status_json_with_favicon(&info, b""), status_json(&info));
+}
+
+const PLUGIN_REQUEST_HOLD: &[u8] = include_bytes!("testdata/login_plugin_request_hold.bin");
+const PLUGIN_RESPONSE_NOT_UNDERSTOOD: &[u8] =
+    include_bytes!("testdata/login_plugin_response_not_understood.bin");
+const PLUGIN_RESPONSE_UNDERSTOOD: &[u8] =
+    include_bytes!("testdata/login_plugin_response_understood.bin");
+
+#[test]
+fn login_plugin_request_matches_the_recorded_vector() {
+    assert_eq!(
+        encode_login_plugin_request(1, "automc:hold", &[]),
+        PLUGIN_REQUEST_HOLD
+    );
+    let (req, n) = parse_login_plugin_request(PLUGIN_REQUEST_HOLD)
+        .expect("parse")
+        .expect("complete");
+    assert_eq!(n, PLUGIN_REQUEST_HOLD.len());
+    assert_eq!(
+        req,
+        LoginPluginRequest {
+            message_id: 1,
+            channel: "automc:hold",
+            data: &[],
+        }
+    );
+    for cut in 0..PLUGIN_REQUEST_HOLD.len() {
+        assert_eq!(
+            parse_login_plugin_request(&PLUGIN_REQUEST_HOLD[..cut]),
+            Ok(None)
+        );
+    }
+}
+
+#[test]
+fn login_plugin_responses_match_the_recorded_vectors_with_every_prefix_incomplete() {
+    let cases: [(&[u8], LoginPluginResponse<'_>); 2] = [
+        (
+            PLUGIN_RESPONSE_NOT_UNDERSTOOD,
+            LoginPluginResponse {
+                message_id: 1,
+                understood: false,
+                data: &[],
+            },
+        ),
+        (
+            PLUGIN_RESPONSE_UNDERSTOOD,
+            LoginPluginResponse {
+                message_id: 300,
+                understood: true,
+                data: b"abc",
+            },
+        ),
+    ];
+    for (bytes, want) in cases {
+        assert_eq!(
+            parse_login_plugin_response(bytes),
+            Ok(Some((want, bytes.len())))
+        );
+        for cut in 0..bytes.len() {
+            assert_eq!(
+                parse_login_plugin_response(&bytes[..cut]),
+                Ok(None),
+                "{cut}"
+            );
+        }
+        let data = want.understood.then_some(want.data);
+        assert_eq!(encode_login_plugin_response(want.message_id, data), bytes);
+    }
+    // What follows the response in the buffer is left alone.
+    let mut two = PLUGIN_RESPONSE_NOT_UNDERSTOOD.to_vec();
+    two.extend_from_slice(PLUGIN_RESPONSE_UNDERSTOOD);
+    let (_, n) = parse_login_plugin_response(&two)
+        .expect("parse")
+        .expect("complete");
+    assert_eq!(n, PLUGIN_RESPONSE_NOT_UNDERSTOOD.len());
+}
+
+#[test]
+fn anything_but_a_small_plugin_response_is_refused_as_soon_as_it_shows() {
+    // Another login packet (Login Start again, Encryption Response, Login Acknowledged):
+    // refused on its id, before the rest of it arrives.
+    for id in [0x00u8, 0x01, 0x03, 0x04] {
+        assert_eq!(
+            parse_login_plugin_response(&[0x20, id]),
+            Err(ProtocolError::BadPacketId(i32::from(id)))
+        );
+    }
+    // A length beyond the cap is refused on the prefix alone.
+    let mut big = Vec::new();
+    write_varint(&mut big, MAX_LOGIN_PLUGIN_RESPONSE_BYTES as i32 + 1);
+    assert_eq!(
+        parse_login_plugin_response(&big),
+        Err(ProtocolError::PacketTooLarge {
+            max: MAX_LOGIN_PLUGIN_RESPONSE_BYTES
+        })
+    );
+    assert!(matches!(
+        parse_login_plugin_response(&[0x04, 0x02, 0x01, 0x00, 0x09]),
+        Err(ProtocolError::Malformed(_))
+    ));
+    assert!(matches!(
+        parse_login_plugin_response(&[0x03, 0x02, 0x01, 0x02]),
+        Err(ProtocolError::Malformed(_))
+    ));
+    assert!(matches!(
+        parse_login_plugin_response(&[0x02, 0x02, 0x01]),
+        Err(ProtocolError::Malformed(_))
+    ));
+    // Garbage that is not even a frame.
+    assert!(parse_login_plugin_response(&[0x80, 0x80, 0x80, 0x80]).is_err());
+    assert!(parse_login_plugin_response(&[0x00]).is_err());
+}
+
+#[test]
+fn clients_from_1_13_answer_plugin_requests() {
+    assert!(!answers_login_plugin_requests(340)); // 1.12.2
+    assert!(!answers_login_plugin_requests(392));
+    assert!(answers_login_plugin_requests(393)); // 1.13
+    assert!(answers_login_plugin_requests(769)); // 1.21.4
+    assert!(answers_login_plugin_requests(0x4000_00f0)); // a snapshot
+    assert!(!answers_login_plugin_requests(-1));
+}
+
+proptest! {
+    #[test]
+    fn plugin_responses_round_trip_and_garbage_never_panics(
+        id in any::<i32>(),
+        data in proptest::option::of(proptest::collection::vec(any::<u8>(), 0..64)),
+        junk in proptest::collection::vec(any::<u8>(), 0..300),
+    ) {
+        let bytes = encode_login_plugin_response(id, data.as_deref());
+        let (r, n) = parse_login_plugin_response(&bytes).expect("parse").expect("complete");
+        prop_assert_eq!(n, bytes.len());
+        prop_assert_eq!(r.message_id, id);
+        prop_assert_eq!(r.understood, data.is_some());
+        prop_assert_eq!(r.data, data.as_deref().unwrap_or_default());
+        let _ = parse_login_plugin_response(&junk);
+        let _ = parse_login_plugin_request(&junk);
+    }
+}

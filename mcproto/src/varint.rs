@@ -145,6 +145,13 @@ impl<'a> Reader<'a> {
         }
     }
 
+    /// Everything left in the packet (a trailing "rest of the packet" field).
+    pub fn rest(&mut self) -> &'a [u8] {
+        let rest = &self.buf[self.pos.min(self.buf.len())..];
+        self.pos = self.buf.len();
+        rest
+    }
+
     /// `n` raw bytes.
     pub fn bytes(&mut self, n: usize) -> Result<&'a [u8], ProtocolError> {
         self.take(n)

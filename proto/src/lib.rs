@@ -6,6 +6,9 @@
 #![forbid(unsafe_code)]
 
 pub mod auth;
+pub mod backend;
+#[cfg(feature = "fake")]
+pub mod fake;
 pub mod hostname;
 pub mod state;
 pub mod sync;

@@ -398,6 +398,7 @@ mod tests {
             ],
             address: format!("10.0.{}.{}:25565", i / 256 % 256, i % 256),
             state: "running".into(),
+            ..Route::default()
         }
     }
 

@@ -111,16 +111,30 @@ pub fn bucket_of(server: &str) -> usize {
     (hash_parts([server.as_bytes()]) % BUCKETS as u64) as usize
 }
 
-/// Hash of one whole route (every field, hostnames in order).
+/// Hash of one whole route (every field, hostnames in order). Backends and
+/// options join the hash only when present (as their encoded bytes, behind a
+/// marker no hostname can be), so a route without them hashes as it did
+/// before they existed and older edges still resume by buckets.
 pub fn route_hash(r: &Route) -> u64 {
     let head = [
         r.server.as_bytes(),
         r.address.as_bytes(),
         r.state.as_bytes(),
     ];
+    let mut extra = Vec::new();
+    if !r.backends.is_empty() || r.options.is_some() {
+        extra.extend_from_slice(b"\0backends+options");
+        for b in &r.backends {
+            b.encode_length_delimited(&mut extra).ok();
+        }
+        if let Some(o) = &r.options {
+            o.encode_length_delimited(&mut extra).ok();
+        }
+    }
     hash_parts(
         head.into_iter()
-            .chain(r.hostnames.iter().map(String::as_bytes)),
+            .chain(r.hostnames.iter().map(String::as_bytes))
+            .chain((!extra.is_empty()).then_some(extra.as_slice())),
     )
 }
 
@@ -459,17 +473,30 @@ impl RouteTable {
         check_len(hostname)?;
         let normalized = normalize_player_hostname(hostname);
         Ok(match self.lookup(&normalized)? {
-            Some(m) => GetRouteResponse {
-                found: true,
-                route: Some(m.route.clone()),
-                matched: m.pattern.to_owned(),
-                normalized,
-            },
+            Some(m) => {
+                let capture = crate::backend::captured(m.pattern, &normalized);
+                let backends = m.route.dial_set(capture);
+                let strategy = m.route.strategy();
+                let state = vec![crate::backend::BackendState::default(); backends.len()];
+                let would_dial = crate::backend::order(strategy, &backends, &state, 0, 0)
+                    .first()
+                    .and_then(|&i| backends.get(i))
+                    .map(|b| b.address.clone())
+                    .unwrap_or_default();
+                GetRouteResponse {
+                    found: true,
+                    route: Some(m.route.clone()),
+                    matched: m.pattern.to_owned(),
+                    normalized,
+                    backends,
+                    strategy: strategy.into(),
+                    would_dial,
+                }
+            }
             None => GetRouteResponse {
                 found: false,
-                route: None,
-                matched: String::new(),
                 normalized,
+                ..GetRouteResponse::default()
             },
         })
     }
@@ -485,6 +512,7 @@ mod tests {
             hostnames: hosts.iter().map(|h| (*h).to_owned()).collect(),
             address: address.into(),
             state: "running".into(),
+            ..Route::default()
         }
     }
 

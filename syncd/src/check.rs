@@ -89,12 +89,16 @@ pub async fn check(client: &Client) -> Result<Vec<Finding>, tokio_postgres::Erro
             "alias table `server_aliases` missing: no extra hostnames; `syncd migrate` creates it",
         ));
     }
+    check_option_tables(client, shape, &mut out).await?;
     let rows = client.query(&shape.read_query(false), &[]).await?;
     let mut server_rows = Vec::with_capacity(rows.len());
     for r in &rows {
         server_rows.push(schema::server_row(r)?);
     }
-    let routes = crate::diff::routes_from_rows(server_rows);
+    let (routes, problems) = crate::diff::routes_from_rows(server_rows);
+    for p in problems {
+        out.push(finding(Level::Error, p.to_string()));
+    }
     out.push(finding(
         Level::Ok,
         format!(
@@ -104,6 +108,66 @@ pub async fn check(client: &Client) -> Result<Vec<Finding>, tokio_postgres::Erro
         ),
     ));
     Ok(out)
+}
+
+/// `server_backends` and `server_options`: present, complete, notifying.
+async fn check_option_tables(
+    client: &Client,
+    shape: Shape,
+    out: &mut Vec<Finding>,
+) -> Result<(), tokio_postgres::Error> {
+    let tables = [
+        ("server_backends", shape.has_backends, "no extra backends"),
+        (
+            "server_options",
+            shape.has_options(),
+            "no per-server options",
+        ),
+    ];
+    for (table, present, without) in tables {
+        if !present {
+            out.push(finding(
+                Level::Warn,
+                format!("table `{table}` missing: {without}; `syncd migrate` creates it"),
+            ));
+            continue;
+        }
+        let triggers = triggers_on(client, table).await?;
+        if triggers
+            .iter()
+            .any(|t| t.on_insert && t.on_delete && t.on_update)
+        {
+            out.push(finding(
+                Level::Ok,
+                format!("table `{table}` present, with its notify trigger"),
+            ));
+        } else {
+            out.push(finding(
+                Level::Error,
+                format!(
+                    "no notify trigger on `{table}`: its changes are only seen on reconnect; run `syncd migrate`"
+                ),
+            ));
+        }
+    }
+    if shape.has_options() {
+        let missing: Vec<&str> = schema::OPTION_COLUMNS
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| !shape.has_option(*i))
+            .map(|(_, (name, _, _))| *name)
+            .collect();
+        if !missing.is_empty() {
+            out.push(finding(
+                Level::Warn,
+                format!(
+                    "`server_options` lacks {}: those options are the global defaults; `syncd migrate` adds them",
+                    missing.join(", ")
+                ),
+            ));
+        }
+    }
+    Ok(())
 }
 
 struct TriggerInfo {

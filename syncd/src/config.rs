@@ -5,7 +5,11 @@
 //! a log line.
 use std::fmt;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::time::Duration;
+
+use automc_telemetry::LogFormat;
+use clap::{Args, Parser, Subcommand};
 
 /// Reachable for edges on other hosts; on a non-loopback address syncd
 /// refuses to start without a token or mutual TLS (see [`Config::grpc_auth`]).
@@ -194,6 +198,29 @@ pub enum GrpcAuth {
 )]
 pub struct Unprotected(pub SocketAddr);
 
+/// A configuration syncd cannot run with (exit code 64 from `main`).
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("no database URL: set --database-url, SYNCD_DATABASE_URL or AUTOMC_DSN")]
+    NoDatabaseUrl,
+    /// `dsn` is the redacted form ([`crate::dsn::redact`]).
+    #[error("database URL {dsn}: {source}")]
+    DatabaseUrl {
+        dsn: String,
+        source: crate::pg_tls::DbUrlError,
+    },
+    #[error(transparent)]
+    Waker(crate::waker_client::WakerError),
+    #[error("gRPC TLS: {0}")]
+    Tls(#[source] crate::tls::TlsError),
+    #[error(transparent)]
+    Unprotected(#[from] Unprotected),
+    #[error("--grpc-handshake-timeout must be greater than zero")]
+    ZeroHandshakeTimeout,
+    #[error(transparent)]
+    TokenFile(#[from] automc_proto::auth::TokenFileError),
+}
+
 impl Config {
     /// Config for a database, everything else default.
     pub fn new(database_url: impl Into<String>) -> Self {
@@ -271,6 +298,310 @@ impl fmt::Debug for WakerConfig {
             .field("ready_check_timeout", &self.ready_check_timeout)
             .field("history", &self.history)
             .finish()
+    }
+}
+
+// --- Command line ------------------------------------------------------------------
+// The clap structs `main` parses. Every default comes from a constant above
+// (or the module that owns it), so `--help`, docs/configuration.md (generated
+// from `--help`) and `Config::default()` cannot disagree.
+
+#[derive(Parser)]
+#[command(
+    name = "syncd",
+    version,
+    about = "automc syncd: Postgres route table streamed to edges over gRPC; the one waker caller",
+    args_conflicts_with_subcommands = true
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+    /// `serve` flags, accepted without the subcommand too.
+    #[command(flatten)]
+    pub serve: ServeArgs,
+}
+
+#[derive(Subcommand)]
+pub enum Command {
+    /// Run syncd (the default).
+    Serve(Box<ServeArgs>),
+    /// Create or upgrade the schema and triggers (idempotent, keeps rows).
+    Migrate(MigrateArgs),
+    /// Diagnose a database: table, columns, triggers, routes, waker.
+    Check(CheckArgs),
+    /// Print the routes a running syncd serves (server, hostnames, address, state).
+    Routes(InspectArgs),
+    /// Print the edges watching a running syncd, with their applied version and lag.
+    Edges(InspectArgs),
+    /// Print the wakes in flight and recent ones, with outcome and reason.
+    Wakes(InspectArgs),
+    /// Print every server with its players across all edges, per-edge counts, wake and sleep state.
+    Servers(InspectArgs),
+    /// Print every player on every edge (name, UUID, server, edge, since).
+    Players(InspectArgs),
+}
+
+#[derive(Args, Clone)]
+pub struct InspectArgs {
+    /// gRPC URL of the syncd to ask (http:// or https://).
+    #[arg(long = "syncd", env = "SYNCD_URL", default_value = DEFAULT_SYNCD_URL)]
+    pub url: String,
+    /// Bearer token, when syncd requires one.
+    #[arg(long, env = "SYNCD_GRPC_TOKEN", hide_env_values = true)]
+    pub grpc_token: Option<String>,
+    /// PEM CA bundle to verify an https:// syncd (default: the web roots).
+    #[arg(long, env = "SYNCD_TLS_CA")]
+    pub tls_ca: Option<PathBuf>,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Where the operator commands look by default: a syncd on this host.
+pub const DEFAULT_SYNCD_URL: &str = "http://127.0.0.1:50051";
+
+#[derive(Args, Clone)]
+pub struct DbArgs {
+    /// Postgres DSN (URL or key=value). Falls back to AUTOMC_DSN.
+    #[arg(long, env = "SYNCD_DATABASE_URL", hide_env_values = true)]
+    pub database_url: Option<String>,
+    /// Log format: text or json (RUST_LOG filters).
+    #[arg(long, env = "SYNCD_LOG_FORMAT", value_enum, default_value_t = LogFormat::default())]
+    pub log_format: LogFormat,
+}
+
+#[derive(Args, Clone)]
+pub struct MigrateArgs {
+    #[command(flatten)]
+    pub db: DbArgs,
+    /// Also print the NOTICE lines Postgres sends (e.g. "already exists, skipping").
+    #[arg(short, long)]
+    pub verbose: bool,
+}
+
+#[derive(Args, Clone)]
+pub struct CheckArgs {
+    #[command(flatten)]
+    pub db: DbArgs,
+    /// Waker base URL to probe. Falls back to AUTOMC_WAKER_URL.
+    #[arg(long, env = "SYNCD_WAKER_URL")]
+    pub waker_url: Option<String>,
+}
+
+#[derive(Args, Clone)]
+pub struct ServeArgs {
+    #[command(flatten)]
+    pub db: DbArgs,
+    /// gRPC address for edges and grpcurl.
+    #[arg(long, env = "SYNCD_GRPC_LISTEN", default_value = DEFAULT_GRPC_LISTEN)]
+    pub grpc_listen: SocketAddr,
+    /// HTTP address for /metrics, /healthz, /readyz.
+    #[arg(long, env = "SYNCD_HTTP_LISTEN", default_value = DEFAULT_HTTP_LISTEN)]
+    pub http_listen: SocketAddr,
+    /// Bearer token required on every RPC except health. Without it (or
+    /// mutual TLS), syncd refuses a non-loopback --grpc-listen.
+    #[arg(
+        long,
+        env = "SYNCD_GRPC_TOKEN",
+        hide_env_values = true,
+        conflicts_with = "grpc_token_file"
+    )]
+    pub grpc_token: Option<String>,
+    /// File holding the gRPC token (surrounding whitespace is ignored).
+    #[arg(long, env = "SYNCD_GRPC_TOKEN_FILE")]
+    pub grpc_token_file: Option<PathBuf>,
+    /// Serve gRPC on a non-loopback address without a token or mutual TLS
+    /// anyway (warned at start; automc_syncd_grpc_unauthenticated is 1).
+    #[arg(long, env = "SYNCD_ALLOW_UNAUTHENTICATED")]
+    pub allow_unauthenticated: bool,
+    /// A gRPC connection must finish its handshake (TLS and the HTTP/2
+    /// preface) within this long of being accepted, or it is closed.
+    #[arg(long, env = "SYNCD_GRPC_HANDSHAKE_TIMEOUT", default_value_t = DEFAULT_GRPC_HANDSHAKE_TIMEOUT.into())]
+    pub grpc_handshake_timeout: humantime::Duration,
+    /// gRPC connections open at once; more are refused at accept.
+    #[arg(long, env = "SYNCD_GRPC_MAX_CONNECTIONS", default_value_t = DEFAULT_GRPC_MAX_CONNECTIONS, value_parser = at_least_one())]
+    pub grpc_max_connections: usize,
+    /// gRPC connections open at once from one peer IP address.
+    #[arg(long, env = "SYNCD_GRPC_MAX_CONNECTIONS_PER_PEER", default_value_t = DEFAULT_GRPC_MAX_CONNECTIONS_PER_PEER, value_parser = at_least_one())]
+    pub grpc_max_connections_per_peer: usize,
+    /// gRPC connections from one peer IP address still in their handshake.
+    #[arg(long, env = "SYNCD_GRPC_MAX_HANDSHAKES_PER_PEER", default_value_t = DEFAULT_GRPC_MAX_HANDSHAKES_PER_PEER, value_parser = at_least_one())]
+    pub grpc_max_handshakes_per_peer: usize,
+    /// Concurrent RPCs on one gRPC connection (HTTP/2 max concurrent streams).
+    #[arg(long, env = "SYNCD_GRPC_MAX_STREAMS_PER_CONNECTION", default_value_t = DEFAULT_GRPC_MAX_STREAMS_PER_CONNECTION, value_parser = clap::value_parser!(u32).range(1..))]
+    pub grpc_max_streams_per_connection: u32,
+    /// Waker base URL; unset = wakes fail with "waker not configured".
+    /// Falls back to AUTOMC_WAKER_URL.
+    #[arg(long, env = "SYNCD_WAKER_URL")]
+    pub waker_url: Option<String>,
+    /// Sent as X-API-Key. Falls back to AUTOMC_WAKER_TOKEN.
+    #[arg(
+        long,
+        env = "SYNCD_WAKER_TOKEN",
+        hide_env_values = true,
+        conflicts_with = "waker_token_file"
+    )]
+    pub waker_token: Option<String>,
+    /// File holding the waker token (surrounding whitespace is ignored).
+    #[arg(long, env = "SYNCD_WAKER_TOKEN_FILE")]
+    pub waker_token_file: Option<PathBuf>,
+    /// How often to poll the waker for the server's state.
+    #[arg(long, env = "SYNCD_WAKER_POLL_INTERVAL", default_value_t = DEFAULT_WAKER_POLL_INTERVAL.into())]
+    pub waker_poll_interval: humantime::Duration,
+    /// Give up on a wake after this long.
+    #[arg(long, env = "SYNCD_WAKER_TIMEOUT", default_value_t = DEFAULT_WAKER_TIMEOUT.into())]
+    pub waker_timeout: humantime::Duration,
+    /// Bound on each HTTP request to the waker.
+    #[arg(long, env = "SYNCD_WAKER_REQUEST_TIMEOUT", default_value_t = DEFAULT_WAKER_REQUEST_TIMEOUT.into())]
+    pub waker_request_timeout: humantime::Duration,
+    /// A wake also needs the server to answer a Minecraft status ping.
+    #[arg(long, env = "SYNCD_WAKER_READY_CHECK")]
+    pub waker_ready_check: bool,
+    /// Reuse a successful wake for this long.
+    #[arg(long, env = "SYNCD_WAKE_REUSE", default_value_t = DEFAULT_WAKE_REUSE.into())]
+    pub wake_reuse: humantime::Duration,
+    /// Heartbeat on a watch stream idle for this long.
+    #[arg(long, env = "SYNCD_HEARTBEAT_INTERVAL", default_value_t = DEFAULT_HEARTBEAT_INTERVAL.into())]
+    pub heartbeat_interval: humantime::Duration,
+    /// Messages queued per watcher before it is cut off as stuck.
+    #[arg(long, env = "SYNCD_WATCHER_QUEUE", default_value_t = DEFAULT_WATCHER_QUEUE)]
+    pub watcher_queue: usize,
+    /// Change sets kept so reconnecting edges resume without a snapshot
+    /// (together at most about one table's worth of routes).
+    #[arg(long, env = "SYNCD_HISTORY", default_value_t = DEFAULT_HISTORY_LEN)]
+    pub history: usize,
+    /// Cut off a watcher that does not take a handed-out message (at most
+    /// 256 KiB) within this long: it stopped reading.
+    #[arg(long, env = "SYNCD_WATCH_SEND_TIMEOUT", default_value_t = DEFAULT_WATCH_SEND_TIMEOUT.into())]
+    pub watch_send_timeout: humantime::Duration,
+    /// A new WatchRoutes stream must send its WatchHello within this long.
+    #[arg(long, env = "SYNCD_HELLO_TIMEOUT", default_value_t = DEFAULT_HELLO_TIMEOUT.into())]
+    pub hello_timeout: humantime::Duration,
+    /// WatchRoutes streams open at once from one peer IP address.
+    #[arg(long, env = "SYNCD_MAX_WATCHERS_PER_PEER", default_value_t = DEFAULT_MAX_WATCHERS_PER_PEER)]
+    pub max_watchers_per_peer: usize,
+    /// Probe the LISTEN connection with SELECT 1 this often.
+    #[arg(long, env = "SYNCD_PG_PROBE_INTERVAL", default_value_t = DEFAULT_PG_PROBE_INTERVAL.into())]
+    pub pg_probe_interval: humantime::Duration,
+    /// PEM certificate chain: serve gRPC over TLS (needs --tls-key).
+    #[arg(long, env = "SYNCD_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key of --tls-cert.
+    #[arg(long, env = "SYNCD_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+    /// PEM CA bundle: require client certificates chaining to it (mutual TLS).
+    #[arg(long, env = "SYNCD_TLS_CLIENT_CA", requires = "tls_cert")]
+    pub tls_client_ca: Option<PathBuf>,
+    /// Check the TLS files this often; changed files are loaded without a restart.
+    #[arg(long, env = "SYNCD_TLS_RELOAD_INTERVAL", default_value_t = crate::tls::DEFAULT_RELOAD_INTERVAL.into())]
+    pub tls_reload_interval: humantime::Duration,
+    /// Hot standby: syncd instances on one database sharing this Postgres
+    /// advisory lock id elect one active instance that serves wakes.
+    #[arg(long, env = "SYNCD_LEADER_LOCK")]
+    pub leader_lock: Option<i64>,
+    /// Export tracing spans over OTLP/gRPC to this collector, e.g.
+    /// http://127.0.0.1:4317 (off when unset).
+    #[arg(long, env = "SYNCD_OTLP_ENDPOINT")]
+    pub otlp_endpoint: Option<String>,
+    /// Ask the waker to stop a server nobody played on for this long
+    /// (off when unset; server_options.sleep_after overrides per server).
+    #[arg(long, env = "SYNCD_SLEEP_AFTER", value_parser = humantime::parse_duration)]
+    pub sleep_after: Option<Duration>,
+    /// Never stop a server sooner than this after it came up.
+    #[arg(long, env = "SYNCD_MIN_UPTIME", default_value_t = crate::sleep::DEFAULT_MIN_UPTIME.into())]
+    pub min_uptime: humantime::Duration,
+    /// An edge whose stream dropped counts as unknown this long: its last
+    /// player counts stand and no server sleeps meanwhile.
+    #[arg(long, env = "SYNCD_EDGE_GRACE", default_value_t = crate::sleep::DEFAULT_EDGE_GRACE.into())]
+    pub edge_grace: humantime::Duration,
+    /// POST every fleet event (player joined/left, wake, sleep) as JSON to this
+    /// URL (repeatable; comma list in the env var). Slow webhooks lose events, never slow syncd.
+    #[arg(long, env = "SYNCD_WEBHOOK_URL", value_delimiter = ',')]
+    pub webhook_url: Vec<String>,
+    /// Sign webhook bodies: X-Automc-Signature: sha256=<hex HMAC-SHA256 of the body>.
+    #[arg(long, env = "SYNCD_WEBHOOK_SECRET", hide_env_values = true)]
+    pub webhook_secret: Option<String>,
+    /// Export automc_syncd_server_players{server} (turn off for very large fleets).
+    #[arg(long, env = "SYNCD_PLAYER_METRICS_PER_SERVER", action = clap::ArgAction::Set, default_value_t = true)]
+    pub player_metrics_per_server: bool,
+}
+
+fn at_least_one() -> clap::builder::RangedU64ValueParser<usize> {
+    clap::builder::RangedU64ValueParser::<usize>::new().range(1..)
+}
+
+/// A flag's value, else the original automc variable; blank counts as unset.
+pub fn env_fallback(value: Option<String>, legacy: &str) -> Option<String> {
+    value
+        .or_else(|| std::env::var(legacy).ok())
+        .filter(|v| !v.trim().is_empty())
+}
+
+impl DbArgs {
+    /// The DSN from the flag, its variable, or the original `AUTOMC_DSN`.
+    pub fn database_url(&self) -> Result<String, ConfigError> {
+        env_fallback(self.database_url.clone(), "AUTOMC_DSN").ok_or(ConfigError::NoDatabaseUrl)
+    }
+}
+
+impl ServeArgs {
+    pub fn into_config(self) -> Result<Config, ConfigError> {
+        let mut c = Config::new(self.db.database_url()?);
+        c.grpc_listen = self.grpc_listen;
+        c.http_listen = self.http_listen;
+        c.grpc_token = match &self.grpc_token_file {
+            Some(path) => Some(automc_proto::auth::read_token_file(path)?),
+            None => self.grpc_token.filter(|t| !t.is_empty()),
+        };
+        c.allow_unauthenticated = self.allow_unauthenticated;
+        c.accept = crate::accept::Limits {
+            handshake_timeout: self.grpc_handshake_timeout.into(),
+            max_connections: self.grpc_max_connections,
+            max_connections_per_peer: self.grpc_max_connections_per_peer,
+            max_handshakes_per_peer: self.grpc_max_handshakes_per_peer,
+            max_streams_per_connection: self.grpc_max_streams_per_connection,
+        };
+        c.heartbeat_interval = self.heartbeat_interval.into();
+        c.watcher_queue = self.watcher_queue;
+        c.history_len = self.history;
+        c.watch_send_timeout = self.watch_send_timeout.into();
+        c.hello_timeout = self.hello_timeout.into();
+        c.max_watchers_per_peer = self.max_watchers_per_peer;
+        c.pg_probe_interval = self.pg_probe_interval.into();
+        c.waker.url = env_fallback(self.waker_url, "AUTOMC_WAKER_URL");
+        c.waker.token = match &self.waker_token_file {
+            Some(path) => Some(automc_proto::auth::read_token_file(path)?),
+            None => env_fallback(self.waker_token, "AUTOMC_WAKER_TOKEN"),
+        };
+        c.waker.poll_interval = self.waker_poll_interval.into();
+        c.waker.timeout = self.waker_timeout.into();
+        c.waker.request_timeout = self.waker_request_timeout.into();
+        c.waker.ready_check = self.waker_ready_check;
+        c.waker.reuse_for = self.wake_reuse.into();
+        c.leader_lock = self.leader_lock;
+        c.edge_grace = self.edge_grace.into();
+        c.webhook_urls = self
+            .webhook_url
+            .iter()
+            .map(|u| u.trim().to_owned())
+            .filter(|u| !u.is_empty())
+            .collect();
+        c.webhook_secret = self.webhook_secret.filter(|s| !s.is_empty());
+        c.sleep = crate::sleep::SleepConfig {
+            sleep_after: self.sleep_after.filter(|d| !d.is_zero()),
+            min_uptime: self.min_uptime.into(),
+            per_server_metrics: self.player_metrics_per_server,
+        };
+        c.tls = match (self.tls_cert, self.tls_key) {
+            (Some(cert), Some(key)) => Some(crate::tls::TlsFiles {
+                cert,
+                key,
+                client_ca: self.tls_client_ca,
+                reload_interval: self.tls_reload_interval.into(),
+            }),
+            _ => None,
+        };
+        Ok(c)
     }
 }
 

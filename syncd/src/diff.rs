@@ -5,8 +5,10 @@ use std::collections::{BTreeMap, BTreeSet};
 use automc_proto::v1::Route;
 use automc_proto::{normalize_domain, RouteTable};
 
+use crate::options::{self, BackendRow, OptionsRow, RowProblem};
+
 /// One `servers` row plus its alias domains, as read from Postgres.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct ServerRow {
     pub name: String,
     pub domain: Option<String>,
@@ -15,6 +17,10 @@ pub struct ServerRow {
     /// `None` when the column does not exist (original automc schema) or is NULL.
     pub enabled: Option<bool>,
     pub aliases: Vec<String>,
+    /// `server_backends` rows (none when the table does not exist).
+    pub backends: Vec<BackendRow>,
+    /// The `server_options` row, when there is one.
+    pub options: Option<OptionsRow>,
 }
 
 /// Routes keyed by server name.
@@ -23,10 +29,24 @@ pub type Routes = BTreeMap<String, Route>;
 /// The route a row describes, if it is one: enabled (not `false`), a
 /// non-empty address, and at least one usable hostname. Hostnames are
 /// normalised, the row's own domain first, then aliases in order, without
-/// duplicates.
-pub fn route_from_row(row: ServerRow) -> Option<Route> {
+/// duplicates. Invalid backend and options rows are left out and told to
+/// `problems`; the route itself stays.
+pub fn route_from_row(row: ServerRow, problems: &mut Vec<RowProblem>) -> Option<Route> {
     if row.enabled == Some(false) || row.address.trim().is_empty() {
         return None;
+    }
+    let address = row.address.trim();
+    if automc_proto::backend::has_capture(address) {
+        // Only a template is checked: any other address routes as it always did.
+        if let Err(e) = automc_proto::backend::validate_address(address) {
+            problems.push(RowProblem {
+                table: "servers",
+                server: row.name,
+                key: Some(address.to_owned()),
+                reason: e.to_string(),
+            });
+            return None;
+        }
     }
     let mut hostnames: Vec<String> = Vec::with_capacity(1 + row.aliases.len());
     let candidates = row.domain.iter().chain(row.aliases.iter());
@@ -40,19 +60,39 @@ pub fn route_from_row(row: ServerRow) -> Option<Route> {
     if hostnames.is_empty() {
         return None;
     }
+    let (backends, bad) = options::backends(&row.name, &row.backends);
+    problems.extend(bad);
+    let options = row.options.and_then(|o| match options::options(&o) {
+        Ok(o) => Some(o),
+        Err(reason) => {
+            problems.push(RowProblem {
+                table: "server_options",
+                server: row.name.clone(),
+                key: None,
+                reason,
+            });
+            None
+        }
+    });
     Some(Route {
         server: row.name,
         hostnames,
-        address: row.address.trim().to_owned(),
+        address: address.to_owned(),
         state: row.state,
+        backends,
+        options,
     })
 }
 
-pub fn routes_from_rows(rows: impl IntoIterator<Item = ServerRow>) -> Routes {
-    rows.into_iter()
-        .filter_map(route_from_row)
+/// Routes of `rows`, and the rows refused on the way.
+pub fn routes_from_rows(rows: impl IntoIterator<Item = ServerRow>) -> (Routes, Vec<RowProblem>) {
+    let mut problems = Vec::new();
+    let routes = rows
+        .into_iter()
+        .filter_map(|r| route_from_row(r, &mut problems))
         .map(|r| (r.server.clone(), r))
-        .collect()
+        .collect();
+    (routes, problems)
 }
 
 /// A change set: whole routes added or changed, servers whose route is gone.
@@ -146,6 +186,7 @@ mod tests {
             state: "running".into(),
             enabled: Some(true),
             aliases: vec![],
+            ..ServerRow::default()
         }
     }
 
@@ -155,6 +196,7 @@ mod tests {
             hostnames: hosts.iter().map(|h| (*h).to_owned()).collect(),
             address: address.into(),
             state: "running".into(),
+            ..Route::default()
         }
     }
 
@@ -213,8 +255,67 @@ mod tests {
             ),
         ];
         for (what, input, want) in cases {
-            assert_eq!(route_from_row(input), want, "{what}");
+            let mut problems = Vec::new();
+            assert_eq!(route_from_row(input, &mut problems), want, "{what}");
+            assert!(problems.is_empty(), "{what}: {problems:?}");
         }
+    }
+
+    #[test]
+    fn bad_backend_and_options_rows_are_left_out_and_the_route_stays() {
+        let input = ServerRow {
+            backends: vec![
+                BackendRow {
+                    address: "10.0.0.2:25565".into(),
+                    weight: 1,
+                    priority: 0,
+                },
+                BackendRow {
+                    address: "nope".into(),
+                    weight: 1,
+                    priority: 0,
+                },
+            ],
+            options: Some(OptionsRow {
+                strategy: Some("fastest".into()),
+                ..OptionsRow::default()
+            }),
+            ..row("a", Some("a.example.com"), "10.0.0.1:25565")
+        };
+        let mut problems = Vec::new();
+        let r = route_from_row(input, &mut problems).expect("still a route");
+        assert_eq!(r.backends.len(), 1);
+        assert!(r.options.is_none());
+        let tables: Vec<&str> = problems.iter().map(|p| p.table).collect();
+        assert_eq!(tables, ["server_backends", "server_options"]);
+
+        let template = row("w", Some("*.mc.example.com"), "{1}:bad");
+        assert!(route_from_row(template, &mut problems).is_none());
+        assert_eq!(problems.last().map(|p| p.table), Some("servers"));
+    }
+
+    #[test]
+    fn an_options_change_is_a_change() {
+        let a = route("a", &["a.x"], "1:1");
+        let with = Route {
+            options: Some(automc_proto::v1::RouteOptions {
+                max_players: Some(5),
+                ..Default::default()
+            }),
+            ..a.clone()
+        };
+        let got = diff_all(
+            &RouteTable::from_routes([a.clone()]),
+            &routes(vec![with.clone()]),
+        );
+        assert_eq!(got.upserts, vec![with.clone()]);
+        let t = RouteTable::from_routes([a]);
+        let t2 = RouteTable::from_routes([with]);
+        assert_ne!(
+            t.bucket_hashes(),
+            t2.bucket_hashes(),
+            "bucket resync sees it too"
+        );
     }
 
     fn routes(list: Vec<Route>) -> Routes {

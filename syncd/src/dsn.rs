@@ -88,7 +88,7 @@ pub fn redact(dsn: &str) -> String {
         s.dsn
             .parse::<Config>()
             .map(|c| (c, s.mode))
-            .map_err(|e| e.to_string())
+            .map_err(pg_tls::DbUrlError::Parse)
     });
     let Ok((c, mode)) = parsed else {
         return "(a database URL that does not parse)".into();

@@ -241,12 +241,10 @@ pub async fn serve(
             .register_encoded_file_descriptor_set(automc_proto::FILE_DESCRIPTOR_SET)
             .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
     };
-    let v1 = reflection()
-        .build_v1()
-        .map_err(|e| crate::Error::Reflection(e.to_string()))?;
+    let v1 = reflection().build_v1().map_err(crate::Error::Reflection)?;
     let v1alpha = reflection()
         .build_v1alpha()
-        .map_err(|e| crate::Error::Reflection(e.to_string()))?;
+        .map_err(crate::Error::Reflection)?;
     let svc = RouteSyncServer::new(RouteSyncService {
         publisher,
         hello_timeout,

@@ -594,6 +594,7 @@ mod tests {
                 hostnames: vec!["play.example.com".into(), "*.example.com".into()],
                 address: "10.0.0.1:25565".into(),
                 state: "running".into(),
+                ..Route::default()
             }],
             next_page_token: String::new(),
         };

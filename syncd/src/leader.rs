@@ -63,27 +63,22 @@ impl Election {
         self.active.send_replace(false);
     }
 
-    async fn session(&self) -> Result<(), String> {
+    async fn session(&self) -> Result<(), LockLost> {
         let (client, conn) = tokio::select! {
             _ = self.shutdown.cancelled() => return Ok(()),
             r = tokio::time::timeout(CONNECT_TIMEOUT, self.pg.connect(self.tls.clone())) => {
-                r.map_err(|_| "connect timed out".to_owned())?.map_err(|e| e.to_string())?
+                r.map_err(|_| LockLost::ConnectTimeout(CONNECT_TIMEOUT))??
             }
         };
         let mut driver = tokio::spawn(conn);
         loop {
             let step = async {
                 if *self.active.borrow() {
-                    client
-                        .simple_query("SELECT 1")
-                        .await
-                        .map(|_| ())
-                        .map_err(|e| e.to_string())
+                    client.simple_query("SELECT 1").await.map(|_| ())
                 } else {
                     let row = client
                         .query_one("SELECT pg_try_advisory_lock($1)", &[&self.lock_id])
-                        .await
-                        .map_err(|e| e.to_string())?;
+                        .await?;
                     if row.get::<_, bool>(0) {
                         tracing::info!(
                             lock = self.lock_id,
@@ -99,15 +94,9 @@ impl Election {
                     driver.abort();
                     return Ok(());
                 }
-                r = &mut driver => {
-                    return Err(match r {
-                        Ok(Ok(())) => "connection closed".into(),
-                        Ok(Err(e)) => e.to_string(),
-                        Err(e) => e.to_string(),
-                    });
-                }
+                r = &mut driver => return Err(LockLost::ended(r)),
                 r = tokio::time::timeout(PROBE_TIMEOUT, step) => {
-                    r.map_err(|_| format!("no answer within {PROBE_TIMEOUT:?}"))??;
+                    r.map_err(|_| LockLost::ProbeTimeout(PROBE_TIMEOUT))??;
                 }
             }
             tokio::select! {
@@ -115,15 +104,35 @@ impl Election {
                     driver.abort();
                     return Ok(());
                 }
-                r = &mut driver => {
-                    return Err(match r {
-                        Ok(Ok(())) => "connection closed".into(),
-                        Ok(Err(e)) => e.to_string(),
-                        Err(e) => e.to_string(),
-                    });
-                }
+                r = &mut driver => return Err(LockLost::ended(r)),
                 _ = tokio::time::sleep(self.retry) => {}
             }
+        }
+    }
+}
+
+/// Why the lock connection ended (the lock is gone with it).
+#[derive(Debug, thiserror::Error)]
+enum LockLost {
+    #[error("connect timed out after {0:?}")]
+    ConnectTimeout(Duration),
+    #[error("no answer within {0:?}")]
+    ProbeTimeout(Duration),
+    #[error("connection closed")]
+    Closed,
+    #[error(transparent)]
+    Postgres(#[from] tokio_postgres::Error),
+    #[error("connection task failed: {0}")]
+    Driver(#[source] tokio::task::JoinError),
+}
+
+impl LockLost {
+    /// The connection's driver task ended.
+    fn ended(r: Result<Result<(), tokio_postgres::Error>, tokio::task::JoinError>) -> Self {
+        match r {
+            Ok(Ok(())) => Self::Closed,
+            Ok(Err(e)) => Self::Postgres(e),
+            Err(e) => Self::Driver(e),
         }
     }
 }

@@ -21,6 +21,7 @@ pub mod http;
 pub mod inspect;
 pub mod leader;
 pub mod metrics;
+pub mod options;
 pub mod pg;
 pub mod pg_tls;
 pub mod publisher;
@@ -40,14 +41,14 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-pub use config::{Config, WakerConfig};
+pub use config::{Config, ConfigError, WakerConfig};
 pub use metrics::Metrics;
 
 /// Why syncd could not start or stopped with an error.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error("invalid configuration: {0}")]
-    Config(String),
+    Config(#[from] ConfigError),
     #[error("cannot listen on {addr} ({what}): {source}")]
     Bind {
         what: &'static str,
@@ -57,11 +58,11 @@ pub enum Error {
     #[error("gRPC server: {0}")]
     Grpc(#[from] tonic::transport::Error),
     #[error("reflection descriptors: {0}")]
-    Reflection(String),
+    Reflection(#[source] tonic_reflection::server::Error),
     #[error("HTTP admin server: {0}")]
     Http(std::io::Error),
     #[error("task panicked: {0}")]
-    Panic(String),
+    Panic(#[source] tokio::task::JoinError),
 }
 
 /// A started syncd.
@@ -92,7 +93,7 @@ impl Running {
         for h in self.servers {
             let r = match h.await {
                 Ok(r) => r,
-                Err(e) => Err(Error::Panic(e.to_string())),
+                Err(e) => Err(Error::Panic(e)),
             };
             if let Err(e) = r {
                 first_err.get_or_insert(e);
@@ -107,16 +108,13 @@ impl Running {
 /// Validate the config, bind both listeners and start every task.
 pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Running, Error> {
     if config.database_url.trim().is_empty() {
-        return Err(Error::Config(
-            "no database URL: set --database-url, SYNCD_DATABASE_URL or AUTOMC_DSN".into(),
-        ));
+        return Err(ConfigError::NoDatabaseUrl.into());
     }
-    let (mut pg, pg_tls) = pg_tls::parse(&config.database_url).map_err(|e| {
-        Error::Config(format!(
-            "database URL {} is not a valid Postgres DSN: {e}",
-            dsn::redact(&config.database_url)
-        ))
-    })?;
+    let (mut pg, pg_tls) =
+        pg_tls::parse(&config.database_url).map_err(|source| ConfigError::DatabaseUrl {
+            dsn: dsn::redact(&config.database_url),
+            source,
+        })?;
     if let Some(w) = pg_tls::split(&config.database_url)
         .ok()
         .and_then(|s| dsn::tls_warning(s.mode))
@@ -136,23 +134,17 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
                 config.waker.request_timeout,
                 metrics.clone(),
             )
-            .map_err(|e| Error::Config(e.to_string()))?,
+            .map_err(ConfigError::Waker)?,
         ),
         _ => None,
     };
     let tls = match &config.tls {
-        Some(files) => {
-            Some(tls::ServerTls::new(files.clone()).map_err(|e| Error::Config(e.to_string()))?)
-        }
+        Some(files) => Some(tls::ServerTls::new(files.clone()).map_err(ConfigError::Tls)?),
         None => None,
     };
-    let grpc_auth = config
-        .grpc_auth()
-        .map_err(|e| Error::Config(e.to_string()))?;
+    let grpc_auth = config.grpc_auth().map_err(ConfigError::from)?;
     if config.accept.handshake_timeout.is_zero() {
-        return Err(Error::Config(
-            "--grpc-handshake-timeout must be greater than zero".into(),
-        ));
+        return Err(ConfigError::ZeroHandshakeTimeout.into());
     }
     let grpc_listener = bind("gRPC", config.grpc_listen).await?;
     let http_listener = bind("HTTP", config.http_listen).await?;

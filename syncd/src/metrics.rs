@@ -42,6 +42,7 @@ pub struct Metrics {
     sleeps: Family<Labels, Counter>,
     pub events_dropped: Counter,
     webhooks: Family<Labels, Counter>,
+    rows_skipped: Family<Labels, Counter>,
 }
 
 impl Metrics {
@@ -73,6 +74,12 @@ impl Metrics {
         let sleeps = Family::<Labels, Counter>::default();
         let events_dropped = Counter::default();
         let webhooks = Family::<Labels, Counter>::default();
+        let rows_skipped = Family::<Labels, Counter>::default();
+        r.register(
+            "automc_syncd_rows_skipped",
+            "Invalid server_backends / server_options rows skipped on a read, by table",
+            rows_skipped.clone(),
+        );
         r.register("automc_syncd_routes", "Routes in the table", routes.clone());
         r.register(
             "automc_syncd_table_version",
@@ -223,7 +230,15 @@ impl Metrics {
             sleeps,
             events_dropped,
             webhooks,
+            rows_skipped,
         }
+    }
+
+    /// An invalid row of `table` was left out of a read.
+    pub fn row_skipped(&self, table: &str) {
+        self.rows_skipped
+            .get_or_create(&vec![("table".to_owned(), table.to_owned())])
+            .inc();
     }
 
     pub fn webhook_outcome(&self, outcome: &str) {

@@ -215,17 +215,21 @@ impl Listener {
                 }
             }
             self.drain(&mut rx, &mut pending);
-            if !pending.names.is_empty() && !shape.is_current() {
-                // A named payload comes from our own trigger: `syncd migrate`
-                // ran while we were connected. Look again so the new columns
-                // and the alias table are read.
-                shape = schema::detect(&client).await?;
-                queries = Queries::prepare(&client, shape).await?;
-                pending.everything = true;
-                tracing::info!(
-                    ?shape,
-                    "schema upgraded while connected; reading everything again"
-                );
+            if !shape.is_current() {
+                // `syncd migrate` (or an operator adding a table) may have
+                // run while we were connected: look again so new columns and
+                // tables are read. One catalog query per read, and only on a
+                // database that is not current.
+                let now = schema::detect(&client).await?;
+                if now != shape {
+                    shape = now;
+                    queries = Queries::prepare(&client, shape).await?;
+                    pending.everything = true;
+                    tracing::info!(
+                        ?shape,
+                        "schema changed while connected; reading everything again"
+                    );
+                }
             }
             pending = self.reread(&client, &queries, pending, &mut rx).await?;
             if first {
@@ -303,11 +307,11 @@ impl Listener {
             self.metrics.reloads.inc();
             if batch.wants_everything() {
                 let rows = client.query(&q.all, &[]).await?;
-                fresh = Some(Fresh::All(to_routes(&rows)?));
+                fresh = Some(Fresh::All(self.to_routes(&rows)?));
             } else {
                 let names: Vec<&String> = batch.names.iter().collect();
                 let rows = client.query(&q.some, &[&names]).await?;
-                let got = to_routes(&rows)?;
+                let got = self.to_routes(&rows)?;
                 fresh = Some(match fresh.take() {
                     None => Fresh::Some(batch.names, got),
                     Some(Fresh::All(mut all)) => {
@@ -376,12 +380,27 @@ impl Queries {
     }
 }
 
-fn to_routes(rows: &[tokio_postgres::Row]) -> Result<Routes, tokio_postgres::Error> {
-    let mut out = Vec::with_capacity(rows.len());
-    for r in rows {
-        out.push(schema::server_row(r)?);
+impl Listener {
+    /// Decode rows into routes; refused backend and options rows are logged
+    /// and counted here (the rest of the read goes on).
+    fn to_routes(&self, rows: &[tokio_postgres::Row]) -> Result<Routes, tokio_postgres::Error> {
+        let mut out = Vec::with_capacity(rows.len());
+        for r in rows {
+            out.push(schema::server_row(r)?);
+        }
+        let (routes, problems) = diff::routes_from_rows(out);
+        for p in problems {
+            self.metrics.row_skipped(p.table);
+            tracing::warn!(
+                table = p.table,
+                server = %p.server,
+                key = p.key.as_deref().unwrap_or(""),
+                reason = %p.reason,
+                "{p}; the rest keeps syncing (syncd check lists it)"
+            );
+        }
+        Ok(routes)
     }
-    Ok(diff::routes_from_rows(out))
 }
 
 /// Drive the connection, forwarding notification payloads.

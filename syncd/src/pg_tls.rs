@@ -58,13 +58,13 @@ impl SslMode {
 /// Take `sslmode` and `sslrootcert` out of a URL or key=value DSN. The
 /// key=value form is read with libpq's grammar ([`crate::dsn`]), so quoted
 /// values with spaces come through unchanged.
-pub fn split(dsn: &str) -> Result<Split, String> {
+pub fn split(dsn: &str) -> Result<Split, DbUrlError> {
     let is_url = dsn.starts_with("postgres://") || dsn.starts_with("postgresql://");
     let mut mode = None;
     let mut root_cert = None;
     if !is_url {
         let mut kept = Vec::new();
-        for (k, v) in crate::dsn::conninfo_pairs(dsn).map_err(|e| e.to_string())? {
+        for (k, v) in crate::dsn::conninfo_pairs(dsn)? {
             match k.as_str() {
                 "sslmode" => mode = Some(v),
                 "sslrootcert" => root_cert = Some(v),
@@ -101,14 +101,14 @@ pub fn split(dsn: &str) -> Result<Split, String> {
     })
 }
 
-fn ssl_mode(word: Option<&str>) -> Result<SslMode, String> {
+fn ssl_mode(word: Option<&str>) -> Result<SslMode, DbUrlError> {
     Ok(match word.unwrap_or("prefer") {
         "disable" => SslMode::Disable,
         "prefer" | "allow" => SslMode::Prefer,
         "require" => SslMode::Require,
         "verify-ca" => SslMode::VerifyCa,
         "verify-full" => SslMode::VerifyFull,
-        other => return Err(format!("unknown sslmode {other:?}")),
+        other => return Err(DbUrlError::SslMode(other.to_owned())),
     })
 }
 
@@ -122,9 +122,9 @@ fn pg_mode(mode: SslMode) -> &'static str {
 }
 
 /// Parse a DSN into a tokio-postgres config and the TLS connector it needs.
-pub fn parse(dsn: &str) -> Result<(tokio_postgres::Config, MakeRustlsConnect), String> {
+pub fn parse(dsn: &str) -> Result<(tokio_postgres::Config, MakeRustlsConnect), DbUrlError> {
     let s = split(dsn)?;
-    let config: tokio_postgres::Config = s.dsn.parse().map_err(|e| format!("{e}"))?;
+    let config: tokio_postgres::Config = s.dsn.parse().map_err(DbUrlError::Parse)?;
     let tls = connector(s.mode, s.root_cert.as_deref())?;
     Ok((config, tls))
 }
@@ -136,7 +136,7 @@ pub fn parse(dsn: &str) -> Result<(tokio_postgres::Config, MakeRustlsConnect), S
 pub async fn connect(
     dsn: &str,
 ) -> Result<(tokio_postgres::Client, tokio::task::JoinHandle<Vec<String>>), ConnectError> {
-    let (config, tls) = parse(dsn).map_err(ConnectError::Config)?;
+    let (config, tls) = parse(dsn)?;
     let (client, mut conn) = config.connect(tls).await?;
     let driver = tokio::spawn(async move {
         let mut notices = Vec::new();
@@ -157,10 +157,33 @@ pub async fn connect(
     Ok((client, driver))
 }
 
+/// A database URL syncd cannot use. Carries no value that may be the
+/// password: the Postgres parse error names the bad key, not its value.
+#[derive(Debug, thiserror::Error)]
+pub enum DbUrlError {
+    #[error(transparent)]
+    Conninfo(#[from] crate::dsn::DsnError),
+    #[error("unknown sslmode {0:?} (disable, allow, prefer, require, verify-ca or verify-full)")]
+    SslMode(String),
+    #[error("not a valid Postgres DSN: {0}")]
+    Parse(#[source] tokio_postgres::Error),
+    #[error("TLS setup: {0}")]
+    Tls(#[source] rustls::Error),
+    #[error("TLS certificate verifier: {0}")]
+    Verifier(#[source] rustls::client::VerifierBuilderError),
+    #[error("cannot read sslrootcert {path}: {source}")]
+    RootCert {
+        path: String,
+        source: rustls::pki_types::pem::Error,
+    },
+    #[error("sslrootcert {0} holds no usable certificate")]
+    NoUsableRootCert(String),
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum ConnectError {
     #[error("database URL: {0}")]
-    Config(String),
+    Config(#[from] DbUrlError),
     #[error(transparent)]
     Postgres(#[from] tokio_postgres::Error),
 }
@@ -169,10 +192,10 @@ fn provider() -> Arc<rustls::crypto::CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 
-fn connector(mode: SslMode, root_cert: Option<&str>) -> Result<MakeRustlsConnect, String> {
+fn connector(mode: SslMode, root_cert: Option<&str>) -> Result<MakeRustlsConnect, DbUrlError> {
     let builder = ClientConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()
-        .map_err(|e| e.to_string())?;
+        .map_err(DbUrlError::Tls)?;
     let config = match mode {
         SslMode::Disable | SslMode::Prefer | SslMode::Require => builder
             .dangerous()
@@ -182,7 +205,7 @@ fn connector(mode: SslMode, root_cert: Option<&str>) -> Result<MakeRustlsConnect
             let roots = roots(root_cert)?;
             let webpki = WebPkiServerVerifier::builder_with_provider(roots, provider())
                 .build()
-                .map_err(|e| e.to_string())?;
+                .map_err(DbUrlError::Verifier)?;
             let verifier: Arc<dyn ServerCertVerifier> = if mode == SslMode::VerifyCa {
                 Arc::new(ChainOnly(webpki))
             } else {
@@ -197,16 +220,19 @@ fn connector(mode: SslMode, root_cert: Option<&str>) -> Result<MakeRustlsConnect
     Ok(MakeRustlsConnect::new(config))
 }
 
-fn roots(root_cert: Option<&str>) -> Result<Arc<RootCertStore>, String> {
+fn roots(root_cert: Option<&str>) -> Result<Arc<RootCertStore>, DbUrlError> {
     let mut roots = RootCertStore::empty();
     match root_cert {
         Some(path) if path != "system" => {
             let certs = CertificateDer::pem_file_iter(path)
                 .and_then(|it| it.collect::<Result<Vec<_>, _>>())
-                .map_err(|e| format!("cannot read sslrootcert {path}: {e}"))?;
+                .map_err(|source| DbUrlError::RootCert {
+                    path: path.into(),
+                    source,
+                })?;
             let (added, _) = roots.add_parsable_certificates(certs);
             if added == 0 {
-                return Err(format!("sslrootcert {path} holds no usable certificate"));
+                return Err(DbUrlError::NoUsableRootCert(path.into()));
             }
         }
         _ => roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned()),

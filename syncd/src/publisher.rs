@@ -846,6 +846,7 @@ mod tests {
             hostnames: vec![format!("{name}.example.com")],
             address: address.into(),
             state: "running".into(),
+            ..Route::default()
         }
     }
 

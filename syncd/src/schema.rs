@@ -11,6 +11,7 @@
 use tokio_postgres::{Client, Row};
 
 use crate::diff::ServerRow;
+use crate::options::{BackendRow, OptionsRow};
 
 /// Notification channel shared with the original automc trigger.
 pub const CHANNEL: &str = "automc_routes_changed";
@@ -109,11 +110,37 @@ CREATE TRIGGER automc_server_aliases_truncate_notify
     AFTER TRUNCATE ON server_aliases
     FOR EACH STATEMENT EXECUTE FUNCTION automc_notify_alias_changed();
 
--- Per-server options; NULL means the global default. Only sleep_after is
--- read so far (idle time before syncd asks the waker to stop the server).
+-- Extra backends of a server (servers.address stays the first, priority 0).
+CREATE TABLE IF NOT EXISTS server_backends (
+    server   TEXT NOT NULL REFERENCES servers(name) ON DELETE CASCADE ON UPDATE CASCADE,
+    address  TEXT NOT NULL,
+    weight   INT NOT NULL DEFAULT 1,
+    priority INT NOT NULL DEFAULT 0
+);
+CREATE INDEX IF NOT EXISTS server_backends_server_idx ON server_backends (server);
+DROP TRIGGER IF EXISTS automc_server_backends_notify ON server_backends;
+CREATE TRIGGER automc_server_backends_notify
+    AFTER INSERT OR UPDATE OR DELETE ON server_backends
+    FOR EACH ROW EXECUTE FUNCTION automc_notify_alias_changed();
+DROP TRIGGER IF EXISTS automc_server_backends_truncate_notify ON server_backends;
+CREATE TRIGGER automc_server_backends_truncate_notify
+    AFTER TRUNCATE ON server_backends
+    FOR EACH STATEMENT EXECUTE FUNCTION automc_notify_alias_changed();
+
+-- Per-server options; NULL means the global default (docs/routing.md).
 CREATE TABLE IF NOT EXISTS server_options (
     server TEXT PRIMARY KEY REFERENCES servers(name) ON DELETE CASCADE ON UPDATE CASCADE
 );
+ALTER TABLE server_options ADD COLUMN IF NOT EXISTS strategy TEXT;
+ALTER TABLE server_options ADD COLUMN IF NOT EXISTS asleep_motd TEXT;
+ALTER TABLE server_options ADD COLUMN IF NOT EXISTS starting_motd TEXT;
+ALTER TABLE server_options ADD COLUMN IF NOT EXISTS favicon BYTEA;
+ALTER TABLE server_options ADD COLUMN IF NOT EXISTS max_players INT;
+ALTER TABLE server_options ADD COLUMN IF NOT EXISTS allow_cidrs CIDR[];
+ALTER TABLE server_options ADD COLUMN IF NOT EXISTS deny_cidrs CIDR[];
+ALTER TABLE server_options ADD COLUMN IF NOT EXISTS rewrite_host TEXT;
+ALTER TABLE server_options ADD COLUMN IF NOT EXISTS proxy_protocol BOOLEAN;
+ALTER TABLE server_options ADD COLUMN IF NOT EXISTS hold_timeout INTERVAL;
 ALTER TABLE server_options ADD COLUMN IF NOT EXISTS sleep_after INTERVAL;
 DROP TRIGGER IF EXISTS automc_server_options_notify ON server_options;
 CREATE TRIGGER automc_server_options_notify
@@ -179,6 +206,16 @@ impl MigrateReport {
         if !b.has_aliases && a.has_aliases {
             done.push("created table server_aliases".to_owned());
         }
+        if !b.has_backends && a.has_backends {
+            done.push("created table server_backends".to_owned());
+        }
+        if b.options != a.options {
+            if b.options == 0 {
+                done.push("created table server_options".to_owned());
+            } else {
+                done.push("added server_options columns".to_owned());
+            }
+        }
         if done.is_empty() {
             "schema already current; notify triggers refreshed".to_owned()
         } else {
@@ -188,13 +225,51 @@ impl MigrateReport {
 }
 
 /// What the connected database has; decides the read query.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Shape {
     pub has_servers: bool,
     pub has_enabled: bool,
     pub has_state: bool,
     pub has_aliases: bool,
+    /// `server_backends` with its server, address, weight and priority
+    /// columns, readable by this role (a role granted only the original
+    /// tables keeps syncing without it).
+    pub has_backends: bool,
+    /// Which of [`OPTION_COLUMNS`] `server_options` has (bit i = column i,
+    /// bit 15 = the table); 0 when it does not exist or this role may not
+    /// read it.
+    pub options: u16,
 }
+
+/// The `server_options` columns syncd reads, with the SQL that reads each
+/// (cast so a hand-made table with looser types still reads) and the NULL
+/// that stands in for a missing column.
+pub const OPTION_COLUMNS: [(&str, &str, &str); 11] = [
+    ("strategy", "o.strategy::text", "NULL::text"),
+    ("asleep_motd", "o.asleep_motd::text", "NULL::text"),
+    ("starting_motd", "o.starting_motd::text", "NULL::text"),
+    ("favicon", "o.favicon::bytea", "NULL::bytea"),
+    ("max_players", "o.max_players::int8", "NULL::int8"),
+    ("allow_cidrs", "o.allow_cidrs::text[]", "NULL::text[]"),
+    ("deny_cidrs", "o.deny_cidrs::text[]", "NULL::text[]"),
+    ("rewrite_host", "o.rewrite_host::text", "NULL::text"),
+    (
+        "proxy_protocol",
+        "o.proxy_protocol::boolean",
+        "NULL::boolean",
+    ),
+    (
+        "hold_timeout",
+        "EXTRACT(EPOCH FROM o.hold_timeout)::float8",
+        "NULL::float8",
+    ),
+    (
+        "sleep_after",
+        "EXTRACT(EPOCH FROM o.sleep_after)::float8",
+        "NULL::float8",
+    ),
+];
+const ALL_OPTIONS: u16 = (1 << OPTION_COLUMNS.len()) - 1;
 
 /// Look at the database's tables and columns.
 pub async fn detect(client: &Client) -> Result<Shape, tokio_postgres::Error> {
@@ -207,22 +282,59 @@ pub async fn detect(client: &Client) -> Result<Shape, tokio_postgres::Error> {
                     EXISTS (SELECT 1 FROM pg_attribute
                             WHERE attrelid = to_regclass('servers') AND attname = 'state'
                               AND NOT attisdropped),
-                    to_regclass('server_aliases') IS NOT NULL",
+                    to_regclass('server_aliases') IS NOT NULL,
+                    (SELECT count(*) FROM pg_attribute
+                     WHERE attrelid = to_regclass('server_backends') AND NOT attisdropped
+                       AND attname IN ('server', 'address', 'weight', 'priority')) = 4
+                      AND COALESCE(has_table_privilege(to_regclass('server_backends')::oid, 'SELECT'), false),
+                    COALESCE(has_table_privilege(to_regclass('server_options')::oid, 'SELECT'), false),
+                    ARRAY(SELECT attname::text FROM pg_attribute
+                          WHERE attrelid = to_regclass('server_options') AND attnum > 0
+                            AND NOT attisdropped)",
             &[],
         )
         .await?;
+    let option_table: bool = row.get(5);
+    let columns: Vec<String> = row.get(6);
+    let mut options = 0u16;
+    if option_table && columns.iter().any(|c| c == "server") {
+        for (i, (name, _, _)) in OPTION_COLUMNS.iter().enumerate() {
+            if columns.iter().any(|c| c == name) {
+                options |= 1 << i;
+            }
+        }
+        // The table alone (no option column yet) still counts as present.
+        options |= 1 << 15;
+    }
     Ok(Shape {
         has_servers: row.get(0),
         has_enabled: row.get(1),
         has_state: row.get(2),
         has_aliases: row.get(3),
+        has_backends: row.get(4),
+        options,
     })
 }
 
 impl Shape {
     /// Everything `syncd migrate` creates is there.
     pub fn is_current(&self) -> bool {
-        self.has_servers && self.has_enabled && self.has_state && self.has_aliases
+        self.has_servers
+            && self.has_enabled
+            && self.has_state
+            && self.has_aliases
+            && self.has_backends
+            && self.options & ALL_OPTIONS == ALL_OPTIONS
+    }
+
+    /// Whether `server_options` exists.
+    pub fn has_options(&self) -> bool {
+        self.options != 0
+    }
+
+    /// Whether `server_options` has column `i` of [`OPTION_COLUMNS`].
+    pub fn has_option(&self, i: usize) -> bool {
+        self.options & (1 << i) != 0
     }
 
     /// `SELECT` of every server row (`only_names = false`) or of the servers
@@ -249,9 +361,37 @@ impl Shape {
         } else {
             ""
         };
+        // One aggregate per server, ordered alike so the arrays line up.
+        let (backends, backends_join) = if self.has_backends {
+            (
+                "bk.addrs, bk.weights, bk.prios",
+                " LEFT JOIN LATERAL (SELECT \
+                 array_agg(b.address::text ORDER BY b.priority, b.address, b.weight) AS addrs, \
+                 array_agg(b.weight::int4 ORDER BY b.priority, b.address, b.weight) AS weights, \
+                 array_agg(b.priority::int4 ORDER BY b.priority, b.address, b.weight) AS prios \
+                 FROM server_backends b WHERE b.server = s.name) bk ON true",
+            )
+        } else {
+            ("NULL::text[], NULL::int4[], NULL::int4[]", "")
+        };
+        let mut options = vec![if self.has_options() {
+            "o.server IS NOT NULL"
+        } else {
+            "false"
+        }];
+        for (i, (_, read, null)) in OPTION_COLUMNS.iter().enumerate() {
+            options.push(if self.has_option(i) { read } else { null });
+        }
+        let options = options.join(", ");
+        let options_join = if self.has_options() {
+            " LEFT JOIN server_options o ON o.server = s.name"
+        } else {
+            ""
+        };
         format!(
-            "SELECT s.name::text, s.domain::text, s.address::text, {state}, {enabled}, {aliases} \
-             FROM servers s{filter}"
+            "SELECT s.name::text, s.domain::text, s.address::text, {state}, {enabled}, {aliases}, \
+             {backends}, {options} \
+             FROM servers s{backends_join}{options_join}{filter}"
         )
     }
 }
@@ -270,7 +410,53 @@ pub fn server_row(row: &Row) -> Result<ServerRow, tokio_postgres::Error> {
             .into_iter()
             .flatten()
             .collect(),
+        backends: backend_rows(row)?,
+        options: options_row(row)?,
     })
+}
+
+/// Columns 6..=8 of [`Shape::read_query`]: the backends' parallel arrays.
+fn backend_rows(row: &Row) -> Result<Vec<BackendRow>, tokio_postgres::Error> {
+    let addrs: Vec<Option<String>> = row.try_get::<_, Option<_>>(6)?.unwrap_or_default();
+    let weights: Vec<Option<i32>> = row.try_get::<_, Option<_>>(7)?.unwrap_or_default();
+    let prios: Vec<Option<i32>> = row.try_get::<_, Option<_>>(8)?.unwrap_or_default();
+    Ok(addrs
+        .into_iter()
+        .zip(weights)
+        .zip(prios)
+        .map(|((a, w), p)| BackendRow {
+            address: a.unwrap_or_default(),
+            weight: w.unwrap_or(1),
+            priority: p.unwrap_or(0),
+        })
+        .collect())
+}
+
+/// Columns 9.. of [`Shape::read_query`]: whether an options row exists, then
+/// [`OPTION_COLUMNS`] in order.
+fn options_row(row: &Row) -> Result<Option<OptionsRow>, tokio_postgres::Error> {
+    const AT: usize = 10;
+    if !row.try_get::<_, bool>(9)? {
+        return Ok(None);
+    }
+    let cidrs = |i: usize| -> Result<Option<Vec<String>>, tokio_postgres::Error> {
+        Ok(row
+            .try_get::<_, Option<Vec<Option<String>>>>(AT + i)?
+            .map(|v| v.into_iter().flatten().collect()))
+    };
+    Ok(Some(OptionsRow {
+        strategy: row.try_get(AT)?,
+        asleep_motd: row.try_get(AT + 1)?,
+        starting_motd: row.try_get(AT + 2)?,
+        favicon: row.try_get(AT + 3)?,
+        max_players: row.try_get(AT + 4)?,
+        allow_cidrs: cidrs(5)?,
+        deny_cidrs: cidrs(6)?,
+        rewrite_host: row.try_get(AT + 7)?,
+        proxy_protocol: row.try_get(AT + 8)?,
+        hold_timeout: row.try_get(AT + 9)?,
+        sleep_after: row.try_get(AT + 10)?,
+    }))
 }
 
 /// What a notification payload asks for.
@@ -308,17 +494,14 @@ mod tests {
 
     #[test]
     fn migrate_summary_says_what_changed_or_that_nothing_had_to() {
-        let none = Shape {
-            has_servers: false,
-            has_enabled: false,
-            has_state: false,
-            has_aliases: false,
-        };
+        let none = Shape::default();
         let current = Shape {
             has_servers: true,
             has_enabled: true,
             has_state: true,
             has_aliases: true,
+            has_backends: true,
+            options: u16::MAX,
         };
         let original = Shape {
             has_servers: true,
@@ -332,11 +515,13 @@ mod tests {
         };
         assert_eq!(
             report(none, current).summary(),
-            "created table servers, created table server_aliases; notify triggers installed"
+            "created table servers, created table server_aliases, created table server_backends, \
+             created table server_options; notify triggers installed"
         );
         assert_eq!(
             report(original, current).summary(),
-            "added column servers.enabled, created table server_aliases; notify triggers installed"
+            "added column servers.enabled, created table server_aliases, created table server_backends, \
+             created table server_options; notify triggers installed"
         );
         assert_eq!(
             report(current, current).summary(),
@@ -348,21 +533,29 @@ mod tests {
     fn read_query_adapts_to_the_original_schema() {
         let old = Shape {
             has_servers: true,
-            has_enabled: false,
             has_state: true,
-            has_aliases: false,
+            ..Shape::default()
         };
         let q = old.read_query(false);
         assert!(
-            !q.contains("s.enabled") && !q.contains("server_aliases"),
+            !q.contains("s.enabled")
+                && !q.contains("server_aliases")
+                && !q.contains("server_backends")
+                && !q.contains("server_options"),
             "{q}"
         );
         let new = Shape {
             has_enabled: true,
             has_aliases: true,
+            has_backends: true,
+            // server_options as the sleep work made it: sleep_after only.
+            options: 1 << 15 | 1 << 10,
             ..old
         };
         let q = new.read_query(true);
         assert!(q.contains("s.enabled") && q.contains("server_aliases") && q.contains("$1"));
+        assert!(q.contains("server_backends") && q.contains("o.sleep_after"));
+        assert!(!q.contains("o.strategy") && q.contains("NULL::text"), "{q}");
+        assert!(!new.is_current());
     }
 }

@@ -156,6 +156,7 @@ mod tests {
             hostnames: vec![format!("{server}.example.com")],
             address: "127.0.0.1:1".into(),
             state: "running".into(),
+            ..Route::default()
         }
     }
 

@@ -9,6 +9,7 @@
 //!   spans, never a stalled connection.
 #![forbid(unsafe_code)]
 
+pub mod process;
 mod throttle;
 pub use throttle::LogThrottle;
 

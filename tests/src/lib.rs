@@ -4,6 +4,7 @@
 //! Everything talks over real sockets on 127.0.0.1.
 
 pub mod certs;
+pub mod containers;
 pub mod mc;
 pub mod otlp;
 pub mod pg;

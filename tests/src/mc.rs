@@ -1,8 +1,8 @@
 //! Minecraft-protocol test peers: a backend server (`McBackend`) and client helpers.
 //!
 //! This is a second, deliberately independent implementation of the few packets involved
-//! (VarInt framing, handshake, status, ping, Login Start, login Disconnect, legacy pings,
-//! PROXY headers). It shares no code with `mcproto`, so a bug in one cannot hide in
+//! (VarInt framing, handshake, status, ping, Login Start, login Disconnect, Login Plugin
+//! Request and Response, legacy pings, PROXY headers). It shares no code with `mcproto`, so a bug in one cannot hide in
 //! the other. Test support: it panics on misuse, and returns `anyhow` errors for anything a
 //! test may want to assert on.
 
@@ -896,11 +896,86 @@ pub async fn login_with(
     Ok(conn)
 }
 
+/// A login whose client answers the edge's Login Plugin Requests in the background while
+/// it is held (what a 1.13+ client does), until [`AnsweringLogin::into_conn`].
+pub struct AnsweringLogin {
+    stop: tokio::sync::oneshot::Sender<()>,
+    task: tokio::task::JoinHandle<Result<(McConn, usize)>>,
+    /// The first write (handshake + Login Start), as in [`McConn::sent_first`].
+    pub sent_first: Vec<u8>,
+}
+
+/// `login_with`, then answer plugin requests in the background (see [`AnsweringLogin`]).
+pub async fn login_answering(
+    addr: SocketAddr,
+    protocol: i32,
+    hostname: &str,
+    username: &str,
+) -> Result<AnsweringLogin> {
+    let mut conn = login_with(addr, protocol, hostname, username, &[]).await?;
+    let sent_first = conn.sent_first.clone();
+    let (stop, mut stopped) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(async move {
+        let mut answered = 0;
+        loop {
+            tokio::select! {
+                biased;
+                _ = &mut stopped => break,
+                r = conn.answer_next_plugin_request() => {
+                    if !r? {
+                        break;
+                    }
+                    answered += 1;
+                }
+            }
+        }
+        Ok((conn, answered))
+    });
+    Ok(AnsweringLogin {
+        stop,
+        task,
+        sent_first,
+    })
+}
+
+impl AnsweringLogin {
+    /// Stop answering (call once the backend got the login, or to read a Disconnect) and
+    /// return the connection and how many requests were answered. Bytes that were not a
+    /// plugin request stay unread in the connection.
+    pub async fn into_conn(self) -> Result<(McConn, usize)> {
+        let _ = self.stop.send(());
+        self.task.await.context("answering task")?
+    }
+}
+
 /// Opens a connection and sends `bytes` as they are (hostile input, PROXY headers…).
 pub async fn send_bytes(addr: SocketAddr, bytes: &[u8]) -> Result<McConn> {
     let mut conn = McConn::connect(addr).await?;
     conn.send(bytes).await?;
     Ok(conn)
+}
+
+/// A Login Plugin Request as the client read it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PluginRequest {
+    pub message_id: i32,
+    pub channel: String,
+    pub data: Vec<u8>,
+}
+
+/// A framed Login Plugin Response (login 0x02): message id, understood, data. `None` is
+/// vanilla's answer for a channel it does not know.
+pub fn plugin_response_packet(message_id: i32, data: Option<&[u8]>) -> Vec<u8> {
+    let mut body = vec![0x02];
+    put_varint(&mut body, message_id);
+    match data {
+        None => body.push(0x00),
+        Some(d) => {
+            body.push(0x01);
+            body.extend_from_slice(d);
+        }
+    }
+    framed(&body)
 }
 
 /// A client connection with a read buffer.
@@ -969,9 +1044,19 @@ impl McConn {
         Ok(i64::from_be_bytes(body[..8].try_into()?))
     }
 
-    /// Reads a login Disconnect and returns the plain text of its message.
+    /// Reads a login Disconnect and returns the plain text of its message. Login Plugin
+    /// Requests before it (a held login kept alive) are answered "not understood", as a
+    /// vanilla client does.
     pub async fn read_disconnect(&mut self) -> Result<String> {
-        let (id, body) = self.read_packet().await?;
+        let (id, body) = loop {
+            let (id, body) = self.read_packet().await?;
+            if id != 0x04 {
+                break (id, body);
+            }
+            let mut p = 0;
+            let message_id = get_varint(&body, &mut p).ok_or_else(|| anyhow!("bad message id"))?;
+            self.send(&plugin_response_packet(message_id, None)).await?;
+        };
         ensure!(id == 0x00, "not a login disconnect: id {id}");
         let mut p = 0;
         let json = get_string(&body, &mut p).ok_or_else(|| anyhow!("bad disconnect string"))?;
@@ -989,6 +1074,70 @@ impl McConn {
                 .context("no answer in time")??;
         }
         self.read_disconnect().await
+    }
+
+    /// Waits for the next complete packet and, when it is a Login Plugin Request, answers it
+    /// "not understood" and returns true. Anything else stays unread (false). No timeout: the
+    /// caller bounds it.
+    pub async fn answer_next_plugin_request(&mut self) -> Result<bool> {
+        loop {
+            if let Some((id, body, len)) = split_frame(&self.pending) {
+                if id != 0x04 {
+                    return Ok(false);
+                }
+                self.pending.drain(..len);
+                let mut p = 0;
+                let message_id =
+                    get_varint(&body, &mut p).ok_or_else(|| anyhow!("bad message id"))?;
+                self.send(&plugin_response_packet(message_id, None)).await?;
+                return Ok(true);
+            }
+            let mut chunk = [0u8; 4096];
+            let n = self.stream.read(&mut chunk).await?;
+            ensure!(n > 0, "connection closed while held");
+            self.pending.extend_from_slice(&chunk[..n]);
+        }
+    }
+
+    /// Reads one Login Plugin Request (login 0x04: message id, channel, data) within
+    /// `timeout`; any other packet is an error.
+    pub async fn read_plugin_request(&mut self, timeout: Duration) -> Result<PluginRequest> {
+        let (id, body) = tokio::time::timeout(timeout, self.read_packet())
+            .await
+            .context("no packet within the read timeout")??;
+        ensure!(id == 0x04, "not a login plugin request: id {id:#04x}");
+        let mut p = 0;
+        let message_id = get_varint(&body, &mut p).ok_or_else(|| anyhow!("bad message id"))?;
+        let channel = get_string(&body, &mut p).ok_or_else(|| anyhow!("bad channel"))?;
+        Ok(PluginRequest {
+            message_id,
+            channel,
+            data: body[p..].to_vec(),
+        })
+    }
+
+    /// Plays a vanilla 1.13+ client waiting in the login state whose network read timeout
+    /// is `read_timeout` (vanilla: 30 s): every packet must come within it, every Login
+    /// Plugin Request is answered "not understood", anything else fails. Returns the
+    /// requests answered once `until` resolves (e.g. the backend got the login).
+    pub async fn answer_plugin_requests_until<F: std::future::Future>(
+        &mut self,
+        read_timeout: Duration,
+        until: F,
+    ) -> Result<Vec<PluginRequest>> {
+        tokio::pin!(until);
+        let mut answered = Vec::new();
+        loop {
+            tokio::select! {
+                biased;
+                _ = &mut until => return Ok(answered),
+                r = self.read_plugin_request(read_timeout) => {
+                    let req = r.with_context(|| format!("after {} answered requests", answered.len()))?;
+                    self.send(&plugin_response_packet(req.message_id, None)).await?;
+                    answered.push(req);
+                }
+            }
+        }
     }
 
     /// Reads exactly `n` bytes.

@@ -577,6 +577,22 @@ async fn apply(
 // ====================================================================== edge
 // (edge helpers go below this line)
 
+/// The usual three: a migrated Postgres holding `rows` (SQL, may be
+/// empty), an in-process syncd on it, and a ready edge fed by that syncd.
+pub async fn stack(
+    rows: &str,
+    tweak: impl FnOnce(&mut edge::Config),
+) -> (TestPg, SyncdHandle, EdgeHandle) {
+    let pg = migrated_pg().await;
+    if !rows.is_empty() {
+        pg.execute(rows).await;
+    }
+    let syncd = start_syncd(&pg.dsn(), |_| {}).await;
+    let edge = start_edge(&[syncd.grpc_url()], tweak).await;
+    edge.ready().await;
+    (pg, syncd, edge)
+}
+
 /// An edge running in-process on 127.0.0.1 port 0; drained when dropped.
 pub struct EdgeHandle {
     pub listen_addr: std::net::SocketAddr,
@@ -606,6 +622,7 @@ pub fn edge_test_config(syncd_urls: &[String]) -> edge::Config {
         limits: edge::limits::LimitsConfig {
             max_connections: 0,
             max_connections_per_ip: 0,
+            max_held_logins_per_ip: 0,
             rate_per_ip: 0.0,
             rate_burst: 0.0,
             ..edge::limits::LimitsConfig::default()

@@ -6,27 +6,10 @@ use automc_tests::mc::{
     self, login, login_with, random_sha256, send_bytes, status_ping, BackendOptions, LoginMode,
     McBackend, DEFAULT_PROTOCOL,
 };
-use automc_tests::pg::TestPg;
-use automc_tests::stack::{
-    eventually, http_get, migrated_pg, start_edge, start_syncd, EdgeHandle, SyncdHandle, DEADLINE,
-};
+use automc_tests::stack::{eventually, http_get, stack, EdgeHandle, DEADLINE};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const WAIT: Duration = Duration::from_secs(20);
-
-async fn stack(
-    rows: &str,
-    tweak: impl FnOnce(&mut edge::Config),
-) -> (TestPg, SyncdHandle, EdgeHandle) {
-    let pg = migrated_pg().await;
-    if !rows.is_empty() {
-        pg.execute(rows).await;
-    }
-    let syncd = start_syncd(&pg.dsn(), |_| {}).await;
-    let edge = start_edge(&[syncd.grpc_url()], tweak).await;
-    edge.ready().await;
-    (pg, syncd, edge)
-}
 
 async fn backend(motd: &str) -> McBackend {
     McBackend::start(BackendOptions::with_motd(motd))

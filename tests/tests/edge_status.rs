@@ -6,27 +6,9 @@ use automc_tests::mc::{
     self, legacy_ping_1_4, legacy_ping_1_6, legacy_ping_bare, login, ping_only, status_ping,
     BackendOptions, McBackend, DEFAULT_PROTOCOL,
 };
-use automc_tests::pg::TestPg;
-use automc_tests::stack::{
-    dead_address, eventually, migrated_pg, start_edge, start_syncd, EdgeHandle, SyncdHandle,
-    DEADLINE,
-};
+use automc_tests::stack::{dead_address, eventually, stack, start_edge, DEADLINE};
 
 const WAIT: Duration = Duration::from_secs(20);
-
-async fn stack(
-    rows: &str,
-    tweak: impl FnOnce(&mut edge::Config),
-) -> (TestPg, SyncdHandle, EdgeHandle) {
-    let pg = migrated_pg().await;
-    if !rows.is_empty() {
-        pg.execute(rows).await;
-    }
-    let syncd = start_syncd(&pg.dsn(), |_| {}).await;
-    let edge = start_edge(&[syncd.grpc_url()], tweak).await;
-    edge.ready().await;
-    (pg, syncd, edge)
-}
 
 fn motds(c: &mut edge::Config) {
     c.asleep_motd = "Zzz asleep".into();

@@ -5,7 +5,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use automc_tests::mc::{login, status_ping, BackendOptions, McBackend, DEFAULT_PROTOCOL};
+use automc_tests::mc::{
+    login, login_answering, status_ping, BackendOptions, McBackend, DEFAULT_PROTOCOL,
+};
 use automc_tests::pg::TestPg;
 use automc_tests::stack::{
     dead_address, eventually, migrated_pg, start_edge, start_syncd, EdgeHandle, SyncdHandle,
@@ -103,6 +105,7 @@ async fn stack(
     let syncd = start_syncd(&pg.dsn(), move |c| c.waker.url = Some(url)).await;
     let edge = start_edge(&[syncd.grpc_url()], |c| {
         c.hold_timeout = hold;
+        c.long_hold_timeout = hold;
         c.asleep_motd = "Zzz asleep".into();
         c.starting_motd = "Starting up".into();
     })
@@ -125,7 +128,10 @@ async fn login_to_a_stopped_server_is_held_until_it_starts_then_joins_at_the_wok
     let (_pg, _syncd, edge) = stack(&url, &route_address, "stopped", WAIT).await;
 
     let addr = edge.listen_addr;
-    let held = tokio::spawn(async move { login(addr, "mc.example.com", "steve").await });
+    // A 1.21.4 client: it answers the edge's keep-alive requests while held.
+    let held = login_answering(addr, DEFAULT_PROTOCOL, "mc.example.com", "steve")
+        .await
+        .expect("connect");
     eventually("the login is held", DEADLINE, || async {
         edge.metric("automc_edge_held_logins") == 1.0
     })
@@ -141,11 +147,11 @@ async fn login_to_a_stopped_server_is_held_until_it_starts_then_joins_at_the_wok
     assert_eq!(backend.accepted(), 0);
 
     waker.release();
-    let mut conn = held.await.expect("task").expect("login");
     let recs = backend
         .wait_for_logins(1, WAIT)
         .await
         .expect("the held login joins");
+    let (mut conn, _) = held.into_conn().await.expect("login");
     assert!(
         recs[0].received.starts_with(&conn.sent_first),
         "bytes replayed intact"
@@ -190,9 +196,11 @@ async fn many_logins_on_several_edges_cause_one_wake_and_all_join() {
     for e in &edges {
         for i in 0..20 {
             let addr = e.listen_addr;
-            logins.push(tokio::spawn(async move {
-                login(addr, "mc.example.com", &format!("p{i}")).await
-            }));
+            logins.push(
+                login_answering(addr, DEFAULT_PROTOCOL, "mc.example.com", &format!("p{i}"))
+                    .await
+                    .expect("connect"),
+            );
         }
     }
     eventually("all 60 logins held", DEADLINE, || async {
@@ -221,7 +229,7 @@ async fn many_logins_on_several_edges_cause_one_wake_and_all_join() {
         .expect("all 60 join");
     let mut conns = Vec::new();
     for l in logins {
-        conns.push(l.await.expect("task").expect("login"));
+        conns.push(l.into_conn().await.expect("login").0);
     }
     for c in &conns {
         assert!(
@@ -323,17 +331,19 @@ async fn a_player_leaving_while_held_does_not_cancel_the_wake_for_the_next() {
         1.0
     );
     let addr = edge.listen_addr;
-    let next = tokio::spawn(async move { login(addr, "mc.example.com", "next").await });
+    let next = login_answering(addr, DEFAULT_PROTOCOL, "mc.example.com", "next")
+        .await
+        .expect("connect");
     eventually("the next login is held", DEADLINE, || async {
         edge.metric("automc_edge_held_logins") == 1.0
     })
     .await;
     waker.release();
-    let conn = next.await.expect("task").expect("login");
     let recs = backend
         .wait_for_logins(1, WAIT)
         .await
         .expect("the next player joins");
+    let (conn, _) = next.into_conn().await.expect("login");
     assert!(recs[0].received.starts_with(&conn.sent_first));
     assert_eq!(
         waker.posts(),

@@ -10,7 +10,7 @@
 use std::time::Duration;
 
 use automc_proto::v1::ListRoutesRequest;
-use automc_tests::mc::{login, McBackend, McConn};
+use automc_tests::mc::{login_answering, McBackend, McConn, DEFAULT_PROTOCOL};
 use automc_tests::procs::{edge_args, syncd_args, Proc};
 use automc_tests::stack::{eventually, migrated_pg, start_edge, start_syncd, DEADLINE};
 
@@ -19,12 +19,13 @@ const WAIT: Duration = Duration::from_secs(20);
 /// Log in through `edge_addr` and check the echo backend answers through it.
 async fn join(edge_addr: std::net::SocketAddr, host: &str, at: &McBackend) -> McConn {
     let before = at.logins().len();
-    let mut conn = login(edge_addr, host, "steve")
+    let held = login_answering(edge_addr, DEFAULT_PROTOCOL, host, "steve")
         .await
         .expect("login connects");
     at.wait_for_logins(before + 1, WAIT)
         .await
         .unwrap_or_else(|e| panic!("{host} login did not reach its backend: {e}"));
+    let (mut conn, _) = held.into_conn().await.expect("login");
     echo(&mut conn, b"hello").await;
     conn
 }

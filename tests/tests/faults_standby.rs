@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use automc_proto::v1::route_sync_client::RouteSyncClient;
 use automc_proto::v1::WakeRequest;
-use automc_tests::mc::{login, McBackend};
+use automc_tests::mc::{login_answering, McBackend, DEFAULT_PROTOCOL};
 use automc_tests::stack::{
     eventually, migrated_pg, start_edge, start_syncd, SyncdHandle, DEADLINE,
 };
@@ -51,13 +51,14 @@ async fn active_and_standby(
 
 async fn join(edge: std::net::SocketAddr, backend: &McBackend) {
     let before = backend.logins().len();
-    let mut conn = login(edge, "sleepy.example.com", "steve")
+    let held = login_answering(edge, DEFAULT_PROTOCOL, "sleepy.example.com", "steve")
         .await
         .expect("login");
     backend
         .wait_for_logins(before + 1, Duration::from_secs(20))
         .await
         .expect("the held login joins after the wake");
+    let (mut conn, _) = held.into_conn().await.expect("login");
     conn.send(b"hi").await.expect("send");
     assert_eq!(conn.read_exact(2).await.expect("echo"), b"hi");
 }

@@ -16,7 +16,7 @@ use automc_proto::v1::{
     ListConnectionsRequest, ListPlayersRequest, ListServersRequest, ServerInfo, SleepState,
 };
 use automc_tests::mc::{
-    login, player_uuid, status_ping, BackendOptions, McBackend, McConn, DEFAULT_PROTOCOL,
+    login_answering, player_uuid, status_ping, BackendOptions, McBackend, McConn, DEFAULT_PROTOCOL,
 };
 use automc_tests::pg::TestPg;
 use automc_tests::stack::{
@@ -88,7 +88,8 @@ async fn server(syncd: &SyncdHandle, name: &str) -> ServerInfo {
 
 /// Log `name` in through `edge` and wait until the backend has the login.
 async fn join(edge: &EdgeHandle, b: &McBackend, host: &str, name: &str) -> McConn {
-    let conn = login(edge.listen_addr, host, name)
+    // Answers the edge's keep-alive requests should the login be held.
+    let held = login_answering(edge.listen_addr, DEFAULT_PROTOCOL, host, name)
         .await
         .expect("connect to the edge");
     b.wait_for(DEADLINE, |r| {
@@ -96,7 +97,7 @@ async fn join(edge: &EdgeHandle, b: &McBackend, host: &str, name: &str) -> McCon
     })
     .await
     .expect("the login reaches the backend");
-    conn
+    held.into_conn().await.expect("the login").0
 }
 
 /// Wait until the waker got `n` stop requests for `server`.

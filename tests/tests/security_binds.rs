@@ -291,3 +291,45 @@ async fn edge_admin_calls_need_the_admin_token_once_one_is_set() {
         .into_inner();
     assert_eq!(health.status(), ServingStatus::Serving);
 }
+
+/// Both binaries treat an address they cannot bind as configuration that
+/// cannot run: exit 64 with the address in the message, like a bad flag.
+#[tokio::test]
+async fn a_taken_port_is_a_configuration_error_in_both_binaries() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = taken.local_addr().expect("addr").to_string();
+    let mut syncd = syncd_command().await;
+    syncd.args([
+        "serve",
+        "--database-url",
+        NO_DATABASE,
+        "--grpc-listen",
+        &addr,
+        "--http-listen",
+        "127.0.0.1:0",
+    ]);
+    let mut edge = Command::new(bin_dir().await.join("edge"));
+    edge.args([
+        "--syncd",
+        "http://127.0.0.1:1",
+        "--listen",
+        &addr,
+        "--http-listen",
+        "127.0.0.1:0",
+        "--grpc-listen",
+        "127.0.0.1:0",
+    ]);
+    for (name, mut cmd) in [("syncd", syncd), ("edge", edge)] {
+        cmd.env_remove("EDGE_LISTEN").env_remove("EDGE_SYNCD");
+        let out = tokio::time::timeout(DEADLINE, cmd.output())
+            .await
+            .expect("exits on its own")
+            .expect("run");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(64), "{name}: {stderr}");
+        assert!(
+            stderr.contains(&format!("cannot listen on {addr}")),
+            "{name} names the address: {stderr}"
+        );
+    }
+}

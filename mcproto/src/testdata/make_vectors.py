@@ -107,6 +107,12 @@ V = {
     "unicode_host_status": handshake(765, "bücher.example", 25565, 1) + STATUS_REQUEST,
     # 254-byte body: the length prefix is FE 01, like the start of a 1.4 legacy ping.
     "modern_len_254_status": handshake(765, "a" * 246, 25565, 1) + STATUS_REQUEST,
+    # Login Plugin Request on the edge's hold channel, message id 1, no data (clientbound).
+    "login_plugin_request_hold": frame(varint(4) + varint(1) + string("automc:hold")),
+    # Vanilla's answer for a channel it does not know: message id 1, not understood.
+    "login_plugin_response_not_understood": frame(varint(2) + varint(1) + b"\x00"),
+    # A modded client that claims to understand, message id 300 (two-byte VarInt), 3 bytes.
+    "login_plugin_response_understood": frame(varint(2) + varint(300) + b"\x01" + b"abc"),
     "legacy_bare": b"\xfe",
     "legacy_1_4": b"\xfe\x01",
     "legacy_1_6": legacy_1_6(78, "mc.example.com", 25565),

@@ -41,7 +41,14 @@ async fn main() -> anyhow::Result<()> {
     };
     let backend = McBackend::start_on(args.listen, opts).await?;
     println!("automc-demo-backend listening on {}", backend.addr());
-    tokio::signal::ctrl_c().await?;
+    // Ctrl-C in a terminal, SIGTERM from `docker stop` / `podman stop`: as a
+    // container's PID 1 an unhandled SIGTERM is ignored, and the engine would
+    // wait out its stop timeout and SIGKILL.
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::select! {
+        r = tokio::signal::ctrl_c() => r?,
+        _ = term.recv() => {}
+    }
     backend.stop();
     Ok(())
 }

@@ -1,0 +1,237 @@
+//! The long hold (issue 17): a 1.13+ login to a sleeping server is kept alive with Login
+//! Plugin Requests for the whole wake, so a client with a strict read timeout joins a
+//! server that takes several times that timeout to start, without a retry, and the backend
+//! gets exactly the bytes the player sent. Older clients keep the bounded silent hold, and
+//! a client that answers anything but the requests is let go with a Disconnect.
+use std::time::Duration;
+
+use automc_tests::mc::{
+    login_answering, login_with, plugin_response_packet, BackendOptions, McBackend, McConn,
+    DEFAULT_PROTOCOL,
+};
+use automc_tests::pg::TestPg;
+use automc_tests::stack::{
+    dead_address, eventually, migrated_pg, start_edge, start_syncd, EdgeHandle, SyncdHandle,
+    DEADLINE,
+};
+use automc_tests::waker::{Behaviour, FakeWaker};
+
+/// The vanilla client's network read timeout (30 s), scaled down.
+const CLIENT_READ_TIMEOUT: Duration = Duration::from_secs(2);
+/// The keep-alive interval, scaled down the same way (default 5 s against 30 s).
+const KEEPALIVE: Duration = Duration::from_millis(300);
+/// The server takes three client timeouts to start.
+const START_DELAY: Duration = Duration::from_secs(6);
+const WAIT: Duration = Duration::from_secs(60);
+/// 1.12.2: the last version whose client does not answer Login Plugin Requests.
+const PRE_1_13: i32 = 340;
+
+async fn stack(
+    waker: &FakeWaker,
+    tweak: impl FnOnce(&mut edge::Config),
+) -> (TestPg, SyncdHandle, EdgeHandle) {
+    let pg = migrated_pg().await;
+    // The route's own address is dead: only the woken address works.
+    pg.execute(&format!(
+        "INSERT INTO servers (name, domain, address, state) VALUES ('mc', 'mc.example.com', '{}', 'stopped')",
+        dead_address()
+    ))
+    .await;
+    let url = waker.url();
+    let syncd = start_syncd(&pg.dsn(), move |c| {
+        c.waker.url = Some(url);
+        c.waker.timeout = WAIT;
+    })
+    .await;
+    let edge = start_edge(&[syncd.grpc_url()], |c| {
+        c.hold_keepalive_interval = KEEPALIVE;
+        tweak(c);
+    })
+    .await;
+    edge.ready().await;
+    (pg, syncd, edge)
+}
+
+#[tokio::test]
+async fn a_client_with_a_strict_read_timeout_joins_a_server_that_takes_three_timeouts_to_start() {
+    let backend = McBackend::start(BackendOptions::default())
+        .await
+        .expect("backend");
+    let waker = FakeWaker::start().await;
+    waker.set(
+        "mc",
+        Behaviour::starts_at(START_DELAY, &backend.addr().to_string()),
+    );
+    let (_pg, _syncd, edge) = stack(&waker, |_| {}).await;
+
+    let mut conn = login_with(
+        edge.listen_addr,
+        DEFAULT_PROTOCOL,
+        "mc.example.com",
+        "steve",
+        &[],
+    )
+    .await
+    .expect("connect");
+    // Like vanilla: every packet within the read timeout, every request answered.
+    let answered = conn
+        .answer_plugin_requests_until(CLIENT_READ_TIMEOUT, backend.wait_for_logins(1, WAIT))
+        .await
+        .expect("the client never waited longer than its read timeout");
+    assert!(!answered.is_empty());
+    let mut ids: Vec<i32> = answered.iter().map(|r| r.message_id).collect();
+    ids.dedup();
+    assert_eq!(ids.len(), answered.len(), "message ids are unique");
+    assert!(answered.iter().all(|r| r.channel == "automc:hold"));
+
+    let recs = backend.logins();
+    assert_eq!(recs.len(), 1, "joined on the first try");
+    assert_eq!(
+        recs[0].received, conn.sent_first,
+        "the backend got exactly the handshake and Login Start, no plugin answer"
+    );
+    conn.send(b"hello").await.expect("send");
+    assert_eq!(conn.read_exact(5).await.expect("echo"), b"hello");
+    assert_eq!(waker.posts("mc"), 1);
+    assert_eq!(edge.metric("automc_edge_wakes_total{outcome=\"ok\"}"), 1.0);
+}
+
+#[tokio::test]
+async fn a_client_before_1_13_keeps_the_bounded_silent_hold() {
+    let waker = FakeWaker::start().await;
+    waker.set("mc", Behaviour::NeverRuns);
+    let (_pg, _syncd, edge) = stack(&waker, |c| c.hold_timeout = Duration::from_secs(2)).await;
+    let mut conn = login_with(edge.listen_addr, PRE_1_13, "mc.example.com", "old", &[])
+        .await
+        .expect("connect");
+    // Nothing at all before the Disconnect: no plugin request for a client that would not
+    // understand it.
+    let (id, _) = conn.read_packet().await.expect("an answer within the hold");
+    assert_eq!(id, 0x00, "the first packet is the login Disconnect");
+    assert_eq!(
+        edge.metric("automc_edge_wakes_total{outcome=\"timeout\"}"),
+        1.0
+    );
+}
+
+/// What a test client answers to the request with this message id.
+type AnswerTo = dyn FnOnce(i32) -> Vec<u8>;
+
+/// Log in, answer the first request with `answer`, and return the Disconnect text.
+async fn break_the_hold(
+    edge: &EdgeHandle,
+    name: &str,
+    answer: impl FnOnce(i32) -> Vec<u8>,
+) -> String {
+    let mut conn: McConn = login_with(
+        edge.listen_addr,
+        DEFAULT_PROTOCOL,
+        "mc.example.com",
+        name,
+        &[],
+    )
+    .await
+    .expect("connect");
+    let req = conn
+        .read_plugin_request(Duration::from_secs(30))
+        .await
+        .expect("a keep-alive request");
+    conn.send(&answer(req.message_id)).await.expect("send");
+    conn.read_disconnect().await.expect("a Disconnect")
+}
+
+#[tokio::test]
+async fn a_held_client_that_answers_wrongly_gets_a_disconnect_and_the_backend_never_sees_it() {
+    let backend = McBackend::start(BackendOptions::default())
+        .await
+        .expect("backend");
+    let waker = FakeWaker::start().await;
+    waker.set(
+        "mc",
+        Behaviour::starts_at(START_DELAY, &backend.addr().to_string()),
+    );
+    let (_pg, _syncd, edge) = stack(&waker, |_| {}).await;
+
+    let cases: [(&str, Box<AnswerTo>); 4] = [
+        ("garbage", Box::new(|_| b"GET / HTTP/1.1\r\n\r\n".to_vec())),
+        (
+            "wrong_id",
+            Box::new(|id| plugin_response_packet(id.wrapping_add(7), None)),
+        ),
+        (
+            "oversized",
+            Box::new(|id| plugin_response_packet(id, Some(&[0u8; 4096]))),
+        ),
+        // A second Login Start: a real packet, but not the one waited for.
+        (
+            "login_again",
+            Box::new(|_| automc_tests::mc::login_start_packet(DEFAULT_PROTOCOL, "again")),
+        ),
+    ];
+    for (name, answer) in cases {
+        let text = break_the_hold(&edge, name, answer).await;
+        assert!(text.contains("unexpected data"), "{name}: {text}");
+    }
+    assert_eq!(
+        edge.metric("automc_edge_connections_total{outcome=\"hold_broken\"}"),
+        4.0
+    );
+    // A well-behaved player joins once the server is up: the only login the backend ever
+    // gets, byte for byte.
+    let good = login_answering(edge.listen_addr, DEFAULT_PROTOCOL, "mc.example.com", "good")
+        .await
+        .expect("connect");
+    let sent_first = good.sent_first.clone();
+    let recs = backend.wait_for_logins(1, WAIT).await.expect("joins");
+    let (_conn, answered) = good.into_conn().await.expect("conn");
+    assert!(answered > 0);
+    assert_eq!(backend.accepted(), 1, "no connection for the broken holds");
+    assert_eq!(recs[0].received, sent_first);
+    assert_eq!(recs[0].username.as_deref(), Some("good"));
+}
+
+#[tokio::test]
+async fn held_logins_from_one_address_beyond_its_share_are_refused_readably() {
+    let backend = McBackend::start(BackendOptions::default())
+        .await
+        .expect("backend");
+    let waker = FakeWaker::start().await;
+    waker.set(
+        "mc",
+        Behaviour::starts_at(START_DELAY, &backend.addr().to_string()),
+    );
+    let (_pg, _syncd, edge) = stack(&waker, |c| c.limits.max_held_logins_per_ip = 2).await;
+    let mut held = Vec::new();
+    for i in 0..2 {
+        held.push(
+            login_answering(
+                edge.listen_addr,
+                DEFAULT_PROTOCOL,
+                "mc.example.com",
+                &format!("p{i}"),
+            )
+            .await
+            .expect("connect"),
+        );
+    }
+    eventually("two logins held", DEADLINE, || async {
+        edge.metric("automc_edge_held_logins") == 2.0
+    })
+    .await;
+    let mut third = login_with(
+        edge.listen_addr,
+        DEFAULT_PROTOCOL,
+        "mc.example.com",
+        "p2",
+        &[],
+    )
+    .await
+    .expect("connect");
+    let text = third.read_disconnect().await.expect("a Disconnect");
+    assert!(text.contains("already waiting"), "{text}");
+    // The two held ones still join.
+    backend.wait_for_logins(2, WAIT).await.expect("both join");
+    for h in held {
+        h.into_conn().await.expect("conn");
+    }
+}
