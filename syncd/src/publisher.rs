@@ -353,8 +353,12 @@ pub fn new_epoch() -> String {
 /// Change sets held for resume may add up to this many routes and names:
 /// about one table's worth (resuming past that costs as much as a snapshot).
 fn history_budget(table_len: usize) -> usize {
-    table_len.max(1024)
+    table_len.max(HISTORY_MIN)
 }
+
+/// The history may always hold this many routes and names, however small
+/// the table.
+const HISTORY_MIN: usize = 1024;
 
 fn ip_of(peer: Option<SocketAddr>) -> Option<IpAddr> {
     peer.map(|p| p.ip().to_canonical())
@@ -427,11 +431,11 @@ impl Publisher {
         let from = st.version;
         st.version += 1;
         let version = st.version;
-        // A change to an empty table (the first read) is the whole table:
-        // resuming from before it costs what a snapshot does, so it is not
-        // kept (at 100k routes it would pin a second copy of every route).
-        // History stays contiguous: what came before it goes too.
-        let whole_table = st.table.is_empty();
+        // A big change to an empty table (the first read) is the whole
+        // table: resuming from before it costs what a snapshot does, so it
+        // is not kept (at 100k routes it would pin a second copy of every
+        // route). History stays contiguous: what came before it goes too.
+        let whole_table = st.table.is_empty() && change.len() > HISTORY_MIN;
         st.table
             .apply(change.upserts.iter().cloned(), &change.removed);
         let change = Arc::new(change);
@@ -1073,18 +1077,23 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn the_first_read_is_not_kept_for_resume_and_later_changes_are() {
+    async fn a_big_first_read_is_not_kept_for_resume_and_later_changes_are() {
         let p = publisher(8, 8);
-        p.apply_full(&routes(&[route("a", "1:1"), route("b", "2:2")]));
+        let mut t = Routes::new();
+        for i in 0..=HISTORY_MIN {
+            t.insert(format!("s{i:05}"), route(&format!("s{i:05}"), "1:1"));
+        }
+        p.apply_full(&t);
         assert!(p.lock().history.is_empty(), "the whole first table");
-        p.apply_full(&routes(&[route("a", "1:2"), route("b", "2:2")]));
+        t.insert("s00000".into(), route("s00000", "1:2"));
+        p.apply_full(&t);
         let epoch = p.epoch().to_owned();
         // From the first version: one delta. From before it: a snapshot.
         let mut s = Box::pin(sub(&p, &hello(&epoch, 1)).into_stream());
         match first(&mut s).await {
             watch_response::Msg::Delta(d) => {
                 assert_eq!((d.from_version, d.version), (1, 2));
-                assert_eq!(d.upserts, vec![route("a", "1:2")]);
+                assert_eq!(d.upserts, vec![route("s00000", "1:2")]);
             }
             other => panic!("expected delta, got {other:?}"),
         }
