@@ -367,7 +367,8 @@ struct Queries {
 
 impl Queries {
     async fn prepare(client: &Client, shape: Shape) -> Result<Self, tokio_postgres::Error> {
-        let sleep_options = if schema::has_sleep_options(client).await? {
+        // From the shape, which also knows whether this role may read it.
+        let sleep_options = if shape.has_sleep_after() {
             Some(client.prepare(schema::SLEEP_OPTIONS_SQL).await?)
         } else {
             None

@@ -152,24 +152,11 @@ CREATE TRIGGER automc_server_options_truncate_notify
     FOR EACH STATEMENT EXECUTE FUNCTION automc_notify_alias_changed();
 "#;
 
-/// Per-server `sleep_after` overrides (rows with a value), in seconds; an
-/// error when the database has no `server_options.sleep_after` (an
-/// original automc schema: no overrides).
+/// Per-server `sleep_after` overrides (rows with a value), in seconds; only
+/// prepared when [`Shape::has_sleep_after`] (an original automc schema, or a
+/// role that may not read the table: no overrides).
 pub const SLEEP_OPTIONS_SQL: &str = "SELECT server, EXTRACT(EPOCH FROM sleep_after)::float8 \
      FROM server_options WHERE sleep_after IS NOT NULL";
-
-/// Whether the database has `server_options.sleep_after`.
-pub async fn has_sleep_options(client: &Client) -> Result<bool, tokio_postgres::Error> {
-    let row = client
-        .query_one(
-            "SELECT EXISTS (SELECT 1 FROM pg_attribute
-                            WHERE attrelid = to_regclass('server_options')
-                              AND attname = 'sleep_after' AND NOT attisdropped)",
-            &[],
-        )
-        .await?;
-    Ok(row.get(0))
-}
 
 /// Apply [`MIGRATE_SQL`] in one transaction.
 pub async fn migrate(client: &mut Client) -> Result<(), tokio_postgres::Error> {
@@ -325,6 +312,14 @@ impl Shape {
             && self.has_aliases
             && self.has_backends
             && self.options & ALL_OPTIONS == ALL_OPTIONS
+    }
+
+    /// Whether `server_options.sleep_after` exists and this role may read it.
+    pub fn has_sleep_after(&self) -> bool {
+        OPTION_COLUMNS
+            .iter()
+            .position(|(name, _, _)| *name == "sleep_after")
+            .is_some_and(|i| self.has_option(i))
     }
 
     /// Whether `server_options` exists.

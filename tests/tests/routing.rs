@@ -678,3 +678,32 @@ async fn proxy_protocol_per_server_overrides_the_global_flag() {
     let rec = without.logins().pop().expect("login");
     assert!(rec.proxy.is_none(), "no header without the option");
 }
+
+#[tokio::test]
+async fn a_role_granted_only_the_original_tables_keeps_syncing_without_options() {
+    let pg = migrated_pg().await;
+    pg.execute(
+        "INSERT INTO servers (name, domain, address, state)
+           VALUES ('s', 's.example.com', '10.0.0.1:25565', 'running');
+         INSERT INTO server_backends (server, address) VALUES ('s', '10.0.0.2:25565');
+         INSERT INTO server_options (server, max_players) VALUES ('s', 3);
+         CREATE ROLE narrow LOGIN;
+         GRANT SELECT ON servers, server_aliases TO narrow;",
+    )
+    .await;
+    let dsn = format!(
+        "postgres://narrow@127.0.0.1:{}/{}",
+        pg.port(),
+        automc_tests::pg::DATABASE
+    );
+    let syncd = start_syncd(&dsn, |_| {}).await;
+    let mut w = syncd.watch("w").await;
+    let r = w.state().table.get("s").cloned().expect("route");
+    assert!(r.backends.is_empty() && r.options.is_none(), "{r:?}");
+    pg.execute("UPDATE servers SET address = '10.0.0.9:25565'")
+        .await;
+    w.wait_until("changes still sync", DEADLINE, |s| {
+        s.address_of("s").as_deref() == Some("10.0.0.9:25565")
+    })
+    .await;
+}
