@@ -353,8 +353,12 @@ pub fn new_epoch() -> String {
 /// Change sets held for resume may add up to this many routes and names:
 /// about one table's worth (resuming past that costs as much as a snapshot).
 fn history_budget(table_len: usize) -> usize {
-    table_len.max(1024)
+    table_len.max(HISTORY_MIN)
 }
+
+/// The history may always hold this many routes and names, however small
+/// the table.
+const HISTORY_MIN: usize = 1024;
 
 fn ip_of(peer: Option<SocketAddr>) -> Option<IpAddr> {
     peer.map(|p| p.ip().to_canonical())
@@ -427,11 +431,21 @@ impl Publisher {
         let from = st.version;
         st.version += 1;
         let version = st.version;
+        // A big change to an empty table (the first read) is the whole
+        // table: resuming from before it costs what a snapshot does, so it
+        // is not kept (at 100k routes it would pin a second copy of every
+        // route). History stays contiguous: what came before it goes too.
+        let whole_table = st.table.is_empty() && change.len() > HISTORY_MIN;
         st.table
             .apply(change.upserts.iter().cloned(), &change.removed);
         let change = Arc::new(change);
-        st.history.push_back((version, change.clone()));
-        st.history_size += change.len();
+        if whole_table {
+            st.history.clear();
+            st.history_size = 0;
+        } else {
+            st.history.push_back((version, change.clone()));
+            st.history_size += change.len();
+        }
         let budget = history_budget(st.table.len());
         while st.history.len() > self.limits.history_len || st.history_size > budget {
             match st.history.pop_front() {
@@ -1060,6 +1074,34 @@ mod tests {
         assert!(p.subscribe(&hello("", 0), Some(other)).is_ok());
         drop(held);
         assert!(p.subscribe(&hello("", 0), peer(9)).is_ok());
+    }
+
+    #[tokio::test]
+    async fn a_big_first_read_is_not_kept_for_resume_and_later_changes_are() {
+        let p = publisher(8, 8);
+        let mut t = Routes::new();
+        for i in 0..=HISTORY_MIN {
+            t.insert(format!("s{i:05}"), route(&format!("s{i:05}"), "1:1"));
+        }
+        p.apply_full(&t);
+        assert!(p.lock().history.is_empty(), "the whole first table");
+        t.insert("s00000".into(), route("s00000", "1:2"));
+        p.apply_full(&t);
+        let epoch = p.epoch().to_owned();
+        // From the first version: one delta. From before it: a snapshot.
+        let mut s = Box::pin(sub(&p, &hello(&epoch, 1)).into_stream());
+        match first(&mut s).await {
+            watch_response::Msg::Delta(d) => {
+                assert_eq!((d.from_version, d.version), (1, 2));
+                assert_eq!(d.upserts, vec![route("s00000", "1:2")]);
+            }
+            other => panic!("expected delta, got {other:?}"),
+        }
+        let mut s = Box::pin(sub(&p, &hello(&epoch, 0)).into_stream());
+        assert!(matches!(
+            first(&mut s).await,
+            watch_response::Msg::SnapshotChunk(_)
+        ));
     }
 
     #[tokio::test]

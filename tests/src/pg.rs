@@ -326,13 +326,32 @@ fn make_temp_dir() -> (PathBuf, bool) {
     (dir, is_root)
 }
 
-/// Bind 127.0.0.1:0, read the port, release it.
+/// Ports [`free_port`] handed out in this process.
+static HANDED_OUT: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+
+/// Bind 127.0.0.1:0, read the port, release it. Never the same port twice
+/// in one process: the kernel may offer a just-released port again, and
+/// two children spawned at once (50 edges in the fleet bench) would then
+/// race for it. Another process can still take it before the child binds;
+/// callers retry a child that fails to start (`procs::Proc`).
 pub fn free_port() -> u16 {
-    let l = TcpListener::bind("127.0.0.1:0")
-        .unwrap_or_else(|e| panic!("cannot bind 127.0.0.1:0 to find a free port: {e}"));
-    l.local_addr()
-        .unwrap_or_else(|e| panic!("local_addr of probe listener: {e}"))
-        .port()
+    let mut handed = HANDED_OUT.lock().unwrap_or_else(|p| p.into_inner());
+    // Hold each probe until a fresh port turns up, so the kernel cannot
+    // offer the same one again in this loop.
+    let mut probes = Vec::new();
+    loop {
+        let l = TcpListener::bind("127.0.0.1:0")
+            .unwrap_or_else(|e| panic!("cannot bind 127.0.0.1:0 to find a free port: {e}"));
+        let port = l
+            .local_addr()
+            .unwrap_or_else(|e| panic!("local_addr of probe listener: {e}"))
+            .port();
+        if !handed.contains(&port) || probes.len() >= 64 {
+            handed.push(port);
+            return port;
+        }
+        probes.push(l);
+    }
 }
 
 #[cfg(test)]

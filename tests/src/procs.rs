@@ -48,6 +48,15 @@ impl Output {
         self.0.lock().unwrap_or_else(|p| p.into_inner()).join("\n")
     }
 
+    /// Lines from the `from`-th on (to follow a log without rescanning it).
+    pub fn lines_from(&self, from: usize) -> Vec<String> {
+        let lines = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        lines
+            .get(from..)
+            .map(<[String]>::to_vec)
+            .unwrap_or_default()
+    }
+
     fn capture(&self, child: &mut Child) {
         if let Some(out) = child.stdout.take() {
             self.pump(BufReader::new(out));
@@ -74,12 +83,20 @@ pub struct Proc {
     pub http_addr: SocketAddr,
     /// syncd: its gRPC address; edge: its player port.
     pub main_addr: SocketAddr,
+    /// What `{grpc}` stood for in the args (the edge's `EdgeAdmin` port).
+    pub grpc_addr: SocketAddr,
     pub output: Output,
 }
 
+/// Three fresh loopback addresses: `{main}`, `{http}`, `{grpc}`.
+fn fresh_addrs() -> [SocketAddr; 3] {
+    [(); 3].map(|()| SocketAddr::from(([127, 0, 0, 1], free_port())))
+}
+
 impl Proc {
-    /// Start `bin` with `args`; `{main}` and `{http}` in args are replaced by
-    /// free loopback addresses (retried when another test took the port),
+    /// Start `bin` with `args`; `{main}`, `{http}` and `{grpc}` in args are
+    /// replaced by free loopback addresses, all three picked again when the
+    /// child fails to start (another process took a port first),
     /// `{main_port}` by the port of `{main}` alone (to listen on `0.0.0.0`
     /// while the test dials 127.0.0.1).
     pub async fn spawn(bin: &str, args: &[String], env: &[(&str, &str)]) -> Proc {
@@ -95,10 +112,9 @@ impl Proc {
         env: &[(&str, &str)],
     ) -> Proc {
         let mut last = String::new();
-        for _ in 0..5 {
-            let main_addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
-            let http_addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
-            match Self::try_spawn(dir, bin, args, env, main_addr, http_addr).await {
+        for _ in 0..ATTEMPTS {
+            let [main_addr, http_addr, grpc_addr] = fresh_addrs();
+            match Self::try_spawn(dir, bin, args, env, [main_addr, http_addr, grpc_addr]).await {
                 Ok(p) => return p,
                 Err(e) => last = e,
             }
@@ -115,9 +131,9 @@ impl Proc {
     ) -> Proc {
         let dir = bin_dir().await;
         let mut last = String::new();
-        for _ in 0..5 {
-            let http_addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
-            match Self::try_spawn(&dir, bin, args, env, main_addr, http_addr).await {
+        for _ in 0..ATTEMPTS {
+            let [_, http_addr, grpc_addr] = fresh_addrs();
+            match Self::try_spawn(&dir, bin, args, env, [main_addr, http_addr, grpc_addr]).await {
                 Ok(p) => return p,
                 Err(e) => last = e,
             }
@@ -130,8 +146,7 @@ impl Proc {
         bin: &str,
         args: &[String],
         env: &[(&str, &str)],
-        main_addr: SocketAddr,
-        http_addr: SocketAddr,
+        [main_addr, http_addr, grpc_addr]: [SocketAddr; 3],
     ) -> Result<Proc, String> {
         let args: Vec<String> = args
             .iter()
@@ -139,6 +154,7 @@ impl Proc {
                 a.replace("{main}", &main_addr.to_string())
                     .replace("{main_port}", &main_addr.port().to_string())
                     .replace("{http}", &http_addr.to_string())
+                    .replace("{grpc}", &grpc_addr.to_string())
             })
             .collect();
         let mut cmd = Command::new(dir.join(bin));
@@ -157,15 +173,20 @@ impl Proc {
             child,
             http_addr,
             main_addr,
+            grpc_addr,
             output,
         };
-        // Up once /healthz answers; an early exit (port taken) is retried.
+        // Up once /healthz answers from a socket this child listens on (not
+        // another process that got the port first: this child then exits
+        // on its failed bind, and is retried on fresh ports).
         let end = tokio::time::Instant::now() + DEADLINE;
         loop {
             if let Ok(Some(status)) = p.child.try_wait() {
                 return Err(format!("exited with {status}: {}", p.output.text()));
             }
-            if matches!(http_get(http_addr, "/healthz").await, Ok((200, _))) {
+            if matches!(http_get(http_addr, "/healthz").await, Ok((200, _)))
+                && p.pid().is_some_and(|pid| listens_on(pid, http_addr.port()))
+            {
                 return Ok(p);
             }
             if tokio::time::Instant::now() > end {
@@ -177,8 +198,14 @@ impl Proc {
 
     /// Wait until `/readyz` answers 200.
     pub async fn wait_ready(&self) {
+        self.wait_ready_within(DEADLINE).await;
+    }
+
+    /// [`Proc::wait_ready`] with a deadline of the caller's (a bench loading
+    /// a 1M-route table).
+    pub async fn wait_ready_within(&self, deadline: Duration) {
         let addr = self.http_addr;
-        eventually("child /readyz to answer 200", DEADLINE, || async move {
+        eventually("child /readyz to answer 200", deadline, || async move {
             matches!(http_get(addr, "/readyz").await, Ok((200, _)))
         })
         .await;
@@ -209,6 +236,40 @@ impl Proc {
     }
 }
 
+/// Start attempts on fresh ports before a child counts as failing to start.
+const ATTEMPTS: usize = 8;
+
+/// Whether process `pid` holds a listening TCP socket on `port` (Linux
+/// `/proc`; true where that cannot be read, so other systems fall back to
+/// `/healthz` alone).
+fn listens_on(pid: u32, port: u16) -> bool {
+    let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
+        return true;
+    };
+    let inodes: Vec<String> = fds
+        .filter_map(|fd| std::fs::read_link(fd.ok()?.path()).ok())
+        .filter_map(|l| {
+            let l = l.to_string_lossy().into_owned();
+            Some(l.strip_prefix("socket:[")?.strip_suffix(']')?.to_owned())
+        })
+        .collect();
+    let hex_port = format!(":{port:04X}");
+    ["tcp", "tcp6"].iter().any(|table| {
+        std::fs::read_to_string(format!("/proc/{pid}/net/{table}"))
+            .unwrap_or_default()
+            .lines()
+            .skip(1)
+            .any(|row| {
+                // sl local_address rem_address st ... inode
+                let f: Vec<&str> = row.split_whitespace().collect();
+                f.len() > 9
+                    && f[1].ends_with(&hex_port)
+                    && f[3] == "0A"
+                    && inodes.iter().any(|i| i == f[9])
+            })
+    })
+}
+
 /// Args for a syncd child on `dsn` (gRPC on `{main}`, HTTP on `{http}`).
 pub fn syncd_args(dsn: &str, extra: &[&str]) -> Vec<String> {
     let mut a: Vec<String> = [
@@ -229,17 +290,17 @@ pub fn syncd_args(dsn: &str, extra: &[&str]) -> Vec<String> {
     a
 }
 
-/// Args for an edge child syncing from `syncd_url`, without admission
+/// Args for an edge child syncing from `syncd_url` (players on `{main}`,
+/// HTTP on `{http}`, `EdgeAdmin` on `{grpc}`), without admission
 /// limits (tests open many connections from one address).
 pub fn edge_args(syncd_url: &str, extra: &[&str]) -> Vec<String> {
-    let grpc = format!("127.0.0.1:{}", free_port());
     let mut a: Vec<String> = [
         "--listen",
         "{main}",
         "--http-listen",
         "{http}",
         "--grpc-listen",
-        &grpc,
+        "{grpc}",
         "--syncd",
         syncd_url,
         "--handshake-timeout",
@@ -272,4 +333,21 @@ pub fn rss_mib(pid: u32) -> f64 {
         .and_then(|kb| kb.parse::<f64>().ok())
         .map(|kb| kb / 1024.0)
         .unwrap_or(f64::NAN)
+}
+
+/// CPU seconds (user + system) process `pid` used so far (NaN when
+/// unreadable). Assumes the usual 100 clock ticks per second.
+pub fn cpu_secs(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the parenthesised command name: utime and stime are
+    // fields 14 and 15 of the whole line, 12 and 13 after the name.
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map(|(_, rest)| rest.split_whitespace().collect())
+        .unwrap_or_default();
+    let tick = |i: usize| fields.get(i).and_then(|v| v.parse::<f64>().ok());
+    match (tick(11), tick(12)) {
+        (Some(u), Some(s)) => (u + s) / 100.0,
+        _ => f64::NAN,
+    }
 }

@@ -3,24 +3,35 @@
 //! Postgres. For each table size (default 100,000 and 1,000,000 routes):
 //!
 //! - a new edge from spawn to ready (`/readyz` 200: whole table applied);
-//! - one-row commit → applied at every one of 3 edges (all three edges'
-//!   acknowledged version in syncd's `ListEdges` reaches the new version;
-//!   an edge acks right after it applied a version);
+//! - one-row commit → applied at every one of 3 edges, measured three ways:
+//!   (a) from the processes' own logs, no polling at all: the instant each
+//!   edge logged "applied route delta" for the new version, and the instant
+//!   syncd logged publishing it, against the instant before the `UPDATE`
+//!   (same clock, microsecond log timestamps), which also splits the time
+//!   into commit → syncd published → edges applied; (b) each edge's
+//!   applied version polled through its `EdgeAdmin.GetSyncStatus`; (c) the
+//!   edges' acknowledged versions polled through syncd's `ListEdges`;
 //! - a burst of 10,000 one-row commits (4 connections) → every edge holds
-//!   all of them;
+//!   all of them (each edge's `GetSyncStatus` version reaches syncd's);
 //! - syncd RSS with the table and no edge, with 3 edges, and (100k only)
 //!   per edge with 50 more edges connecting at once, plus how long those
 //!   50 take to all be ready; edge RSS.
 //!
+//! Every line carries the load average when it was measured (the machine
+//! may be shared).
+//!
 //! Run (from the repository root):
 //! `cargo build --release -p syncd -p edge && cargo build --release -p automc-tests --bin automc-fleet-bench && target/release/automc-fleet-bench [ROUTES...]`
 use std::path::PathBuf;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
+use automc_proto::v1::edge_admin_client::EdgeAdminClient;
 use automc_proto::v1::route_sync_client::RouteSyncClient;
-use automc_proto::v1::{GetRouteRequest, ListEdgesRequest, ListRoutesRequest};
+use automc_proto::v1::{
+    GetRouteRequest, GetSyncStatusRequest, ListEdgesRequest, ListRoutesRequest,
+};
 use automc_tests::pg::TestPg;
-use automc_tests::procs::{edge_args, rss_mib, syncd_args, Proc};
+use automc_tests::procs::{edge_args, rss_mib, syncd_args, Output, Proc};
 use automc_tests::stack::http_get;
 use tonic::transport::Channel;
 
@@ -28,6 +39,10 @@ const CHANGES: usize = 200;
 const BURST: usize = 10_000;
 const BURST_CONNECTIONS: usize = 4;
 const CROWD: usize = 50;
+/// The three measured edges log each applied delta (debug), syncd each
+/// publish; everything else at warn.
+const EDGE_LOG: &str = "warn,edge::sync_client=debug";
+const SYNCD_LOG: &str = "warn,syncd::pg=debug";
 
 fn bin_dir() -> PathBuf {
     let exe = std::env::current_exe().expect("current exe");
@@ -40,6 +55,13 @@ fn bin_dir() -> PathBuf {
         );
     }
     dir
+}
+
+/// The 1, 5 and 15 minute load averages.
+fn load() -> String {
+    let l = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    let v: Vec<&str> = l.split_whitespace().take(3).collect();
+    format!("load {}", v.join(" "))
 }
 
 async fn seed(pg: &TestPg, routes: usize) {
@@ -60,25 +82,35 @@ fn ms(d: Duration) -> String {
     format!("{:.2} ms", d.as_secs_f64() * 1000.0)
 }
 
-async fn spawn_edge(dir: &std::path::Path, syncd: &str, id: String) -> Proc {
+fn summary(mut v: Vec<Duration>) -> String {
+    v.sort();
+    format!(
+        "p50 {}, p99 {}, max {}",
+        ms(pct(&v, 0.5)),
+        ms(pct(&v, 0.99)),
+        ms(*v.last().expect("samples"))
+    )
+}
+
+async fn spawn_edge(dir: &std::path::Path, syncd: &str, id: String, log: &str) -> Proc {
     Proc::spawn_from(
         dir,
         "edge",
         &edge_args(syncd, &["--edge-id", &id]),
-        &[("RUST_LOG", "warn")],
+        &[("RUST_LOG", log)],
     )
     .await
 }
 
-/// Poll `/readyz` until 200; the instant it first answered.
-async fn ready_at(edge: &Proc) -> Instant {
+/// Poll `/readyz` every `every` until 200; the instant it first answered.
+async fn ready_at(edge: &Proc, every: Duration) -> Instant {
     let end = Instant::now() + Duration::from_secs(300);
     loop {
         if let Ok((200, _)) = http_get(edge.http_addr, "/readyz").await {
             return Instant::now();
         }
         assert!(Instant::now() < end, "edge never ready");
-        tokio::time::sleep(Duration::from_millis(2)).await;
+        tokio::time::sleep(every).await;
     }
 }
 
@@ -93,7 +125,7 @@ async fn table_version(c: &mut RouteSyncClient<Channel>) -> u64 {
     .version
 }
 
-/// Wait until every edge named `ids` acknowledged `version`.
+/// Wait until every edge named `ids` acknowledged `version` in `ListEdges`.
 async fn all_acked(c: &mut RouteSyncClient<Channel>, ids: &[String], version: u64) {
     let end = Instant::now() + Duration::from_secs(300);
     loop {
@@ -116,23 +148,84 @@ async fn all_acked(c: &mut RouteSyncClient<Channel>, ids: &[String], version: u6
     }
 }
 
-/// Wait until syncd's table has `address` for server `name`.
-async fn syncd_has(c: &mut RouteSyncClient<Channel>, name: &str, address: &str) {
+async fn admin(edge: &Proc) -> EdgeAdminClient<Channel> {
+    EdgeAdminClient::connect(format!("http://{}", edge.grpc_addr))
+        .await
+        .expect("connect EdgeAdmin")
+}
+
+/// Wait until every edge's own applied version (`GetSyncStatus`) is at
+/// least `version`, polling all of them at once.
+async fn all_applied(admins: &mut [EdgeAdminClient<Channel>], version: u64) {
     let end = Instant::now() + Duration::from_secs(300);
+    let mut done = vec![false; admins.len()];
     loop {
-        let r = c
-            .get_route(GetRouteRequest {
-                hostname: format!("{name}.example.com"),
-            })
-            .await
-            .expect("get route")
-            .into_inner();
-        if r.route.is_some_and(|r| r.address == address) {
+        let polls = admins
+            .iter_mut()
+            .zip(done.iter())
+            .filter(|(_, d)| !**d)
+            .map(|(a, _)| async move {
+                a.get_sync_status(GetSyncStatusRequest {})
+                    .await
+                    .expect("GetSyncStatus")
+                    .into_inner()
+                    .version
+            });
+        let versions = futures::future::join_all(polls).await;
+        let mut v = versions.into_iter();
+        for d in done.iter_mut().filter(|d| !**d) {
+            *d = v.next().is_some_and(|got| got >= version);
+        }
+        if done.iter().all(|d| *d) {
             return;
         }
-        assert!(Instant::now() < end, "syncd never saw {name} at {address}");
-        tokio::time::sleep(Duration::from_micros(500)).await;
+        assert!(Instant::now() < end, "edges never applied {version}");
+        tokio::time::sleep(Duration::from_micros(200)).await;
     }
+}
+
+/// The timestamp a log line starts with (the default text format).
+fn log_time(line: &str) -> Option<SystemTime> {
+    humantime::parse_rfc3339_weak(line.split_whitespace().next()?).ok()
+}
+
+/// `version=N` in a log line.
+fn log_version(line: &str) -> Option<u64> {
+    line.split_whitespace()
+        .find_map(|t| t.strip_prefix("version="))
+        .and_then(|v| v.parse().ok())
+}
+
+/// Follows one process's log for a line with `what` and `version=N`.
+struct LogWatch {
+    output: Output,
+    from: usize,
+}
+
+impl LogWatch {
+    fn new(output: &Output) -> Self {
+        Self {
+            output: output.clone(),
+            from: output.lines_from(0).len(),
+        }
+    }
+
+    /// The timestamp of the first new line saying `what` for `version`.
+    fn find(&mut self, what: &str, version: u64) -> Option<SystemTime> {
+        let lines = self.output.lines_from(self.from);
+        for (i, l) in lines.iter().enumerate() {
+            if l.contains(what) && log_version(l) == Some(version) {
+                self.from += i + 1;
+                return log_time(l);
+            }
+        }
+        self.from += lines.len();
+        None
+    }
+}
+
+fn since(t0: SystemTime, t: SystemTime) -> Duration {
+    t.duration_since(t0).unwrap_or(Duration::ZERO)
 }
 
 async fn run(dir: &std::path::Path, routes: usize, report: &mut String) {
@@ -143,16 +236,26 @@ async fn run(dir: &std::path::Path, routes: usize, report: &mut String) {
         dir,
         "syncd",
         &syncd_args(&pg.dsn(), &[]),
-        &[("RUST_LOG", "warn")],
+        &[("RUST_LOG", SYNCD_LOG)],
     )
     .await;
-    syncd.wait_ready().await;
+    let t0 = Instant::now();
+    syncd.wait_ready_within(Duration::from_secs(600)).await;
+    let loaded = t0.elapsed();
     let spid = syncd.pid().expect("syncd pid");
     let url = format!("http://{}", syncd.main_addr);
     let mut c = RouteSyncClient::connect(url.clone())
         .await
         .expect("connect");
+    // Let the startup read's garbage go back before measuring.
+    tokio::time::sleep(Duration::from_secs(2)).await;
     let syncd_idle = rss_mib(spid);
+    report.push_str(&format!(
+        "| {routes} routes | syncd start → ready (first read of the table) | {} | {} |\n\
+         | {routes} routes | syncd RSS, table loaded, no edge | {syncd_idle:.0} MiB | |\n",
+        ms(loaded),
+        load()
+    ));
 
     // Three edges, one after the other: connect → ready.
     let mut edges = Vec::new();
@@ -160,8 +263,8 @@ async fn run(dir: &std::path::Path, routes: usize, report: &mut String) {
     let ids: Vec<String> = (0..3).map(|i| format!("edge-{i}")).collect();
     for id in &ids {
         let t0 = Instant::now();
-        let e = spawn_edge(dir, &url, id.clone()).await;
-        ready_times.push(ready_at(&e).await - t0);
+        let e = spawn_edge(dir, &url, id.clone(), EDGE_LOG).await;
+        ready_times.push(ready_at(&e, Duration::from_millis(2)).await - t0);
         edges.push(e);
     }
     let v = table_version(&mut c).await;
@@ -172,34 +275,120 @@ async fn run(dir: &std::path::Path, routes: usize, report: &mut String) {
         .map(|e| rss_mib(e.pid().expect("pid")))
         .collect();
     report.push_str(&format!(
-        "| {routes} routes | new edge spawn → ready: {} | {} | {} |\n",
+        "| {routes} routes | new edge spawn → ready (3 edges one after the other) | {} / {} / {} | {} |\n",
         ms(ready_times[0]),
         ms(ready_times[1]),
-        ms(ready_times[2])
+        ms(ready_times[2]),
+        load()
     ));
+    report.push_str(&format!(
+        "| {routes} routes | RSS with 3 edges connected | syncd {syncd_3:.0} MiB; edges {:.0} / {:.0} / {:.0} MiB | {} |\n",
+        edge_rss[0],
+        edge_rss[1],
+        edge_rss[2],
+        load()
+    ));
+    eprint!("{report}");
 
-    // One-row commits, one at a time, each until all 3 edges applied it.
     let pgc = pg.client().await;
     let stmt = pgc
         .prepare("UPDATE servers SET address = $1 WHERE name = $2")
         .await
         .expect("prepare");
+    let mut admins = Vec::new();
+    for e in &edges {
+        admins.push(admin(e).await);
+    }
+    let mut n = 0usize;
+    let mut next_change = || {
+        n += 1;
+        let name = format!("s{}", 1 + (n * 7919) % routes);
+        let addr = format!("10.9.{}.{}:{}", n / 250 % 250, n % 250, 20000 + n % 40000);
+        (name, addr)
+    };
+
+    // (a) From the logs: nothing polls the processes.
+    let mut commit = Vec::with_capacity(CHANGES);
+    let mut published = Vec::with_capacity(CHANGES);
+    let mut applied_all = Vec::with_capacity(CHANGES);
+    let mut fan_out = Vec::with_capacity(CHANGES);
+    let mut syncd_log = LogWatch::new(&syncd.output);
+    let mut edge_logs: Vec<LogWatch> = edges.iter().map(|e| LogWatch::new(&e.output)).collect();
+    for _ in 0..CHANGES {
+        let (name, addr) = next_change();
+        let want = table_version(&mut c).await + 1;
+        let t0 = SystemTime::now();
+        let i0 = Instant::now();
+        pgc.execute(&stmt, &[&addr, &name]).await.expect("update");
+        commit.push(i0.elapsed());
+        let end = Instant::now() + Duration::from_secs(60);
+        let mut pub_at = None;
+        let mut at: Vec<Option<SystemTime>> = vec![None; edges.len()];
+        while pub_at.is_none() || at.iter().any(Option::is_none) {
+            if pub_at.is_none() {
+                pub_at = syncd_log.find("routes changed", want);
+            }
+            for (slot, log) in at.iter_mut().zip(edge_logs.iter_mut()) {
+                if slot.is_none() {
+                    *slot = log.find("applied route delta", want);
+                }
+            }
+            assert!(
+                Instant::now() < end,
+                "version {want} not in every log within 60 s (published: {pub_at:?}, edges: {at:?})"
+            );
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        let pub_at = pub_at.expect("published");
+        let last = at.iter().flatten().max().copied().expect("edges");
+        published.push(since(t0, pub_at));
+        applied_all.push(since(t0, last));
+        fan_out.push(since(pub_at, last));
+    }
+    report.push_str(&format!(
+        "| {routes} routes | one-row commit → applied at all 3 edges, from the logs ({CHANGES} commits) | {} | {} |\n",
+        summary(applied_all),
+        load()
+    ));
+    report.push_str(&format!(
+        "| {routes} routes | … of which `UPDATE` round trip (autocommit) | {} | |\n\
+         | {routes} routes | … commit → syncd published (LISTEN, re-read, diff) | {} | |\n\
+         | {routes} routes | … syncd published → last of 3 edges applied | {} | |\n",
+        summary(commit),
+        summary(published),
+        summary(fan_out),
+    ));
+
+    // (b) Each edge's applied version, polled through EdgeAdmin.
     let mut lat = Vec::with_capacity(CHANGES);
-    for i in 0..CHANGES {
-        let name = format!("s{}", 1 + (i * 7919) % routes);
-        let addr = format!("10.9.{}.{}:{}", i / 250, i % 250, 20000 + i);
-        let before = table_version(&mut c).await;
+    for _ in 0..CHANGES {
+        let (name, addr) = next_change();
+        let want = table_version(&mut c).await + 1;
         let t0 = Instant::now();
         pgc.execute(&stmt, &[&addr, &name]).await.expect("update");
-        all_acked(&mut c, &ids, before + 1).await;
+        all_applied(&mut admins, want).await;
         lat.push(t0.elapsed());
     }
-    lat.sort();
     report.push_str(&format!(
-        "| {routes} routes | one-row commit → applied at all 3 edges ({CHANGES} commits) | p50 {} | p99 {} | max {} |\n",
-        ms(pct(&lat, 0.5)),
-        ms(pct(&lat, 0.99)),
-        ms(*lat.last().expect("samples"))
+        "| {routes} routes | one-row commit → applied at all 3 edges, polling each edge's GetSyncStatus ({CHANGES} commits) | {} | {} |\n",
+        summary(lat),
+        load()
+    ));
+
+    // (c) The edges' acks, polled through syncd's ListEdges.
+    let mut lat = Vec::with_capacity(CHANGES);
+    for _ in 0..CHANGES {
+        let (name, addr) = next_change();
+        let want = table_version(&mut c).await + 1;
+        let t0 = Instant::now();
+        pgc.execute(&stmt, &[&addr, &name]).await.expect("update");
+        all_acked(&mut c, &ids, want).await;
+        lat.push(t0.elapsed());
+    }
+    report.push_str(&format!(
+        "| {routes} routes | one-row commit → acked by all 3 edges, polling syncd's ListEdges ({CHANGES} commits) | {} | {} |\n",
+        summary(lat),
+        load()
     ));
     eprint!("{report}");
 
@@ -236,44 +425,82 @@ async fn run(dir: &std::path::Path, routes: usize, report: &mut String) {
         syncd_has(&mut c, name, addr).await;
     }
     let v = table_version(&mut c).await;
-    all_acked(&mut c, &ids, v).await;
+    all_applied(&mut admins, v).await;
     let all = t0.elapsed();
     report.push_str(&format!(
-        "| {routes} routes | burst of {BURST} one-row commits ({BURST_CONNECTIONS} connections) | committed in {} | every edge holds all of them after {} |\n",
+        "| {routes} routes | burst of {BURST} one-row commits ({BURST_CONNECTIONS} connections) | committed in {}; every edge holds all of them after {} | {} |\n",
         ms(committed),
-        ms(all)
+        ms(all),
+        load()
     ));
+    let edge_rss: Vec<f64> = edges
+        .iter()
+        .map(|e| rss_mib(e.pid().expect("pid")))
+        .collect();
+    report.push_str(&format!(
+        "| {routes} routes | RSS after the burst | syncd {:.0} MiB; edges {:.0} / {:.0} / {:.0} MiB | |\n",
+        rss_mib(spid),
+        edge_rss[0],
+        edge_rss[1],
+        edge_rss[2],
+    ));
+    eprint!("{report}");
 
     // 50 more edges at once (100k only: 50 processes × a 1M table is more
     // memory than this machine has to spare).
-    let mut crowd_line = String::new();
     if routes <= 100_000 {
+        let before = rss_mib(spid);
         let t0 = Instant::now();
         let spawned = futures::future::join_all(
-            (0..CROWD).map(|i| spawn_edge(dir, &url, format!("crowd-{i}"))),
+            (0..CROWD).map(|i| spawn_edge(dir, &url, format!("crowd-{i}"), "warn")),
         )
         .await;
-        futures::future::join_all(spawned.iter().map(ready_at)).await;
+        let spawned_in = t0.elapsed();
+        futures::future::join_all(
+            spawned
+                .iter()
+                .map(|e| ready_at(e, Duration::from_millis(10))),
+        )
+        .await;
         let crowd_ready = t0.elapsed();
         let crowd_ids: Vec<String> = (0..CROWD).map(|i| format!("crowd-{i}")).collect();
         let v = table_version(&mut c).await;
         all_acked(&mut c, &crowd_ids, v).await;
+        tokio::time::sleep(Duration::from_secs(2)).await;
         let syncd_crowd = rss_mib(spid);
-        crowd_line = format!(
-            "| {routes} routes | {CROWD} edges spawned at once, all ready | {} | syncd RSS {syncd_crowd:.0} MiB: {:.0} KiB per edge over the 3-edge figure |\n",
+        report.push_str(&format!(
+            "| {routes} routes | {CROWD} edges spawned at once, all ready | {} (all processes up after {}) | {} |\n\
+             | {routes} routes | syncd RSS with {} edges connected | {syncd_crowd:.0} MiB: {:.0} KiB per edge over the 3-edge figure | |\n",
             ms(crowd_ready),
-            (syncd_crowd - syncd_3) * 1024.0 / CROWD as f64
-        );
+            ms(spawned_in),
+            load(),
+            CROWD + 3,
+            (syncd_crowd - before) * 1024.0 / CROWD as f64
+        ));
         drop(spawned);
     }
-    report.push_str(&format!(
-        "| {routes} routes | RSS | syncd {syncd_idle:.0} MiB with no edge, {syncd_3:.0} MiB with 3 | edges {:.0} / {:.0} / {:.0} MiB |\n",
-        edge_rss[0], edge_rss[1], edge_rss[2]
-    ));
-    report.push_str(&crowd_line);
     eprint!("{report}");
     drop(edges);
     drop(syncd);
+}
+
+/// Wait until syncd's table has `address` for server `name`.
+async fn syncd_has(c: &mut RouteSyncClient<Channel>, name: &str, address: &str) {
+    let end = Instant::now() + Duration::from_secs(300);
+    loop {
+        let r = c
+            .get_route(GetRouteRequest {
+                hostname: format!("{name}.example.com"),
+            })
+            .await
+            .expect("get route")
+            .into_inner();
+        if r.route.is_some_and(|r| r.address == address) {
+            return;
+        }
+        assert!(Instant::now() < end, "syncd never saw {name} at {address}");
+        tokio::time::sleep(Duration::from_micros(500)).await;
+    }
 }
 
 #[tokio::main]
@@ -289,7 +516,8 @@ async fn main() {
     } else {
         sizes
     };
-    let mut report = String::new();
+    let mut report =
+        String::from("| table | measure | result | load average |\n|---|---|---|---|\n");
     for routes in sizes {
         run(&dir, routes, &mut report).await;
     }
