@@ -21,7 +21,13 @@ fn repo() -> PathBuf {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn quickstart_serves_the_demo_route_and_stops_on_ctrl_c() {
     let edge_port = free_port();
-    let mut child = Command::new("bash")
+    // As from a terminal: SIGINT at its default disposition. A suite started
+    // in the background of a non-interactive shell (nohup, `&` in a CI
+    // script) inherits SIGINT ignored, and bash cannot trap a signal ignored
+    // on entry, so Ctrl-C would never reach the script's cleanup.
+    let mut child = Command::new("env")
+        .arg("--default-signal=INT")
+        .arg("bash")
         .arg(repo().join("deploy/quickstart.sh"))
         .env_remove("AUTOMC_BIN_DIR")
         .env("AUTOMC_PROFILE", "dev")
