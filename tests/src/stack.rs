@@ -134,10 +134,20 @@ pub fn metric_value(text: &str, name: &str) -> Option<f64> {
         .and_then(|v| v.parse().ok())
 }
 
-/// A loopback address nothing listens on (bound, then released).
+/// A loopback address nothing listens on, and nothing can start listening
+/// on while this test process runs: the port stays bound to a socket that
+/// never listens (a connection to it is refused), so the OS cannot hand it
+/// to another test's `bind(0)`. Released, a port could come back as some
+/// other test's HTTP server, and a "dead" backend would answer.
 pub fn dead_address() -> String {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    l.local_addr().expect("addr").to_string()
+    static HELD: std::sync::Mutex<Vec<tokio::net::TcpSocket>> = std::sync::Mutex::new(Vec::new());
+    let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+    socket
+        .bind("127.0.0.1:0".parse().expect("address"))
+        .expect("bind");
+    let addr = socket.local_addr().expect("addr").to_string();
+    HELD.lock().unwrap_or_else(|p| p.into_inner()).push(socket);
+    addr
 }
 
 /// A syncd running in-process.
