@@ -8,7 +8,7 @@ use std::sync::Arc;
 use automc_proto::auth::BearerAuth;
 use automc_proto::v1::edge_admin_server::{EdgeAdmin, EdgeAdminServer};
 use automc_proto::v1::{
-    Connection, GetRouteRequest, GetRouteResponse, GetSyncStatusRequest, ListConnectionsRequest,
+    BackendCount, Connection, GetRouteRequest, GetRouteResponse, GetSyncStatusRequest, ListConnectionsRequest,
     ListConnectionsResponse, ListRoutesRequest, ListRoutesResponse, SyncStatus,
 };
 use axum::extract::State;
@@ -131,11 +131,26 @@ impl EdgeAdmin for AdminService {
             .table
             .resolve(&req.get_ref().hostname)
             .map_err(|e| Status::invalid_argument(e.to_string()))?;
-        // This edge's own answer: its backoffs, turns and player counts.
+        // This edge's own answer: its backoffs, turns and player counts
+        // (fleet-wide while syncd's counts are live), and where they come from.
         if let Some(route) = &resp.route {
             let capture = automc_proto::backend::captured(&resp.matched, &resp.normalized);
             let plan = self.shared.balancer.plan_status(route, capture);
             resp.would_dial = plan.addresses.into_iter().next().unwrap_or_default();
+            let counts = self.shared.balancer.counts_for(route, &resp.backends);
+            resp.count_source = counts.source.into();
+            resp.players = counts.players;
+            resp.counts_unknown = counts.unknown;
+            resp.backend_players = resp
+                .backends
+                .iter()
+                .zip(counts.backends)
+                .filter(|(_, n)| *n > 0)
+                .map(|(b, players)| BackendCount {
+                    address: b.address.clone(),
+                    players,
+                })
+                .collect();
         }
         Ok(Response::new(resp))
     }

@@ -2,14 +2,22 @@
 //! turns and player counts, around the pure choice of
 //! [`automc_proto::backend::order`]. Every map is bounded; no lock is held
 //! across an await.
+//!
+//! Player counts (least-players, max_players) are this edge's own sessions,
+//! counted here the moment a seat is taken, plus, while syncd's counts are
+//! live, the other edges' sessions from [`FleetCounts`]: syncd never counts
+//! this edge's sessions in what it sends it, so nothing is counted twice
+//! and nothing this edge admits waits for a report to be seen.
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use automc_proto::backend::{order, BackendState};
-use automc_proto::v1::{Backend, Route};
+use automc_proto::v1::{Backend, CountSource, Route};
 use ipnet::IpNet;
+
+use crate::counts::{FleetCounts, Others};
 
 /// How long a backend whose dial failed is tried only after the others.
 pub const DEFAULT_BACKEND_BACKOFF: Duration = Duration::from_secs(10);
@@ -34,6 +42,20 @@ struct State {
 pub struct Balancer {
     state: Arc<Mutex<State>>,
     backoff_for: Duration,
+    counts: Arc<FleetCounts>,
+}
+
+/// The player counts of one server (and the backends of one dial set) as
+/// this edge uses them now.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RouteCounts {
+    pub source: CountSource,
+    /// Players and seats being taken (held logins) on the server.
+    pub players: u32,
+    /// Players per backend of the set asked about, in its order.
+    pub backends: Vec<u32>,
+    /// Part of the fleet counts is an unknown (dropped) edge's last counts.
+    pub unknown: bool,
 }
 
 /// The backends of one connection, in the order to try them.
@@ -43,10 +65,11 @@ pub struct Plan {
 }
 
 impl Balancer {
-    pub fn new(backoff_for: Duration) -> Self {
+    pub fn new(backoff_for: Duration, counts: Arc<FleetCounts>) -> Self {
         Self {
             state: Arc::new(Mutex::new(State::default())),
             backoff_for,
+            counts,
         }
     }
 
@@ -56,13 +79,40 @@ impl Balancer {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    fn states(st: &State, set: &[Backend], now: Instant) -> Vec<BackendState> {
+    fn states(
+        st: &State,
+        set: &[Backend],
+        now: Instant,
+        others: Option<&Others>,
+    ) -> Vec<BackendState> {
         set.iter()
             .map(|b| BackendState {
                 backed_off: st.backoff.get(&b.address).is_some_and(|t| *t > now),
-                players: st.on_backend.get(&b.address).copied().unwrap_or(0),
+                players: st
+                    .on_backend
+                    .get(&b.address)
+                    .copied()
+                    .unwrap_or(0)
+                    .saturating_add(others.map_or(0, |o| o.on_backend(&b.address))),
             })
             .collect()
+    }
+
+    /// The counts of `route`'s server and of the backends in `set`, as the
+    /// pick and the limit see them now.
+    pub fn counts_for(&self, route: &Route, set: &[Backend]) -> RouteCounts {
+        let view = self.counts.view();
+        let others = view.others(&route.server);
+        let st = self.lock();
+        let states = Self::states(&st, set, Instant::now(), others.as_deref());
+        let own = st.on_server.get(&route.server).copied().unwrap_or(0);
+        drop(st);
+        RouteCounts {
+            source: view.source(),
+            players: own.saturating_add(others.as_ref().map_or(0, |o| o.players)),
+            backends: states.iter().map(|s| s.players).collect(),
+            unknown: others.is_some_and(|o| o.unknown),
+        }
     }
 
     /// The try order for a login to `route` (advances its round-robin turn).
@@ -79,9 +129,10 @@ impl Balancer {
     fn plan(&self, route: &Route, capture: Option<&str>, advance: bool) -> Plan {
         let set = route.dial_set(capture);
         let random = rand::random::<u64>();
+        let others = self.counts.view().others(&route.server);
         let mut st = self.lock();
         let now = Instant::now();
-        let states = Self::states(&st, &set, now);
+        let states = Self::states(&st, &set, now, others.as_deref());
         let turn = st.turns.get(&route.server).copied().unwrap_or(0);
         if advance && set.len() > 1 {
             if st.turns.len() >= MAX_ENTRIES && !st.turns.contains_key(&route.server) {
@@ -125,18 +176,26 @@ impl Balancer {
             .is_some_and(|t| *t > Instant::now())
     }
 
-    /// Players of `server` on this edge (held seats included).
+    /// Players of `server` (held seats included): this edge's, plus the
+    /// other edges' while syncd's counts are live.
     pub fn players_of(&self, server: &str) -> u32 {
-        self.lock().on_server.get(server).copied().unwrap_or(0)
+        let others = self.counts.view().others(server).map_or(0, |o| o.players);
+        let own = self.lock().on_server.get(server).copied().unwrap_or(0);
+        own.saturating_add(others)
     }
 
-    /// Take a seat on `server` when it has fewer than `max` players on this
-    /// edge (`None` = no limit); `None` back when it is full. The seat is
-    /// held until the guard drops.
+    /// Take a seat on `server` when it has fewer than `max` players (`None`
+    /// = no limit), counting this edge's seats and, while syncd's counts are
+    /// live, the other edges' players and held logins; `None` back when it
+    /// is full. The seat is held until the guard drops.
     pub fn take_seat(&self, server: &str, max: Option<u32>) -> Option<Seat> {
+        let others = match max {
+            Some(_) => self.counts.view().others(server).map_or(0, |o| o.players),
+            None => 0,
+        };
         let mut st = self.lock();
         let n = st.on_server.get(server).copied().unwrap_or(0);
-        if max.is_some_and(|m| n >= m) {
+        if max.is_some_and(|m| n.saturating_add(others) >= m) {
             return None;
         }
         if n == 0 && st.on_server.len() >= MAX_ENTRIES {
@@ -240,7 +299,7 @@ mod tests {
 
     #[test]
     fn round_robin_turns_advance_per_login_not_per_ping() {
-        let b = Balancer::new(DEFAULT_BACKEND_BACKOFF);
+        let b = Balancer::new(DEFAULT_BACKEND_BACKOFF, Arc::default());
         let r = route(BackendStrategy::RoundRobin);
         let firsts: Vec<String> = (0..4)
             .map(|_| b.plan_login(&r, None).addresses[0].clone())
@@ -252,21 +311,21 @@ mod tests {
 
     #[test]
     fn a_failed_dial_sends_its_backend_last_until_one_works() {
-        let b = Balancer::new(Duration::from_secs(3600));
+        let b = Balancer::new(Duration::from_secs(3600), Arc::default());
         let r = route(BackendStrategy::Failover);
         b.dial_failed("a:1");
         assert_eq!(b.plan_login(&r, None).addresses, ["b:1", "a:1"]);
         assert!(b.is_backed_off("a:1"));
         b.dial_worked("a:1");
         assert_eq!(b.plan_login(&r, None).addresses, ["a:1", "b:1"]);
-        let expired = Balancer::new(Duration::ZERO);
+        let expired = Balancer::new(Duration::ZERO, Arc::default());
         expired.dial_failed("a:1");
         assert_eq!(expired.plan_login(&r, None).addresses, ["a:1", "b:1"]);
     }
 
     #[test]
     fn seats_count_players_and_refuse_past_the_limit() {
-        let b = Balancer::new(DEFAULT_BACKEND_BACKOFF);
+        let b = Balancer::new(DEFAULT_BACKEND_BACKOFF, Arc::default());
         let mut one = b.take_seat("s", Some(2)).expect("seat 1");
         one.on_backend("b:1");
         let two = b.take_seat("s", Some(2)).expect("seat 2");
@@ -279,6 +338,46 @@ mod tests {
         assert_eq!(b.players_of("s"), 0);
         assert!(b.take_seat("s", Some(2)).is_some());
         assert!(b.take_seat("s", None).is_some());
+    }
+
+    #[test]
+    fn fleet_counts_add_to_this_edges_own_for_the_pick_and_the_limit() {
+        use automc_proto::v1::{BackendCount, PlayerCounts, ServerCount};
+        let counts = Arc::new(FleetCounts::default());
+        let b = Balancer::new(DEFAULT_BACKEND_BACKOFF, counts.clone());
+        let r = route(BackendStrategy::LeastPlayers);
+        // Other edges have two players, both on a:1.
+        counts.apply(PlayerCounts {
+            full: true,
+            more: false,
+            servers: vec![ServerCount {
+                server: "s".into(),
+                players: 2,
+                backends: vec![BackendCount {
+                    address: "a:1".into(),
+                    players: 2,
+                }],
+                unknown: false,
+            }],
+        });
+        assert_eq!(b.plan_login(&r, None).addresses[0], "b:1");
+        // This edge's own seats count at once: two on b:1 make a tie (a:1 first).
+        let mut one = b.take_seat("s", Some(5)).expect("seat");
+        one.on_backend("b:1");
+        let mut two = b.take_seat("s", Some(5)).expect("seat");
+        two.on_backend("b:1");
+        assert_eq!(b.plan_login(&r, None).addresses[0], "a:1");
+        assert_eq!(b.players_of("s"), 4);
+        let c = b.counts_for(&r, &r.dial_set(None));
+        assert_eq!((c.source, c.players, c.backends), (CountSource::Fleet, 4, vec![2, 2]));
+        // A fifth seat is the limit; a sixth is refused.
+        let _five = b.take_seat("s", Some(5)).expect("fifth");
+        assert!(b.take_seat("s", Some(5)).is_none(), "full fleet-wide");
+        // Without syncd's counts: this edge's own only.
+        counts.reset();
+        let c = b.counts_for(&r, &r.dial_set(None));
+        assert_eq!((c.source, c.players, c.backends), (CountSource::Edge, 3, vec![0, 2]));
+        assert!(b.take_seat("s", Some(5)).is_some());
     }
 
     #[test]

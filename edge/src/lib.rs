@@ -11,6 +11,7 @@ pub mod admin;
 pub mod balance;
 pub mod config;
 pub mod conn;
+pub mod counts;
 pub mod hold;
 pub mod limits;
 pub mod listener;
@@ -176,7 +177,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
         pipes: splice::PipePool::new(config.splice_pipes),
         admission: limits::Admission::new(config.limits),
         held: Arc::default(),
-        balancer: balance::Balancer::new(config.backend_backoff),
+        balancer: balance::Balancer::new(config.backend_backoff, routes.counts.clone()),
         refusal_log: limits::LogThrottle::new(Duration::from_secs(1)),
         config,
         routes,

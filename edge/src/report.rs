@@ -77,6 +77,7 @@ pub fn collect(conns: &[Arc<ConnEntry>]) -> Sessions {
                         name: d.player,
                         uuid: d.player_uuid,
                         since_ms: e.started_ms,
+                        backend: d.backend,
                     },
                 );
             }
@@ -227,6 +228,7 @@ mod tests {
             name: name.into(),
             uuid: String::new(),
             since_ms: 1,
+            backend: String::new(),
         }
     }
 

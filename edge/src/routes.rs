@@ -3,7 +3,8 @@
 //! without locks and a sync step replaces it whole (clone, apply, swap:
 //! readers never see half an update). The table is persistent, so the clone
 //! is O(1) and applying a one-row delta O(log n) whatever the table size.
-//! Wake phases per server live beside it.
+//! Wake phases per server live beside it, and so do the fleet player
+//! counts from syncd (`counts`).
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -46,6 +47,8 @@ pub struct Routes {
     confirmed: Mutex<Instant>,
     has_snapshot: AtomicBool,
     version_tx: watch::Sender<u64>,
+    /// The other edges' players, from syncd.
+    pub counts: Arc<crate::counts::FleetCounts>,
 }
 
 impl Default for Routes {
@@ -63,6 +66,7 @@ impl Routes {
             confirmed: Mutex::new(Instant::now()),
             has_snapshot: AtomicBool::new(false),
             version_tx: watch::channel(0).0,
+            counts: Arc::default(),
         }
     }
 

@@ -379,6 +379,18 @@ pub fn local_json_for(shared: &Shared, route: Option<&Route>, motd: &str, protoc
     mcproto::status_json_with_favicon(&info, favicon)
 }
 
+/// A backend's status for a server with `max_players`: the limit as the
+/// maximum and the players it is enforced on (fleet-wide while syncd's
+/// counts are live) as online, so the server list shows what a login
+/// meets. Others keep the backend's own answer.
+fn with_limit(shared: &Shared, route: &Route, json: String) -> String {
+    let Some(max) = route.options.as_ref().and_then(|o| o.max_players) else {
+        return json;
+    };
+    let online = shared.balancer.players_of(&route.server);
+    mcproto::with_player_counts(&json, i64::from(online), i64::from(max)).unwrap_or(json)
+}
+
 /// The status JSON a modern client gets for `route`; `None` means close.
 pub async fn status_json_for(
     shared: &Shared,
@@ -403,9 +415,10 @@ pub async fn status_json_for(
                 proxy,
             )
             .await;
-            Some(json.unwrap_or_else(|| {
-                local_json_for(shared, Some(route), asleep_motd(shared, route), protocol)
-            }))
+            Some(match json {
+                Some(j) => with_limit(shared, route, j),
+                None => local_json_for(shared, Some(route), asleep_motd(shared, route), protocol),
+            })
         }
     }
 }

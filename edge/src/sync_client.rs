@@ -264,6 +264,9 @@ impl SyncClient {
                 r = self.watch_once(idx, &mut progressed).instrument(span) => r,
             };
             self.metrics.sync_connected.set(0);
+            // Without a stream, syncd's counts go stale: count this edge's
+            // own sessions until the next stream's first full set.
+            self.routes.counts.reset();
             let resync = result.as_ref().err().is_some_and(SyncError::is_resync);
             if let Err(e) = &result {
                 if resync {
@@ -412,6 +415,10 @@ impl SyncClient {
                 Event::WakeSet(wakes) => {
                     debug!(waking = wakes.len(), "wake set");
                     self.routes.set_wakes(wake_map(&wakes));
+                    None
+                }
+                Event::Counts(c) => {
+                    self.routes.counts.apply(c);
                     None
                 }
             };

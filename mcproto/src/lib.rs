@@ -51,7 +51,10 @@ pub use proxy_header::{
     detect_proxy_header, encode_proxy_v1, encode_proxy_v2, parse_proxy_header, ProxyHeader,
     ProxyHeaderError, MAX_PROXY_HEADER_BYTES,
 };
-pub use status::{base64, mark_status_stale, status_json, status_json_with_favicon, StatusInfo};
+pub use status::{
+    base64, mark_status_stale, status_json, status_json_with_favicon, with_player_counts,
+    StatusInfo,
+};
 
 pub use varint::{read_varint, varint_len, write_varint, MAX_PACKET_BYTES, MAX_VARINT_BYTES};
 

@@ -60,6 +60,26 @@ pub fn base64(bytes: &[u8]) -> String {
     out
 }
 
+/// A backend's status JSON with `players.online` and `players.max` set to
+/// the router's own (a server limited across the fleet: the limit and the
+/// fleet's count); the sample list and everything else stay as they are.
+/// `None` when `json` is not a JSON object.
+pub fn with_player_counts(json: &str, online: i64, max: i64) -> Option<String> {
+    let mut value: Value = serde_json::from_str(json).ok()?;
+    let obj = value.as_object_mut()?;
+    let players = obj
+        .entry("players")
+        .or_insert_with(|| json!({}));
+    if !players.is_object() {
+        *players = json!({});
+    }
+    if let Some(p) = players.as_object_mut() {
+        p.insert("online".to_owned(), json!(online));
+        p.insert("max".to_owned(), json!(max));
+    }
+    Some(value.to_string())
+}
+
 /// Appends a visible `note` to the description of a cached backend status, keeping its own
 /// formatting. `None` when `json` is not a JSON object.
 pub fn mark_status_stale(json: &str, note: &str) -> Option<String> {

@@ -1234,3 +1234,21 @@ proptest! {
         let _ = parse_login_plugin_request(&junk);
     }
 }
+
+#[test]
+fn player_counts_replace_the_backends_own_and_keep_the_rest() {
+    let v = |json: &str| -> serde_json::Value { serde_json::from_str(json).expect("json") };
+    let s = with_player_counts(
+        r#"{"players":{"max":20,"online":3,"sample":[{"name":"a","id":"x"}]},"description":"Hi"}"#,
+        7,
+        10,
+    )
+    .expect("object");
+    let s = v(&s);
+    assert_eq!((s["players"]["online"].as_i64(), s["players"]["max"].as_i64()), (Some(7), Some(10)));
+    assert_eq!(s["players"]["sample"][0]["name"], "a");
+    assert_eq!(s["description"], "Hi");
+    let s = v(&with_player_counts(r#"{"players":null}"#, 1, 2).expect("no players object"));
+    assert_eq!(s["players"]["max"], 2);
+    assert_eq!(with_player_counts("[]", 1, 2), None);
+}

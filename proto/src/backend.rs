@@ -159,6 +159,14 @@ impl Route {
         all
     }
 
+    /// Whether edges need fleet player counts for this route: it balances on
+    /// them (least-players) or limits players (max_players). syncd sends
+    /// counts for these routes only.
+    pub fn uses_counts(&self) -> bool {
+        self.strategy() == BackendStrategy::LeastPlayers
+            || self.options.as_ref().is_some_and(|o| o.max_players.is_some())
+    }
+
     /// The strategy the route asks for (failover when unset).
     pub fn strategy(&self) -> BackendStrategy {
         match self.options.as_ref().map(|o| o.strategy()) {

@@ -7,7 +7,8 @@ use prost::Message;
 
 use crate::table::{route_entry_len, BucketSet, RouteTable};
 use crate::v1::{
-    watch_response, Delta, Heartbeat, Route, Snapshot, SnapshotChunk, WakeSet, WakeUpdate,
+    watch_response, Delta, Heartbeat, PlayerCounts, Route, ServerCount, Snapshot, SnapshotChunk,
+    WakeSet, WakeUpdate,
 };
 
 /// The most one watch message should take encoded. A route larger than the
@@ -117,6 +118,40 @@ pub fn delta_piece(
     watch_response::Msg::Delta(piece)
 }
 
+/// Cut a counts set (`full`: everything; else the servers that changed)
+/// into messages of at most [`CHUNK_BYTES`] each; every piece of a full set
+/// but the last has `more` set. A full set is at least one message, even
+/// when empty (it still clears what the edge held).
+pub fn counts_pieces(full: bool, servers: Vec<ServerCount>) -> Vec<PlayerCounts> {
+    let budget = CHUNK_BYTES.saturating_sub(overhead(""));
+    let mut out = Vec::new();
+    let mut cur = PlayerCounts {
+        full,
+        ..PlayerCounts::default()
+    };
+    let mut bytes = 0usize;
+    for s in servers {
+        let n = s.encoded_len();
+        let len = 1 + prost::length_delimiter_len(n) + n;
+        if !cur.servers.is_empty() && bytes + len > budget {
+            let next = PlayerCounts {
+                full,
+                ..PlayerCounts::default()
+            };
+            let mut done = std::mem::replace(&mut cur, next);
+            done.more = full;
+            out.push(done);
+            bytes = 0;
+        }
+        bytes += len;
+        cur.servers.push(s);
+    }
+    if full || !cur.servers.is_empty() {
+        out.push(cur);
+    }
+    out
+}
+
 /// A whole version (or a wake or heartbeat), as the edge applies it.
 #[derive(Debug, Clone)]
 pub enum Event {
@@ -144,6 +179,8 @@ pub enum Event {
     Wake(WakeUpdate),
     /// Replace the wake state with exactly these.
     WakeSet(Vec<WakeUpdate>),
+    /// One piece of player counts (the edge puts full sets together itself).
+    Counts(PlayerCounts),
 }
 
 /// A snapshot whose table does not hash to what syncd said.
@@ -224,6 +261,7 @@ fn kind(msg: &watch_response::Msg) -> &'static str {
         watch_response::Msg::Heartbeat(_) => "heartbeat",
         watch_response::Msg::Wake(_) => "wake update",
         watch_response::Msg::WakeSet(_) => "wake set",
+        watch_response::Msg::Counts(_) => "player counts",
     }
 }
 
@@ -327,6 +365,7 @@ impl Assembler {
             (None, watch_response::Msg::WakeSet(WakeSet { wakes })) => {
                 Ok(Some(Event::WakeSet(wakes)))
             }
+            (None, watch_response::Msg::Counts(c)) => Ok(Some(Event::Counts(c))),
         }
     }
 
@@ -414,6 +453,35 @@ mod tests {
             server: server.into(),
             phase: WakePhase::Waking as i32,
         }
+    }
+
+    #[test]
+    fn counts_come_in_bounded_pieces_and_a_full_set_is_never_empty() {
+        use crate::v1::{BackendCount, ServerCount};
+        let servers: Vec<ServerCount> = (0..10_000)
+            .map(|i| ServerCount {
+                server: format!("server-{i:05}"),
+                players: i,
+                backends: (0..3)
+                    .map(|b| BackendCount {
+                        address: format!("10.0.{b}.{}:25565", i % 250),
+                        players: 1,
+                    })
+                    .collect(),
+                unknown: false,
+            })
+            .collect();
+        let full = counts_pieces(true, servers.clone());
+        assert!(full.len() > 1);
+        assert!(full.iter().all(|p| p.full && p.encoded_len() <= CHUNK_BYTES));
+        assert!(full[..full.len() - 1].iter().all(|p| p.more));
+        assert!(!full[full.len() - 1].more);
+        let back: Vec<ServerCount> = full.into_iter().flat_map(|p| p.servers).collect();
+        assert_eq!(back, servers);
+        let changes = counts_pieces(false, servers);
+        assert!(changes.iter().all(|p| !p.full && !p.more));
+        assert_eq!(counts_pieces(true, Vec::new()).len(), 1);
+        assert!(counts_pieces(false, Vec::new()).is_empty());
     }
 
     #[test]

@@ -491,6 +491,7 @@ impl RouteTable {
                     backends,
                     strategy: strategy.into(),
                     would_dial,
+                    ..GetRouteResponse::default()
                 }
             }
             None => GetRouteResponse {

@@ -31,6 +31,8 @@ pub const DEFAULT_GRPC_MAX_HANDSHAKES_PER_PEER: usize = 8;
 pub const DEFAULT_GRPC_MAX_STREAMS_PER_CONNECTION: u32 = 256;
 pub const DEFAULT_HEARTBEAT_INTERVAL: Duration = Duration::from_secs(5);
 pub const DEFAULT_WATCHER_QUEUE: usize = 1024;
+/// At most one player counts set per edge per this long.
+pub const DEFAULT_COUNTS_INTERVAL: Duration = Duration::from_millis(250);
 pub const DEFAULT_HISTORY_LEN: usize = 4096;
 pub const DEFAULT_WATCH_SEND_TIMEOUT: Duration = Duration::from_secs(30);
 pub const DEFAULT_HELLO_TIMEOUT: Duration = Duration::from_secs(10);
@@ -95,6 +97,9 @@ pub struct Config {
     /// An edge whose stream dropped counts as unknown this long (its last
     /// session counts stand, and nothing sleeps).
     pub edge_grace: std::time::Duration,
+    /// Player counts go to edges at most once per this long (changes in
+    /// between are merged).
+    pub counts_interval: Duration,
     /// Opt-in sleeping of idle servers, and the player gauges.
     pub sleep: crate::sleep::SleepConfig,
     /// Every fleet event is posted to each of these as JSON.
@@ -167,6 +172,7 @@ impl Default for Config {
             tls: None,
             leader_lock: None,
             edge_grace: crate::sleep::DEFAULT_EDGE_GRACE,
+            counts_interval: DEFAULT_COUNTS_INTERVAL,
             sleep: crate::sleep::SleepConfig::default(),
             webhook_urls: Vec::new(),
             webhook_secret: None,
@@ -278,6 +284,7 @@ impl fmt::Debug for Config {
             .field("tls", &self.tls)
             .field("leader_lock", &self.leader_lock)
             .field("edge_grace", &self.edge_grace)
+            .field("counts_interval", &self.counts_interval)
             .field("sleep", &self.sleep)
             .field("webhook_urls", &self.webhook_urls)
             .field("webhook_secret", &redact(&self.webhook_secret))
@@ -514,6 +521,10 @@ pub struct ServeArgs {
     /// player counts stand and no server sleeps meanwhile.
     #[arg(long, env = "SYNCD_EDGE_GRACE", default_value_t = crate::sleep::DEFAULT_EDGE_GRACE.into())]
     pub edge_grace: humantime::Duration,
+    /// Send each edge the other edges' player counts (least-players,
+    /// max_players) at most once per this long; changes in between merge.
+    #[arg(long, env = "SYNCD_COUNTS_INTERVAL", default_value_t = DEFAULT_COUNTS_INTERVAL.into())]
+    pub counts_interval: humantime::Duration,
     /// POST every fleet event (player joined/left, wake, sleep) as JSON to this
     /// URL (repeatable; comma list in the env var). Slow webhooks lose events, never slow syncd.
     #[arg(long, env = "SYNCD_WEBHOOK_URL", value_delimiter = ',')]
@@ -580,6 +591,7 @@ impl ServeArgs {
         c.waker.reuse_for = self.wake_reuse.into();
         c.leader_lock = self.leader_lock;
         c.edge_grace = self.edge_grace.into();
+        c.counts_interval = self.counts_interval.into();
         c.webhook_urls = self
             .webhook_url
             .iter()

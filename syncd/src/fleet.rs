@@ -15,7 +15,7 @@
 //!
 //! [`FleetState`] is plain data and unit-tested; [`Fleet`] puts it behind a
 //! mutex that is never held across an `.await`.
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -98,6 +98,54 @@ struct EdgeSessions {
     lost: Option<Instant>,
     /// Entries refused (caps, bad names) since the stream started.
     refused: u64,
+    /// Listed players per server and backend address (from `players`).
+    backends: HashMap<String, HashMap<String, u32>>,
+}
+
+/// Count `p` on its backend (`add`) or stop counting it.
+fn index_player(index: &mut HashMap<String, HashMap<String, u32>>, p: &PlayerSession, add: bool) {
+    if p.backend.is_empty() {
+        return;
+    }
+    if add {
+        *index
+            .entry(p.server.clone())
+            .or_default()
+            .entry(p.backend.clone())
+            .or_insert(0) += 1;
+    } else if let Some(by) = index.get_mut(&p.server) {
+        if let Some(n) = by.get_mut(&p.backend) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                by.remove(&p.backend);
+            }
+        }
+        if by.is_empty() {
+            index.remove(&p.server);
+        }
+    }
+}
+
+fn build_index(players: &HashMap<u64, PlayerSession>) -> HashMap<String, HashMap<String, u32>> {
+    let mut index = HashMap::new();
+    for p in players.values() {
+        index_player(&mut index, p, true);
+    }
+    index
+}
+
+/// One stream's sessions of one server, as the counts sent back to edges
+/// add them up.
+#[derive(Debug, Clone, Copy)]
+pub struct Contribution<'a> {
+    pub watcher: u64,
+    pub edge_id: &'a str,
+    /// The stream dropped: these are its last counts (grace period).
+    pub lost: bool,
+    /// Players plus held logins.
+    pub seats: u32,
+    /// Listed players per backend address.
+    pub backends: Option<&'a HashMap<String, u32>>,
 }
 
 /// One server's sessions across the fleet.
@@ -118,6 +166,9 @@ pub struct FleetState {
     last_seen: HashMap<String, i64>,
     /// Unix ms at which the set of unknown edges last changed.
     unknown_changed_ms: Option<i64>,
+    /// Servers whose players or held logins changed on some stream (or
+    /// whose stream dropped or was forgotten) since [`FleetState::take_dirty`].
+    dirty: HashSet<String>,
 }
 
 fn valid_server(name: &str) -> bool {
@@ -154,6 +205,7 @@ impl FleetState {
         e.lost = None;
         let mut touched: Vec<String> = Vec::new();
         let mut refused = 0u64;
+        let index = &mut e.backends;
         let completed_full = {
             let (servers, players) = if report.full {
                 let (s, p) = e.pending.get_or_insert_with(Default::default);
@@ -185,6 +237,8 @@ impl FleetState {
             for id in &report.left {
                 if let Some(p) = players.remove(id) {
                     if !report.full {
+                        index_player(index, &p, false);
+                        touched.push(p.server.clone());
                         changes.push(PlayerChange::left(edge_id, p));
                     }
                 }
@@ -194,8 +248,16 @@ impl FleetState {
                     refused += 1;
                     continue;
                 }
-                if players.insert(p.session, p.clone()).is_none() && !report.full {
-                    changes.push(PlayerChange::joined(edge_id, p));
+                let old = players.insert(p.session, p.clone());
+                if !report.full {
+                    if let Some(old) = &old {
+                        index_player(index, old, false);
+                    }
+                    index_player(index, &p, true);
+                    touched.push(p.server.clone());
+                    if old.is_none() {
+                        changes.push(PlayerChange::joined(edge_id, p));
+                    }
                 }
             }
             report.full && !report.more
@@ -245,12 +307,14 @@ impl FleetState {
                         .filter(|(_, c)| c.active())
                         .map(|(s, _)| s.clone()),
                 );
+                e.backends = build_index(&players);
                 e.servers = servers;
                 e.players = players;
             }
         }
         for s in touched {
-            self.last_seen.insert(s, now_ms);
+            self.last_seen.insert(s.clone(), now_ms);
+            self.dirty.insert(s);
         }
         changes
     }
@@ -261,6 +325,13 @@ impl FleetState {
             e.lost = Some(now);
             e.pending = None;
             self.unknown_changed_ms = Some(now_ms);
+            // Its counts are now "unknown" ones.
+            self.dirty.extend(
+                e.servers
+                    .iter()
+                    .filter(|(_, c)| c.active())
+                    .map(|(s, _)| s.clone()),
+            );
         }
     }
 
@@ -270,6 +341,7 @@ impl FleetState {
         for (s, c) in &e.servers {
             if c.active() {
                 self.last_seen.insert(s.clone(), now_ms);
+                self.dirty.insert(s.clone());
             }
         }
         if e.lost.is_some() {
@@ -367,6 +439,42 @@ impl FleetState {
         v
     }
 
+    /// The servers whose counts may have changed since the last call.
+    pub fn take_dirty(&mut self) -> HashSet<String> {
+        std::mem::take(&mut self.dirty)
+    }
+
+    /// Servers with players or held logins on any stream.
+    pub fn active_servers(&self) -> HashSet<&str> {
+        self.edges
+            .values()
+            .flat_map(|e| {
+                e.servers
+                    .iter()
+                    .filter(|(_, c)| c.active())
+                    .map(|(s, _)| s.as_str())
+            })
+            .collect()
+    }
+
+    /// Every stream's players and held logins of `server`.
+    pub fn contributions(&self, server: &str) -> Vec<Contribution<'_>> {
+        self.edges
+            .iter()
+            .filter_map(|(id, e)| {
+                let c = e.servers.get(server)?;
+                let seats = c.players.saturating_add(c.holding);
+                (seats > 0).then(|| Contribution {
+                    watcher: *id,
+                    edge_id: &e.edge_id,
+                    lost: e.lost.is_some(),
+                    seats,
+                    backends: e.backends.get(server),
+                })
+            })
+            .collect()
+    }
+
     /// Entries refused across every live stream.
     pub fn refused(&self) -> u64 {
         self.edges.values().map(|e| e.refused).sum()
@@ -454,6 +562,7 @@ mod tests {
             name: name.into(),
             uuid: String::new(),
             since_ms: 5,
+            backend: String::new(),
         }
     }
 

@@ -8,7 +8,9 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
+use automc_proto::backend::{order, BackendState};
 use automc_proto::v1::route_sync_server::{RouteSync, RouteSyncServer};
+use automc_proto::v1::CountSource;
 use automc_proto::v1::{
     watch_request, FleetEvent, GetRouteRequest, GetRouteResponse, ListEdgesRequest,
     ListEdgesResponse, ListPlayersRequest, ListPlayersResponse, ListRoutesRequest,
@@ -124,10 +126,44 @@ impl RouteSync for RouteSyncService {
         &self,
         req: Request<GetRouteRequest>,
     ) -> Result<Response<GetRouteResponse>, Status> {
-        self.publisher
+        let mut resp = self
+            .publisher
             .resolve(&req.get_ref().hostname)
-            .map(Response::new)
-            .map_err(|e| Status::invalid_argument(e.to_string()))
+            .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        // The whole fleet's counts, and the pick an edge holding them (and
+        // no backoffs, no players of its own) would make.
+        if let Some(route) = &resp.route {
+            let count = {
+                let st = self.fleet.lock();
+                crate::counts::total(&route.server, &st.contributions(&route.server))
+            }
+            .unwrap_or_default();
+            let on = |address: &str| {
+                count
+                    .backends
+                    .iter()
+                    .find(|b| b.address == address)
+                    .map_or(0, |b| b.players)
+            };
+            let state: Vec<BackendState> = resp
+                .backends
+                .iter()
+                .map(|b| BackendState {
+                    backed_off: false,
+                    players: on(&b.address),
+                })
+                .collect();
+            resp.would_dial = order(route.strategy(), &resp.backends, &state, 0, 0)
+                .first()
+                .and_then(|&i| resp.backends.get(i))
+                .map(|b| b.address.clone())
+                .unwrap_or_default();
+            resp.count_source = CountSource::Fleet.into();
+            resp.players = count.players;
+            resp.counts_unknown = count.unknown;
+            resp.backend_players = count.backends;
+        }
+        Ok(Response::new(resp))
     }
 
     async fn wake(&self, req: Request<WakeRequest>) -> Result<Response<WakeResponse>, Status> {

@@ -15,6 +15,7 @@ pub mod config;
 pub mod diff;
 pub mod dsn;
 pub mod events;
+pub mod counts;
 pub mod fleet;
 pub mod grpc;
 pub mod http;
@@ -190,6 +191,13 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
         config.edge_grace,
         metrics.clone(),
         events.clone(),
+    ));
+    tasks.spawn(counts::run(
+        publisher.clone(),
+        fleet.clone(),
+        metrics.clone(),
+        config.counts_interval,
+        shutdown.clone(),
     ));
     let target = dsn::redact(&config.database_url);
     tracing::info!(

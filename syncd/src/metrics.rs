@@ -36,6 +36,7 @@ pub struct Metrics {
     waker_http_responses: Family<Labels, Counter>,
     pub session_reports: Counter,
     pub session_entries_refused: Counter,
+    pub counts_sent: Counter,
     pub fleet_players: Gauge,
     pub unknown_edges: Gauge,
     server_players: Family<Labels, Gauge>,
@@ -68,6 +69,7 @@ impl Metrics {
         let waker_http_responses = Family::<Labels, Counter>::default();
         let session_reports = Counter::default();
         let session_entries_refused = Counter::default();
+        let counts_sent = Counter::default();
         let fleet_players = Gauge::default();
         let unknown_edges = Gauge::default();
         let server_players = Family::<Labels, Gauge>::default();
@@ -168,6 +170,11 @@ impl Metrics {
             session_reports.clone(),
         );
         r.register(
+            "automc_syncd_counts_sent",
+            "Player counts sets queued to edges (each merges what changed since the last)",
+            counts_sent.clone(),
+        );
+        r.register(
             "automc_syncd_session_entries_refused",
             "Session report entries refused (bad names, per-edge caps)",
             session_entries_refused.clone(),
@@ -223,6 +230,7 @@ impl Metrics {
             wake_duration,
             waker_http_responses,
             session_reports,
+            counts_sent,
             session_entries_refused,
             fleet_players,
             unknown_edges,
@@ -339,6 +347,7 @@ mod tests {
             "automc_syncd_wake_duration_seconds_count ",
             "automc_syncd_waker_http_responses_total{status=\"202\"} ",
             "automc_syncd_session_reports_total ",
+            "automc_syncd_counts_sent_total ",
             "automc_syncd_session_entries_refused_total ",
             "automc_syncd_fleet_players ",
             "automc_syncd_unknown_edges ",

@@ -28,10 +28,10 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use arc_swap::ArcSwap;
-use automc_proto::sync::{delta_piece, snapshot_chunk};
+use automc_proto::sync::{counts_pieces, delta_piece, snapshot_chunk};
 use automc_proto::v1::{
-    watch_response, EdgeInfo, GetRouteResponse, Heartbeat, Route, WakePhase, WakeSet, WakeUpdate,
-    WatchHello, WatchResponse,
+    watch_response, EdgeInfo, GetRouteResponse, Heartbeat, PlayerCounts, Route, ServerCount,
+    WakePhase, WakeSet, WakeUpdate, WatchHello, WatchResponse,
 };
 use automc_proto::{BucketSet, HostnameTooLong, RouteTable, BUCKETS};
 use futures::Stream;
@@ -101,6 +101,24 @@ struct State {
     watchers: HashMap<u64, Watcher>,
     /// Servers with a wake in flight.
     waking: BTreeMap<String, WakePhase>,
+    /// Servers whose route changed since [`Publisher::take_changed`] (what
+    /// the player counts recheck: a route may start or stop using them);
+    /// `overflowed` when more than [`MAX_CHANGED`] did (recheck all).
+    changed: std::collections::HashSet<String>,
+    overflowed: bool,
+}
+
+/// Changed server names kept for the player counts before they give up
+/// and recheck every server.
+const MAX_CHANGED: usize = 65_536;
+
+/// Which routes changed, for the player counts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ChangedRoutes {
+    /// These servers' routes.
+    Some(std::collections::HashSet<String>),
+    /// Too many to list: every server.
+    All,
 }
 
 struct Watcher {
@@ -161,6 +179,28 @@ enum Item {
     Wake(WakeUpdate),
     WakeSet(Vec<WakeUpdate>),
     Heartbeat,
+    /// Player counts not yet sent: later ones merge into it, so a watcher
+    /// holds at most one, whatever the rate of changes.
+    Counts(CountsUpdate),
+}
+
+/// Player counts for one watcher: everything (`full`) or the servers that
+/// changed, by server name.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct CountsUpdate {
+    pub full: bool,
+    pub servers: BTreeMap<String, ServerCount>,
+}
+
+impl CountsUpdate {
+    /// `later` on top of this one.
+    fn merge(&mut self, later: CountsUpdate) {
+        if later.full {
+            *self = later;
+        } else {
+            self.servers.extend(later.servers);
+        }
+    }
 }
 
 /// The item being sent in pieces.
@@ -178,6 +218,7 @@ enum Sending {
         change: Arc<Change>,
         pos: usize,
     },
+    Counts(VecDeque<PlayerCounts>),
 }
 
 #[derive(Default)]
@@ -242,6 +283,14 @@ impl Queue {
                     }
                     return Some(msg);
                 }
+                Some(Sending::Counts(mut pieces)) => {
+                    if let Some(piece) = pieces.pop_front() {
+                        if !pieces.is_empty() {
+                            self.sending = Some(Sending::Counts(pieces));
+                        }
+                        return Some(watch_response::Msg::Counts(piece));
+                    }
+                }
                 None => {}
             }
             match self.items.pop_front()? {
@@ -276,6 +325,10 @@ impl Queue {
                     return Some(watch_response::Msg::WakeSet(WakeSet { wakes }))
                 }
                 Item::Heartbeat => return Some(self.heartbeat(epoch)),
+                Item::Counts(u) => {
+                    let pieces = counts_pieces(u.full, u.servers.into_values().collect());
+                    self.sending = Some(Sending::Counts(pieces.into()));
+                }
             }
         }
     }
@@ -315,6 +368,27 @@ impl Outbox {
             return false;
         }
         q.items.push_back(item);
+        drop(q);
+        self.ready.notify_one();
+        true
+    }
+
+    /// Queue player counts, merged into counts already queued and not yet
+    /// being sent; false when the queue is full.
+    fn push_counts(&self, update: CountsUpdate, cap: usize) -> bool {
+        let mut q = self.lock();
+        if q.cut.is_some() {
+            return true;
+        }
+        if let Some(Item::Counts(queued)) =
+            q.items.iter_mut().find(|i| matches!(i, Item::Counts(_)))
+        {
+            queued.merge(update);
+        } else if q.items.len() >= cap {
+            return false;
+        } else {
+            q.items.push_back(Item::Counts(update));
+        }
         drop(q);
         self.ready.notify_one();
         true
@@ -438,6 +512,16 @@ impl Publisher {
         let whole_table = st.table.is_empty() && change.len() > HISTORY_MIN;
         st.table
             .apply(change.upserts.iter().cloned(), &change.removed);
+        if !st.overflowed {
+            if st.changed.len() + change.len() > MAX_CHANGED {
+                st.overflowed = true;
+                st.changed.clear();
+            } else {
+                let names = change.upserts.iter().map(|r| &r.server);
+                st.changed
+                    .extend(names.chain(change.removed.iter()).cloned());
+            }
+        }
         let change = Arc::new(change);
         if whole_table {
             st.history.clear();
@@ -588,6 +672,39 @@ impl Publisher {
             phase: phase as i32,
         };
         self.broadcast_locked(&mut st, || Item::Wake(update.clone()));
+    }
+
+    /// Servers whose route changed since the last call.
+    pub fn take_changed(&self) -> ChangedRoutes {
+        let mut st = self.lock();
+        if std::mem::take(&mut st.overflowed) {
+            ChangedRoutes::All
+        } else {
+            ChangedRoutes::Some(std::mem::take(&mut st.changed))
+        }
+    }
+
+    /// Every watcher's id and edge id.
+    pub fn watcher_ids(&self) -> Vec<(u64, String)> {
+        let st = self.lock();
+        st.watchers
+            .iter()
+            .map(|(id, w)| (*id, w.edge_id.clone()))
+            .collect()
+    }
+
+    /// Queue player counts for watcher `id` (merged with counts it has not
+    /// been sent yet). A watcher whose queue is full is cut off, as for
+    /// route changes.
+    pub fn send_counts(&self, id: u64, update: CountsUpdate) {
+        let mut st = self.lock();
+        let Some(w) = st.watchers.get(&id) else {
+            return;
+        };
+        if !w.outbox.push_counts(update, self.limits.queue_cap) {
+            self.cut_locked(&mut st, id, Cut::Behind);
+            self.update_lag_locked(&st);
+        }
     }
 
     /// Register a watcher and build its stream: a snapshot (or, resuming

@@ -574,6 +574,8 @@ async fn apply(
                     .collect();
                 None
             }
+            // Player counts are for edges that balance on them.
+            Event::Counts(_) => None,
         }
     };
     if let Some((epoch, version)) = ack {
