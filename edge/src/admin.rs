@@ -8,8 +8,9 @@ use std::sync::Arc;
 use automc_proto::auth::BearerAuth;
 use automc_proto::v1::edge_admin_server::{EdgeAdmin, EdgeAdminServer};
 use automc_proto::v1::{
-    BackendCount, Connection, GetRouteRequest, GetRouteResponse, GetSyncStatusRequest, ListConnectionsRequest,
-    ListConnectionsResponse, ListRoutesRequest, ListRoutesResponse, SyncStatus,
+    BackendCount, Connection, GetRouteRequest, GetRouteResponse, GetSyncStatusRequest,
+    ListConnectionsRequest, ListConnectionsResponse, ListRoutesRequest, ListRoutesResponse,
+    SyncStatus,
 };
 use axum::extract::State;
 use axum::http::{header, StatusCode};

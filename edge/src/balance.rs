@@ -369,14 +369,20 @@ mod tests {
         assert_eq!(b.plan_login(&r, None).addresses[0], "a:1");
         assert_eq!(b.players_of("s"), 4);
         let c = b.counts_for(&r, &r.dial_set(None));
-        assert_eq!((c.source, c.players, c.backends), (CountSource::Fleet, 4, vec![2, 2]));
+        assert_eq!(
+            (c.source, c.players, c.backends),
+            (CountSource::Fleet, 4, vec![2, 2])
+        );
         // A fifth seat is the limit; a sixth is refused.
         let _five = b.take_seat("s", Some(5)).expect("fifth");
         assert!(b.take_seat("s", Some(5)).is_none(), "full fleet-wide");
         // Without syncd's counts: this edge's own only.
         counts.reset();
         let c = b.counts_for(&r, &r.dial_set(None));
-        assert_eq!((c.source, c.players, c.backends), (CountSource::Edge, 3, vec![0, 2]));
+        assert_eq!(
+            (c.source, c.players, c.backends),
+            (CountSource::Edge, 3, vec![0, 2])
+        );
         assert!(b.take_seat("s", Some(5)).is_some());
     }
 

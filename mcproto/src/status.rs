@@ -67,9 +67,7 @@ pub fn base64(bytes: &[u8]) -> String {
 pub fn with_player_counts(json: &str, online: i64, max: i64) -> Option<String> {
     let mut value: Value = serde_json::from_str(json).ok()?;
     let obj = value.as_object_mut()?;
-    let players = obj
-        .entry("players")
-        .or_insert_with(|| json!({}));
+    let players = obj.entry("players").or_insert_with(|| json!({}));
     if !players.is_object() {
         *players = json!({});
     }

@@ -1245,7 +1245,13 @@ fn player_counts_replace_the_backends_own_and_keep_the_rest() {
     )
     .expect("object");
     let s = v(&s);
-    assert_eq!((s["players"]["online"].as_i64(), s["players"]["max"].as_i64()), (Some(7), Some(10)));
+    assert_eq!(
+        (
+            s["players"]["online"].as_i64(),
+            s["players"]["max"].as_i64()
+        ),
+        (Some(7), Some(10))
+    );
     assert_eq!(s["players"]["sample"][0]["name"], "a");
     assert_eq!(s["description"], "Hi");
     let s = v(&with_player_counts(r#"{"players":null}"#, 1, 2).expect("no players object"));

@@ -164,7 +164,10 @@ impl Route {
     /// counts for these routes only.
     pub fn uses_counts(&self) -> bool {
         self.strategy() == BackendStrategy::LeastPlayers
-            || self.options.as_ref().is_some_and(|o| o.max_players.is_some())
+            || self
+                .options
+                .as_ref()
+                .is_some_and(|o| o.max_players.is_some())
     }
 
     /// The strategy the route asks for (failover when unset).

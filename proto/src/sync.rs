@@ -452,6 +452,7 @@ mod tests {
         WakeUpdate {
             server: server.into(),
             phase: WakePhase::Waking as i32,
+            ..WakeUpdate::default()
         }
     }
 
@@ -473,7 +474,9 @@ mod tests {
             .collect();
         let full = counts_pieces(true, servers.clone());
         assert!(full.len() > 1);
-        assert!(full.iter().all(|p| p.full && p.encoded_len() <= CHUNK_BYTES));
+        assert!(full
+            .iter()
+            .all(|p| p.full && p.encoded_len() <= CHUNK_BYTES));
         assert!(full[..full.len() - 1].iter().all(|p| p.more));
         assert!(!full[full.len() - 1].more);
         let back: Vec<ServerCount> = full.into_iter().flat_map(|p| p.servers).collect();

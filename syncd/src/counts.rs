@@ -114,8 +114,7 @@ impl Counter {
         if let ChangedRoutes::Some(names) = changed {
             recheck.extend(names);
         }
-        let needs_full =
-            |id: &u64, sent: &HashMap<u64, _>| recheck_all || !sent.contains_key(id);
+        let needs_full = |id: &u64, sent: &HashMap<u64, _>| recheck_all || !sent.contains_key(id);
         let any_full = watchers.iter().any(|(id, _)| needs_full(id, &self.sent));
         let active: Vec<String> = if any_full {
             let mut v: Vec<String> = fleet
@@ -270,8 +269,17 @@ mod tests {
         st.apply(2, "e2", report("lobby", &["b:1"], 0), 1);
         let mut c = Counter::default();
         let dirty = st.take_dirty();
-        let first = c.step(&st, &watchers(), dirty, ChangedRoutes::Some(HashSet::new()), |_| true);
-        assert!(first.iter().all(|(_, u)| u.full), "new streams get everything");
+        let first = c.step(
+            &st,
+            &watchers(),
+            dirty,
+            ChangedRoutes::Some(HashSet::new()),
+            |_| true,
+        );
+        assert!(
+            first.iter().all(|(_, u)| u.full),
+            "new streams get everything"
+        );
         let to_e2 = count(&first, 2, "lobby").expect("e2 hears of e1's players");
         assert_eq!(to_e2.players, 4, "three players and a held login");
         let per: Vec<(&str, u32)> = to_e2
@@ -284,20 +292,43 @@ mod tests {
         assert_eq!(to_e1.players, 1);
 
         // Nothing changed: nothing sent.
-        let again = c.step(&st, &watchers(), HashSet::new(), ChangedRoutes::Some(HashSet::new()), |_| true);
+        let again = c.step(
+            &st,
+            &watchers(),
+            HashSet::new(),
+            ChangedRoutes::Some(HashSet::new()),
+            |_| true,
+        );
         assert!(again.is_empty());
 
         // e2's player leaves: e1 hears that nothing is left; e2 hears nothing.
-        st.apply(2, "e2", SessionReport {
-            servers: vec![ServerSessions { server: "lobby".into(), ..ServerSessions::default() }],
-            left: vec![1],
-            ..SessionReport::default()
-        }, 2);
+        st.apply(
+            2,
+            "e2",
+            SessionReport {
+                servers: vec![ServerSessions {
+                    server: "lobby".into(),
+                    ..ServerSessions::default()
+                }],
+                left: vec![1],
+                ..SessionReport::default()
+            },
+            2,
+        );
         let dirty = st.take_dirty();
-        let next = c.step(&st, &watchers(), dirty, ChangedRoutes::Some(HashSet::new()), |_| true);
+        let next = c.step(
+            &st,
+            &watchers(),
+            dirty,
+            ChangedRoutes::Some(HashSet::new()),
+            |_| true,
+        );
         assert_eq!(next.len(), 1);
         let cleared = count(&next, 1, "lobby").expect("cleared");
-        assert_eq!((cleared.players, cleared.backends.len(), next[0].1.full), (0, 0, false));
+        assert_eq!(
+            (cleared.players, cleared.backends.len(), next[0].1.full),
+            (0, 0, false)
+        );
     }
 
     #[test]
@@ -309,13 +340,17 @@ mod tests {
         // e1 is back as stream 3: its dropped stream is its own, not another edge.
         let w = vec![(2, "e2".to_owned()), (3, "e1".to_owned())];
         let dirty = st.take_dirty();
-        let u = c.step(&st, &w, dirty, ChangedRoutes::Some(HashSet::new()), |_| true);
+        let u = c.step(&st, &w, dirty, ChangedRoutes::Some(HashSet::new()), |_| {
+            true
+        });
         assert!(count(&u, 3, "lobby").is_none());
         let to_e2 = count(&u, 2, "lobby").expect("e2 sees e1's last counts");
         assert!(to_e2.unknown, "from a dropped stream");
         // The route stops using counts: e2 is told to forget them.
         let names: HashSet<String> = ["lobby".to_owned()].into();
-        let u = c.step(&st, &w, HashSet::new(), ChangedRoutes::Some(names), |_| false);
+        let u = c.step(&st, &w, HashSet::new(), ChangedRoutes::Some(names), |_| {
+            false
+        });
         assert_eq!(count(&u, 2, "lobby").map(|n| n.players), Some(0));
         // Every route changed: everyone gets a full set again.
         let u = c.step(&st, &w, HashSet::new(), ChangedRoutes::All, |_| true);

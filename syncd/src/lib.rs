@@ -12,10 +12,10 @@
 pub mod accept;
 pub mod check;
 pub mod config;
+pub mod counts;
 pub mod diff;
 pub mod dsn;
 pub mod events;
-pub mod counts;
 pub mod fleet;
 pub mod grpc;
 pub mod http;

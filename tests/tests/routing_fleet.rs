@@ -104,8 +104,7 @@ fn backend_players(r: &GetRouteResponse) -> Vec<(String, u32)> {
 }
 
 #[tokio::test]
-async fn least_players_counts_the_players_of_every_edge_and_falls_back_to_its_own_without_syncd()
-{
+async fn least_players_counts_the_players_of_every_edge_and_falls_back_to_its_own_without_syncd() {
     let a = backend("a").await;
     let b = backend("b").await;
     let pg = migrated_pg().await;
@@ -140,7 +139,11 @@ async fn least_players_counts_the_players_of_every_edge_and_falls_back_to_its_ow
         [(a.addr().to_string(), 2), (b.addr().to_string(), 1)]
     );
     assert!(!r.counts_unknown);
-    assert_eq!(r.would_dial, b.addr().to_string(), "b is emptier fleet-wide");
+    assert_eq!(
+        r.would_dial,
+        b.addr().to_string(),
+        "b is emptier fleet-wide"
+    );
     // So edge B's first login goes to b, not to a (edge B alone sees a tie).
     let (at, _p4) = login_lands(&edge_b, "four", &[&a, &b]).await;
     assert_eq!(at, 1, "the fleet count, not edge B's own");
@@ -201,7 +204,11 @@ async fn max_players_reached_through_one_edge_refuses_a_login_on_another_before_
         .expect("connect");
     let text = second.read_disconnect().await.expect("disconnect");
     assert!(text.contains("full"), "{text}");
-    assert_eq!(a.logins().len(), 1, "the backend never saw the second login");
+    assert_eq!(
+        a.logins().len(),
+        1,
+        "the backend never saw the second login"
+    );
 
     // The server list on edge B shows the limit and the fleet's count, in
     // place of the backend's own numbers.
@@ -209,7 +216,13 @@ async fn max_players_reached_through_one_edge_refuses_a_login_on_another_before_
         .await
         .expect("status");
     let v = reply.value();
-    assert_eq!((v["players"]["online"].as_i64(), v["players"]["max"].as_i64()), (Some(1), Some(1)));
+    assert_eq!(
+        (
+            v["players"]["online"].as_i64(),
+            v["players"]["max"].as_i64()
+        ),
+        (Some(1), Some(1))
+    );
 
     // The player on edge A leaves: edge B hears of it and admits a login.
     drop(first);
