@@ -274,15 +274,11 @@ async fn when_the_last_player_leaves_exactly_one_stop_follows_the_idle_period() 
     wait_stops(&waker, "clock", 1).await;
     // The waker counts a stop when the request arrives; syncd counts it
     // once the answer is back, so wait for syncd's side too.
-    eventually(
-        "syncd counts both stops as done",
-        DEADLINE,
-        || async move {
-            sy.metrics_text()
-                .await
-                .contains("automc_syncd_sleeps_total{outcome=\"stopped\"} 2")
-        },
-    )
+    eventually("syncd counts both stops as done", DEADLINE, || async move {
+        sy.metrics_text()
+            .await
+            .contains("automc_syncd_sleeps_total{outcome=\"stopped\"} 2")
+    })
     .await;
     assert_eq!(waker.stops("lobby"), 1, "exactly one stop request");
 }
