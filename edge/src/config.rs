@@ -38,6 +38,11 @@ pub const DEFAULT_SYNC_BACKOFF_MAX: Duration = Duration::from_secs(10);
 pub const DEFAULT_ASLEEP_MOTD: &str = "§7Server is asleep. §fJoin to wake it up!";
 /// `{elapsed}` and `{waiting}` are filled in per ping (see `status::render_starting_motd`).
 pub const DEFAULT_STARTING_MOTD: &str = "§eServer is starting ({elapsed}s), §fplease wait...";
+/// `{reason}` is the failure's category (see `status::failure_words`).
+pub const DEFAULT_FAILED_MOTD: &str =
+    "§cServer could not be started ({reason}). §fTry again later.";
+/// How long after a failed wake status pings show the failed MOTD.
+pub const DEFAULT_FAILED_MOTD_FOR: Duration = Duration::from_secs(60);
 pub const DEFAULT_UNKNOWN_HOST: &str = "§cUnknown server address";
 
 /// What an unknown hostname gets.
@@ -84,6 +89,9 @@ pub struct Config {
     pub drain_timeout: Duration,
     pub asleep_motd: String,
     pub starting_motd: String,
+    /// Shown for `failed_motd_for` after a failed wake (zero = never).
+    pub failed_motd: String,
+    pub failed_motd_for: Duration,
     pub unknown_host: UnknownHost,
     /// Player names (from Login Start, unverified) that may wake a sleeping
     /// server; empty = anyone.
@@ -138,6 +146,8 @@ impl Default for Config {
             drain_timeout: DEFAULT_DRAIN_TIMEOUT,
             asleep_motd: DEFAULT_ASLEEP_MOTD.to_owned(),
             starting_motd: DEFAULT_STARTING_MOTD.to_owned(),
+            failed_motd: DEFAULT_FAILED_MOTD.to_owned(),
+            failed_motd_for: DEFAULT_FAILED_MOTD_FOR,
             unknown_host: UnknownHost::Motd(DEFAULT_UNKNOWN_HOST.to_owned()),
             wake_allow_players: Vec::new(),
             proxy_protocol_trusted: Vec::new(),
@@ -184,6 +194,8 @@ impl fmt::Debug for Config {
             .field("drain_timeout", &self.drain_timeout)
             .field("asleep_motd", &self.asleep_motd)
             .field("starting_motd", &self.starting_motd)
+            .field("failed_motd", &self.failed_motd)
+            .field("failed_motd_for", &self.failed_motd_for)
             .field("unknown_host", &self.unknown_host)
             .field("wake_allow_players", &self.wake_allow_players)
             .field("proxy_protocol_trusted", &self.proxy_protocol_trusted)
@@ -331,6 +343,12 @@ pub struct Args {
     /// MOTD shown while a server is waking; `{elapsed}` = seconds since the wake began, `{waiting}` = logins held on this edge.
     #[arg(long, env = "EDGE_STARTING_MOTD", default_value = DEFAULT_STARTING_MOTD)]
     pub starting_motd: String,
+    /// MOTD shown for --failed-motd-for after a wake failed; `{reason}` = why (waker refused, waker unreachable, timed out, not ready, ...).
+    #[arg(long, env = "EDGE_FAILED_MOTD", default_value = DEFAULT_FAILED_MOTD)]
+    pub failed_motd: String,
+    /// How long after a failed wake status pings show --failed-motd (0s = never: the asleep MOTD at once).
+    #[arg(long, env = "EDGE_FAILED_MOTD_FOR", default_value_t = DEFAULT_FAILED_MOTD_FOR.into())]
+    pub failed_motd_for: humantime::Duration,
     /// What an unknown hostname gets: a MOTD text, or the word `close`.
     #[arg(long, env = "EDGE_UNKNOWN_HOST", default_value = DEFAULT_UNKNOWN_HOST)]
     pub unknown_host: String,
@@ -455,6 +473,8 @@ impl Args {
             drain_timeout: self.drain_timeout.into(),
             asleep_motd: self.asleep_motd,
             starting_motd: self.starting_motd,
+            failed_motd: self.failed_motd,
+            failed_motd_for: self.failed_motd_for.into(),
             unknown_host: UnknownHost::parse(&self.unknown_host),
             wake_allow_players: self
                 .wake_allow_players

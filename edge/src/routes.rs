@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Instant, SystemTime};
 
 use arc_swap::ArcSwap;
-use automc_proto::v1::{Route, WakePhase};
+use automc_proto::v1::{Route, WakeFailure, WakePhase};
 use automc_proto::RouteTable;
 use tokio::sync::watch;
 
@@ -42,6 +42,10 @@ pub struct Routes {
     wakes: ArcSwap<HashMap<String, WakePhase>>,
     /// When this edge learned that each waking server began waking.
     waking_since: Mutex<HashMap<String, Instant>>,
+    /// The last failed wake of each server whose latest phase is `Failed`:
+    /// why, and when this edge learned it (one entry per routed server at
+    /// most; any other phase removes it).
+    failed: Mutex<HashMap<String, (WakeFailure, Instant)>>,
     /// Last time syncd changed or confirmed the table (heartbeat).
     confirmed: Mutex<Instant>,
     has_snapshot: AtomicBool,
@@ -60,6 +64,7 @@ impl Routes {
             current: ArcSwap::from_pointee(TableView::default()),
             wakes: ArcSwap::from_pointee(HashMap::new()),
             waking_since: Mutex::default(),
+            failed: Mutex::default(),
             confirmed: Mutex::new(Instant::now()),
             has_snapshot: AtomicBool::new(false),
             version_tx: watch::channel(0).0,
@@ -115,7 +120,15 @@ impl Routes {
         self.version_tx.send_replace(version);
     }
 
-    pub fn set_wake(&self, server: String, phase: WakePhase) {
+    /// Record `server`'s new phase; `failure` says why a `Failed` one failed.
+    pub fn set_wake(&self, server: String, phase: WakePhase, failure: WakeFailure) {
+        if let Ok(mut failed) = self.failed.lock() {
+            if phase == WakePhase::Failed {
+                failed.insert(server.clone(), (failure, Instant::now()));
+            } else {
+                failed.remove(&server);
+            }
+        }
         if let Ok(mut since) = self.waking_since.lock() {
             if phase == WakePhase::Waking {
                 since.entry(server.clone()).or_insert_with(Instant::now);
@@ -152,6 +165,16 @@ impl Routes {
     pub fn waking_for(&self, server: &str) -> Option<std::time::Duration> {
         let since = self.waking_since.lock().ok()?;
         since.get(server).map(Instant::elapsed)
+    }
+
+    /// Why the last wake of `server` failed, when it failed less than
+    /// `within` ago and nothing happened to it since.
+    pub fn failed_within(&self, server: &str, within: std::time::Duration) -> Option<WakeFailure> {
+        let failed = self.failed.lock().ok()?;
+        failed
+            .get(server)
+            .filter(|(_, at)| at.elapsed() < within)
+            .map(|(f, _)| *f)
     }
 
     pub fn wake_phase(&self, server: &str) -> Option<WakePhase> {
@@ -217,12 +240,22 @@ mod tests {
     #[test]
     fn wake_phases_are_per_server() {
         let routes = Routes::new();
-        routes.set_wake("a".into(), WakePhase::Waking);
+        routes.set_wake("a".into(), WakePhase::Waking, WakeFailure::Unspecified);
         assert_eq!(routes.wake_phase("a"), Some(WakePhase::Waking));
         assert_eq!(routes.wake_phase("b"), None);
         assert!(routes.waking_for("a").is_some());
         assert_eq!(routes.waking_for("b"), None);
-        routes.set_wake("a".into(), WakePhase::Running);
+        routes.set_wake("a".into(), WakePhase::Running, WakeFailure::Unspecified);
         assert_eq!(routes.waking_for("a"), None, "an ended wake has no age");
+        let long = std::time::Duration::from_secs(60);
+        routes.set_wake("a".into(), WakePhase::Failed, WakeFailure::Timeout);
+        assert_eq!(routes.failed_within("a", long), Some(WakeFailure::Timeout));
+        assert_eq!(routes.failed_within("a", std::time::Duration::ZERO), None);
+        routes.set_wake("a".into(), WakePhase::Waking, WakeFailure::Unspecified);
+        assert_eq!(
+            routes.failed_within("a", long),
+            None,
+            "a new wake clears it"
+        );
     }
 }

@@ -21,7 +21,7 @@ use std::num::NonZeroUsize;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use automc_proto::v1::{Route, WakePhase};
+use automc_proto::v1::{Route, WakeFailure, WakePhase};
 use automc_proto::RouteState;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -306,6 +306,48 @@ pub fn starting_motd<'a>(shared: &'a Shared, route: &'a Route) -> &'a str {
         .unwrap_or(&shared.config.starting_motd)
 }
 
+/// The failed MOTD of `route`: its `failed_motd` option, else the flag.
+pub fn failed_motd<'a>(shared: &'a Shared, route: &'a Route) -> &'a str {
+    route
+        .options
+        .as_ref()
+        .and_then(|o| o.failed_motd.as_deref())
+        .unwrap_or(&shared.config.failed_motd)
+}
+
+/// The `{reason}` of the failed MOTD: a category a player can read, never
+/// syncd's detail (which may name addresses).
+pub fn failure_words(failure: WakeFailure) -> &'static str {
+    match failure {
+        WakeFailure::NotConfigured => "not configured",
+        WakeFailure::WakerRefused => "waker refused",
+        WakeFailure::WakerUnreachable => "waker unreachable",
+        WakeFailure::WakerBadResponse => "waker answered garbage",
+        WakeFailure::Timeout => "timed out",
+        WakeFailure::NotReady => "not ready",
+        WakeFailure::ShuttingDown | WakeFailure::Standby => "router restarting",
+        WakeFailure::UnknownServer => "unknown server",
+        WakeFailure::Unspecified => "unknown reason",
+    }
+}
+
+/// The failed MOTD with `{reason}` filled in.
+pub fn render_failed_motd(template: &str, failure: WakeFailure) -> String {
+    template.replace("{reason}", failure_words(failure))
+}
+
+/// What a server that is not up shows: the failed MOTD for
+/// `--failed-motd-for` after a failed wake, else the asleep MOTD.
+pub fn resting_motd(shared: &Shared, route: &Route) -> String {
+    match shared
+        .routes
+        .failed_within(&route.server, shared.config.failed_motd_for)
+    {
+        Some(f) => render_failed_motd(failed_motd(shared, route), f),
+        None => asleep_motd(shared, route).to_owned(),
+    }
+}
+
 /// What a status ping for `route` gets, before any fetch.
 pub fn decide(shared: &Shared, route: Option<&Route>) -> Answer {
     let cfg = &shared.config;
@@ -315,7 +357,7 @@ pub fn decide(shared: &Shared, route: Option<&Route>) -> Answer {
             UnknownHost::Close => Answer::Close,
         };
     };
-    let asleep = || Answer::Local(asleep_motd(shared, route).to_owned());
+    let asleep = || Answer::Local(resting_motd(shared, route));
     let starting = || {
         Answer::Local(render_starting_motd(
             starting_motd(shared, route),
@@ -404,7 +446,7 @@ pub async fn status_json_for(
             )
             .await;
             Some(json.unwrap_or_else(|| {
-                local_json_for(shared, Some(route), asleep_motd(shared, route), protocol)
+                local_json_for(shared, Some(route), &resting_motd(shared, route), protocol)
             }))
         }
     }
@@ -507,7 +549,7 @@ pub async fn legacy_answer(
             )
             .await;
             let Some(json) = fetched else {
-                return Some(local(asleep_motd(shared, route)));
+                return Some(local(&resting_motd(shared, route)));
             };
             let s = summarize(&json);
             Some(mcproto::encode_legacy_response(
@@ -744,6 +786,20 @@ mod tests {
             "Starting (0s, 0 waiting) 0"
         );
         assert_eq!(render_starting_motd("plain", None, 2), "plain");
+    }
+
+    #[test]
+    fn the_failed_motd_names_the_reason_category() {
+        let t = "Could not start: {reason}";
+        assert_eq!(
+            render_failed_motd(t, WakeFailure::WakerRefused),
+            "Could not start: waker refused"
+        );
+        assert_eq!(
+            render_failed_motd(t, WakeFailure::Timeout),
+            "Could not start: timed out"
+        );
+        assert_eq!(render_failed_motd("plain", WakeFailure::NotReady), "plain");
     }
 
     #[test]

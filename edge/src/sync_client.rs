@@ -484,7 +484,8 @@ impl SyncClient {
     fn apply_wake(&self, w: WakeUpdate) {
         let phase = w.phase();
         debug!(server = %w.server, ?phase, "wake update");
-        self.routes.set_wake(w.server, phase);
+        let failure = w.failure();
+        self.routes.set_wake(w.server, phase, failure);
     }
 
     /// Ask syncd to wake `server`, waiting at most `budget`. Tries the endpoint
@@ -655,6 +656,7 @@ mod tests {
                 wakes: vec![WakeUpdate {
                     server: "a".into(),
                     phase: WakePhase::Waking as i32,
+                    ..WakeUpdate::default()
                 }],
                 last: true,
                 ..SnapshotChunk::default()

@@ -413,6 +413,7 @@ mod tests {
         WakeUpdate {
             server: server.into(),
             phase: WakePhase::Waking as i32,
+            ..WakeUpdate::default()
         }
     }
 

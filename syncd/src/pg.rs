@@ -272,7 +272,7 @@ impl Listener {
         match crate::wake::parse_relay(payload) {
             Some(r) if r.epoch != self.publisher.epoch() => {
                 tracing::debug!(server = %r.server, phase = ?r.phase, from.epoch = %r.epoch, "relaying a wake phase");
-                self.publisher.set_wake(&r.server, r.phase);
+                self.publisher.set_wake(&r.server, r.phase, r.failure);
             }
             Some(_) => {}
             None => tracing::debug!(

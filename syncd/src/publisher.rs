@@ -30,8 +30,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use arc_swap::ArcSwap;
 use automc_proto::sync::{delta_piece, snapshot_chunk};
 use automc_proto::v1::{
-    watch_response, EdgeInfo, GetRouteResponse, Heartbeat, Route, WakePhase, WakeSet, WakeUpdate,
-    WatchHello, WatchResponse,
+    watch_response, EdgeInfo, GetRouteResponse, Heartbeat, Route, WakeFailure, WakePhase, WakeSet,
+    WakeUpdate, WatchHello, WatchResponse,
 };
 use automc_proto::{BucketSet, HostnameTooLong, RouteTable, BUCKETS};
 use futures::Stream;
@@ -575,8 +575,9 @@ impl Publisher {
         }
     }
 
-    /// Record that a server started or stopped waking, and tell every watcher.
-    pub fn set_wake(&self, server: &str, phase: WakePhase) {
+    /// Record that a server started or stopped waking, and tell every watcher
+    /// (`failure`: why, for `WAKE_PHASE_FAILED`; UNSPECIFIED otherwise).
+    pub fn set_wake(&self, server: &str, phase: WakePhase, failure: WakeFailure) {
         let mut st = self.lock();
         if matches!(phase, WakePhase::Waking | WakePhase::Asleep) {
             st.waking.insert(server.to_owned(), phase);
@@ -586,6 +587,7 @@ impl Publisher {
         let update = WakeUpdate {
             server: server.to_owned(),
             phase: phase as i32,
+            failure: failure as i32,
         };
         self.broadcast_locked(&mut st, || Item::Wake(update.clone()));
     }
@@ -769,6 +771,7 @@ fn waking_updates(waking: &BTreeMap<String, WakePhase>) -> Vec<WakeUpdate> {
         .map(|(server, phase)| WakeUpdate {
             server: server.clone(),
             phase: *phase as i32,
+            ..WakeUpdate::default()
         })
         .collect()
 }
@@ -992,9 +995,9 @@ mod tests {
     async fn a_resume_gets_the_whole_wake_set_and_heartbeats_name_the_stream_version() {
         let p = publisher(8, 8);
         p.apply_full(&routes(&[route("a", "1:1")]));
-        p.set_wake("a", WakePhase::Waking);
-        p.set_wake("a", WakePhase::Running);
-        p.set_wake("b", WakePhase::Waking);
+        p.set_wake("a", WakePhase::Waking, WakeFailure::Unspecified);
+        p.set_wake("a", WakePhase::Running, WakeFailure::Unspecified);
+        p.set_wake("b", WakePhase::Waking, WakeFailure::Unspecified);
         let epoch = p.epoch().to_owned();
         let mut s = Box::pin(sub(&p, &hello(&epoch, 1)).into_stream());
         match first(&mut s).await {

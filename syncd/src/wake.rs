@@ -91,7 +91,16 @@ struct Book {
     stops: HashMap<String, StopState>,
     /// Stops in flight: a wake waits for the stop to end first.
     stopping: HashMap<String, watch::Receiver<bool>>,
+    /// When edges were last told a wake of this server failed because no
+    /// waker is configured (routes only; entries older than
+    /// [`NOT_CONFIGURED_RETELL`] are dropped on the next insert).
+    unconfigured_told: HashMap<String, Instant>,
 }
+
+/// Without a waker every login to a stopped server fails at once; edges are
+/// told so (for their failed MOTD) at most this often per server, so a
+/// flood of logins is not a flood of messages to every edge.
+const NOT_CONFIGURED_RETELL: Duration = Duration::from_secs(10);
 
 /// Where syncd's stop of an idle server stands (see `sleep`).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -127,6 +136,8 @@ pub struct Relayed {
     pub epoch: String,
     pub server: String,
     pub phase: WakePhase,
+    /// Why, for `Failed` (UNSPECIFIED when the payload names none).
+    pub failure: Failure,
 }
 
 fn phase_word(phase: WakePhase) -> &'static str {
@@ -140,9 +151,16 @@ fn phase_word(phase: WakePhase) -> &'static str {
 }
 
 /// The `automc_wakes` payload: `v1 <phase> <epoch> <server>` (the server
-/// name last, so it may hold anything). Epochs have no spaces.
-pub fn relay_payload(epoch: &str, server: &str, phase: WakePhase) -> String {
-    format!("v1 {} {epoch} {server}", phase_word(phase))
+/// name last, so it may hold anything). Epochs have no spaces. A failure
+/// with a reason is `failed:<WakeFailure proto name>` (a standby that
+/// predates it ignores the payload, as it ignores any other format).
+pub fn relay_payload(epoch: &str, server: &str, phase: WakePhase, failure: Failure) -> String {
+    let word = phase_word(phase);
+    if phase == WakePhase::Failed && failure != Failure::Unspecified {
+        format!("v1 {word}:{} {epoch} {server}", failure.as_str_name())
+    } else {
+        format!("v1 {word} {epoch} {server}")
+    }
 }
 
 /// Parse an `automc_wakes` payload; `None` for anything else (another
@@ -152,19 +170,28 @@ pub fn parse_relay(payload: &str) -> Option<Relayed> {
     if parts.next()? != "v1" {
         return None;
     }
-    let phase = match parts.next()? {
+    let token = parts.next()?;
+    let (word, failure) = match token.split_once(':') {
+        Some((word, name)) => (word, Some(Failure::from_str_name(name)?)),
+        None => (token, None),
+    };
+    let phase = match word {
         "waking" => WakePhase::Waking,
         "running" => WakePhase::Running,
         "failed" => WakePhase::Failed,
         "asleep" => WakePhase::Asleep,
         _ => return None,
     };
+    if failure.is_some() && phase != WakePhase::Failed {
+        return None;
+    }
     let epoch = parts.next()?.to_owned();
     let server = parts.next().filter(|s| !s.is_empty())?.to_owned();
     Some(Relayed {
         epoch,
         server,
         phase,
+        failure: failure.unwrap_or(Failure::Unspecified),
     })
 }
 
@@ -199,12 +226,21 @@ impl Wakes {
 
     /// Tell this syncd's watchers, and (through Postgres) the standbys'.
     fn announce(&self, server: &str, phase: WakePhase) {
-        self.publisher.set_wake(server, phase);
+        self.announce_with(server, phase, Failure::Unspecified);
+    }
+
+    /// [`Self::announce`] with the failure of a `Failed` phase, so edges can
+    /// say why in their status answers.
+    fn announce_with(&self, server: &str, phase: WakePhase, failure: Failure) {
+        self.publisher.set_wake(server, phase, failure);
         // The receiver lives as long as the LISTEN task; after shutdown
         // there is nobody to relay to.
-        let _ = self
-            .relay
-            .send(relay_payload(self.publisher.epoch(), server, phase));
+        let _ = self.relay.send(relay_payload(
+            self.publisher.epoch(),
+            server,
+            phase,
+            failure,
+        ));
     }
 
     /// Where syncd's stop of `server` stands, if it ever stopped it.
@@ -329,6 +365,7 @@ impl Wakes {
         }
         let Some(waker) = self.waker.clone() else {
             self.metrics.wake_outcome(Failure::NotConfigured.label());
+            self.tell_not_configured(server);
             return Err(Failure::NotConfigured.to_status("waker not configured"));
         };
         let Some(route) = self.publisher.route(server) else {
@@ -405,6 +442,28 @@ impl Wakes {
         }
     }
 
+    /// Announce a `NotConfigured` failure of a routed server, throttled.
+    fn tell_not_configured(&self, server: &str) {
+        if self.publisher.route(server).is_none() {
+            return;
+        }
+        {
+            let mut book = self.book();
+            let now = Instant::now();
+            if book
+                .unconfigured_told
+                .get(server)
+                .is_some_and(|t| now.duration_since(*t) < NOT_CONFIGURED_RETELL)
+            {
+                return;
+            }
+            book.unconfigured_told
+                .retain(|_, t| now.duration_since(*t) < NOT_CONFIGURED_RETELL);
+            book.unconfigured_told.insert(server.to_owned(), now);
+        }
+        self.announce_with(server, WakePhase::Failed, Failure::NotConfigured);
+    }
+
     fn recent_success(&self, book: &Book, server: &str) -> Option<String> {
         if matches!(
             book.stops.get(server),
@@ -476,16 +535,16 @@ impl Wakes {
             WakeState::Running { address } => {
                 self.events
                     .server(EventKind::WakeFinished, &server, address, "");
-                WakePhase::Running
+                (WakePhase::Running, Failure::Unspecified)
             }
             WakeState::Failed(f) => {
                 self.events
                     .server(EventKind::WakeFailed, &server, "", &f.to_string());
-                WakePhase::Failed
+                (WakePhase::Failed, f.kind())
             }
-            WakeState::Waking => WakePhase::Failed,
+            WakeState::Waking => (WakePhase::Failed, Failure::Unspecified),
         };
-        self.announce(&server, phase);
+        self.announce_with(&server, phase.0, phase.1);
         tx.send_replace(state);
     }
 
@@ -653,16 +712,23 @@ mod tests {
             WakePhase::Failed,
             WakePhase::Asleep,
         ] {
-            let p = relay_payload("18c-0a1b", "my server", phase);
+            let p = relay_payload("18c-0a1b", "my server", phase, Failure::Unspecified);
             assert_eq!(
                 parse_relay(&p),
                 Some(Relayed {
                     epoch: "18c-0a1b".into(),
                     server: "my server".into(),
-                    phase
+                    phase,
+                    failure: Failure::Unspecified,
                 })
             );
         }
+        let p = relay_payload("e", "s", WakePhase::Failed, Failure::WakerRefused);
+        assert_eq!(p, "v1 failed:WAKE_FAILURE_WAKER_REFUSED e s");
+        assert_eq!(
+            parse_relay(&p).map(|r| (r.phase, r.failure)),
+            Some((WakePhase::Failed, Failure::WakerRefused))
+        );
         for bad in [
             "",
             "v1",
@@ -670,6 +736,8 @@ mod tests {
             "v1 dozing e s",
             "v1 waking e",
             "v1 waking e ",
+            "v1 failed:WAKE_FAILURE_NOPE e s",
+            "v1 waking:WAKE_FAILURE_TIMEOUT e s",
         ] {
             assert_eq!(parse_relay(bad), None, "{bad:?}");
         }

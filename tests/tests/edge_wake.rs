@@ -254,14 +254,15 @@ async fn a_failed_wake_ends_the_held_login_with_a_readable_reason_and_others_are
         "{text}"
     );
     assert!(waker.posts() >= 1);
-    // The edge keeps answering, asleep again once the failed wake is known.
+    // The edge keeps answering, no longer "starting" once the failed wake is known: the
+    // failed MOTD (--failed-motd) with the reason's category.
     eventually(
-        "the asleep MOTD after the failed wake",
+        "the failed MOTD after the failed wake",
         DEADLINE,
         || async {
             status_ping(edge.listen_addr, "mc.example.com", DEFAULT_PROTOCOL)
                 .await
-                .is_ok_and(|r| r.motd() == "Zzz asleep")
+                .is_ok_and(|r| r.motd().contains("could not be started (waker refused)"))
         },
     )
     .await;

@@ -309,3 +309,44 @@ async fn the_starting_motd_shows_how_long_the_wake_runs_and_how_many_wait() {
     .await;
     drop(held);
 }
+
+#[tokio::test]
+async fn after_a_failed_wake_status_pings_show_the_failed_motd_with_the_reason() {
+    let waker = FakeWaker::start().await;
+    waker.set("mc", Behaviour::StartFails(503));
+    let (pg, _syncd, edge) = stack(&waker, |c| {
+        c.failed_motd = "Failed: {reason}".into();
+    })
+    .await;
+    let motd = || async {
+        automc_tests::mc::status_ping(edge.listen_addr, "mc.example.com", DEFAULT_PROTOCOL)
+            .await
+            .map(|r| r.motd())
+            .unwrap_or_default()
+    };
+    assert!(!motd().await.starts_with("Failed"), "no wake failed yet");
+    let mut conn = login_with(
+        edge.listen_addr,
+        DEFAULT_PROTOCOL,
+        "mc.example.com",
+        "steve",
+        &[],
+    )
+    .await
+    .expect("connect");
+    let text = conn.read_disconnect().await.expect("a Disconnect");
+    assert!(text.contains("could not be started"), "{text}");
+    eventually("the failed MOTD with its reason", DEADLINE, || async {
+        motd().await == "Failed: waker refused"
+    })
+    .await;
+    // The server's own text wins over the flag.
+    pg.execute(
+        "INSERT INTO server_options (server, failed_motd) VALUES ('mc', 'mc is broken ({reason})')",
+    )
+    .await;
+    eventually("the server's failed MOTD", DEADLINE, || async {
+        motd().await == "mc is broken (waker refused)"
+    })
+    .await;
+}
