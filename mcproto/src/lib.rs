@@ -53,7 +53,10 @@ pub use proxy_header::{
 };
 pub use status::{base64, mark_status_stale, status_json, status_json_with_favicon, StatusInfo};
 
-pub use varint::{read_varint, varint_len, write_varint, MAX_PACKET_BYTES, MAX_VARINT_BYTES};
+pub use varint::{
+    frame, read_frame, read_varint, varint_len, write_string, write_varint, Reader,
+    MAX_PACKET_BYTES, MAX_VARINT_BYTES,
+};
 
 /// The server address may hold at most this many UTF-16 units (vanilla's limit), in a modern
 /// handshake and in a 1.6 legacy ping alike.
