@@ -38,6 +38,7 @@ pub const DEFAULT_SYNC_BACKOFF_MAX: Duration = Duration::from_secs(10);
 pub const DEFAULT_ASLEEP_MOTD: &str = "§7Server is asleep. §fJoin to wake it up!";
 /// `{elapsed}` and `{waiting}` are filled in per ping (see `status::render_starting_motd`).
 pub const DEFAULT_STARTING_MOTD: &str = "§eServer is starting ({elapsed}s), §fplease wait...";
+pub const DEFAULT_STOPPING_MOTD: &str = "§6Server is going to sleep. §fJoin to wake it up again!";
 /// `{reason}` is the failure's category (see `status::failure_words`).
 pub const DEFAULT_FAILED_MOTD: &str =
     "§cServer could not be started ({reason}). §fTry again later.";
@@ -89,6 +90,8 @@ pub struct Config {
     pub drain_timeout: Duration,
     pub asleep_motd: String,
     pub starting_motd: String,
+    /// Shown while syncd's stop of the server is in flight.
+    pub stopping_motd: String,
     /// Shown for `failed_motd_for` after a failed wake (zero = never).
     pub failed_motd: String,
     pub failed_motd_for: Duration,
@@ -146,6 +149,7 @@ impl Default for Config {
             drain_timeout: DEFAULT_DRAIN_TIMEOUT,
             asleep_motd: DEFAULT_ASLEEP_MOTD.to_owned(),
             starting_motd: DEFAULT_STARTING_MOTD.to_owned(),
+            stopping_motd: DEFAULT_STOPPING_MOTD.to_owned(),
             failed_motd: DEFAULT_FAILED_MOTD.to_owned(),
             failed_motd_for: DEFAULT_FAILED_MOTD_FOR,
             unknown_host: UnknownHost::Motd(DEFAULT_UNKNOWN_HOST.to_owned()),
@@ -194,6 +198,7 @@ impl fmt::Debug for Config {
             .field("drain_timeout", &self.drain_timeout)
             .field("asleep_motd", &self.asleep_motd)
             .field("starting_motd", &self.starting_motd)
+            .field("stopping_motd", &self.stopping_motd)
             .field("failed_motd", &self.failed_motd)
             .field("failed_motd_for", &self.failed_motd_for)
             .field("unknown_host", &self.unknown_host)
@@ -343,6 +348,9 @@ pub struct Args {
     /// MOTD shown while a server is waking; `{elapsed}` = seconds since the wake began, `{waiting}` = logins held on this edge.
     #[arg(long, env = "EDGE_STARTING_MOTD", default_value = DEFAULT_STARTING_MOTD)]
     pub starting_motd: String,
+    /// MOTD shown while syncd asks the waker to stop an idle server (a login meanwhile is held and wakes it again).
+    #[arg(long, env = "EDGE_STOPPING_MOTD", default_value = DEFAULT_STOPPING_MOTD)]
+    pub stopping_motd: String,
     /// MOTD shown for --failed-motd-for after a wake failed; `{reason}` = why (waker refused, waker unreachable, timed out, not ready, ...).
     #[arg(long, env = "EDGE_FAILED_MOTD", default_value = DEFAULT_FAILED_MOTD)]
     pub failed_motd: String,
@@ -473,6 +481,7 @@ impl Args {
             drain_timeout: self.drain_timeout.into(),
             asleep_motd: self.asleep_motd,
             starting_motd: self.starting_motd,
+            stopping_motd: self.stopping_motd,
             failed_motd: self.failed_motd,
             failed_motd_for: self.failed_motd_for.into(),
             unknown_host: UnknownHost::parse(&self.unknown_host),

@@ -702,7 +702,7 @@ async fn login(
     let asleep = route.is_stopped()
         || matches!(
             shared.routes.wake_phase(&route.server),
-            Some(WakePhase::Waking | WakePhase::Asleep)
+            Some(WakePhase::Waking | WakePhase::Stopping | WakePhase::Asleep)
         );
     let mut address = first_choice;
     let mut dialed = None;

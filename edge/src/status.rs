@@ -306,6 +306,15 @@ pub fn starting_motd<'a>(shared: &'a Shared, route: &'a Route) -> &'a str {
         .unwrap_or(&shared.config.starting_motd)
 }
 
+/// The stopping MOTD of `route`: its `stopping_motd` option, else the flag.
+pub fn stopping_motd<'a>(shared: &'a Shared, route: &'a Route) -> &'a str {
+    route
+        .options
+        .as_ref()
+        .and_then(|o| o.stopping_motd.as_deref())
+        .unwrap_or(&shared.config.stopping_motd)
+}
+
 /// The failed MOTD of `route`: its `failed_motd` option, else the flag.
 pub fn failed_motd<'a>(shared: &'a Shared, route: &'a Route) -> &'a str {
     route
@@ -368,6 +377,9 @@ pub fn decide(shared: &Shared, route: Option<&Route>) -> Answer {
     let phase = shared.routes.wake_phase(&route.server);
     if phase == Some(WakePhase::Waking) {
         return starting();
+    }
+    if phase == Some(WakePhase::Stopping) {
+        return Answer::Local(stopping_motd(shared, route).to_owned());
     }
     if phase == Some(WakePhase::Asleep) {
         // Stopped by syncd: the state column may still say running.

@@ -47,6 +47,7 @@ pub struct OptionsRow {
     pub hold_timeout: Option<f64>,
     pub sleep_after: Option<f64>,
     pub failed_motd: Option<String>,
+    pub stopping_motd: Option<String>,
 }
 
 /// A row refused, naming the table, the server and what is wrong.
@@ -130,6 +131,7 @@ pub fn options(row: &OptionsRow) -> Result<RouteOptions, String> {
     o.asleep_motd = motd("asleep_motd", &row.asleep_motd)?;
     o.starting_motd = motd("starting_motd", &row.starting_motd)?;
     o.failed_motd = motd("failed_motd", &row.failed_motd)?;
+    o.stopping_motd = motd("stopping_motd", &row.stopping_motd)?;
     if let Some(png) = &row.favicon {
         check_favicon(png)?;
         o.favicon.clone_from(png);

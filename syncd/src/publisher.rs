@@ -99,7 +99,8 @@ struct State {
     /// Routes and names held by `history`, bounded by about one table.
     history_size: usize,
     watchers: HashMap<u64, Watcher>,
-    /// Servers with a wake in flight.
+    /// Servers with a wake or a stop in flight, or stopped by syncd: the
+    /// phases a new watcher must know (the others end with the event).
     waking: BTreeMap<String, WakePhase>,
     /// Servers whose route changed since [`Publisher::take_changed`] (what
     /// the player counts recheck: a route may start or stop using them);
@@ -663,7 +664,10 @@ impl Publisher {
     /// (`failure`: why, for `WAKE_PHASE_FAILED`; UNSPECIFIED otherwise).
     pub fn set_wake(&self, server: &str, phase: WakePhase, failure: WakeFailure) {
         let mut st = self.lock();
-        if matches!(phase, WakePhase::Waking | WakePhase::Asleep) {
+        if matches!(
+            phase,
+            WakePhase::Waking | WakePhase::Asleep | WakePhase::Stopping
+        ) {
             st.waking.insert(server.to_owned(), phase);
         } else {
             st.waking.remove(server);
@@ -867,7 +871,7 @@ impl Publisher {
         (st.version, edges)
     }
 
-    /// The phase edges hold for `server` (waking or asleep), if any.
+    /// The phase edges hold for `server` (waking, stopping or asleep), if any.
     pub fn wake_phase(&self, server: &str) -> Option<WakePhase> {
         self.lock().waking.get(server).copied()
     }

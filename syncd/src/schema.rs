@@ -143,6 +143,7 @@ ALTER TABLE server_options ADD COLUMN IF NOT EXISTS proxy_protocol BOOLEAN;
 ALTER TABLE server_options ADD COLUMN IF NOT EXISTS hold_timeout INTERVAL;
 ALTER TABLE server_options ADD COLUMN IF NOT EXISTS sleep_after INTERVAL;
 ALTER TABLE server_options ADD COLUMN IF NOT EXISTS failed_motd TEXT;
+ALTER TABLE server_options ADD COLUMN IF NOT EXISTS stopping_motd TEXT;
 DROP TRIGGER IF EXISTS automc_server_options_notify ON server_options;
 CREATE TRIGGER automc_server_options_notify
     AFTER INSERT OR UPDATE OR DELETE ON server_options
@@ -232,7 +233,7 @@ pub struct Shape {
 /// The `server_options` columns syncd reads, with the SQL that reads each
 /// (cast so a hand-made table with looser types still reads) and the NULL
 /// that stands in for a missing column.
-pub const OPTION_COLUMNS: [(&str, &str, &str); 12] = [
+pub const OPTION_COLUMNS: [(&str, &str, &str); 13] = [
     ("strategy", "o.strategy::text", "NULL::text"),
     ("asleep_motd", "o.asleep_motd::text", "NULL::text"),
     ("starting_motd", "o.starting_motd::text", "NULL::text"),
@@ -257,6 +258,7 @@ pub const OPTION_COLUMNS: [(&str, &str, &str); 12] = [
         "NULL::float8",
     ),
     ("failed_motd", "o.failed_motd::text", "NULL::text"),
+    ("stopping_motd", "o.stopping_motd::text", "NULL::text"),
 ];
 const ALL_OPTIONS: u16 = (1 << OPTION_COLUMNS.len()) - 1;
 
@@ -454,6 +456,7 @@ fn options_row(row: &Row) -> Result<Option<OptionsRow>, tokio_postgres::Error> {
         hold_timeout: row.try_get(AT + 9)?,
         sleep_after: row.try_get(AT + 10)?,
         failed_motd: row.try_get(AT + 11)?,
+        stopping_motd: row.try_get(AT + 12)?,
     }))
 }
 

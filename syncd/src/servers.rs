@@ -52,6 +52,7 @@ pub fn wake_word(phase: Option<WakePhase>) -> &'static str {
         Some(WakePhase::Running) => "running",
         Some(WakePhase::Failed) => "failed",
         Some(WakePhase::Asleep) => "asleep",
+        Some(WakePhase::Stopping) => "stopping",
         Some(WakePhase::Unspecified) | None => "",
     }
 }

@@ -146,6 +146,7 @@ fn phase_word(phase: WakePhase) -> &'static str {
         WakePhase::Running => "running",
         WakePhase::Failed => "failed",
         WakePhase::Asleep => "asleep",
+        WakePhase::Stopping => "stopping",
         WakePhase::Unspecified => "unspecified",
     }
 }
@@ -180,6 +181,7 @@ pub fn parse_relay(payload: &str) -> Option<Relayed> {
         "running" => WakePhase::Running,
         "failed" => WakePhase::Failed,
         "asleep" => WakePhase::Asleep,
+        "stopping" => WakePhase::Stopping,
         _ => return None,
     };
     if failure.is_some() && phase != WakePhase::Failed {
@@ -267,8 +269,9 @@ impl Wakes {
     /// Ask the waker to stop `server` (the sleep planner decided it is
     /// idle). Returns false when no stop was started: no waker, a wake or
     /// stop in flight, or a waker that cannot stop servers. Edges are told
-    /// at once (`WAKE_PHASE_ASLEEP`), so a login from now on is held and
-    /// wakes the server again once the stop is done.
+    /// at once (`WAKE_PHASE_STOPPING`, then `ASLEEP` once the waker accepted
+    /// it), so a login from now on is held and wakes the server again once
+    /// the stop is done.
     pub fn stop(self: &Arc<Self>, server: &str) -> bool {
         let Some(waker) = self.waker.clone() else {
             return false;
@@ -297,7 +300,7 @@ impl Wakes {
             server,
             "nobody played for the sleep period; asking the waker to stop it"
         );
-        self.announce(server, WakePhase::Asleep);
+        self.announce(server, WakePhase::Stopping);
         let this = self.clone();
         let server = server.to_owned();
         let span = tracing::info_span!("stop", server = %server);
@@ -711,6 +714,7 @@ mod tests {
             WakePhase::Running,
             WakePhase::Failed,
             WakePhase::Asleep,
+            WakePhase::Stopping,
         ] {
             let p = relay_payload("18c-0a1b", "my server", phase, Failure::Unspecified);
             assert_eq!(

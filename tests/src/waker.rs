@@ -71,6 +71,9 @@ pub enum StopBehaviour {
     Stops { delay: Duration },
     /// Answers this status (404/405/501: "cannot stop"; 500: a failure).
     Answers(u16),
+    /// Holds the request until the test cancels the token, then stops like
+    /// `Stops` (202): the test drives "a stop is in flight" directly.
+    UntilReleased(CancellationToken),
 }
 
 #[derive(Default)]
@@ -235,9 +238,11 @@ async fn stop_server(
     match b {
         StopBehaviour::Stops { delay } => {
             tokio::time::sleep(delay).await;
-            // Stopped: a later start goes through "starting" again.
-            lock(&inner).first_post.remove(&name);
-            (StatusCode::ACCEPTED, r#"{"ok":true}"#).into_response()
+            stopped(&inner, &name)
+        }
+        StopBehaviour::UntilReleased(release) => {
+            release.cancelled().await;
+            stopped(&inner, &name)
         }
         StopBehaviour::Answers(code) => (
             StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
@@ -245,6 +250,12 @@ async fn stop_server(
         )
             .into_response(),
     }
+}
+
+/// A stop accepted: a later start goes through "starting" again.
+fn stopped(inner: &Shared, name: &str) -> Response {
+    lock(inner).first_post.remove(name);
+    (StatusCode::ACCEPTED, r#"{"ok":true}"#).into_response()
 }
 
 fn redirect(base: &str, path: &str) -> Response {

@@ -418,10 +418,10 @@ async fn a_login_during_a_stop_is_held_and_joins_after_the_wake() {
     )
     .await;
     let edge_addr = e1.listen_addr;
-    eventually("the edge shows lobby asleep", DEADLINE, || async move {
+    eventually("the edge shows lobby stopping", DEADLINE, || async move {
         status_ping(edge_addr, "lobby.example.com", DEFAULT_PROTOCOL)
             .await
-            .is_ok_and(|r| r.motd().contains("asleep"))
+            .is_ok_and(|r| r.motd().contains("going to sleep"))
     })
     .await;
     assert_eq!(waker.posts("lobby"), 0);

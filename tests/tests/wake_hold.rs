@@ -14,7 +14,8 @@ use automc_tests::stack::{
     dead_address, eventually, migrated_pg, start_edge, start_syncd, EdgeHandle, SyncdHandle,
     DEADLINE,
 };
-use automc_tests::waker::{Behaviour, FakeWaker};
+use automc_tests::waker::{Behaviour, FakeWaker, StopBehaviour};
+use tokio_util::sync::CancellationToken;
 
 /// The vanilla client's network read timeout (30 s), scaled down.
 const CLIENT_READ_TIMEOUT: Duration = Duration::from_secs(2);
@@ -349,4 +350,71 @@ async fn after_a_failed_wake_status_pings_show_the_failed_motd_with_the_reason()
         motd().await == "mc is broken (waker refused)"
     })
     .await;
+}
+
+#[tokio::test]
+async fn while_a_stop_is_in_flight_status_shows_stopping_and_a_login_is_held_then_wakes_it() {
+    let backend = McBackend::start(BackendOptions::default())
+        .await
+        .expect("backend");
+    let pg = migrated_pg().await;
+    pg.execute(&format!(
+        "INSERT INTO servers (name, domain, address, state) VALUES ('mc', 'mc.example.com', '{}', 'running')",
+        backend.addr()
+    ))
+    .await;
+    let waker = FakeWaker::start().await;
+    let release = CancellationToken::new();
+    waker.set_stop("mc", StopBehaviour::UntilReleased(release.clone()));
+    waker.set(
+        "mc",
+        Behaviour::starts_at(Duration::ZERO, &backend.addr().to_string()),
+    );
+    let url = waker.url();
+    let syncd = start_syncd(&pg.dsn(), move |c| {
+        c.waker.url = Some(url);
+        c.waker.timeout = WAIT;
+        // The stop request stays in flight until the test releases it.
+        c.waker.request_timeout = WAIT;
+        c.sleep.sleep_after = Some(Duration::from_millis(300));
+        c.sleep.min_uptime = Duration::ZERO;
+    })
+    .await;
+    let edge = start_edge(&[syncd.grpc_url()], |c| {
+        c.hold_keepalive_interval = KEEPALIVE;
+        c.stopping_motd = "Going to sleep".into();
+    })
+    .await;
+    edge.ready().await;
+    eventually(
+        "the stopping MOTD while the stop is in flight",
+        DEADLINE,
+        || async {
+            automc_tests::mc::status_ping(edge.listen_addr, "mc.example.com", DEFAULT_PROTOCOL)
+                .await
+                .is_ok_and(|r| r.motd() == "Going to sleep")
+        },
+    )
+    .await;
+    assert_eq!(waker.stops("mc"), 1);
+    let held = login_answering(edge.listen_addr, DEFAULT_PROTOCOL, "mc.example.com", "late")
+        .await
+        .expect("connect");
+    eventually("the login is held", DEADLINE, || async {
+        edge.metric("automc_edge_held_logins") == 1.0
+    })
+    .await;
+    assert!(
+        backend.logins().is_empty(),
+        "no login reaches a stopping server"
+    );
+    assert_eq!(waker.posts("mc"), 0, "the wake waits for the stop to end");
+    release.cancel();
+    let recs = backend
+        .wait_for_logins(1, WAIT)
+        .await
+        .expect("joins once the stop ended and the wake succeeded");
+    held.into_conn().await.expect("conn");
+    assert_eq!(recs[0].username.as_deref(), Some("late"));
+    assert_eq!(waker.posts("mc"), 1);
 }
