@@ -247,6 +247,10 @@ pub enum ConfigError {
     ZeroHoldTimeout,
     #[error("--long-hold-timeout must be greater than zero")]
     ZeroLongHoldTimeout,
+    #[error(
+        "--wake-allow-players entry {0:?} is not a player name (1 to 16 characters, no spaces)"
+    )]
+    BadPlayerName(String),
     #[error(transparent)]
     TokenFile(#[from] automc_proto::auth::TokenFileError),
 }
@@ -270,6 +274,13 @@ impl Config {
         }
         if self.long_hold_timeout.is_zero() {
             return Err(ConfigError::ZeroLongHoldTimeout);
+        }
+        if let Some(bad) = self
+            .wake_allow_players
+            .iter()
+            .find(|n| !mcproto::is_listable_username(n))
+        {
+            return Err(ConfigError::BadPlayerName(bad.clone()));
         }
         Ok(())
     }
@@ -360,7 +371,7 @@ pub struct Args {
     /// What an unknown hostname gets: a MOTD text, or the word `close`.
     #[arg(long, env = "EDGE_UNKNOWN_HOST", default_value = DEFAULT_UNKNOWN_HOST)]
     pub unknown_host: String,
-    /// Only these player names (comma list, case-insensitive) may wake a sleeping server; others get "this server is asleep". Names are not verified by a pass-through router: a convenience, not security.
+    /// Only these player names (comma list, case-insensitive) may wake a sleeping server; others get "this server is asleep". A server's server_options.wake_allow_players replaces it. Names are not verified by a pass-through router: a convenience, not security.
     #[arg(long, env = "EDGE_WAKE_ALLOW_PLAYERS", value_delimiter = ',')]
     pub wake_allow_players: Vec<String>,
     /// CIDRs allowed to send a PROXY protocol header (comma list).
@@ -597,6 +608,27 @@ mod tests {
         let empty = parse(&["--admin-token-file", &path]).unwrap_or_else(|e| panic!("{e}"));
         assert!(matches!(empty, Err(ConfigError::TokenFile(_))));
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn wake_allow_players_are_trimmed_and_must_be_player_names() {
+        let parse = |list: &str| {
+            Args::try_parse_from([
+                "edge",
+                "--syncd",
+                "http://a:1",
+                "--wake-allow-players",
+                list,
+            ])
+            .unwrap_or_else(|e| panic!("{e}"))
+            .into_config()
+        };
+        let cfg = parse("Notch, alex ,").unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(cfg.wake_allow_players, ["Notch", "alex"]);
+        assert!(matches!(
+            parse("Notch,two words"),
+            Err(ConfigError::BadPlayerName(n)) if n == "two words"
+        ));
     }
 
     #[test]

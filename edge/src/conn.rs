@@ -719,7 +719,7 @@ async fn login(
     let upstream = match dialed {
         Some(s) => s,
         None => {
-            if !may_wake(shared, entry, &route.server) {
+            if !may_wake(shared, entry, &route) {
                 info!(server = %route.server, "login refused: this player may not wake the server");
                 disconnect(&mut stream, messages::ASLEEP).await;
                 return Outcome::Refused("wake_not_allowed");
@@ -808,11 +808,16 @@ async fn login(
     .await
 }
 
-/// `--wake-allow-players`: anyone when empty; else only the names listed may start a wake
-/// (anyone may join one already in flight). The name is Login Start's, unverified.
-fn may_wake(shared: &Shared, entry: &ConnEntry, server: &str) -> bool {
-    let allowed = &shared.config.wake_allow_players;
-    if allowed.is_empty() || shared.routes.wake_phase(server) == Some(WakePhase::Waking) {
+/// The server's `wake_allow_players` option, else `--wake-allow-players`: anyone when
+/// empty; else only the names listed may start a wake (anyone may join one already in
+/// flight). The name is Login Start's, unverified.
+fn may_wake(shared: &Shared, entry: &ConnEntry, route: &Route) -> bool {
+    let allowed = route
+        .options
+        .as_ref()
+        .and_then(|o| o.wake_allow_players.as_ref())
+        .map_or(&shared.config.wake_allow_players, |p| &p.names);
+    if allowed.is_empty() || shared.routes.wake_phase(&route.server) == Some(WakePhase::Waking) {
         return true;
     }
     let name = entry.detail().player;

@@ -34,8 +34,8 @@ pub use legacy::{
     LegacyPing, MAX_LEGACY_PING_BYTES,
 };
 pub use login::{
-    encode_login_start, format_uuid, parse_login_start, LoginStart, MAX_LOGIN_START_BYTES,
-    MAX_USERNAME_CHARS,
+    encode_login_start, format_uuid, is_listable_username, parse_login_start, LoginStart,
+    MAX_LOGIN_START_BYTES, MAX_USERNAME_CHARS,
 };
 pub use login_plugin::{
     answers_login_plugin_requests, encode_login_plugin_request, encode_login_plugin_response,

@@ -24,6 +24,18 @@ const LOGIN_START_ID: i32 = 0x00;
 pub const MAX_LOGIN_START_BYTES: usize = 8192;
 /// Usernames are at most 16 characters (vanilla reads them with that limit).
 pub const MAX_USERNAME_CHARS: usize = 16;
+
+/// Whether `name` can be a player's name in an operator's list (an allow
+/// list, say): 1 to [`MAX_USERNAME_CHARS`] characters, no whitespace, no
+/// control character, no comma (the lists' separator). Looser than Mojang's
+/// `[A-Za-z0-9_]{3,16}` on purpose: offline-mode servers accept other names.
+pub fn is_listable_username(name: &str) -> bool {
+    let n = name.chars().count();
+    (1..=MAX_USERNAME_CHARS).contains(&n)
+        && !name
+            .chars()
+            .any(|c| c.is_whitespace() || c.is_control() || c == ',')
+}
 /// Bounds vanilla 1.19 puts on the profile key fields.
 const MAX_PUBLIC_KEY_BYTES: usize = 512;
 const MAX_KEY_SIGNATURE_BYTES: usize = 4096;

@@ -357,6 +357,23 @@ fn check_all_prefixes() {
 }
 
 #[test]
+fn listable_usernames_are_one_to_sixteen_characters_without_separators() {
+    for ok in ["Notch", "a", "jeb_", "Ünïcode_Name", "x234567890123456"] {
+        assert!(is_listable_username(ok), "{ok:?}");
+    }
+    for bad in [
+        "",
+        "x2345678901234567",
+        "two words",
+        "a,b",
+        "tab\t",
+        "nul\0",
+    ] {
+        assert!(!is_listable_username(bad), "{bad:?}");
+    }
+}
+
+#[test]
 fn stalled_legacy_pings_get_an_answer_at_timeout() {
     let v16 = include_bytes!("testdata/legacy_1_6.bin");
     for cut in 3..v16.len() {

@@ -7,7 +7,7 @@
 use std::time::Duration;
 
 use automc_proto::backend::{is_dns_label, validate_address};
-use automc_proto::v1::{Backend, BackendStrategy, RouteOptions};
+use automc_proto::v1::{Backend, BackendStrategy, PlayerNames, RouteOptions};
 
 /// Longest MOTD accepted (characters); a status JSON has to carry it.
 pub const MAX_MOTD_CHARS: usize = 1024;
@@ -19,6 +19,8 @@ pub const MAX_CIDRS: usize = 256;
 pub const MAX_BACKENDS: usize = 64;
 /// Longest hold / sleep period accepted.
 pub const MAX_PERIOD: Duration = Duration::from_secs(7 * 24 * 3600);
+/// Most names in one wake allow list.
+pub const MAX_WAKE_ALLOW_PLAYERS: usize = 1024;
 /// Highest backend weight.
 pub const MAX_WEIGHT: i32 = 1000;
 
@@ -48,6 +50,8 @@ pub struct OptionsRow {
     pub sleep_after: Option<f64>,
     pub failed_motd: Option<String>,
     pub stopping_motd: Option<String>,
+    /// NULL: the edge's --wake-allow-players; an empty array: anyone.
+    pub wake_allow_players: Option<Vec<String>>,
 }
 
 /// A row refused, naming the table, the server and what is wrong.
@@ -160,6 +164,7 @@ pub fn options(row: &OptionsRow) -> Result<RouteOptions, String> {
     o.proxy_protocol = row.proxy_protocol;
     o.hold_timeout_ms = period("hold_timeout", row.hold_timeout)?;
     o.sleep_after_ms = period("sleep_after", row.sleep_after)?;
+    o.wake_allow_players = row.wake_allow_players.as_deref().map(players).transpose()?;
     Ok(o)
 }
 
@@ -216,6 +221,31 @@ fn cidrs(column: &str, list: &Option<Vec<String>>) -> Result<Vec<String>, String
         .collect()
 }
 
+/// A wake allow list: names trimmed, each one a name a Login Start can carry,
+/// duplicates (case-insensitive) dropped.
+fn players(list: &[String]) -> Result<PlayerNames, String> {
+    if list.len() > MAX_WAKE_ALLOW_PLAYERS {
+        return Err(format!(
+            "wake_allow_players holds more than {MAX_WAKE_ALLOW_PLAYERS} names"
+        ));
+    }
+    let mut names: Vec<String> = Vec::with_capacity(list.len());
+    for n in list {
+        let n = n.trim();
+        if !mcproto::is_listable_username(n) {
+            return Err(format!(
+                "wake_allow_players entry {n:?} is not a player name \
+                 (1 to {} characters, no spaces or commas)",
+                mcproto::MAX_USERNAME_CHARS
+            ));
+        }
+        if !names.iter().any(|m| m.eq_ignore_ascii_case(n)) {
+            names.push(n.to_owned());
+        }
+    }
+    Ok(PlayerNames { names })
+}
+
 fn period(column: &str, secs: Option<f64>) -> Result<Option<u64>, String> {
     match secs {
         None => Ok(None),
@@ -264,6 +294,26 @@ mod tests {
         assert_eq!(o.rewrite_host.as_deref(), Some("Backend.Internal"));
         assert_eq!(o.hold_timeout_ms, Some(90_000));
         assert_eq!(o.sleep_after_ms, None);
+        assert_eq!(o.wake_allow_players, None, "NULL: the edge's flag");
+        let open = OptionsRow {
+            wake_allow_players: Some(Vec::new()),
+            ..OptionsRow::default()
+        };
+        assert_eq!(
+            options(&open).expect("empty list").wake_allow_players,
+            Some(PlayerNames::default()),
+            "an empty array stays distinct from NULL: anyone may wake"
+        );
+        let listed = OptionsRow {
+            wake_allow_players: Some(vec![" Notch ".into(), "alex".into(), "NOTCH".into()]),
+            ..OptionsRow::default()
+        };
+        assert_eq!(
+            options(&listed).expect("names").wake_allow_players,
+            Some(PlayerNames {
+                names: vec!["Notch".into(), "alex".into()]
+            })
+        );
         assert_eq!(
             options(&OptionsRow::default()).expect("empty row"),
             RouteOptions::default()
@@ -335,6 +385,27 @@ mod tests {
                     ..OptionsRow::default()
                 },
                 "asleep_motd is longer",
+            ),
+            (
+                OptionsRow {
+                    wake_allow_players: Some(vec!["Notch".into(), "two words".into()]),
+                    ..OptionsRow::default()
+                },
+                "wake_allow_players entry \"two words\" is not a player name",
+            ),
+            (
+                OptionsRow {
+                    wake_allow_players: Some(vec!["x".repeat(17)]),
+                    ..OptionsRow::default()
+                },
+                "is not a player name",
+            ),
+            (
+                OptionsRow {
+                    wake_allow_players: Some(vec!["p".into(); MAX_WAKE_ALLOW_PLAYERS + 1]),
+                    ..OptionsRow::default()
+                },
+                "more than 1024 names",
             ),
         ];
         for (row, needle) in cases {

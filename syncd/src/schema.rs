@@ -144,6 +144,7 @@ ALTER TABLE server_options ADD COLUMN IF NOT EXISTS hold_timeout INTERVAL;
 ALTER TABLE server_options ADD COLUMN IF NOT EXISTS sleep_after INTERVAL;
 ALTER TABLE server_options ADD COLUMN IF NOT EXISTS failed_motd TEXT;
 ALTER TABLE server_options ADD COLUMN IF NOT EXISTS stopping_motd TEXT;
+ALTER TABLE server_options ADD COLUMN IF NOT EXISTS wake_allow_players TEXT[];
 DROP TRIGGER IF EXISTS automc_server_options_notify ON server_options;
 CREATE TRIGGER automc_server_options_notify
     AFTER INSERT OR UPDATE OR DELETE ON server_options
@@ -233,7 +234,7 @@ pub struct Shape {
 /// The `server_options` columns syncd reads, with the SQL that reads each
 /// (cast so a hand-made table with looser types still reads) and the NULL
 /// that stands in for a missing column.
-pub const OPTION_COLUMNS: [(&str, &str, &str); 13] = [
+pub const OPTION_COLUMNS: [(&str, &str, &str); 14] = [
     ("strategy", "o.strategy::text", "NULL::text"),
     ("asleep_motd", "o.asleep_motd::text", "NULL::text"),
     ("starting_motd", "o.starting_motd::text", "NULL::text"),
@@ -259,6 +260,11 @@ pub const OPTION_COLUMNS: [(&str, &str, &str); 13] = [
     ),
     ("failed_motd", "o.failed_motd::text", "NULL::text"),
     ("stopping_motd", "o.stopping_motd::text", "NULL::text"),
+    (
+        "wake_allow_players",
+        "o.wake_allow_players::text[]",
+        "NULL::text[]",
+    ),
 ];
 const ALL_OPTIONS: u16 = (1 << OPTION_COLUMNS.len()) - 1;
 
@@ -438,7 +444,7 @@ fn options_row(row: &Row) -> Result<Option<OptionsRow>, tokio_postgres::Error> {
     if !row.try_get::<_, bool>(9)? {
         return Ok(None);
     }
-    let cidrs = |i: usize| -> Result<Option<Vec<String>>, tokio_postgres::Error> {
+    let texts = |i: usize| -> Result<Option<Vec<String>>, tokio_postgres::Error> {
         Ok(row
             .try_get::<_, Option<Vec<Option<String>>>>(AT + i)?
             .map(|v| v.into_iter().flatten().collect()))
@@ -449,14 +455,15 @@ fn options_row(row: &Row) -> Result<Option<OptionsRow>, tokio_postgres::Error> {
         starting_motd: row.try_get(AT + 2)?,
         favicon: row.try_get(AT + 3)?,
         max_players: row.try_get(AT + 4)?,
-        allow_cidrs: cidrs(5)?,
-        deny_cidrs: cidrs(6)?,
+        allow_cidrs: texts(5)?,
+        deny_cidrs: texts(6)?,
         rewrite_host: row.try_get(AT + 7)?,
         proxy_protocol: row.try_get(AT + 8)?,
         hold_timeout: row.try_get(AT + 9)?,
         sleep_after: row.try_get(AT + 10)?,
         failed_motd: row.try_get(AT + 11)?,
         stopping_motd: row.try_get(AT + 12)?,
+        wake_allow_players: texts(13)?,
     }))
 }
 

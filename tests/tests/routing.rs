@@ -67,9 +67,10 @@ async fn backends_and_options_reach_watchers_and_every_change_is_a_delta() {
            ('lobby', '10.0.0.3:25565', 1, 5),
            ('lobby', '10.0.0.2:25565', 3, 0);
          INSERT INTO server_options (server, strategy, asleep_motd, favicon, max_players,
-                                     allow_cidrs, deny_cidrs, rewrite_host, hold_timeout)
+                                     allow_cidrs, deny_cidrs, rewrite_host, hold_timeout,
+                                     wake_allow_players)
            VALUES ('lobby', 'round-robin', 'zzz', '\\x{}', 20, '{{10.0.0.0/8}}',
-                   '{{10.9.0.0/16}}', 'lobby.internal', '90 seconds');",
+                   '{{10.9.0.0/16}}', 'lobby.internal', '90 seconds', '{{Notch}}');",
         hex(&png_64())
     ))
     .await;
@@ -98,6 +99,10 @@ async fn backends_and_options_reach_watchers_and_every_change_is_a_delta() {
     assert_eq!(o.deny_cidrs, ["10.9.0.0/16"]);
     assert_eq!(o.rewrite_host.as_deref(), Some("lobby.internal"));
     assert_eq!(o.hold_timeout_ms, Some(90_000));
+    assert_eq!(
+        o.wake_allow_players.clone().map(|p| p.names),
+        Some(vec!["Notch".to_owned()])
+    );
     assert_eq!(o.starting_motd, None);
 
     pg.execute("UPDATE server_options SET starting_motd = 'soon' WHERE server = 'lobby'")
@@ -145,8 +150,11 @@ async fn invalid_rows_are_skipped_logged_counted_and_checked_while_the_rest_sync
            ('bad-strategy', 'a.example.com', '10.0.0.1:25565', 'running'),
            ('bad-favicon', 'b.example.com', '10.0.0.2:25565', 'running'),
            ('bad-backend', 'c.example.com', '10.0.0.3:25565', 'running'),
-           ('good', 'd.example.com', '10.0.0.4:25565', 'running');
+           ('good', 'd.example.com', '10.0.0.4:25565', 'running'),
+           ('bad-allow', 'e.example.com', '10.0.0.5:25565', 'stopped');
          INSERT INTO server_options (server, strategy) VALUES ('bad-strategy', 'weighted');
+         INSERT INTO server_options (server, wake_allow_players)
+           VALUES ('bad-allow', '{Notch,\"two words\"}');
          INSERT INTO server_options (server, favicon) VALUES ('bad-favicon', 'GIF89a');
          INSERT INTO server_backends (server, address) VALUES
            ('bad-backend', 'no port here'), ('bad-backend', '10.0.0.33:25565');
@@ -156,7 +164,11 @@ async fn invalid_rows_are_skipped_logged_counted_and_checked_while_the_rest_sync
     let syncd = start_syncd(&pg.dsn(), |_| {}).await;
     let mut w = syncd.watch("edge").await;
     let st = w.state();
-    assert_eq!(st.table.len(), 4, "every server still routes");
+    assert_eq!(st.table.len(), 5, "every server still routes");
+    assert!(st
+        .table
+        .get("bad-allow")
+        .is_some_and(|r| r.options.is_none()));
     assert!(st
         .table
         .get("bad-strategy")
@@ -185,7 +197,7 @@ async fn invalid_rows_are_skipped_logged_counted_and_checked_while_the_rest_sync
         metric_sample(
             &metrics,
             "automc_syncd_rows_skipped_total{table=\"server_options\"}"
-        ) >= 2.0,
+        ) >= 3.0,
         "{metrics}"
     );
     assert!(
@@ -201,7 +213,9 @@ async fn invalid_rows_are_skipped_logged_counted_and_checked_while_the_rest_sync
         .filter(|f| f.level == Level::Error)
         .map(|f| f.text.as_str())
         .collect();
-    assert_eq!(errors.len(), 3, "{errors:#?}");
+    assert_eq!(errors.len(), 4, "{errors:#?}");
+    assert!(errors.iter().any(|e| e.contains("server \"bad-allow\"")
+        && e.contains("wake_allow_players entry \"two words\" is not a player name")));
     assert!(errors.iter().any(
         |e| e.contains("server_options row (server \"bad-strategy\")")
             && e.contains("unknown strategy \"weighted\"")
@@ -236,7 +250,7 @@ async fn invalid_rows_are_skipped_logged_counted_and_checked_while_the_rest_sync
         })
         .await
     };
-    assert_eq!(st.table.len(), 4);
+    assert_eq!(st.table.len(), 5);
 }
 
 /// The original automc schema, as deployed before `syncd migrate` existed.

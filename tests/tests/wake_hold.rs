@@ -27,14 +27,36 @@ const WAIT: Duration = Duration::from_secs(60);
 /// 1.12.2: the last version whose client does not answer Login Plugin Requests.
 const PRE_1_13: i32 = 340;
 
+/// A backend, and a waker that starts "mc" at it `delay` after the first POST.
+async fn backend_waking_after(delay: Duration) -> (McBackend, FakeWaker) {
+    let backend = McBackend::start(BackendOptions::default())
+        .await
+        .expect("backend");
+    let waker = FakeWaker::start().await;
+    waker.set(
+        "mc",
+        Behaviour::starts_at(delay, &backend.addr().to_string()),
+    );
+    (backend, waker)
+}
+
 async fn stack(
     waker: &FakeWaker,
+    tweak: impl FnOnce(&mut edge::Config),
+) -> (TestPg, SyncdHandle, EdgeHandle) {
+    stack_with(waker, "", tweak).await
+}
+
+/// [`stack`] with more SQL run before syncd starts (so its first snapshot has it).
+async fn stack_with(
+    waker: &FakeWaker,
+    sql: &str,
     tweak: impl FnOnce(&mut edge::Config),
 ) -> (TestPg, SyncdHandle, EdgeHandle) {
     let pg = migrated_pg().await;
     // The route's own address is dead: only the woken address works.
     pg.execute(&format!(
-        "INSERT INTO servers (name, domain, address, state) VALUES ('mc', 'mc.example.com', '{}', 'stopped')",
+        "INSERT INTO servers (name, domain, address, state) VALUES ('mc', 'mc.example.com', '{}', 'stopped'); {sql}",
         dead_address()
     ))
     .await;
@@ -55,14 +77,7 @@ async fn stack(
 
 #[tokio::test]
 async fn a_client_with_a_strict_read_timeout_joins_a_server_that_takes_three_timeouts_to_start() {
-    let backend = McBackend::start(BackendOptions::default())
-        .await
-        .expect("backend");
-    let waker = FakeWaker::start().await;
-    waker.set(
-        "mc",
-        Behaviour::starts_at(START_DELAY, &backend.addr().to_string()),
-    );
+    let (backend, waker) = backend_waking_after(START_DELAY).await;
     let (_pg, _syncd, edge) = stack(&waker, |_| {}).await;
 
     let mut conn = login_with(
@@ -143,14 +158,7 @@ async fn break_the_hold(
 
 #[tokio::test]
 async fn a_held_client_that_answers_wrongly_gets_a_disconnect_and_the_backend_never_sees_it() {
-    let backend = McBackend::start(BackendOptions::default())
-        .await
-        .expect("backend");
-    let waker = FakeWaker::start().await;
-    waker.set(
-        "mc",
-        Behaviour::starts_at(START_DELAY, &backend.addr().to_string()),
-    );
+    let (backend, waker) = backend_waking_after(START_DELAY).await;
     let (_pg, _syncd, edge) = stack(&waker, |_| {}).await;
 
     let cases: [(&str, Box<AnswerTo>); 4] = [
@@ -193,14 +201,7 @@ async fn a_held_client_that_answers_wrongly_gets_a_disconnect_and_the_backend_ne
 
 #[tokio::test]
 async fn held_logins_from_one_address_beyond_its_share_are_refused_readably() {
-    let backend = McBackend::start(BackendOptions::default())
-        .await
-        .expect("backend");
-    let waker = FakeWaker::start().await;
-    waker.set(
-        "mc",
-        Behaviour::starts_at(START_DELAY, &backend.addr().to_string()),
-    );
+    let (backend, waker) = backend_waking_after(START_DELAY).await;
     let (_pg, _syncd, edge) = stack(&waker, |c| c.limits.max_held_logins_per_ip = 2).await;
     let mut held = Vec::new();
     for i in 0..2 {
@@ -239,14 +240,7 @@ async fn held_logins_from_one_address_beyond_its_share_are_refused_readably() {
 
 #[tokio::test]
 async fn only_listed_players_may_wake_a_sleeping_server_and_others_read_that_it_is_asleep() {
-    let backend = McBackend::start(BackendOptions::default())
-        .await
-        .expect("backend");
-    let waker = FakeWaker::start().await;
-    waker.set(
-        "mc",
-        Behaviour::starts_at(Duration::ZERO, &backend.addr().to_string()),
-    );
+    let (backend, waker) = backend_waking_after(Duration::ZERO).await;
     let (_pg, _syncd, edge) = stack(&waker, |c| {
         c.wake_allow_players = vec!["Alex".into(), "Notch".into()];
     })
@@ -274,6 +268,58 @@ async fn only_listed_players_may_wake_a_sleeping_server_and_others_read_that_it_
         edge.metric("automc_edge_refused_total{reason=\"wake_not_allowed\"}"),
         1.0
     );
+}
+
+#[tokio::test]
+async fn a_servers_own_wake_allow_list_replaces_the_flag_and_an_empty_one_lets_anyone_wake() {
+    let (backend, waker) = backend_waking_after(Duration::ZERO).await;
+    waker.set(
+        "open",
+        Behaviour::starts_at(Duration::ZERO, &backend.addr().to_string()),
+    );
+    let (_pg, _syncd, edge) = stack_with(
+        &waker,
+        &format!(
+            "INSERT INTO servers (name, domain, address, state)
+               VALUES ('open', 'open.example.com', '{}', 'stopped');
+             INSERT INTO server_options (server, wake_allow_players)
+               VALUES ('mc', '{{Alex}}'), ('open', '{{}}')",
+            dead_address()
+        ),
+        |c| c.wake_allow_players = vec!["Notch".into()],
+    )
+    .await;
+    // Notch is on the flag's list, not on the server's: the server's list wins.
+    let mut notch = login_with(
+        edge.listen_addr,
+        DEFAULT_PROTOCOL,
+        "mc.example.com",
+        "Notch",
+        &[],
+    )
+    .await
+    .expect("connect");
+    let text = notch.read_disconnect().await.expect("a Disconnect");
+    assert!(text.contains("asleep"), "{text}");
+    assert_eq!(waker.posts("mc"), 0, "Notch woke nothing");
+    let alex = login_answering(edge.listen_addr, DEFAULT_PROTOCOL, "mc.example.com", "ALEX")
+        .await
+        .expect("connect");
+    backend.wait_for_logins(1, WAIT).await.expect("alex joins");
+    alex.into_conn().await.expect("conn");
+    assert_eq!(waker.posts("mc"), 1);
+    // An empty list: anyone wakes "open", though steve is on neither list.
+    let steve = login_answering(
+        edge.listen_addr,
+        DEFAULT_PROTOCOL,
+        "open.example.com",
+        "steve",
+    )
+    .await
+    .expect("connect");
+    backend.wait_for_logins(2, WAIT).await.expect("steve joins");
+    steve.into_conn().await.expect("conn");
+    assert_eq!(waker.posts("open"), 1);
 }
 
 #[tokio::test]
