@@ -222,14 +222,7 @@ mod tests {
     use super::*;
 
     fn player(id: u64, server: &str, name: &str) -> PlayerSession {
-        PlayerSession {
-            session: id,
-            server: server.into(),
-            name: name.into(),
-            uuid: String::new(),
-            since_ms: 1,
-            backend: String::new(),
-        }
+        automc_proto::fake::player(id, server, name, 1)
     }
 
     fn sessions(players: &[PlayerSession], extra: &[(&str, Counts)]) -> Sessions {

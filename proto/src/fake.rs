@@ -133,6 +133,19 @@ impl FakeSyncd {
     }
 }
 
+/// A player as an edge reports it: on `server`, joined at `since_ms`, no
+/// UUID or backend (a test fixture for both sides of the report stream).
+pub fn player(session: u64, server: &str, name: &str, since_ms: i64) -> crate::v1::PlayerSession {
+    crate::v1::PlayerSession {
+        session,
+        server: server.into(),
+        name: name.into(),
+        uuid: String::new(),
+        since_ms,
+        backend: String::new(),
+    }
+}
+
 /// A `Wake` answer for fakes that never expect one.
 pub fn no_wakes() -> WakeAnswer {
     Arc::new(|_| Err(Status::unimplemented("this fake serves no wakes")))

@@ -556,14 +556,7 @@ mod tests {
     use automc_proto::v1::ServerSessions as Wire;
 
     fn player(id: u64, server: &str, name: &str) -> PlayerSession {
-        PlayerSession {
-            session: id,
-            server: server.into(),
-            name: name.into(),
-            uuid: String::new(),
-            since_ms: 5,
-            backend: String::new(),
-        }
+        automc_proto::fake::player(id, server, name, 5)
     }
 
     fn wire(server: &str, players: u32, holding: u32) -> Wire {

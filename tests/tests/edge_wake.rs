@@ -1,8 +1,6 @@
 //! Held logins (issue 5, edge side): a login to a stopped or unreachable
 //! server wakes it through syncd, is held, then joins; every failure ends
 //! with a Disconnect the player can act on.
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use automc_tests::mc::{
@@ -14,84 +12,23 @@ use automc_tests::stack::{
     DEADLINE,
 };
 use automc_tests::waker::{Behaviour, FakeWaker};
-use axum::extract::{Path, State};
-use axum::http::StatusCode;
-use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
-use axum::Router;
 
 const WAIT: Duration = Duration::from_secs(30);
 
-/// How the fake waker answers.
-#[derive(Clone, Debug)]
-enum Mode {
-    /// "starting" until `release`, then running at `address`.
-    Starts { address: String },
-    /// POST answers 500.
-    Fails,
+/// A waker whose "mc" says "starting" until [`release`].
+async fn starting_waker() -> FakeWaker {
+    let w = FakeWaker::start().await;
+    w.set("mc", Behaviour::NeverRuns);
+    w
 }
 
-#[derive(Clone)]
-struct Waker {
-    posts: Arc<AtomicUsize>,
-    released: Arc<Mutex<bool>>,
-    mode: Arc<Mutex<Mode>>,
-}
-
-impl Waker {
-    async fn start(mode: Mode) -> (Self, String) {
-        let w = Waker {
-            posts: Arc::default(),
-            released: Arc::default(),
-            mode: Arc::new(Mutex::new(mode)),
-        };
-        let app = Router::new()
-            .route("/servers/{name}/start", post(start_server))
-            .route("/servers/{name}", get(server_state))
-            .with_state(w.clone());
-        let l = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind");
-        let url = format!("http://{}", l.local_addr().expect("addr"));
-        tokio::spawn(async move { axum::serve(l, app).await });
-        (w, url)
-    }
-    fn release(&self) {
-        *self.released.lock().expect("lock") = true;
-    }
-    fn posts(&self) -> usize {
-        self.posts.load(Ordering::SeqCst)
-    }
-}
-
-async fn start_server(State(w): State<Waker>, Path(_name): Path<String>) -> Response {
-    w.posts.fetch_add(1, Ordering::SeqCst);
-    match &*w.mode.lock().expect("lock") {
-        Mode::Fails => (StatusCode::INTERNAL_SERVER_ERROR, "boom").into_response(),
-        Mode::Starts { .. } => StatusCode::ACCEPTED.into_response(),
-    }
-}
-
-async fn server_state(State(w): State<Waker>, Path(_name): Path<String>) -> Response {
-    let released = *w.released.lock().expect("lock");
-    match &*w.mode.lock().expect("lock") {
-        Mode::Starts { address } if released => {
-            json(serde_json::json!({"state": "running", "address": address}))
-        }
-        _ => json(serde_json::json!({"state": "starting"})),
-    }
-}
-
-fn json(v: serde_json::Value) -> Response {
-    (
-        [(axum::http::header::CONTENT_TYPE, "application/json")],
-        v.to_string(),
-    )
-        .into_response()
+/// From now on "mc" is running at `address`.
+fn release(waker: &FakeWaker, address: &str) {
+    waker.set("mc", Behaviour::starts_at(Duration::ZERO, address));
 }
 
 async fn stack(
-    waker_url: &str,
+    waker: &FakeWaker,
     route_address: &str,
     state: &str,
     hold: Duration,
@@ -101,7 +38,7 @@ async fn stack(
         "INSERT INTO servers (name, domain, address, state) VALUES ('mc', 'mc.example.com', '{route_address}', '{state}')"
     ))
     .await;
-    let url = waker_url.to_owned();
+    let url = waker.url();
     let syncd = start_syncd(&pg.dsn(), move |c| c.waker.url = Some(url)).await;
     let edge = start_edge(&[syncd.grpc_url()], |c| {
         c.hold_timeout = hold;
@@ -119,13 +56,11 @@ async fn login_to_a_stopped_server_is_held_until_it_starts_then_joins_at_the_wok
     let backend = McBackend::start(BackendOptions::default())
         .await
         .expect("backend");
-    let (waker, url) = Waker::start(Mode::Starts {
-        address: backend.addr().to_string(),
-    })
-    .await;
+    let waker = starting_waker().await;
+    let woken = backend.addr().to_string();
     // The route's own address is dead: only the address the wake returns works.
     let route_address = dead_address();
-    let (_pg, _syncd, edge) = stack(&url, &route_address, "stopped", WAIT).await;
+    let (_pg, _syncd, edge) = stack(&waker, &route_address, "stopped", WAIT).await;
 
     let addr = edge.listen_addr;
     // A 1.21.4 client: it answers the edge's keep-alive requests while held.
@@ -146,7 +81,7 @@ async fn login_to_a_stopped_server_is_held_until_it_starts_then_joins_at_the_wok
     .await;
     assert_eq!(backend.accepted(), 0);
 
-    waker.release();
+    release(&waker, &woken);
     let recs = backend
         .wait_for_logins(1, WAIT)
         .await
@@ -158,7 +93,7 @@ async fn login_to_a_stopped_server_is_held_until_it_starts_then_joins_at_the_wok
     );
     conn.send(b"hello").await.expect("send");
     assert_eq!(conn.read_exact(5).await.expect("echo"), b"hello");
-    assert_eq!(waker.posts(), 1);
+    assert_eq!(waker.posts("mc"), 1);
     // For this connection only: the table still holds the route's address.
     assert_eq!(
         edge.running()
@@ -177,11 +112,9 @@ async fn many_logins_on_several_edges_cause_one_wake_and_all_join() {
     let backend = McBackend::start(BackendOptions::default())
         .await
         .expect("backend");
-    let (waker, url) = Waker::start(Mode::Starts {
-        address: backend.addr().to_string(),
-    })
-    .await;
-    let (_pg, syncd, edge1) = stack(&url, &backend.addr().to_string(), "stopped", WAIT).await;
+    let waker = starting_waker().await;
+    let woken = backend.addr().to_string();
+    let (_pg, syncd, edge1) = stack(&waker, &backend.addr().to_string(), "stopped", WAIT).await;
     let mut edges = vec![edge1];
     for _ in 0..2 {
         let e = start_edge(&[syncd.grpc_url()], |c| {
@@ -222,7 +155,7 @@ async fn many_logins_on_several_edges_cause_one_wake_and_all_join() {
         })
         .await;
     }
-    waker.release();
+    release(&waker, &woken);
     let recs = backend
         .wait_for_logins(60, WAIT)
         .await
@@ -237,13 +170,14 @@ async fn many_logins_on_several_edges_cause_one_wake_and_all_join() {
             "every login's bytes arrive intact"
         );
     }
-    assert_eq!(waker.posts(), 1, "one wake for 60 logins on 3 edges");
+    assert_eq!(waker.posts("mc"), 1, "one wake for 60 logins on 3 edges");
 }
 
 #[tokio::test]
 async fn a_failed_wake_ends_the_held_login_with_a_readable_reason_and_others_are_served() {
-    let (waker, url) = Waker::start(Mode::Fails).await;
-    let (_pg, _syncd, edge) = stack(&url, &dead_address(), "stopped", WAIT).await;
+    let waker = FakeWaker::start().await;
+    waker.set("mc", Behaviour::StartFails(500));
+    let (_pg, _syncd, edge) = stack(&waker, &dead_address(), "stopped", WAIT).await;
     let mut conn = login(edge.listen_addr, "mc.example.com", "steve")
         .await
         .expect("connect");
@@ -253,7 +187,7 @@ async fn a_failed_wake_ends_the_held_login_with_a_readable_reason_and_others_are
         !text.contains("HTTP") && !text.contains("127.0.0.1"),
         "{text}"
     );
-    assert!(waker.posts() >= 1);
+    assert!(waker.posts("mc") >= 1);
     // The edge keeps answering, no longer "starting" once the failed wake is known: the
     // failed MOTD (--failed-motd) with the reason's category.
     eventually(
@@ -271,11 +205,9 @@ async fn a_failed_wake_ends_the_held_login_with_a_readable_reason_and_others_are
 
 #[tokio::test]
 async fn a_wake_longer_than_the_hold_timeout_tells_the_player_to_retry() {
-    let (_waker, url) = Waker::start(Mode::Starts {
-        address: dead_address(),
-    })
-    .await;
-    let (_pg, _syncd, edge) = stack(&url, &dead_address(), "stopped", Duration::from_secs(1)).await;
+    let waker = starting_waker().await;
+    let (_pg, _syncd, edge) =
+        stack(&waker, &dead_address(), "stopped", Duration::from_secs(1)).await;
     let mut conn = login(edge.listen_addr, "mc.example.com", "steve")
         .await
         .expect("connect");
@@ -292,8 +224,9 @@ async fn a_wake_longer_than_the_hold_timeout_tells_the_player_to_retry() {
 
 #[tokio::test]
 async fn with_syncd_unreachable_a_login_to_a_down_server_ends_quickly_with_a_clear_message() {
-    let (_waker, url) = Waker::start(Mode::Fails).await;
-    let (_pg, syncd, edge) = stack(&url, &dead_address(), "running", WAIT).await;
+    let waker = FakeWaker::start().await;
+    waker.set("mc", Behaviour::StartFails(500));
+    let (_pg, syncd, edge) = stack(&waker, &dead_address(), "running", WAIT).await;
     syncd.stop().await;
     let mut conn = login(edge.listen_addr, "mc.example.com", "steve")
         .await
@@ -310,11 +243,9 @@ async fn a_player_leaving_while_held_does_not_cancel_the_wake_for_the_next() {
     let backend = McBackend::start(BackendOptions::default())
         .await
         .expect("backend");
-    let (waker, url) = Waker::start(Mode::Starts {
-        address: backend.addr().to_string(),
-    })
-    .await;
-    let (_pg, _syncd, edge) = stack(&url, &dead_address(), "stopped", WAIT).await;
+    let waker = starting_waker().await;
+    let woken = backend.addr().to_string();
+    let (_pg, _syncd, edge) = stack(&waker, &dead_address(), "stopped", WAIT).await;
     let quitter = login(edge.listen_addr, "mc.example.com", "quitter")
         .await
         .expect("connect");
@@ -339,7 +270,7 @@ async fn a_player_leaving_while_held_does_not_cancel_the_wake_for_the_next() {
         edge.metric("automc_edge_held_logins") == 1.0
     })
     .await;
-    waker.release();
+    release(&waker, &woken);
     let recs = backend
         .wait_for_logins(1, WAIT)
         .await
@@ -347,7 +278,7 @@ async fn a_player_leaving_while_held_does_not_cancel_the_wake_for_the_next() {
     let (conn, _) = next.into_conn().await.expect("login");
     assert!(recs[0].received.starts_with(&conn.sent_first));
     assert_eq!(
-        waker.posts(),
+        waker.posts("mc"),
         1,
         "the wake in flight was joined, not restarted"
     );
