@@ -146,6 +146,11 @@ pub fn player(session: u64, server: &str, name: &str, since_ms: i64) -> crate::v
     }
 }
 
+/// What a syncd without a waker answers every `Wake`.
+pub fn no_waker() -> WakeAnswer {
+    Arc::new(|_| Err(crate::v1::WakeFailure::NotConfigured.to_status("waker not configured")))
+}
+
 /// A `Wake` answer for fakes that never expect one.
 pub fn no_wakes() -> WakeAnswer {
     Arc::new(|_| Err(Status::unimplemented("this fake serves no wakes")))

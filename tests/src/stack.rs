@@ -605,6 +605,49 @@ pub async fn stack(
     (pg, syncd, edge)
 }
 
+/// A running route called `server` for `hostname` at `address`, as syncd
+/// would send it.
+pub fn route(server: &str, hostname: &str, address: &str) -> Route {
+    Route {
+        server: server.into(),
+        hostnames: vec![hostname.into()],
+        address: address.into(),
+        state: "running".into(),
+        ..Route::default()
+    }
+}
+
+/// An edge fed by [`automc_proto::fake::FakeSyncd`] instead of Postgres and
+/// syncd, for tests of the edge's own behaviour: it holds `routes` from its
+/// first snapshot on, and nothing changes after (heartbeats keep the stream
+/// alive); `Wake` answers as a syncd without a waker does. Keep the returned
+/// fake alive as long as the edge.
+pub async fn fake_stack(
+    routes: Vec<Route>,
+    tweak: impl FnOnce(&mut edge::Config),
+) -> (automc_proto::fake::FakeSyncd, EdgeHandle) {
+    use automc_proto::v1::{watch_response, SnapshotChunk};
+    let mut syncd = automc_proto::fake::FakeSyncd::start(automc_proto::fake::no_waker())
+        .await
+        .expect("fake syncd starts");
+    let edge = start_edge(&[syncd.url()], tweak).await;
+    let watch = syncd
+        .next_watch(DEADLINE)
+        .await
+        .expect("the edge opens a watch stream");
+    let epoch = "fake".to_owned();
+    let snapshot = watch_response::Msg::SnapshotChunk(SnapshotChunk {
+        epoch: epoch.clone(),
+        version: 1,
+        routes,
+        last: true,
+        ..SnapshotChunk::default()
+    });
+    watch.serve_quietly(snapshot, epoch, 1, Duration::from_secs(1));
+    edge.ready().await;
+    (syncd, edge)
+}
+
 /// An edge running in-process on 127.0.0.1 port 0; drained when dropped.
 pub struct EdgeHandle {
     pub listen_addr: std::net::SocketAddr,

@@ -1,12 +1,14 @@
 //! The edge's player path: routing by hostname, byte-exact replay, splicing
-//! with half-close, hostile handshakes, PROXY protocol, drain.
+//! with half-close, hostile handshakes, PROXY protocol, drain. The routing
+//! test runs the whole stack (Postgres rows to syncd to edge); the others
+//! test the edge alone, fed by a FakeSyncd.
 use std::time::Duration;
 
 use automc_tests::mc::{
     self, login, login_with, random_sha256, send_bytes, status_ping, BackendOptions, LoginMode,
     McBackend, DEFAULT_PROTOCOL,
 };
-use automc_tests::stack::{eventually, http_get, stack, EdgeHandle, DEADLINE};
+use automc_tests::stack::{eventually, fake_stack, http_get, route, stack, EdgeHandle, DEADLINE};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const WAIT: Duration = Duration::from_secs(20);
@@ -109,11 +111,11 @@ async fn sixty_four_mib_each_way_arrive_intact_and_half_close_is_honoured() {
     })
     .await
     .expect("backend");
-    let rows = format!(
-        "INSERT INTO servers (name, domain, address, state) VALUES ('bulk', 'bulk.example.com', '{}', 'running')",
-        bulk.addr()
-    );
-    let (_pg, _syncd, edge) = stack(&rows, |_| {}).await;
+    let (_syncd, edge) = fake_stack(
+        vec![route("bulk", "bulk.example.com", &bulk.addr().to_string())],
+        |_| {},
+    )
+    .await;
     let conn = login(edge.listen_addr, "bulk.example.com", "steve")
         .await
         .expect("login");
@@ -133,11 +135,11 @@ async fn sixty_four_mib_each_way_arrive_intact_and_half_close_is_honoured() {
 #[tokio::test]
 async fn a_backend_half_close_still_lets_the_player_finish_sending() {
     let echo = backend("echo").await;
-    let rows = format!(
-        "INSERT INTO servers (name, domain, address, state) VALUES ('e', 'e.example.com', '{}', 'running')",
-        echo.addr()
-    );
-    let (_pg, _syncd, edge) = stack(&rows, |_| {}).await;
+    let (_syncd, edge) = fake_stack(
+        vec![route("e", "e.example.com", &echo.addr().to_string())],
+        |_| {},
+    )
+    .await;
     let mut conn = login(edge.listen_addr, "e.example.com", "steve")
         .await
         .expect("login");
@@ -154,11 +156,11 @@ async fn a_backend_half_close_still_lets_the_player_finish_sending() {
 #[tokio::test]
 async fn hostile_handshakes_are_closed_within_the_timeout_while_others_are_served() {
     let good = backend("still serving").await;
-    let rows = format!(
-        "INSERT INTO servers (name, domain, address, state) VALUES ('good', 'good.example.com', '{}', 'running')",
-        good.addr()
-    );
-    let (_pg, _syncd, edge) = stack(&rows, |c| c.handshake_timeout = Duration::from_secs(1)).await;
+    let (_syncd, edge) = fake_stack(
+        vec![route("good", "good.example.com", &good.addr().to_string())],
+        |c| c.handshake_timeout = Duration::from_secs(1),
+    )
+    .await;
     let addr = edge.listen_addr;
     let full = mc::handshake_packet(DEFAULT_PROTOCOL, "good.example.com", 25565, 2);
 
@@ -227,14 +229,13 @@ async fn proxy_protocol_from_a_trusted_peer_names_the_player_and_is_sent_upstrea
     })
     .await
     .expect("backend");
-    let rows = format!(
-        "INSERT INTO servers (name, domain, address, state) VALUES ('p', 'p.example.com', '{}', 'running')",
-        b.addr()
-    );
-    let (_pg, _syncd, edge) = stack(&rows, |c| {
-        c.proxy_protocol_trusted = vec!["127.0.0.0/8".parse().expect("cidr")];
-        c.send_proxy_protocol = true;
-    })
+    let (_syncd, edge) = fake_stack(
+        vec![route("p", "p.example.com", &b.addr().to_string())],
+        |c| {
+            c.proxy_protocol_trusted = vec!["127.0.0.0/8".parse().expect("cidr")];
+            c.send_proxy_protocol = true;
+        },
+    )
     .await;
     let player: std::net::SocketAddr = "203.0.113.7:41234".parse().expect("addr");
     let lb: std::net::SocketAddr = "198.51.100.1:25565".parse().expect("addr");
@@ -270,11 +271,11 @@ async fn proxy_protocol_from_a_trusted_peer_names_the_player_and_is_sent_upstrea
 #[tokio::test]
 async fn proxy_protocol_from_an_untrusted_peer_is_refused() {
     let b = backend("b").await;
-    let rows = format!(
-        "INSERT INTO servers (name, domain, address, state) VALUES ('p', 'p.example.com', '{}', 'running')",
-        b.addr()
-    );
-    let (_pg, _syncd, edge) = stack(&rows, |_| {}).await;
+    let (_syncd, edge) = fake_stack(
+        vec![route("p", "p.example.com", &b.addr().to_string())],
+        |_| {},
+    )
+    .await;
     let mut first = mcproto::encode_proxy_v1(
         "203.0.113.7:41234".parse().expect("addr"),
         "198.51.100.1:25565".parse().expect("addr"),
@@ -298,11 +299,11 @@ async fn proxy_protocol_from_an_untrusted_peer_is_refused() {
 #[tokio::test]
 async fn sigterm_drain_lets_an_active_connection_finish() {
     let echo = backend("echo").await;
-    let rows = format!(
-        "INSERT INTO servers (name, domain, address, state) VALUES ('e', 'e.example.com', '{}', 'running')",
-        echo.addr()
-    );
-    let (_pg, _syncd, edge) = stack(&rows, |c| c.drain_timeout = Duration::from_secs(30)).await;
+    let (_syncd, edge) = fake_stack(
+        vec![route("e", "e.example.com", &echo.addr().to_string())],
+        |c| c.drain_timeout = Duration::from_secs(30),
+    )
+    .await;
     let mut conn = login(edge.listen_addr, "e.example.com", "steve")
         .await
         .expect("login");

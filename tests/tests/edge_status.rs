@@ -1,12 +1,14 @@
 //! What players see without joining: status pings (proxied, cached, stale,
-//! asleep, unknown host), legacy pings, and login Disconnect messages.
+//! asleep, unknown host), legacy pings, and login Disconnect messages. The
+//! edge alone, fed its routes by a FakeSyncd.
 use std::time::Duration;
 
+use automc_proto::v1::Route;
 use automc_tests::mc::{
     self, legacy_ping_1_4, legacy_ping_1_6, legacy_ping_bare, login, ping_only, status_ping,
     BackendOptions, McBackend, DEFAULT_PROTOCOL,
 };
-use automc_tests::stack::{dead_address, eventually, stack, start_edge, DEADLINE};
+use automc_tests::stack::{dead_address, eventually, fake_stack, route, DEADLINE};
 
 const WAIT: Duration = Duration::from_secs(20);
 
@@ -21,11 +23,11 @@ async fn status_of_a_running_backend_is_its_own() {
     let b = McBackend::start(BackendOptions::with_motd("live backend"))
         .await
         .expect("backend");
-    let rows = format!(
-        "INSERT INTO servers (name, domain, address, state) VALUES ('live', 'live.example.com', '{}', 'running')",
-        b.addr()
-    );
-    let (_pg, _syncd, edge) = stack(&rows, motds).await;
+    let (_syncd, edge) = fake_stack(
+        vec![route("live", "live.example.com", &b.addr().to_string())],
+        motds,
+    )
+    .await;
     let reply = status_ping(edge.listen_addr, "Live.Example.com.", DEFAULT_PROTOCOL)
         .await
         .expect("status");
@@ -38,11 +40,14 @@ async fn status_of_a_stopped_server_is_the_asleep_motd_echoing_the_clients_proto
     let b = McBackend::start(BackendOptions::with_motd("should not be asked"))
         .await
         .expect("backend");
-    let rows = format!(
-        "INSERT INTO servers (name, domain, address, state) VALUES ('s', 's.example.com', '{}', 'stopped')",
-        b.addr()
-    );
-    let (_pg, _syncd, edge) = stack(&rows, motds).await;
+    let (_syncd, edge) = fake_stack(
+        vec![Route {
+            state: "stopped".into(),
+            ..route("s", "s.example.com", &b.addr().to_string())
+        }],
+        motds,
+    )
+    .await;
     for protocol in [47, 340, 769] {
         let reply = status_ping(edge.listen_addr, "s.example.com", protocol)
             .await
@@ -55,11 +60,11 @@ async fn status_of_a_stopped_server_is_the_asleep_motd_echoing_the_clients_proto
 
 #[tokio::test]
 async fn status_of_an_unreachable_running_backend_is_the_asleep_motd() {
-    let rows = format!(
-        "INSERT INTO servers (name, domain, address, state) VALUES ('gone', 'gone.example.com', '{}', 'running')",
-        dead_address()
-    );
-    let (_pg, _syncd, edge) = stack(&rows, motds).await;
+    let (_syncd, edge) = fake_stack(
+        vec![route("gone", "gone.example.com", &dead_address())],
+        motds,
+    )
+    .await;
     let reply = status_ping(edge.listen_addr, "gone.example.com", 765)
         .await
         .expect("status");
@@ -72,11 +77,11 @@ async fn last_good_status_is_served_marked_stale_while_the_backend_is_briefly_do
     let b = McBackend::start(BackendOptions::with_motd("live backend"))
         .await
         .expect("backend");
-    let rows = format!(
-        "INSERT INTO servers (name, domain, address, state) VALUES ('live', 'live.example.com', '{}', 'running')",
-        b.addr()
-    );
-    let (_pg, _syncd, edge) = stack(&rows, motds).await;
+    let (_syncd, edge) = fake_stack(
+        vec![route("live", "live.example.com", &b.addr().to_string())],
+        motds,
+    )
+    .await;
     let addr = edge.listen_addr;
     let fresh = status_ping(addr, "live.example.com", DEFAULT_PROTOCOL)
         .await
@@ -100,11 +105,11 @@ async fn concurrent_status_pings_share_one_backend_fetch() {
     let b = McBackend::start(BackendOptions::with_motd("popular"))
         .await
         .expect("backend");
-    let rows = format!(
-        "INSERT INTO servers (name, domain, address, state) VALUES ('p', 'p.example.com', '{}', 'running')",
-        b.addr()
-    );
-    let (_pg, _syncd, edge) = stack(&rows, |c| c.status_cache_ttl = Duration::from_secs(60)).await;
+    let (_syncd, edge) = fake_stack(
+        vec![route("p", "p.example.com", &b.addr().to_string())],
+        |c| c.status_cache_ttl = Duration::from_secs(60),
+    )
+    .await;
     let pings = (0..20).map(|_| status_ping(edge.listen_addr, "p.example.com", DEFAULT_PROTOCOL));
     for r in futures::future::join_all(pings).await {
         assert_eq!(r.expect("status").motd(), "popular");
@@ -114,8 +119,14 @@ async fn concurrent_status_pings_share_one_backend_fetch() {
 
 #[tokio::test]
 async fn a_ping_without_a_status_request_still_gets_its_pong() {
-    let rows = "INSERT INTO servers (name, domain, address, state) VALUES ('s', 's.example.com', '127.0.0.1:1', 'stopped')";
-    let (_pg, _syncd, edge) = stack(rows, motds).await;
+    let (_syncd, edge) = fake_stack(
+        vec![Route {
+            state: "stopped".into(),
+            ..route("s", "s.example.com", "127.0.0.1:1")
+        }],
+        motds,
+    )
+    .await;
     let pong = ping_only(edge.listen_addr, "s.example.com", DEFAULT_PROTOCOL, 0x5eed)
         .await
         .expect("pong");
@@ -124,7 +135,7 @@ async fn a_ping_without_a_status_request_still_gets_its_pong() {
 
 #[tokio::test]
 async fn unknown_hostnames_get_the_configured_motd_or_a_close() {
-    let (_pg, syncd, edge) = stack("", motds).await;
+    let (syncd, edge) = fake_stack(Vec::new(), motds).await;
     let reply = status_ping(edge.listen_addr, "nowhere.example.com", 760)
         .await
         .expect("status");
@@ -138,11 +149,9 @@ async fn unknown_hostnames_get_the_configured_motd_or_a_close() {
         "Nobody here"
     );
 
-    let closing = start_edge(&[syncd.grpc_url()], |c| {
-        c.unknown_host = edge::UnknownHost::Close
-    })
-    .await;
-    closing.ready().await;
+    drop((syncd, edge));
+    let (_syncd, closing) =
+        fake_stack(Vec::new(), |c| c.unknown_host = edge::UnknownHost::Close).await;
     assert!(status_ping(closing.listen_addr, "nowhere.example.com", 760)
         .await
         .is_err());
@@ -164,11 +173,11 @@ async fn unknown_hostnames_get_the_configured_motd_or_a_close() {
 
 #[tokio::test]
 async fn login_to_an_unreachable_backend_gets_a_readable_disconnect() {
-    let rows = format!(
-        "INSERT INTO servers (name, domain, address, state) VALUES ('gone', 'gone.example.com', '{}', 'running')",
-        dead_address()
-    );
-    let (_pg, _syncd, edge) = stack(&rows, motds).await;
+    let (_syncd, edge) = fake_stack(
+        vec![route("gone", "gone.example.com", &dead_address())],
+        motds,
+    )
+    .await;
     let mut conn = login(edge.listen_addr, "gone.example.com", "steve")
         .await
         .expect("connect");
@@ -182,11 +191,14 @@ async fn login_to_a_stopped_route_without_a_waker_still_tries_its_backend() {
     let b = McBackend::start(BackendOptions::default())
         .await
         .expect("backend");
-    let rows = format!(
-        "INSERT INTO servers (name, domain, address, state) VALUES ('s', 's.example.com', '{}', 'stopped')",
-        b.addr()
-    );
-    let (_pg, _syncd, edge) = stack(&rows, motds).await;
+    let (_syncd, edge) = fake_stack(
+        vec![Route {
+            state: "stopped".into(),
+            ..route("s", "s.example.com", &b.addr().to_string())
+        }],
+        motds,
+    )
+    .await;
     let conn = login(edge.listen_addr, "s.example.com", "steve")
         .await
         .expect("connect");
@@ -202,13 +214,14 @@ async fn legacy_pings_are_answered_and_the_1_6_form_is_routed_by_its_hostname() 
     let b = McBackend::start(BackendOptions::with_motd("legacy live"))
         .await
         .expect("backend");
-    let rows = format!(
-        "INSERT INTO servers (name, domain, address, state) VALUES
-           ('live', 'live.example.com', '{}', 'running'),
-           ('sleepy', 'sleepy.example.com', '127.0.0.1:1', 'stopped')",
-        b.addr()
-    );
-    let (_pg, _syncd, edge) = stack(&rows, motds).await;
+    let routes = vec![
+        route("live", "live.example.com", &b.addr().to_string()),
+        Route {
+            state: "stopped".into(),
+            ..route("sleepy", "sleepy.example.com", "127.0.0.1:1")
+        },
+    ];
+    let (_syncd, edge) = fake_stack(routes, motds).await;
     let addr = edge.listen_addr;
     // No hostname in the older forms and no `*` route: the unknown-host text.
     assert_eq!(
@@ -234,11 +247,11 @@ async fn a_trickled_status_conversation_is_closed_at_its_deadline_not_kept_alive
     let b = McBackend::start(BackendOptions::with_motd("trickle"))
         .await
         .expect("backend");
-    let rows = format!(
-        "INSERT INTO servers (name, domain, address, state) VALUES ('t', 't.example.com', '{}', 'running')",
-        b.addr()
-    );
-    let (_pg, _syncd, edge) = stack(&rows, |c| c.handshake_timeout = Duration::from_secs(1)).await;
+    let (_syncd, edge) = fake_stack(
+        vec![route("t", "t.example.com", &b.addr().to_string())],
+        |c| c.handshake_timeout = Duration::from_secs(1),
+    )
+    .await;
     let mut conn = mc::McConn::connect(edge.listen_addr)
         .await
         .expect("connect");
@@ -272,15 +285,14 @@ async fn with_no_cache_ttl_concurrent_pings_share_one_fetch_at_a_time_and_all_ge
     })
     .await
     .expect("backend");
-    let rows = format!(
-        "INSERT INTO servers (name, domain, address, state) VALUES ('hub', 'hub.example.com', '{}', 'running')",
-        b.addr()
-    );
-    let (_pg, _syncd, edge) = stack(&rows, |c| {
-        c.status_cache_ttl = Duration::ZERO;
-        // The backend answers only when the test opens its gate.
-        c.connect_timeout = Duration::from_secs(30);
-    })
+    let (_syncd, edge) = fake_stack(
+        vec![route("hub", "hub.example.com", &b.addr().to_string())],
+        |c| {
+            c.status_cache_ttl = Duration::ZERO;
+            // The backend answers only when the test opens its gate.
+            c.connect_timeout = Duration::from_secs(30);
+        },
+    )
     .await;
     const PINGS: usize = 16;
     let addr = edge.listen_addr;
@@ -333,13 +345,12 @@ async fn two_hostnames_on_one_backend_each_get_their_own_motd_from_the_cache() {
     })
     .await
     .expect("backend");
-    let rows = format!(
-        "INSERT INTO servers (name, domain, address, state) VALUES \
-         ('survival', 'survival.example.com', '{0}', 'running'), \
-         ('creative', 'creative.example.com', '{0}', 'running')",
-        b.addr()
-    );
-    let (_pg, _syncd, edge) = stack(&rows, |c| c.status_cache_ttl = Duration::from_secs(60)).await;
+    let hub = b.addr().to_string();
+    let routes = vec![
+        route("survival", "survival.example.com", &hub),
+        route("creative", "creative.example.com", &hub),
+    ];
+    let (_syncd, edge) = fake_stack(routes, |c| c.status_cache_ttl = Duration::from_secs(60)).await;
     for _ in 0..2 {
         for host in ["survival.example.com", "creative.example.com"] {
             let reply = status_ping(edge.listen_addr, host, DEFAULT_PROTOCOL)
@@ -364,13 +375,12 @@ async fn relay_mode_forwards_the_status_conversation_byte_for_byte() {
     })
     .await
     .expect("backend");
-    let rows = format!(
-        "INSERT INTO servers (name, domain, address, state) VALUES ('v', 'v.example.com', '{}', 'running')",
-        b.addr()
-    );
-    let (_pg, _syncd, edge) = stack(&rows, |c| {
-        c.status_mode = edge::status::StatusMode::Relay;
-    })
+    let (_syncd, edge) = fake_stack(
+        vec![route("v", "v.example.com", &b.addr().to_string())],
+        |c| {
+            c.status_mode = edge::status::StatusMode::Relay;
+        },
+    )
     .await;
     // A hostname with a Forge marker and odd case: relayed untouched.
     let mut sent = mc::handshake_packet(DEFAULT_PROTOCOL, "V.Example.com\0FML3\0", 25565, 1);
