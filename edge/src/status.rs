@@ -288,40 +288,30 @@ pub struct Target<'a> {
     pub capture: Option<&'a str>,
 }
 
-/// The asleep MOTD of `route`: its `asleep_motd` option, else the flag.
-pub fn asleep_motd<'a>(shared: &'a Shared, route: &'a Route) -> &'a str {
-    route
-        .options
-        .as_ref()
-        .and_then(|o| o.asleep_motd.as_deref())
-        .unwrap_or(&shared.config.asleep_motd)
+/// The MOTDs an edge answers itself, each a flag a server's options row can replace.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LocalMotd {
+    /// `asleep_motd`, else `--asleep-motd`.
+    Asleep,
+    /// `starting_motd`, else `--starting-motd`.
+    Starting,
+    /// `stopping_motd`, else `--stopping-motd`.
+    Stopping,
+    /// `failed_motd`, else `--failed-motd`.
+    Failed,
 }
 
-/// The starting MOTD of `route`: its `starting_motd` option, else the flag.
-pub fn starting_motd<'a>(shared: &'a Shared, route: &'a Route) -> &'a str {
-    route
-        .options
-        .as_ref()
-        .and_then(|o| o.starting_motd.as_deref())
-        .unwrap_or(&shared.config.starting_motd)
-}
-
-/// The stopping MOTD of `route`: its `stopping_motd` option, else the flag.
-pub fn stopping_motd<'a>(shared: &'a Shared, route: &'a Route) -> &'a str {
-    route
-        .options
-        .as_ref()
-        .and_then(|o| o.stopping_motd.as_deref())
-        .unwrap_or(&shared.config.stopping_motd)
-}
-
-/// The failed MOTD of `route`: its `failed_motd` option, else the flag.
-pub fn failed_motd<'a>(shared: &'a Shared, route: &'a Route) -> &'a str {
-    route
-        .options
-        .as_ref()
-        .and_then(|o| o.failed_motd.as_deref())
-        .unwrap_or(&shared.config.failed_motd)
+/// `which` MOTD of `route`: its own option, else the flag.
+pub fn local_motd<'a>(shared: &'a Shared, route: &'a Route, which: LocalMotd) -> &'a str {
+    let c = &shared.config;
+    let o = route.options.as_ref();
+    let (own, flag) = match which {
+        LocalMotd::Asleep => (o.and_then(|o| o.asleep_motd.as_deref()), &c.asleep_motd),
+        LocalMotd::Starting => (o.and_then(|o| o.starting_motd.as_deref()), &c.starting_motd),
+        LocalMotd::Stopping => (o.and_then(|o| o.stopping_motd.as_deref()), &c.stopping_motd),
+        LocalMotd::Failed => (o.and_then(|o| o.failed_motd.as_deref()), &c.failed_motd),
+    };
+    own.unwrap_or(flag)
 }
 
 /// The `{reason}` of the failed MOTD: a category a player can read, never
@@ -352,8 +342,8 @@ pub fn resting_motd(shared: &Shared, route: &Route) -> String {
         .routes
         .failed_within(&route.server, shared.config.failed_motd_for)
     {
-        Some(f) => render_failed_motd(failed_motd(shared, route), f),
-        None => asleep_motd(shared, route).to_owned(),
+        Some(f) => render_failed_motd(local_motd(shared, route, LocalMotd::Failed), f),
+        None => local_motd(shared, route, LocalMotd::Asleep).to_owned(),
     }
 }
 
@@ -369,7 +359,7 @@ pub fn decide(shared: &Shared, route: Option<&Route>) -> Answer {
     let asleep = || Answer::Local(resting_motd(shared, route));
     let starting = || {
         Answer::Local(render_starting_motd(
-            starting_motd(shared, route),
+            local_motd(shared, route, LocalMotd::Starting),
             shared.routes.waking_for(&route.server),
             shared.held.waiting(&route.server),
         ))
@@ -379,7 +369,7 @@ pub fn decide(shared: &Shared, route: Option<&Route>) -> Answer {
         return starting();
     }
     if phase == Some(WakePhase::Stopping) {
-        return Answer::Local(stopping_motd(shared, route).to_owned());
+        return Answer::Local(local_motd(shared, route, LocalMotd::Stopping).to_owned());
     }
     if phase == Some(WakePhase::Asleep) {
         // Stopped by syncd: the state column may still say running.
