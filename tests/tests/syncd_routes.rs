@@ -1,6 +1,6 @@
 //! Route changes in Postgres reach watchers: snapshot, then deltas.
 use automc_tests::pg::TestPg;
-use automc_tests::stack::{migrated_pg, start_syncd, DEADLINE};
+use automc_tests::stack::{eventually, migrated_pg, start_syncd, DEADLINE};
 
 async fn seeded() -> TestPg {
     let pg = migrated_pg().await;
@@ -217,22 +217,23 @@ async fn eventually_not_found(
     client: &mut automc_proto::v1::route_sync_client::RouteSyncClient<tonic::transport::Channel>,
     host: &str,
 ) {
-    let end = std::time::Instant::now() + DEADLINE;
-    loop {
-        let r = client
-            .get_route(automc_proto::v1::GetRouteRequest {
-                hostname: host.into(),
-            })
-            .await
-            .expect("GetRoute")
-            .into_inner();
-        if !r.found {
-            assert_eq!(r.normalized, host);
-            return;
+    let get = || {
+        let mut client = client.clone();
+        async move {
+            client
+                .get_route(automc_proto::v1::GetRouteRequest {
+                    hostname: host.into(),
+                })
+                .await
+                .expect("GetRoute")
+                .into_inner()
         }
-        assert!(std::time::Instant::now() < end, "{host} still resolves");
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
+    };
+    eventually(&format!("{host} no longer resolves"), DEADLINE, || async {
+        !get().await.found
+    })
+    .await;
+    assert_eq!(get().await.normalized, host);
 }
 
 #[tokio::test]

@@ -31,20 +31,21 @@ async fn resume_by_epoch_and_version_sends_only_what_was_missed() {
     pg.execute("UPDATE servers SET address = '10.0.0.9:1' WHERE name = 'a'")
         .await;
     pg.execute("DELETE FROM servers WHERE name = 'b'").await;
-    let mut client = syncd.client().await;
-    let end = std::time::Instant::now() + DEADLINE;
-    while client
-        .list_routes(automc_proto::v1::ListRoutesRequest::default())
-        .await
-        .expect("ListRoutes")
-        .into_inner()
-        .routes
-        .iter()
-        .any(|r| r.server == "b")
-    {
-        assert!(std::time::Instant::now() < end, "delete never applied");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    let client = syncd.client().await;
+    eventually("the delete is applied", DEADLINE, || {
+        let mut client = client.clone();
+        async move {
+            !client
+                .list_routes(automc_proto::v1::ListRoutesRequest::default())
+                .await
+                .expect("ListRoutes")
+                .into_inner()
+                .routes
+                .iter()
+                .any(|r| r.server == "b")
+        }
+    })
+    .await;
 
     let w = RouteWatcher::resume(&syncd.grpc_url(), "edge", &held)
         .await
@@ -145,29 +146,34 @@ async fn list_edges_shows_each_watcher_and_the_version_it_acknowledged() {
         })
         .await
         .version;
-    let mut client = syncd.client().await;
-    let end = std::time::Instant::now() + DEADLINE;
-    loop {
-        let r = client
-            .list_edges(ListEdgesRequest {})
-            .await
-            .expect("ListEdges")
-            .into_inner();
+    let client = syncd.client().await;
+    let list = || {
+        let mut client = client.clone();
+        async move {
+            client
+                .list_edges(ListEdgesRequest {})
+                .await
+                .expect("ListEdges")
+                .into_inner()
+        }
+    };
+    eventually("both edges acked the delta", DEADLINE, || async {
+        let r = list().await;
         let mut ids: Vec<_> = r.edges.iter().map(|e| e.edge_id.as_str()).collect();
         ids.sort_unstable();
         assert_eq!(ids, vec!["edge-one", "edge-two"]);
-        if r.edges
+        r.edges
             .iter()
             .all(|e| e.acked_version == version && e.lag == 0)
-        {
-            assert!(r.edges.iter().all(|e| e.acked_epoch == syncd.epoch
-                && e.peer.starts_with("127.0.0.1:")
-                && e.connected_since_ms > 0));
-            break;
-        }
-        assert!(std::time::Instant::now() < end, "acks never arrived: {r:?}");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    })
+    .await;
+    let r = list().await;
+    assert!(
+        r.edges.iter().all(|e| e.acked_epoch == syncd.epoch
+            && e.peer.starts_with("127.0.0.1:")
+            && e.connected_since_ms > 0),
+        "{r:?}"
+    );
 }
 
 #[tokio::test]
