@@ -595,12 +595,21 @@ pub async fn stack(
     rows: &str,
     tweak: impl FnOnce(&mut edge::Config),
 ) -> (TestPg, SyncdHandle, EdgeHandle) {
+    stack_tweaked(rows, |_| {}, tweak).await
+}
+
+/// [`stack`] with syncd's config tweaked too (a waker URL, say).
+pub async fn stack_tweaked(
+    rows: &str,
+    syncd_tweak: impl FnOnce(&mut syncd::Config),
+    edge_tweak: impl FnOnce(&mut edge::Config),
+) -> (TestPg, SyncdHandle, EdgeHandle) {
     let pg = migrated_pg().await;
     if !rows.is_empty() {
         pg.execute(rows).await;
     }
-    let syncd = start_syncd(&pg.dsn(), |_| {}).await;
-    let edge = start_edge(&[syncd.grpc_url()], tweak).await;
+    let syncd = start_syncd(&pg.dsn(), syncd_tweak).await;
+    let edge = start_edge(&[syncd.grpc_url()], edge_tweak).await;
     edge.ready().await;
     (pg, syncd, edge)
 }

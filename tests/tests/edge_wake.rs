@@ -8,8 +8,8 @@ use automc_tests::mc::{
 };
 use automc_tests::pg::TestPg;
 use automc_tests::stack::{
-    dead_address, eventually, migrated_pg, start_edge, start_syncd, EdgeHandle, SyncdHandle,
-    DEADLINE,
+    dead_address, eventually, migrated_pg, stack_tweaked, start_edge, start_syncd, EdgeHandle,
+    SyncdHandle, DEADLINE,
 };
 use automc_tests::waker::{Behaviour, FakeWaker};
 
@@ -33,22 +33,20 @@ async fn stack(
     state: &str,
     hold: Duration,
 ) -> (TestPg, SyncdHandle, EdgeHandle) {
-    let pg = migrated_pg().await;
-    pg.execute(&format!(
-        "INSERT INTO servers (name, domain, address, state) VALUES ('mc', 'mc.example.com', '{route_address}', '{state}')"
-    ))
-    .await;
     let url = waker.url();
-    let syncd = start_syncd(&pg.dsn(), move |c| c.waker.url = Some(url)).await;
-    let edge = start_edge(&[syncd.grpc_url()], |c| {
-        c.hold_timeout = hold;
-        c.long_hold_timeout = hold;
-        c.asleep_motd = "Zzz asleep".into();
-        c.starting_motd = "Starting up".into();
-    })
-    .await;
-    edge.ready().await;
-    (pg, syncd, edge)
+    stack_tweaked(
+        &format!(
+            "INSERT INTO servers (name, domain, address, state) VALUES ('mc', 'mc.example.com', '{route_address}', '{state}')"
+        ),
+        move |c| c.waker.url = Some(url),
+        |c| {
+            c.hold_timeout = hold;
+            c.long_hold_timeout = hold;
+            c.asleep_motd = "Zzz asleep".into();
+            c.starting_motd = "Starting up".into();
+        },
+    )
+    .await
 }
 
 #[tokio::test]

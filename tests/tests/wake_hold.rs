@@ -11,8 +11,8 @@ use automc_tests::mc::{
 };
 use automc_tests::pg::TestPg;
 use automc_tests::stack::{
-    dead_address, eventually, migrated_pg, start_edge, start_syncd, EdgeHandle, SyncdHandle,
-    DEADLINE,
+    dead_address, eventually, migrated_pg, stack_tweaked, start_edge, start_syncd, EdgeHandle,
+    SyncdHandle, DEADLINE,
 };
 use automc_tests::waker::{Behaviour, FakeWaker, StopBehaviour};
 use tokio_util::sync::CancellationToken;
@@ -53,26 +53,23 @@ async fn stack_with(
     sql: &str,
     tweak: impl FnOnce(&mut edge::Config),
 ) -> (TestPg, SyncdHandle, EdgeHandle) {
-    let pg = migrated_pg().await;
-    // The route's own address is dead: only the woken address works.
-    pg.execute(&format!(
-        "INSERT INTO servers (name, domain, address, state) VALUES ('mc', 'mc.example.com', '{}', 'stopped'); {sql}",
-        dead_address()
-    ))
-    .await;
     let url = waker.url();
-    let syncd = start_syncd(&pg.dsn(), move |c| {
-        c.waker.url = Some(url);
-        c.waker.timeout = WAIT;
-    })
-    .await;
-    let edge = start_edge(&[syncd.grpc_url()], |c| {
-        c.hold_keepalive_interval = KEEPALIVE;
-        tweak(c);
-    })
-    .await;
-    edge.ready().await;
-    (pg, syncd, edge)
+    // The route's own address is dead: only the woken address works.
+    stack_tweaked(
+        &format!(
+            "INSERT INTO servers (name, domain, address, state) VALUES ('mc', 'mc.example.com', '{}', 'stopped'); {sql}",
+            dead_address()
+        ),
+        move |c| {
+            c.waker.url = Some(url);
+            c.waker.timeout = WAIT;
+        },
+        |c| {
+            c.hold_keepalive_interval = KEEPALIVE;
+            tweak(c);
+        },
+    )
+    .await
 }
 
 #[tokio::test]
