@@ -626,6 +626,14 @@ pub fn route(server: &str, hostname: &str, address: &str) -> Route {
     }
 }
 
+/// [`route`] with `state` "stopped": asleep until something wakes it.
+pub fn stopped_route(server: &str, hostname: &str, address: &str) -> Route {
+    Route {
+        state: "stopped".into(),
+        ..route(server, hostname, address)
+    }
+}
+
 /// An edge fed by [`automc_proto::fake::FakeSyncd`] instead of Postgres and
 /// syncd, for tests of the edge's own behaviour: it holds `routes` from its
 /// first snapshot on, and nothing changes after (heartbeats keep the stream

@@ -3,12 +3,11 @@
 //! edge alone, fed its routes by a FakeSyncd.
 use std::time::Duration;
 
-use automc_proto::v1::Route;
 use automc_tests::mc::{
     self, legacy_ping_1_4, legacy_ping_1_6, legacy_ping_bare, login, ping_only, status_ping,
     BackendOptions, McBackend, DEFAULT_PROTOCOL,
 };
-use automc_tests::stack::{dead_address, eventually, fake_stack, route, DEADLINE};
+use automc_tests::stack::{dead_address, eventually, fake_stack, route, stopped_route, DEADLINE};
 
 const WAIT: Duration = Duration::from_secs(20);
 
@@ -41,10 +40,7 @@ async fn status_of_a_stopped_server_is_the_asleep_motd_echoing_the_clients_proto
         .await
         .expect("backend");
     let (_syncd, edge) = fake_stack(
-        vec![Route {
-            state: "stopped".into(),
-            ..route("s", "s.example.com", &b.addr().to_string())
-        }],
+        vec![stopped_route("s", "s.example.com", &b.addr().to_string())],
         motds,
     )
     .await;
@@ -120,10 +116,7 @@ async fn concurrent_status_pings_share_one_backend_fetch() {
 #[tokio::test]
 async fn a_ping_without_a_status_request_still_gets_its_pong() {
     let (_syncd, edge) = fake_stack(
-        vec![Route {
-            state: "stopped".into(),
-            ..route("s", "s.example.com", "127.0.0.1:1")
-        }],
+        vec![stopped_route("s", "s.example.com", "127.0.0.1:1")],
         motds,
     )
     .await;
@@ -192,10 +185,7 @@ async fn login_to_a_stopped_route_without_a_waker_still_tries_its_backend() {
         .await
         .expect("backend");
     let (_syncd, edge) = fake_stack(
-        vec![Route {
-            state: "stopped".into(),
-            ..route("s", "s.example.com", &b.addr().to_string())
-        }],
+        vec![stopped_route("s", "s.example.com", &b.addr().to_string())],
         motds,
     )
     .await;
@@ -216,10 +206,7 @@ async fn legacy_pings_are_answered_and_the_1_6_form_is_routed_by_its_hostname() 
         .expect("backend");
     let routes = vec![
         route("live", "live.example.com", &b.addr().to_string()),
-        Route {
-            state: "stopped".into(),
-            ..route("sleepy", "sleepy.example.com", "127.0.0.1:1")
-        },
+        stopped_route("sleepy", "sleepy.example.com", "127.0.0.1:1"),
     ];
     let (_syncd, edge) = fake_stack(routes, motds).await;
     let addr = edge.listen_addr;
