@@ -17,6 +17,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     tonic_prost_build::configure()
         .build_server(true)
         .build_client(true)
+        // A route carries its options inline otherwise: 264 of its 384 bytes,
+        // in every copy of a 100k-route table, for the few servers that have any.
+        .boxed(".automc.v1.Route.options")
         .compile_fds(descriptors)?;
     Ok(())
 }

@@ -289,10 +289,10 @@ mod tests {
                 weight: 1,
                 priority: 0,
             }],
-            options: Some(RouteOptions {
+            options: Some(Box::new(RouteOptions {
                 strategy: strategy.into(),
                 ..RouteOptions::default()
-            }),
+            })),
             ..Route::default()
         }
     }

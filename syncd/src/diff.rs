@@ -63,7 +63,7 @@ pub fn route_from_row(row: ServerRow, problems: &mut Vec<RowProblem>) -> Option<
     let (backends, bad) = options::backends(&row.name, &row.backends);
     problems.extend(bad);
     let options = row.options.and_then(|o| match options::options(&o) {
-        Ok(o) => Some(o),
+        Ok(o) => Some(Box::new(o)),
         Err(reason) => {
             problems.push(RowProblem {
                 table: "server_options",
@@ -298,10 +298,10 @@ mod tests {
     fn an_options_change_is_a_change() {
         let a = route("a", &["a.x"], "1:1");
         let with = Route {
-            options: Some(automc_proto::v1::RouteOptions {
+            options: Some(Box::new(automc_proto::v1::RouteOptions {
                 max_players: Some(5),
                 ..Default::default()
-            }),
+            })),
             ..a.clone()
         };
         let got = diff_all(
