@@ -11,7 +11,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use automc_proto::v1::{PlayerSession, ServerSessions, SessionReport};
+use automc_proto::v1::{PlayerSession, SessionReport};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -25,24 +25,7 @@ pub const DEBOUNCE: Duration = Duration::from_millis(250);
 /// sync messages keep to.
 pub const MAX_REPORT_ENTRIES: usize = 500;
 
-/// Session counts of one server.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Counts {
-    pub players: u32,
-    pub holding: u32,
-    pub status: u32,
-}
-
-impl Counts {
-    fn to_proto(self, server: &str) -> ServerSessions {
-        ServerSessions {
-            server: server.to_owned(),
-            players: self.players,
-            holding: self.holding,
-            status: self.status,
-        }
-    }
-}
+pub use automc_proto::sessions::Counts;
 
 /// Everything this edge has live, as reported.
 #[derive(Debug, Clone, Default, PartialEq)]

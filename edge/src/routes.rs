@@ -209,16 +209,7 @@ impl Routes {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn route(server: &str, host: &str) -> Route {
-        Route {
-            server: server.into(),
-            hostnames: vec![host.into()],
-            address: format!("{server}:25565"),
-            state: "running".into(),
-            ..Route::default()
-        }
-    }
+    use automc_proto::fake::route;
 
     #[test]
     fn delta_applies_on_a_copy() {
@@ -227,11 +218,15 @@ mod tests {
         routes.apply_snapshot(
             "e1".into(),
             3,
-            RouteTable::from_routes([route("a", "a.example.com")]),
+            RouteTable::from_routes([route("a", "a.example.com", "a:25565")]),
             HashMap::new(),
         );
         let before = routes.view();
-        routes.apply_delta(4, vec![route("b", "b.example.com")], &["a".into()]);
+        routes.apply_delta(
+            4,
+            vec![route("b", "b.example.com", "b:25565")],
+            &["a".into()],
+        );
         let after = routes.view();
         let found = |v: &TableView, h: &str| v.table.lookup(h).ok().flatten().is_some();
         assert!(found(&before, "a.example.com"));

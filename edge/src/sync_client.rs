@@ -548,7 +548,7 @@ fn jitter(d: Duration) -> Duration {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use automc_proto::fake::{FakeSyncd, Watch};
+    use automc_proto::fake::{route, FakeSyncd, Watch};
     use automc_proto::v1::*;
 
     #[test]
@@ -556,16 +556,6 @@ mod tests {
         for _ in 0..1000 {
             let j = jitter(Duration::from_millis(400));
             assert!(j >= Duration::from_millis(300) && j <= Duration::from_millis(500));
-        }
-    }
-
-    fn route(server: &str, host: &str) -> Route {
-        Route {
-            server: server.into(),
-            hostnames: vec![host.into()],
-            address: format!("{server}:25565"),
-            state: "running".into(),
-            ..Route::default()
         }
     }
 
@@ -647,7 +637,7 @@ mod tests {
             watch_response::Msg::SnapshotChunk(SnapshotChunk {
                 epoch: "e1".into(),
                 version: 1,
-                routes: vec![route("a", "a.example.com")],
+                routes: vec![route("a", "a.example.com", "a:25565")],
                 wakes: vec![],
                 last: false,
                 ..SnapshotChunk::default()
@@ -659,7 +649,7 @@ mod tests {
             watch_response::Msg::SnapshotChunk(SnapshotChunk {
                 epoch: "e1".into(),
                 version: 1,
-                routes: vec![route("z", "z.example.com")],
+                routes: vec![route("z", "z.example.com", "z:25565")],
                 wakes: vec![WakeUpdate {
                     server: "a".into(),
                     phase: WakePhase::Waking as i32,
@@ -680,7 +670,7 @@ mod tests {
                 epoch: "e1".into(),
                 from_version: 1,
                 version: 2,
-                upserts: vec![route("b", "b.example.com")],
+                upserts: vec![route("b", "b.example.com", "b:25565")],
                 removed: vec!["a".into()],
                 more: false,
             }),
@@ -716,7 +706,7 @@ mod tests {
                 epoch: "e1".into(),
                 from_version: 5,
                 version: 6,
-                upserts: vec![route("c", "c.example.com")],
+                upserts: vec![route("c", "c.example.com", "c:25565")],
                 removed: vec![],
                 more: false,
             }),
@@ -730,7 +720,7 @@ mod tests {
             watch_response::Msg::SnapshotChunk(SnapshotChunk {
                 epoch: "e2".into(),
                 version: 1,
-                routes: vec![route("c", "c.example.com")],
+                routes: vec![route("c", "c.example.com", "c:25565")],
                 wakes: vec![],
                 last: true,
                 ..SnapshotChunk::default()

@@ -133,6 +133,26 @@ impl FakeSyncd {
     }
 }
 
+/// A running route of `server` at `address`, reached by `hostname` (a test
+/// fixture for tables on both sides of the sync stream).
+pub fn route(server: &str, hostname: &str, address: &str) -> crate::v1::Route {
+    crate::v1::Route {
+        server: server.into(),
+        hostnames: vec![hostname.into()],
+        address: address.into(),
+        state: "running".into(),
+        ..crate::v1::Route::default()
+    }
+}
+
+/// [`route`] with `state` "stopped": asleep until something wakes it.
+pub fn stopped_route(server: &str, hostname: &str, address: &str) -> crate::v1::Route {
+    crate::v1::Route {
+        state: "stopped".into(),
+        ..route(server, hostname, address)
+    }
+}
+
 /// A player as an edge reports it: on `server`, joined at `since_ms`, no
 /// UUID or backend (a test fixture for both sides of the report stream).
 pub fn player(session: u64, server: &str, name: &str, since_ms: i64) -> crate::v1::PlayerSession {

@@ -10,6 +10,7 @@ pub mod backend;
 #[cfg(feature = "fake")]
 pub mod fake;
 pub mod hostname;
+pub mod sessions;
 pub mod state;
 pub mod sync;
 pub mod table;

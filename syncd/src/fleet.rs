@@ -35,30 +35,7 @@ pub const MAX_PLAYER_NAME_CHARS: usize = 16;
 /// A hyphenated UUID.
 pub const MAX_UUID_CHARS: usize = 36;
 
-/// Session counts of one server on one edge.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Counts {
-    pub players: u32,
-    pub holding: u32,
-    pub status: u32,
-}
-
-impl Counts {
-    /// Players or held logins: someone wants to play.
-    pub fn active(&self) -> bool {
-        self.players > 0 || self.holding > 0
-    }
-
-    fn is_zero(&self) -> bool {
-        *self == Self::default()
-    }
-
-    fn add(&mut self, o: Counts) {
-        self.players = self.players.saturating_add(o.players);
-        self.holding = self.holding.saturating_add(o.holding);
-        self.status = self.status.saturating_add(o.status);
-    }
-}
+pub use automc_proto::sessions::Counts;
 
 /// A player who joined or left, as one report (or an expiry) showed it.
 #[derive(Debug, Clone, PartialEq)]
@@ -181,14 +158,6 @@ fn valid_player(p: &PlayerSession) -> bool {
         && p.uuid.len() <= MAX_UUID_CHARS
 }
 
-fn counts(c: &automc_proto::v1::ServerSessions) -> Counts {
-    Counts {
-        players: c.players,
-        holding: c.holding,
-        status: c.status,
-    }
-}
-
 impl FleetState {
     /// Apply one report of stream `watcher` (edge `edge_id`) received at `now`.
     /// Returns the players who joined and left with it.
@@ -218,7 +187,7 @@ impl FleetState {
                     refused += 1;
                     continue;
                 }
-                let n = counts(c);
+                let n = Counts::from(c);
                 if n.is_zero() {
                     if let Some(old) = servers.remove(&c.server) {
                         if old.active() {

@@ -60,17 +60,22 @@ BEGIN
 END;
 $$ LANGUAGE plpgsql;
 
+-- One trigger function for every table: its argument names the column that
+-- holds the server's name ('name' on servers, 'server' elsewhere; the
+-- original automc trigger passes none).
 CREATE OR REPLACE FUNCTION automc_notify_routes_changed() RETURNS trigger AS $$
+DECLARE
+    col TEXT := coalesce(TG_ARGV[0], 'name');
 BEGIN
     IF TG_OP = 'TRUNCATE' THEN
         PERFORM pg_notify('automc_routes_changed', '');
         RETURN NULL;
     END IF;
     IF TG_OP IN ('UPDATE', 'DELETE') THEN
-        PERFORM automc_notify_server(OLD.name);
+        PERFORM automc_notify_server(to_jsonb(OLD) ->> col);
     END IF;
     IF TG_OP IN ('INSERT', 'UPDATE') THEN
-        PERFORM automc_notify_server(NEW.name);
+        PERFORM automc_notify_server(to_jsonb(NEW) ->> col);
     END IF;
     RETURN NULL;
 END;
@@ -79,36 +84,20 @@ $$ LANGUAGE plpgsql;
 DROP TRIGGER IF EXISTS automc_servers_route_notify ON servers;
 CREATE TRIGGER automc_servers_route_notify
     AFTER INSERT OR UPDATE OF name, domain, address, state, enabled OR DELETE ON servers
-    FOR EACH ROW EXECUTE FUNCTION automc_notify_routes_changed();
+    FOR EACH ROW EXECUTE FUNCTION automc_notify_routes_changed('name');
 DROP TRIGGER IF EXISTS automc_servers_truncate_notify ON servers;
 CREATE TRIGGER automc_servers_truncate_notify
     AFTER TRUNCATE ON servers
-    FOR EACH STATEMENT EXECUTE FUNCTION automc_notify_routes_changed();
-
-CREATE OR REPLACE FUNCTION automc_notify_alias_changed() RETURNS trigger AS $$
-BEGIN
-    IF TG_OP = 'TRUNCATE' THEN
-        PERFORM pg_notify('automc_routes_changed', '');
-        RETURN NULL;
-    END IF;
-    IF TG_OP IN ('UPDATE', 'DELETE') THEN
-        PERFORM automc_notify_server(OLD.server);
-    END IF;
-    IF TG_OP IN ('INSERT', 'UPDATE') THEN
-        PERFORM automc_notify_server(NEW.server);
-    END IF;
-    RETURN NULL;
-END;
-$$ LANGUAGE plpgsql;
+    FOR EACH STATEMENT EXECUTE FUNCTION automc_notify_routes_changed('name');
 
 DROP TRIGGER IF EXISTS automc_server_aliases_notify ON server_aliases;
 CREATE TRIGGER automc_server_aliases_notify
     AFTER INSERT OR UPDATE OR DELETE ON server_aliases
-    FOR EACH ROW EXECUTE FUNCTION automc_notify_alias_changed();
+    FOR EACH ROW EXECUTE FUNCTION automc_notify_routes_changed('server');
 DROP TRIGGER IF EXISTS automc_server_aliases_truncate_notify ON server_aliases;
 CREATE TRIGGER automc_server_aliases_truncate_notify
     AFTER TRUNCATE ON server_aliases
-    FOR EACH STATEMENT EXECUTE FUNCTION automc_notify_alias_changed();
+    FOR EACH STATEMENT EXECUTE FUNCTION automc_notify_routes_changed('server');
 
 -- Extra backends of a server (servers.address stays the first, priority 0).
 CREATE TABLE IF NOT EXISTS server_backends (
@@ -121,11 +110,11 @@ CREATE INDEX IF NOT EXISTS server_backends_server_idx ON server_backends (server
 DROP TRIGGER IF EXISTS automc_server_backends_notify ON server_backends;
 CREATE TRIGGER automc_server_backends_notify
     AFTER INSERT OR UPDATE OR DELETE ON server_backends
-    FOR EACH ROW EXECUTE FUNCTION automc_notify_alias_changed();
+    FOR EACH ROW EXECUTE FUNCTION automc_notify_routes_changed('server');
 DROP TRIGGER IF EXISTS automc_server_backends_truncate_notify ON server_backends;
 CREATE TRIGGER automc_server_backends_truncate_notify
     AFTER TRUNCATE ON server_backends
-    FOR EACH STATEMENT EXECUTE FUNCTION automc_notify_alias_changed();
+    FOR EACH STATEMENT EXECUTE FUNCTION automc_notify_routes_changed('server');
 
 -- Per-server options; NULL means the global default (docs/routing.md).
 CREATE TABLE IF NOT EXISTS server_options (
@@ -148,11 +137,13 @@ ALTER TABLE server_options ADD COLUMN IF NOT EXISTS wake_allow_players TEXT[];
 DROP TRIGGER IF EXISTS automc_server_options_notify ON server_options;
 CREATE TRIGGER automc_server_options_notify
     AFTER INSERT OR UPDATE OR DELETE ON server_options
-    FOR EACH ROW EXECUTE FUNCTION automc_notify_alias_changed();
+    FOR EACH ROW EXECUTE FUNCTION automc_notify_routes_changed('server');
 DROP TRIGGER IF EXISTS automc_server_options_truncate_notify ON server_options;
 CREATE TRIGGER automc_server_options_truncate_notify
     AFTER TRUNCATE ON server_options
-    FOR EACH STATEMENT EXECUTE FUNCTION automc_notify_alias_changed();
+    FOR EACH STATEMENT EXECUTE FUNCTION automc_notify_routes_changed('server');
+-- Before one function served every table, the other tables had their own.
+DROP FUNCTION IF EXISTS automc_notify_alias_changed();
 "#;
 
 /// Per-server `sleep_after` overrides (rows with a value), in seconds; only

@@ -164,11 +164,23 @@ impl WakerClient {
         }
     }
 
-    /// `POST {base}/servers/{server}/{action}`: the answer's status, after
-    /// counting it; a redirect is an error (never followed).
+    /// `POST {base}/servers/{server}/{action}`: the answer's status.
     async fn post(&self, server: &str, action: &str) -> Result<StatusCode, WakerError> {
         let resp = self
-            .request(reqwest::Method::POST, self.url(server, Some(action)))
+            .send(reqwest::Method::POST, self.url(server, Some(action)))
+            .await?;
+        Ok(resp.status())
+    }
+
+    /// One request, its answer counted; a redirect is an error (never
+    /// followed).
+    async fn send(
+        &self,
+        method: reqwest::Method,
+        url: Url,
+    ) -> Result<reqwest::Response, WakerError> {
+        let resp = self
+            .request(method, url)
             .send()
             .await
             .map_err(|e| self.transport_error(&e))?;
@@ -177,7 +189,7 @@ impl WakerClient {
         if status.is_redirection() {
             return Err(self.redirected(&resp));
         }
-        Ok(status)
+        Ok(resp)
     }
 
     /// Ask the waker to start `server`; 2xx and 409 (already starting) are
@@ -206,15 +218,9 @@ impl WakerClient {
     /// The waker's view of `server`.
     pub async fn status(&self, server: &str) -> Result<ServerStatus, WakerError> {
         let resp = self
-            .request(reqwest::Method::GET, self.url(server, None))
-            .send()
-            .await
-            .map_err(|e| self.transport_error(&e))?;
+            .send(reqwest::Method::GET, self.url(server, None))
+            .await?;
         let status = resp.status();
-        self.metrics.waker_response(status.as_str());
-        if status.is_redirection() {
-            return Err(self.redirected(&resp));
-        }
         if !status.is_success() {
             return Err(WakerError::StatusRejected(status.as_u16()));
         }

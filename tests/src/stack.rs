@@ -614,25 +614,7 @@ pub async fn stack_tweaked(
     (pg, syncd, edge)
 }
 
-/// A running route called `server` for `hostname` at `address`, as syncd
-/// would send it.
-pub fn route(server: &str, hostname: &str, address: &str) -> Route {
-    Route {
-        server: server.into(),
-        hostnames: vec![hostname.into()],
-        address: address.into(),
-        state: "running".into(),
-        ..Route::default()
-    }
-}
-
-/// [`route`] with `state` "stopped": asleep until something wakes it.
-pub fn stopped_route(server: &str, hostname: &str, address: &str) -> Route {
-    Route {
-        state: "stopped".into(),
-        ..route(server, hostname, address)
-    }
-}
+pub use automc_proto::fake::{route, stopped_route};
 
 /// An edge fed by [`automc_proto::fake::FakeSyncd`] instead of Postgres and
 /// syncd, for tests of the edge's own behaviour: it holds `routes` from its
@@ -774,6 +756,31 @@ impl EdgeHandle {
             },
         )
         .await;
+    }
+
+    /// Log `name` in through this edge at `host` and wait until one of
+    /// `backends` has it: the index of that backend, and the open connection.
+    pub async fn login_lands(
+        &self,
+        host: &str,
+        name: &str,
+        backends: &[&crate::mc::McBackend],
+    ) -> (usize, crate::mc::McConn) {
+        let conn = crate::mc::login(self.listen_addr, host, name)
+            .await
+            .expect("login");
+        let mut at = None;
+        eventually(&format!("{name} reaches a backend"), DEADLINE, || {
+            let found = backends.iter().position(|b| {
+                b.logins()
+                    .iter()
+                    .any(|c| c.username.as_deref() == Some(name))
+            });
+            at = found;
+            async move { found.is_some() }
+        })
+        .await;
+        (at.unwrap_or(usize::MAX), conn)
     }
 
     /// Drain (as on SIGTERM) and wait until stopped.

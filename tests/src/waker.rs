@@ -209,13 +209,9 @@ async fn start_server(
         Behaviour::Starts { conflict: true, .. } => {
             (StatusCode::CONFLICT, "already starting").into_response()
         }
-        Behaviour::StartFails(code) => (
-            StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
-            "boom",
-        )
-            .into_response(),
+        Behaviour::StartFails(code) => answer(code, "boom"),
         Behaviour::Hangs => std::future::pending::<Response>().await,
-        _ => (StatusCode::ACCEPTED, r#"{"ok":true}"#).into_response(),
+        _ => accepted(),
     }
 }
 
@@ -244,18 +240,28 @@ async fn stop_server(
             release.cancelled().await;
             stopped(&inner, &name)
         }
-        StopBehaviour::Answers(code) => (
-            StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
-            "no",
-        )
-            .into_response(),
+        StopBehaviour::Answers(code) => answer(code, "no"),
     }
 }
 
 /// A stop accepted: a later start goes through "starting" again.
 fn stopped(inner: &Shared, name: &str) -> Response {
     lock(inner).first_post.remove(name);
+    accepted()
+}
+
+/// What a waker says when it takes a start or a stop.
+fn accepted() -> Response {
     (StatusCode::ACCEPTED, r#"{"ok":true}"#).into_response()
+}
+
+/// A refusal with status `code` (500 when `code` is not a status).
+fn answer(code: u16, body: &'static str) -> Response {
+    (
+        StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+        body,
+    )
+        .into_response()
 }
 
 fn redirect(base: &str, path: &str) -> Response {

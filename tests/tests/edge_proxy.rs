@@ -13,12 +13,6 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const WAIT: Duration = Duration::from_secs(20);
 
-async fn backend(motd: &str) -> McBackend {
-    McBackend::start(BackendOptions::with_motd(motd))
-        .await
-        .expect("backend")
-}
-
 /// Log in with `hostname` and check the login arrived at `at`, byte for byte.
 async fn assert_routed(edge: &EdgeHandle, hostname: &str, at: &McBackend) {
     let before = at.logins().len();
@@ -41,10 +35,10 @@ async fn assert_routed(edge: &EdgeHandle, hostname: &str, at: &McBackend) {
 
 #[tokio::test]
 async fn players_are_routed_by_hostname_case_dot_forge_wildcard_alias_and_default() {
-    let lobby = backend("lobby").await;
-    let mini = backend("mini").await;
-    let survival = backend("survival").await;
-    let fallback = backend("fallback").await;
+    let lobby = McBackend::with_motd("lobby").await;
+    let mini = McBackend::with_motd("mini").await;
+    let survival = McBackend::with_motd("survival").await;
+    let fallback = McBackend::with_motd("fallback").await;
     let rows = format!(
         "INSERT INTO servers (name, domain, address, state) VALUES
            ('lobby', 'lobby.example.com', '{}', 'running'),
@@ -134,7 +128,7 @@ async fn sixty_four_mib_each_way_arrive_intact_and_half_close_is_honoured() {
 
 #[tokio::test]
 async fn a_backend_half_close_still_lets_the_player_finish_sending() {
-    let echo = backend("echo").await;
+    let echo = McBackend::with_motd("echo").await;
     let (_syncd, edge) = fake_stack(
         vec![route("e", "e.example.com", &echo.addr().to_string())],
         |_| {},
@@ -155,7 +149,7 @@ async fn a_backend_half_close_still_lets_the_player_finish_sending() {
 
 #[tokio::test]
 async fn hostile_handshakes_are_closed_within_the_timeout_while_others_are_served() {
-    let good = backend("still serving").await;
+    let good = McBackend::with_motd("still serving").await;
     let (_syncd, edge) = fake_stack(
         vec![route("good", "good.example.com", &good.addr().to_string())],
         |c| c.handshake_timeout = Duration::from_secs(1),
@@ -270,7 +264,7 @@ async fn proxy_protocol_from_a_trusted_peer_names_the_player_and_is_sent_upstrea
 
 #[tokio::test]
 async fn proxy_protocol_from_an_untrusted_peer_is_refused() {
-    let b = backend("b").await;
+    let b = McBackend::with_motd("b").await;
     let (_syncd, edge) = fake_stack(
         vec![route("p", "p.example.com", &b.addr().to_string())],
         |_| {},
@@ -298,7 +292,7 @@ async fn proxy_protocol_from_an_untrusted_peer_is_refused() {
 
 #[tokio::test]
 async fn sigterm_drain_lets_an_active_connection_finish() {
-    let echo = backend("echo").await;
+    let echo = McBackend::with_motd("echo").await;
     let (_syncd, edge) = fake_stack(
         vec![route("e", "e.example.com", &echo.addr().to_string())],
         |c| c.drain_timeout = Duration::from_secs(30),

@@ -19,9 +19,7 @@ fn motds(c: &mut edge::Config) {
 
 #[tokio::test]
 async fn status_of_a_running_backend_is_its_own() {
-    let b = McBackend::start(BackendOptions::with_motd("live backend"))
-        .await
-        .expect("backend");
+    let b = McBackend::with_motd("live backend").await;
     let (_syncd, edge) = fake_stack(
         vec![route("live", "live.example.com", &b.addr().to_string())],
         motds,
@@ -36,9 +34,7 @@ async fn status_of_a_running_backend_is_its_own() {
 
 #[tokio::test]
 async fn status_of_a_stopped_server_is_the_asleep_motd_echoing_the_clients_protocol() {
-    let b = McBackend::start(BackendOptions::with_motd("should not be asked"))
-        .await
-        .expect("backend");
+    let b = McBackend::with_motd("should not be asked").await;
     let (_syncd, edge) = fake_stack(
         vec![stopped_route("s", "s.example.com", &b.addr().to_string())],
         motds,
@@ -70,9 +66,7 @@ async fn status_of_an_unreachable_running_backend_is_the_asleep_motd() {
 
 #[tokio::test]
 async fn last_good_status_is_served_marked_stale_while_the_backend_is_briefly_down() {
-    let b = McBackend::start(BackendOptions::with_motd("live backend"))
-        .await
-        .expect("backend");
+    let b = McBackend::with_motd("live backend").await;
     let (_syncd, edge) = fake_stack(
         vec![route("live", "live.example.com", &b.addr().to_string())],
         motds,
@@ -98,9 +92,7 @@ async fn last_good_status_is_served_marked_stale_while_the_backend_is_briefly_do
 
 #[tokio::test]
 async fn concurrent_status_pings_share_one_backend_fetch() {
-    let b = McBackend::start(BackendOptions::with_motd("popular"))
-        .await
-        .expect("backend");
+    let b = McBackend::with_motd("popular").await;
     let (_syncd, edge) = fake_stack(
         vec![route("p", "p.example.com", &b.addr().to_string())],
         |c| c.status_cache_ttl = Duration::from_secs(60),
@@ -201,9 +193,7 @@ async fn login_to_a_stopped_route_without_a_waker_still_tries_its_backend() {
 
 #[tokio::test]
 async fn legacy_pings_are_answered_and_the_1_6_form_is_routed_by_its_hostname() {
-    let b = McBackend::start(BackendOptions::with_motd("legacy live"))
-        .await
-        .expect("backend");
+    let b = McBackend::with_motd("legacy live").await;
     let routes = vec![
         route("live", "live.example.com", &b.addr().to_string()),
         stopped_route("sleepy", "sleepy.example.com", "127.0.0.1:1"),
@@ -231,9 +221,7 @@ async fn legacy_pings_are_answered_and_the_1_6_form_is_routed_by_its_hostname() 
 
 #[tokio::test]
 async fn a_trickled_status_conversation_is_closed_at_its_deadline_not_kept_alive_by_each_byte() {
-    let b = McBackend::start(BackendOptions::with_motd("trickle"))
-        .await
-        .expect("backend");
+    let b = McBackend::with_motd("trickle").await;
     let (_syncd, edge) = fake_stack(
         vec![route("t", "t.example.com", &b.addr().to_string())],
         |c| c.handshake_timeout = Duration::from_secs(1),

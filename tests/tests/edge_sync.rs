@@ -6,16 +6,10 @@ use automc_proto::v1::edge_admin_client::EdgeAdminClient;
 use automc_proto::v1::{
     GetRouteRequest, GetSyncStatusRequest, ListConnectionsRequest, ListRoutesRequest,
 };
-use automc_tests::mc::{login, BackendOptions, McBackend};
+use automc_tests::mc::{login, McBackend};
 use automc_tests::stack::{eventually, http_get, migrated_pg, start_edge, start_syncd, DEADLINE};
 
 const WAIT: Duration = Duration::from_secs(20);
-
-async fn backend(motd: &str) -> McBackend {
-    McBackend::start(BackendOptions::with_motd(motd))
-        .await
-        .expect("backend")
-}
 
 #[tokio::test]
 async fn a_route_added_changed_and_removed_in_postgres_changes_where_new_connections_go() {
@@ -23,8 +17,8 @@ async fn a_route_added_changed_and_removed_in_postgres_changes_where_new_connect
     let syncd = start_syncd(&pg.dsn(), |_| {}).await;
     let edge = start_edge(&[syncd.grpc_url()], |_| {}).await;
     edge.ready().await;
-    let a = backend("a").await;
-    let b = backend("b").await;
+    let a = McBackend::with_motd("a").await;
+    let b = McBackend::with_motd("b").await;
 
     let mut conn = login(edge.listen_addr, "new.example.com", "steve")
         .await
@@ -70,8 +64,8 @@ async fn a_route_added_changed_and_removed_in_postgres_changes_where_new_connect
 #[tokio::test]
 async fn with_syncd_gone_the_edge_routes_from_its_last_table_then_resyncs_after_a_restart() {
     let pg = migrated_pg().await;
-    let a = backend("a").await;
-    let b = backend("b").await;
+    let a = McBackend::with_motd("a").await;
+    let b = McBackend::with_motd("b").await;
     pg.execute(&format!(
         "INSERT INTO servers (name, domain, address, state) VALUES ('a', 'a.example.com', '{}', 'running')",
         a.addr()
@@ -146,7 +140,7 @@ async fn an_edge_rotates_to_the_next_syncd_endpoint() {
 #[tokio::test]
 async fn admin_endpoints_report_routes_sync_state_and_connections() {
     let pg = migrated_pg().await;
-    let a = backend("a").await;
+    let a = McBackend::with_motd("a").await;
     pg.execute(&format!(
         "INSERT INTO servers (name, domain, address, state) VALUES ('a', 'a.example.com', '{}', 'running')",
         a.addr()

@@ -6,9 +6,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use automc_tests::mc::{
-    handshake_packet, login_start_packet, BackendOptions, McBackend, DEFAULT_PROTOCOL,
-};
+use automc_tests::mc::{handshake_packet, login_start_packet, McBackend, DEFAULT_PROTOCOL};
 use automc_tests::pg::TestPg;
 use automc_tests::stack::{
     ensure_fd_limit, eventually, migrated_pg, start_edge, start_syncd, EdgeHandle, SyncdHandle,
@@ -32,9 +30,7 @@ async fn lobby_stack(
     tweak: impl FnOnce(&mut edge::Config),
 ) -> (TestPg, McBackend, SyncdHandle, EdgeHandle) {
     let pg = migrated_pg().await;
-    let lobby = McBackend::start(BackendOptions::with_motd(motd))
-        .await
-        .expect("backend");
+    let lobby = McBackend::with_motd(motd).await;
     pg.execute(&format!(
         "INSERT INTO servers (name, domain, address, state) VALUES ('lobby', 'lobby.example.com', '{}', 'running')",
         lobby.addr()

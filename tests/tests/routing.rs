@@ -8,39 +8,9 @@ use automc_proto::v1::{BackendStrategy, GetRouteRequest};
 use automc_tests::mc::{self, login, status_ping, BackendOptions, McBackend, DEFAULT_PROTOCOL};
 use automc_tests::pg::TestPg;
 use automc_tests::stack::{
-    dead_address, eventually, metric_sample, migrated_pg, stack, start_edge, start_syncd,
-    EdgeHandle, DEADLINE,
+    dead_address, eventually, metric_sample, migrated_pg, stack, start_edge, start_syncd, DEADLINE,
 };
 use syncd::check::Level;
-
-async fn backend(motd: &str) -> McBackend {
-    McBackend::start(BackendOptions::with_motd(motd))
-        .await
-        .expect("backend")
-}
-
-/// Log `name` in through the edge and return the index of the backend in
-/// `backends` that received it (and the open connection).
-async fn login_lands(
-    edge: &EdgeHandle,
-    host: &str,
-    name: &str,
-    backends: &[&McBackend],
-) -> (usize, mc::McConn) {
-    let conn = login(edge.listen_addr, host, name).await.expect("login");
-    let mut at = None;
-    eventually(&format!("{name} reaches a backend"), DEADLINE, || {
-        let found = backends.iter().position(|b| {
-            b.logins()
-                .iter()
-                .any(|c| c.username.as_deref() == Some(name))
-        });
-        at = found;
-        async move { found.is_some() }
-    })
-    .await;
-    (at.unwrap_or(usize::MAX), conn)
-}
 
 /// A 64x64 PNG (signature and IHDR; the pixels do not matter to anyone
 /// but the client, which is not here).
@@ -276,9 +246,7 @@ CREATE TRIGGER automc_servers_route_notify
 async fn an_original_database_without_the_new_tables_still_syncs_and_routes() {
     let pg = TestPg::start().await;
     pg.execute(ORIGINAL_SCHEMA).await;
-    let backend = McBackend::start(BackendOptions::with_motd("old"))
-        .await
-        .expect("backend");
+    let backend = McBackend::with_motd("old").await;
     pg.execute(&format!(
         "INSERT INTO servers (name, domain, address, state)
            VALUES ('old', 'old.example.com', '{}', 'running')",
@@ -340,8 +308,8 @@ async fn an_original_database_without_the_new_tables_still_syncs_and_routes() {
 #[tokio::test]
 async fn failover_uses_the_first_backend_then_the_next_when_it_dies_and_recovers_after_the_backoff()
 {
-    let a = backend("a").await;
-    let b = backend("b").await;
+    let a = McBackend::with_motd("a").await;
+    let b = McBackend::with_motd("b").await;
     let rows = format!(
         "INSERT INTO servers (name, domain, address, state) VALUES ('s', 's.example.com', '{}', 'running');
          INSERT INTO server_backends (server, address, priority) VALUES ('s', '{}', 1);",
@@ -350,17 +318,19 @@ async fn failover_uses_the_first_backend_then_the_next_when_it_dies_and_recovers
     );
     let (_pg, _syncd, edge) = stack(&rows, |_| {}).await;
     for i in 0..3 {
-        let (at, _c) = login_lands(&edge, "s.example.com", &format!("first{i}"), &[&a, &b]).await;
+        let (at, _c) = edge
+            .login_lands("s.example.com", &format!("first{i}"), &[&a, &b])
+            .await;
         assert_eq!(at, 0, "failover keeps to the first backend");
     }
     let a_addr = a.addr();
     a.stop();
     drop(a);
     // The same login moves on to the next backend within its connect budget.
-    let (at, _c) = login_lands(&edge, "s.example.com", "moved", &[&b]).await;
+    let (at, _c) = edge.login_lands("s.example.com", "moved", &[&b]).await;
     assert_eq!(at, 0);
     // The dead one is skipped (no wake, no wait) while it is backed off.
-    let (_, _c) = login_lands(&edge, "s.example.com", "skipped", &[&b]).await;
+    let (_, _c) = edge.login_lands("s.example.com", "skipped", &[&b]).await;
     // Back on the same address: logins return to it once the backoff passes.
     let a = McBackend::start_on(a_addr, BackendOptions::with_motd("a again"))
         .await
@@ -375,7 +345,7 @@ async fn failover_uses_the_first_backend_then_the_next_when_it_dies_and_recovers
             let edge = &edge;
             let (a, b) = (&a, &b);
             async move {
-                let (at, _c) = login_lands(edge, "s.example.com", &name, &[a, b]).await;
+                let (at, _c) = edge.login_lands("s.example.com", &name, &[a, b]).await;
                 at == 0
             }
         },
@@ -385,9 +355,9 @@ async fn failover_uses_the_first_backend_then_the_next_when_it_dies_and_recovers
 
 #[tokio::test]
 async fn round_robin_cycles_the_backends_in_order() {
-    let a = backend("a").await;
-    let b = backend("b").await;
-    let c = backend("c").await;
+    let a = McBackend::with_motd("a").await;
+    let b = McBackend::with_motd("b").await;
+    let c = McBackend::with_motd("c").await;
     let rows = format!(
         "INSERT INTO servers (name, domain, address, state) VALUES ('s', 's.example.com', '{}', 'running');
          INSERT INTO server_backends (server, address) VALUES ('s', '{}'), ('s', '{}');
@@ -406,7 +376,9 @@ async fn round_robin_cycles_the_backends_in_order() {
     let want: Vec<usize> = [0, rows_order[0].1, rows_order[1].1].repeat(2);
     let mut got = Vec::new();
     for i in 0..6 {
-        let (at, _c) = login_lands(&edge, "s.example.com", &format!("p{i}"), &[&a, &b, &c]).await;
+        let (at, _c) = edge
+            .login_lands("s.example.com", &format!("p{i}"), &[&a, &b, &c])
+            .await;
         got.push(at);
     }
     assert_eq!(got, want);
@@ -414,8 +386,8 @@ async fn round_robin_cycles_the_backends_in_order() {
 
 #[tokio::test]
 async fn random_spreads_logins_over_every_backend() {
-    let a = backend("a").await;
-    let b = backend("b").await;
+    let a = McBackend::with_motd("a").await;
+    let b = McBackend::with_motd("b").await;
     let rows = format!(
         "INSERT INTO servers (name, domain, address, state) VALUES ('s', 's.example.com', '{}', 'running');
          INSERT INTO server_backends (server, address) VALUES ('s', '{}');
@@ -427,7 +399,9 @@ async fn random_spreads_logins_over_every_backend() {
     // Bounded by a count, not a clock: 2^-99 odds of a false failure.
     let mut seen = [false; 2];
     for n in 0..100 {
-        let (at, _c) = login_lands(&edge, "s.example.com", &format!("r{n}"), &[&a, &b]).await;
+        let (at, _c) = edge
+            .login_lands("s.example.com", &format!("r{n}"), &[&a, &b])
+            .await;
         seen[at] = true;
         if seen == [true, true] {
             return;
@@ -438,8 +412,8 @@ async fn random_spreads_logins_over_every_backend() {
 
 #[tokio::test]
 async fn least_players_sends_each_login_to_the_emptiest_backend() {
-    let a = backend("a").await;
-    let b = backend("b").await;
+    let a = McBackend::with_motd("a").await;
+    let b = McBackend::with_motd("b").await;
     let rows = format!(
         "INSERT INTO servers (name, domain, address, state) VALUES ('s', 's.example.com', '{}', 'running');
          INSERT INTO server_backends (server, address) VALUES ('s', '{}');
@@ -448,11 +422,11 @@ async fn least_players_sends_each_login_to_the_emptiest_backend() {
         b.addr()
     );
     let (_pg, _syncd, edge) = stack(&rows, |_| {}).await;
-    let (first, c1) = login_lands(&edge, "s.example.com", "one", &[&a, &b]).await;
+    let (first, c1) = edge.login_lands("s.example.com", "one", &[&a, &b]).await;
     assert_eq!(first, 0, "a tie goes to the first backend");
-    let (second, c2) = login_lands(&edge, "s.example.com", "two", &[&a, &b]).await;
+    let (second, c2) = edge.login_lands("s.example.com", "two", &[&a, &b]).await;
     assert_eq!(second, 1, "one player on a: b is emptier");
-    let (third, _c3) = login_lands(&edge, "s.example.com", "three", &[&a, &b]).await;
+    let (third, _c3) = edge.login_lands("s.example.com", "three", &[&a, &b]).await;
     assert_eq!(third, 0, "a tie again");
     drop((c1, c2));
 }
@@ -485,14 +459,14 @@ async fn a_sleeping_server_answers_status_with_its_own_motd_favicon_and_player_l
 
 #[tokio::test]
 async fn past_max_players_a_login_gets_a_readable_server_is_full() {
-    let a = backend("a").await;
+    let a = McBackend::with_motd("a").await;
     let rows = format!(
         "INSERT INTO servers (name, domain, address, state) VALUES ('s', 's.example.com', '{}', 'running');
          INSERT INTO server_options (server, max_players) VALUES ('s', 1);",
         a.addr()
     );
     let (_pg, _syncd, edge) = stack(&rows, |_| {}).await;
-    let (_, _first) = login_lands(&edge, "s.example.com", "first", &[&a]).await;
+    let (_, _first) = edge.login_lands("s.example.com", "first", &[&a]).await;
     let mut second = login(edge.listen_addr, "s.example.com", "second")
         .await
         .expect("connect");
@@ -507,7 +481,7 @@ async fn past_max_players_a_login_gets_a_readable_server_is_full() {
 
 #[tokio::test]
 async fn denied_addresses_are_refused_before_any_backend_dial() {
-    let a = backend("a").await;
+    let a = McBackend::with_motd("a").await;
     let rows = format!(
         "INSERT INTO servers (name, domain, address, state) VALUES
            ('denied', 'd.example.com', '{0}', 'running'),
@@ -526,7 +500,7 @@ async fn denied_addresses_are_refused_before_any_backend_dial() {
         assert!(text.contains("cannot join"), "{host}: {text}");
     }
     assert_eq!(a.accepted(), 0, "no dial for a refused client");
-    let (_, _ok) = login_lands(&edge, "open.example.com", "fine", &[&a]).await;
+    let (_, _ok) = edge.login_lands("open.example.com", "fine", &[&a]).await;
 
     // The global flag refuses before the handshake is even read.
     let global = start_edge(&[syncd.grpc_url()], |c| {
@@ -545,7 +519,7 @@ async fn denied_addresses_are_refused_before_any_backend_dial() {
 
 #[tokio::test]
 async fn rewrite_host_reaches_the_backend_with_the_forge_marker_and_every_later_byte_untouched() {
-    let a = backend("a").await;
+    let a = McBackend::with_motd("a").await;
     let rows = format!(
         "INSERT INTO servers (name, domain, address, state) VALUES ('s', 's.example.com', '{}', 'running');
          INSERT INTO server_options (server, rewrite_host) VALUES ('s', 'lobby.internal');",
@@ -577,14 +551,16 @@ async fn rewrite_host_reaches_the_backend_with_the_forge_marker_and_every_later_
 
 #[tokio::test]
 async fn a_wildcard_capture_dials_the_captured_label_and_refuses_anything_else() {
-    let a = backend("a").await;
+    let a = McBackend::with_motd("a").await;
     let rows = format!(
         "INSERT INTO servers (name, domain, address, state)
            VALUES ('per-label', '*.mc.example.com', '{{1}}:{}', 'running');",
         a.addr().port()
     );
     let (_pg, syncd, edge) = stack(&rows, |_| {}).await;
-    let (_, _c) = login_lands(&edge, "localhost.mc.example.com", "label", &[&a]).await;
+    let (_, _c) = edge
+        .login_lands("localhost.mc.example.com", "label", &[&a])
+        .await;
     for bad in ["a.localhost.mc.example.com", "x_y.mc.example.com"] {
         let mut c = login(edge.listen_addr, bad, "evil").await.expect("connect");
         let text = c.read_disconnect().await.expect("disconnect");
@@ -620,8 +596,8 @@ async fn a_wildcard_capture_dials_the_captured_label_and_refuses_anything_else()
 
 #[tokio::test]
 async fn get_route_shows_the_backend_set_and_what_this_edge_would_dial_now() {
-    let a = backend("a").await;
-    let b = backend("b").await;
+    let a = McBackend::with_motd("a").await;
+    let b = McBackend::with_motd("b").await;
     let rows = format!(
         "INSERT INTO servers (name, domain, address, state) VALUES ('s', 's.example.com', '{}', 'running');
          INSERT INTO server_backends (server, address, priority) VALUES ('s', '{}', 1);",
@@ -640,7 +616,7 @@ async fn get_route_shows_the_backend_set_and_what_this_edge_would_dial_now() {
     assert_eq!(set, [a.addr().to_string(), b.addr().to_string()]);
     assert_eq!(r.would_dial, a.addr().to_string());
     a.stop();
-    let (_, _c) = login_lands(&edge, "s.example.com", "moves", &[&b]).await;
+    let (_, _c) = edge.login_lands("s.example.com", "moves", &[&b]).await;
     let r = admin.get_route(ask()).await.expect("GetRoute").into_inner();
     assert_eq!(
         r.would_dial,
@@ -651,7 +627,7 @@ async fn get_route_shows_the_backend_set_and_what_this_edge_would_dial_now() {
 
 #[tokio::test]
 async fn a_status_ping_skips_a_dead_first_backend_and_shows_the_running_one() {
-    let b = backend("the second backend").await;
+    let b = McBackend::with_motd("the second backend").await;
     let rows = format!(
         "INSERT INTO servers (name, domain, address, state) VALUES ('s', 's.example.com', '{}', 'running');
          INSERT INTO server_backends (server, address, priority) VALUES ('s', '{}', 1);",
@@ -664,7 +640,7 @@ async fn a_status_ping_skips_a_dead_first_backend_and_shows_the_running_one() {
         .expect("status");
     assert_eq!(reply.motd(), "the second backend");
     // The dead one is now backed off: the next login goes straight to b.
-    let (_, _c) = login_lands(&edge, "s.example.com", "p", &[&b]).await;
+    let (_, _c) = edge.login_lands("s.example.com", "p", &[&b]).await;
 }
 
 #[tokio::test]
@@ -675,7 +651,7 @@ async fn proxy_protocol_per_server_overrides_the_global_flag() {
     })
     .await
     .expect("backend");
-    let without = backend("without").await;
+    let without = McBackend::with_motd("without").await;
     let rows = format!(
         "INSERT INTO servers (name, domain, address, state) VALUES
            ('with', 'with.example.com', '{}', 'running'),
@@ -685,8 +661,10 @@ async fn proxy_protocol_per_server_overrides_the_global_flag() {
         without.addr()
     );
     let (_pg, _syncd, edge) = stack(&rows, |_| {}).await;
-    let (_, _a) = login_lands(&edge, "with.example.com", "p1", &[&with]).await;
-    let (_, _b) = login_lands(&edge, "without.example.com", "p2", &[&without]).await;
+    let (_, _a) = edge.login_lands("with.example.com", "p1", &[&with]).await;
+    let (_, _b) = edge
+        .login_lands("without.example.com", "p2", &[&without])
+        .await;
     let rec = with.logins().pop().expect("login");
     assert!(rec.proxy.is_some(), "PROXY v2 header sent: {rec:?}");
     let rec = without.logins().pop().expect("login");

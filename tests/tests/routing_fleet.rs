@@ -8,7 +8,7 @@
 //! counts it would use), never on time.
 use automc_proto::v1::edge_admin_client::EdgeAdminClient;
 use automc_proto::v1::{CountSource, GetRouteRequest, GetRouteResponse};
-use automc_tests::mc::{self, login, status_ping, BackendOptions, McBackend, DEFAULT_PROTOCOL};
+use automc_tests::mc::{login, status_ping, McBackend, DEFAULT_PROTOCOL};
 use automc_tests::stack::{
     eventually, migrated_pg, start_edge, start_syncd, EdgeHandle, SyncdHandle, DEADLINE,
 };
@@ -17,12 +17,6 @@ use std::sync::{Arc, Mutex};
 use tonic::transport::Channel;
 
 const HOST: &str = "s.example.com";
-
-async fn backend(motd: &str) -> McBackend {
-    McBackend::start(BackendOptions::with_motd(motd))
-        .await
-        .expect("backend")
-}
 
 async fn edge(syncd: &SyncdHandle, id: &str) -> EdgeHandle {
     let e = start_edge(&[syncd.grpc_url()], |c| c.edge_id = id.into()).await;
@@ -75,27 +69,6 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-/// Log `name` in through `edge` and wait until one of `backends` has it.
-async fn login_lands(
-    edge: &EdgeHandle,
-    name: &str,
-    backends: &[&McBackend],
-) -> (usize, mc::McConn) {
-    let conn = login(edge.listen_addr, HOST, name).await.expect("login");
-    let mut at = None;
-    eventually(&format!("{name} reaches a backend"), DEADLINE, || {
-        let found = backends.iter().position(|b| {
-            b.logins()
-                .iter()
-                .any(|c| c.username.as_deref() == Some(name))
-        });
-        at = found;
-        async move { found.is_some() }
-    })
-    .await;
-    (at.unwrap_or(usize::MAX), conn)
-}
-
 fn backend_players(r: &GetRouteResponse) -> Vec<(String, u32)> {
     r.backend_players
         .iter()
@@ -105,8 +78,8 @@ fn backend_players(r: &GetRouteResponse) -> Vec<(String, u32)> {
 
 #[tokio::test]
 async fn least_players_counts_the_players_of_every_edge_and_falls_back_to_its_own_without_syncd() {
-    let a = backend("a").await;
-    let b = backend("b").await;
+    let a = McBackend::with_motd("a").await;
+    let b = McBackend::with_motd("b").await;
     let pg = migrated_pg().await;
     pg.execute(&format!(
         "INSERT INTO servers (name, domain, address, state) VALUES ('s', '{HOST}', '{}', 'running');
@@ -122,11 +95,11 @@ async fn least_players_counts_the_players_of_every_edge_and_falls_back_to_its_ow
     let admin_b = admin(&edge_b).await;
 
     // Two players on edge A: a tie goes to backend a, then b is emptier.
-    let (first, _p1) = login_lands(&edge_a, "one", &[&a, &b]).await;
-    let (second, _p2) = login_lands(&edge_a, "two", &[&a, &b]).await;
+    let (first, _p1) = edge_a.login_lands(HOST, "one", &[&a, &b]).await;
+    let (second, _p2) = edge_a.login_lands(HOST, "two", &[&a, &b]).await;
     assert_eq!((first, second), (0, 1));
     // A third on edge A goes to a again (a tie): a has 2, b has 1.
-    let (third, _p3) = login_lands(&edge_a, "three", &[&a, &b]).await;
+    let (third, _p3) = edge_a.login_lands(HOST, "three", &[&a, &b]).await;
     assert_eq!(third, 0);
 
     // Edge B has no player of its own; syncd tells it about edge A's.
@@ -145,7 +118,7 @@ async fn least_players_counts_the_players_of_every_edge_and_falls_back_to_its_ow
         "b is emptier fleet-wide"
     );
     // So edge B's first login goes to b, not to a (edge B alone sees a tie).
-    let (at, _p4) = login_lands(&edge_b, "four", &[&a, &b]).await;
+    let (at, _p4) = edge_b.login_lands(HOST, "four", &[&a, &b]).await;
     assert_eq!(at, 1, "the fleet count, not edge B's own");
     // Edge B counts its own player at once, on top of the fleet's.
     let r = get_route(&admin_b).await;
@@ -181,7 +154,7 @@ async fn least_players_counts_the_players_of_every_edge_and_falls_back_to_its_ow
 
 #[tokio::test]
 async fn max_players_reached_through_one_edge_refuses_a_login_on_another_before_any_dial() {
-    let a = backend("a").await;
+    let a = McBackend::with_motd("a").await;
     let pg = migrated_pg().await;
     pg.execute(&format!(
         "INSERT INTO servers (name, domain, address, state) VALUES ('s', '{HOST}', '{}', 'running');
@@ -196,7 +169,7 @@ async fn max_players_reached_through_one_edge_refuses_a_login_on_another_before_
     // Before anyone plays, edge B holds (empty) fleet counts too.
     fleet_route(&admin_b, "edge B has fleet counts", |r| r.players == 0).await;
 
-    let (_, first) = login_lands(&edge_a, "first", &[&a]).await;
+    let (_, first) = edge_a.login_lands(HOST, "first", &[&a]).await;
     fleet_route(&admin_b, "edge B shows edge A's player", |r| r.players == 1).await;
 
     let mut second = login(edge_b.listen_addr, HOST, "second")
@@ -227,6 +200,6 @@ async fn max_players_reached_through_one_edge_refuses_a_login_on_another_before_
     // The player on edge A leaves: edge B hears of it and admits a login.
     drop(first);
     fleet_route(&admin_b, "edge B shows the seat free", |r| r.players == 0).await;
-    let (_, _third) = login_lands(&edge_b, "third", &[&a]).await;
+    let (_, _third) = edge_b.login_lands(HOST, "third", &[&a]).await;
     assert_eq!(a.logins().len(), 2);
 }

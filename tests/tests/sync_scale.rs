@@ -6,7 +6,7 @@ use automc_proto::v1::route_sync_client::RouteSyncClient;
 use automc_proto::v1::{
     watch_request, GetRouteRequest, ListRoutesRequest, WatchHello, WatchRequest,
 };
-use automc_tests::mc::{login, BackendOptions, McBackend};
+use automc_tests::mc::{login, McBackend};
 use automc_tests::pg::TestPg;
 use automc_tests::stack::{migrated_pg, start_edge, start_syncd, DEADLINE};
 
@@ -27,9 +27,7 @@ async fn seed(pg: &TestPg, count: usize, last_address: &str) {
 async fn a_real_edge_with_default_client_settings_loads_100k_routes_and_routes_a_player_to_the_last(
 ) {
     let pg = migrated_pg().await;
-    let backend = McBackend::start(BackendOptions::with_motd("last"))
-        .await
-        .expect("backend");
+    let backend = McBackend::with_motd("last").await;
     seed(&pg, 100_000, &backend.addr().to_string()).await;
     let syncd = start_syncd(&pg.dsn(), |_| {}).await;
     let edge = start_edge(&[syncd.grpc_url()], |_| {}).await;

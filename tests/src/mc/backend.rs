@@ -121,6 +121,14 @@ pub struct McBackend {
 }
 
 impl McBackend {
+    /// A backend with default options answering status with `motd`; panics
+    /// when it cannot bind (test setup, not the thing under test).
+    pub async fn with_motd(motd: &str) -> Self {
+        Self::start(BackendOptions::with_motd(motd))
+            .await
+            .expect("backend")
+    }
+
     pub async fn start(opts: BackendOptions) -> Result<Self> {
         Self::start_on("127.0.0.1:0".parse()?, opts).await
     }

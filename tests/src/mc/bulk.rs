@@ -17,35 +17,56 @@ pub struct BulkReport {
 
 const CHUNK: usize = 256 * 1024;
 
+/// The `len` pseudo-random bytes of `seed`, a chunk at a time, with their running hash.
+struct RandomBytes {
+    rng: rand::rngs::StdRng,
+    hasher: Sha256,
+    buf: Vec<u8>,
+    left: u64,
+}
+
+impl RandomBytes {
+    fn new(len: u64, seed: u64) -> Self {
+        Self {
+            rng: rand::rngs::StdRng::seed_from_u64(seed),
+            hasher: Sha256::new(),
+            buf: vec![0u8; CHUNK],
+            left: len,
+        }
+    }
+
+    /// The next chunk (already hashed), or `None` when all `len` bytes were given.
+    fn next_chunk(&mut self) -> Option<&[u8]> {
+        if self.left == 0 {
+            return None;
+        }
+        let n = self.left.min(self.buf.len() as u64) as usize;
+        self.rng.fill_bytes(&mut self.buf[..n]);
+        self.hasher.update(&self.buf[..n]);
+        self.left -= n as u64;
+        Some(&self.buf[..n])
+    }
+
+    /// SHA-256 (hex) of every byte given.
+    fn sha256(self) -> String {
+        hex(&self.hasher.finalize())
+    }
+}
+
 /// Writes `len` pseudo-random bytes from `seed`; returns their SHA-256 (hex).
 pub async fn write_random<W: AsyncWrite + Unpin>(w: &mut W, len: u64, seed: u64) -> Result<String> {
-    let mut hasher = Sha256::new();
-    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
-    let mut buf = vec![0u8; CHUNK];
-    let mut left = len;
-    while left > 0 {
-        let n = left.min(buf.len() as u64) as usize;
-        rng.fill_bytes(&mut buf[..n]);
-        hasher.update(&buf[..n]);
-        w.write_all(&buf[..n]).await?;
-        left -= n as u64;
+    let mut bytes = RandomBytes::new(len, seed);
+    while let Some(chunk) = bytes.next_chunk() {
+        w.write_all(chunk).await?;
     }
-    Ok(hex(&hasher.finalize()))
+    Ok(bytes.sha256())
 }
 
 /// SHA-256 (hex) of the `len` bytes `write_random(…, len, seed)` produces.
 pub fn random_sha256(len: u64, seed: u64) -> String {
-    let mut hasher = Sha256::new();
-    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
-    let mut buf = vec![0u8; CHUNK];
-    let mut left = len;
-    while left > 0 {
-        let n = left.min(buf.len() as u64) as usize;
-        rng.fill_bytes(&mut buf[..n]);
-        hasher.update(&buf[..n]);
-        left -= n as u64;
-    }
-    hex(&hasher.finalize())
+    let mut bytes = RandomBytes::new(len, seed);
+    while bytes.next_chunk().is_some() {}
+    bytes.sha256()
 }
 
 /// Reads until EOF, counting and hashing `already` (bytes read before) and the rest:
