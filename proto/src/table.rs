@@ -16,7 +16,7 @@
 use std::ops::Bound;
 use std::sync::Arc;
 
-use imbl::{HashMap, OrdMap};
+use imbl::OrdMap;
 use prost::Message;
 
 use crate::hostname::normalize_player_hostname;
@@ -74,14 +74,65 @@ pub struct Match<'a> {
 /// Claim rank of a hostname: 0 for a server's own domain, 1 for an alias.
 type Claim = (u8, String);
 
-/// Every server claiming one pattern, best first (a sorted `Vec`: almost
-/// always one claim).
-#[derive(Debug, Clone, Default)]
-struct Claims {
-    /// The pattern as stored (`*.suffix` for wildcards), so a lookup can name
-    /// it without building it.
+/// Every server claiming one pattern. Almost always one: that case is
+/// stored inline in the index node, with no allocation of its own (memory
+/// per hostname is what limits a 1M-route table).
+#[derive(Debug, Clone)]
+enum Claims {
+    One(Claim),
+    /// Two or more, best first.
+    Many(Arc<Vec<Claim>>),
+}
+
+impl Claims {
+    fn best(&self) -> &Claim {
+        match self {
+            Self::One(c) => c,
+            // Never empty: `remove` turns a last pair back into `One`.
+            Self::Many(v) => &v[0],
+        }
+    }
+
+    fn add(&mut self, claim: Claim) {
+        match self {
+            Self::One(c) if *c == claim => {}
+            Self::One(c) => {
+                let mut v = vec![c.clone(), claim];
+                v.sort();
+                *self = Self::Many(Arc::new(v));
+            }
+            Self::Many(v) => {
+                if let Err(at) = v.binary_search(&claim) {
+                    Arc::make_mut(v).insert(at, claim);
+                }
+            }
+        }
+    }
+
+    /// Drop `server`'s claim of `rank`; true when no claim is left.
+    fn remove(&mut self, rank: u8, server: &str) -> bool {
+        let v = match self {
+            Self::One((r, s)) => return *r == rank && s == server,
+            Self::Many(v) => v,
+        };
+        if let Ok(at) = v.binary_search_by(|(r, s)| (*r, s.as_str()).cmp(&(rank, server))) {
+            let v = Arc::make_mut(v);
+            v.remove(at);
+            if v.len() == 1 {
+                let last = v.remove(0);
+                *self = Self::One(last);
+            }
+        }
+        false
+    }
+}
+
+/// The claims of one `*.suffix` wildcard, and the pattern as stored, so a
+/// lookup can name it without building it (an exact name is its own key).
+#[derive(Debug, Clone)]
+struct Wildcard {
     pattern: String,
-    by_rank: Vec<Claim>,
+    claims: Claims,
 }
 
 /// Buckets of a table for failover resync: a route's bucket comes from a
@@ -173,12 +224,16 @@ impl BucketSet {
 /// Routes keyed by server name plus a hostname index.
 #[derive(Debug, Clone)]
 pub struct RouteTable {
-    routes: OrdMap<String, Route>,
-    /// Exact names and the `*` default, by name.
-    exact: HashMap<String, Claims>,
+    /// Routes behind an `Arc`: a node copied on write copies pointers, and
+    /// the nodes stay small.
+    routes: OrdMap<String, Arc<Route>>,
+    /// Exact names and the `*` default, by name. B-trees, not hash tries:
+    /// imbl's HAMT took ~180 bytes an entry here, its B-tree ~55 (heaptrack,
+    /// `examples/table_heap.rs`), for a few string compares more a lookup.
+    exact: OrdMap<String, Claims>,
     /// `*.suffix` wildcards by `suffix`, so the suffix walk of a lookup
     /// probes with slices of the hostname and allocates nothing.
-    wild: HashMap<String, Claims>,
+    wild: OrdMap<String, Wildcard>,
     /// Per-bucket wrapping sums of route hashes (8 KiB, copied on the first
     /// write after a clone).
     buckets: Arc<Vec<u64>>,
@@ -188,8 +243,8 @@ impl Default for RouteTable {
     fn default() -> Self {
         Self {
             routes: OrdMap::new(),
-            exact: HashMap::new(),
-            wild: HashMap::new(),
+            exact: OrdMap::new(),
+            wild: OrdMap::new(),
             buckets: Arc::new(vec![0; BUCKETS]),
         }
     }
@@ -233,19 +288,11 @@ impl RouteTable {
 
     /// Routes in server-name order.
     pub fn routes(&self) -> impl Iterator<Item = &Route> {
-        self.routes.values()
+        self.routes.values().map(|r| &**r)
     }
 
     pub fn get(&self, server: &str) -> Option<&Route> {
-        self.routes.get(server)
-    }
-
-    fn index_mut(&mut self, wild: bool) -> &mut HashMap<String, Claims> {
-        if wild {
-            &mut self.wild
-        } else {
-            &mut self.exact
-        }
+        self.routes.get(server).map(|r| &**r)
     }
 
     /// Add or replace the route of `route.server`.
@@ -253,46 +300,52 @@ impl RouteTable {
         self.remove(&route.server);
         for (i, host) in route.hostnames.iter().enumerate() {
             let claim = (u8::from(i > 0), route.server.clone());
-            let (wild, key) = index_key(host);
-            let set = self
-                .index_mut(wild)
-                .entry(key.to_owned())
-                .or_insert_with(|| Claims {
-                    pattern: host.clone(),
-                    by_rank: Vec::new(),
-                });
-            if let Err(at) = set.by_rank.binary_search(&claim) {
-                set.by_rank.insert(at, claim);
+            match index_key(host) {
+                (true, suffix) => match self.wild.get_mut(suffix) {
+                    Some(w) => w.claims.add(claim),
+                    None => {
+                        let w = Wildcard {
+                            pattern: host.clone(),
+                            claims: Claims::One(claim),
+                        };
+                        self.wild.insert(suffix.to_owned(), w);
+                    }
+                },
+                (false, name) => match self.exact.get_mut(name) {
+                    Some(c) => c.add(claim),
+                    None => {
+                        self.exact.insert(name.to_owned(), Claims::One(claim));
+                    }
+                },
             }
         }
         let b = bucket_of(&route.server);
         Arc::make_mut(&mut self.buckets)[b] = self.buckets[b].wrapping_add(route_hash(&route));
-        self.routes.insert(route.server.clone(), route);
+        self.routes.insert(route.server.clone(), Arc::new(route));
     }
 
     /// Remove the route of `server`; returns it when it existed.
-    pub fn remove(&mut self, server: &str) -> Option<Route> {
+    pub fn remove(&mut self, server: &str) -> Option<Arc<Route>> {
         let old = self.routes.remove(server)?;
         let b = bucket_of(server);
         Arc::make_mut(&mut self.buckets)[b] = self.buckets[b].wrapping_sub(route_hash(&old));
         for (i, host) in old.hostnames.iter().enumerate() {
             let rank = u8::from(i > 0);
-            let (wild, key) = index_key(host);
-            let index = self.index_mut(wild);
-            let now_empty = match index.get_mut(key) {
-                Some(set) => {
-                    if let Ok(at) = set
-                        .by_rank
-                        .binary_search_by(|(r, s)| (*r, s.as_str()).cmp(&(rank, server)))
-                    {
-                        set.by_rank.remove(at);
+            match index_key(host) {
+                (true, suffix) => {
+                    if let Some(w) = self.wild.get_mut(suffix) {
+                        if w.claims.remove(rank, server) {
+                            self.wild.remove(suffix);
+                        }
                     }
-                    set.by_rank.is_empty()
                 }
-                None => false,
-            };
-            if now_empty {
-                index.remove(key);
+                (false, name) => {
+                    if let Some(c) = self.exact.get_mut(name) {
+                        if c.remove(rank, server) {
+                            self.exact.remove(name);
+                        }
+                    }
+                }
             }
         }
         Some(old)
@@ -308,23 +361,25 @@ impl RouteTable {
         }
     }
 
-    fn owner<'a>(
-        &'a self,
-        index: &'a HashMap<String, Claims>,
-        key: &str,
-    ) -> Option<(&'a Route, &'a str)> {
-        let set = index.get(key)?;
-        let (_, server) = set.by_rank.first()?;
-        Some((self.routes.get(server)?, set.pattern.as_str()))
+    /// The route owning exact name `name`, and the name as stored.
+    fn exact_owner(&self, name: &str) -> Option<(&Route, &str)> {
+        let (stored, claims) = self.exact.get_key_value(name)?;
+        Some((self.get(&claims.best().1)?, stored.as_str()))
+    }
+
+    /// The route owning wildcard `*.suffix`, and the pattern as stored.
+    fn wildcard_owner(&self, suffix: &str) -> Option<(&Route, &str)> {
+        let w = self.wild.get(suffix)?;
+        Some((self.get(&w.claims.best().1)?, w.pattern.as_str()))
     }
 
     /// Resolve an already normalised hostname (see
-    /// [`crate::normalize_player_hostname`]). Costs one hash probe per label,
+    /// [`crate::normalize_player_hostname`]). Costs one index probe per label,
     /// allocates nothing; longer than [`MAX_HOSTNAME_CHARS`] is refused.
     pub fn lookup(&self, host: &str) -> Result<Option<Match<'_>>, HostnameTooLong> {
         check_len(host)?;
         if !host.is_empty() {
-            if let Some((route, pattern)) = self.owner(&self.exact, host) {
+            if let Some((route, pattern)) = self.exact_owner(host) {
                 return Ok(Some(Match {
                     route,
                     kind: MatchKind::Exact,
@@ -338,7 +393,7 @@ impl RouteTable {
                 if rest.is_empty() {
                     break;
                 }
-                if let Some((route, pattern)) = self.owner(&self.wild, rest) {
+                if let Some((route, pattern)) = self.wildcard_owner(rest) {
                     return Ok(Some(Match {
                         route,
                         kind: MatchKind::Wildcard,
@@ -347,7 +402,7 @@ impl RouteTable {
                 }
             }
         }
-        Ok(self.owner(&self.exact, "*").map(|(route, pattern)| Match {
+        Ok(self.exact_owner("*").map(|(route, pattern)| Match {
             route,
             kind: MatchKind::Default,
             pattern,
@@ -394,7 +449,7 @@ impl RouteTable {
             self.remove(&s);
         }
         for (_, r) in with.routes {
-            self.upsert(r);
+            self.upsert(Arc::unwrap_or_clone(r));
         }
     }
 
@@ -437,7 +492,7 @@ impl RouteTable {
                 return (out, next);
             }
             bytes += len;
-            out.push(r.clone());
+            out.push(Route::clone(r));
         }
         (out, None)
     }
