@@ -306,12 +306,12 @@ impl Listener {
             let batch = std::mem::take(&mut pending);
             self.metrics.reloads.inc();
             if batch.wants_everything() {
-                let rows = client.query(&q.all, &[]).await?;
-                fresh = Some(Fresh::All(self.to_routes(&rows)?));
+                let rows = read_rows(client, &q.all, &[]).await?;
+                fresh = Some(Fresh::All(self.to_routes(rows)));
             } else {
                 let names: Vec<&String> = batch.names.iter().collect();
-                let rows = client.query(&q.some, &[&names]).await?;
-                let got = self.to_routes(&rows)?;
+                let rows = read_rows(client, &q.some, &[&names]).await?;
+                let got = self.to_routes(rows);
                 fresh = Some(match fresh.take() {
                     None => Fresh::Some(batch.names, got),
                     Some(Fresh::All(mut all)) => {
@@ -384,12 +384,8 @@ impl Queries {
 impl Listener {
     /// Decode rows into routes; refused backend and options rows are logged
     /// and counted here (the rest of the read goes on).
-    fn to_routes(&self, rows: &[tokio_postgres::Row]) -> Result<Routes, tokio_postgres::Error> {
-        let mut out = Vec::with_capacity(rows.len());
-        for r in rows {
-            out.push(schema::server_row(r)?);
-        }
-        let (routes, problems) = diff::routes_from_rows(out);
+    fn to_routes(&self, rows: Vec<diff::ServerRow>) -> Routes {
+        let (routes, problems) = diff::routes_from_rows(rows);
         for p in problems {
             self.metrics.row_skipped(p.table);
             tracing::warn!(
@@ -400,8 +396,25 @@ impl Listener {
                 "{p}; the rest keeps syncing (syncd check lists it)"
             );
         }
-        Ok(routes)
+        routes
     }
+}
+
+/// Run a read query, decoding each row as it arrives: the raw rows of a
+/// whole-table read (about 600 bytes each) are never all held at once.
+async fn read_rows(
+    client: &Client,
+    query: &Statement,
+    params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+) -> Result<Vec<diff::ServerRow>, tokio_postgres::Error> {
+    use futures::TryStreamExt;
+    let stream = client.query_raw(query, params.iter().copied()).await?;
+    futures::pin_mut!(stream);
+    let mut out = Vec::new();
+    while let Some(row) = stream.try_next().await? {
+        out.push(schema::server_row(&row)?);
+    }
+    Ok(out)
 }
 
 /// Drive the connection, forwarding notification payloads.
