@@ -12,6 +12,10 @@ use clap::Parser;
 use edge::Args;
 use tokio_util::sync::CancellationToken;
 
+/// See the workspace `Cargo.toml`: freed memory goes back to the OS.
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 fn main() -> ExitCode {
     let args = match Args::try_parse() {
         Ok(a) => a,

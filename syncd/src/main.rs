@@ -29,6 +29,10 @@ fn init_telemetry(log_format: LogFormat, otlp_endpoint: Option<String>) -> Optio
     }
 }
 
+/// See the workspace `Cargo.toml`: freed memory goes back to the OS.
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
         Ok(c) => c,
