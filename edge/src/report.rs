@@ -21,9 +21,10 @@ use crate::registry::{ConnEntry, Connections, Phase};
 /// At most one report per this long, however fast sessions come and go.
 pub const DEBOUNCE: Duration = Duration::from_millis(250);
 /// Entries (servers, joined and left players) per report message: a player
-/// entry is at most ~330 bytes, so a piece stays far below the 256 KiB the
-/// sync messages keep to.
-pub const MAX_REPORT_ENTRIES: usize = 500;
+/// entry is at most ~330 bytes, so a piece stays under the 64 KiB the sync
+/// messages keep to (`automc_proto::sync::CHUNK_BYTES`), and so does the
+/// buffer syncd keeps per stream to decode them.
+pub const MAX_REPORT_ENTRIES: usize = 190;
 
 pub use automc_proto::sessions::Counts;
 

@@ -12,8 +12,12 @@ use crate::v1::{
 };
 
 /// The most one watch message should take encoded. A route larger than the
-/// budget on its own still goes out, alone in its piece.
-pub const CHUNK_BYTES: usize = 256 * 1024;
+/// budget on its own still goes out, alone in its piece. What syncd keeps
+/// per stream is about one piece (tonic's encode buffer grows to the
+/// largest message): 64 KiB pieces took syncd from 305–388 to 59 KiB per
+/// connected edge at 100k routes (docs/benchmarks.md, run 5), for ~90
+/// pieces per 100k-route snapshot instead of ~22.
+pub const CHUNK_BYTES: usize = 64 * 1024;
 
 /// The decode limit an edge sets on its syncd client: far above any piece
 /// syncd sends ([`CHUNK_BYTES`]), so only a broken or hostile server hits

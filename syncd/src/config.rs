@@ -71,7 +71,7 @@ pub struct Config {
     /// Change sets kept so a reconnecting edge can resume without a
     /// snapshot (also bounded to about one table's worth of routes).
     pub history_len: usize,
-    /// A watcher handed a message (at most 256 KiB) that it does not take
+    /// A watcher handed a message (at most 64 KiB) that it does not take
     /// within this long is cut off (it stopped reading).
     pub watch_send_timeout: Duration,
     /// A new watch stream must send its `WatchHello` within this long.
@@ -478,7 +478,7 @@ pub struct ServeArgs {
     #[arg(long, env = "SYNCD_HISTORY", default_value_t = DEFAULT_HISTORY_LEN)]
     pub history: usize,
     /// Cut off a watcher that does not take a handed-out message (at most
-    /// 256 KiB) within this long: it stopped reading.
+    /// 64 KiB) within this long: it stopped reading.
     #[arg(long, env = "SYNCD_WATCH_SEND_TIMEOUT", default_value_t = DEFAULT_WATCH_SEND_TIMEOUT.into())]
     pub watch_send_timeout: humantime::Duration,
     /// A new WatchRoutes stream must send its WatchHello within this long.
