@@ -224,6 +224,26 @@ impl LogWatch {
     }
 }
 
+/// RSS (MiB) of each of `pids` once it has stopped falling: the binaries'
+/// allocator (jemalloc) hands freed pages back after a decay of ~10 s, so
+/// a reading right after a burst of work is not the idle figure. Samples
+/// every second until no process moved by more than 0.5 MiB for 15
+/// samples in a row, longer than that decay (at most 90 s); returns the
+/// readings and the wait.
+async fn settled_rss(pids: &[u32]) -> (Vec<f64>, Duration) {
+    let t0 = Instant::now();
+    let mut last: Vec<f64> = pids.iter().map(|p| rss_mib(*p)).collect();
+    let mut still = 0;
+    while still < 15 && t0.elapsed() < Duration::from_secs(90) {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let now: Vec<f64> = pids.iter().map(|p| rss_mib(*p)).collect();
+        let moved = now.iter().zip(&last).any(|(a, b)| (a - b).abs() > 0.5);
+        still = if moved { 0 } else { still + 1 };
+        last = now;
+    }
+    (last, t0.elapsed())
+}
+
 fn since(t0: SystemTime, t: SystemTime) -> Duration {
     t.duration_since(t0).unwrap_or(Duration::ZERO)
 }
@@ -247,14 +267,15 @@ async fn run(dir: &std::path::Path, routes: usize, report: &mut String) {
     let mut c = RouteSyncClient::connect(url.clone())
         .await
         .expect("connect");
-    // Let the startup read's garbage go back before measuring.
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    let syncd_idle = rss_mib(spid);
+    let syncd_ready = rss_mib(spid);
+    let (idle, waited) = settled_rss(&[spid]).await;
     report.push_str(&format!(
         "| {routes} routes | syncd start → ready (first read of the table) | {} | {} |\n\
-         | {routes} routes | syncd RSS, table loaded, no edge | {syncd_idle:.0} MiB | |\n",
+         | {routes} routes | syncd RSS, table loaded, no edge | {:.0} MiB settled ({:.0} s after ready; {syncd_ready:.0} MiB at ready) | |\n",
         ms(loaded),
-        load()
+        load(),
+        idle[0],
+        waited.as_secs_f64(),
     ));
 
     // Three edges, one after the other: connect → ready.
@@ -269,11 +290,10 @@ async fn run(dir: &std::path::Path, routes: usize, report: &mut String) {
     }
     let v = table_version(&mut c).await;
     all_acked(&mut c, &ids, v).await;
-    let syncd_3 = rss_mib(spid);
-    let edge_rss: Vec<f64> = edges
-        .iter()
-        .map(|e| rss_mib(e.pid().expect("pid")))
-        .collect();
+    let mut pids = vec![spid];
+    pids.extend(edges.iter().map(|e| e.pid().expect("pid")));
+    let (settled, _) = settled_rss(&pids).await;
+    let (syncd_3, edge_rss) = (settled[0], &settled[1..]);
     report.push_str(&format!(
         "| {routes} routes | new edge spawn → ready (3 edges one after the other) | {} / {} / {} | {} |\n",
         ms(ready_times[0]),
@@ -449,7 +469,7 @@ async fn run(dir: &std::path::Path, routes: usize, report: &mut String) {
     // 50 more edges at once (100k only: 50 processes × a 1M table is more
     // memory than this machine has to spare).
     if routes <= 100_000 {
-        let before = rss_mib(spid);
+        let before = settled_rss(&[spid]).await.0[0];
         let t0 = Instant::now();
         let spawned = futures::future::join_all(
             (0..CROWD).map(|i| spawn_edge(dir, &url, format!("crowd-{i}"), "warn")),
@@ -466,8 +486,7 @@ async fn run(dir: &std::path::Path, routes: usize, report: &mut String) {
         let crowd_ids: Vec<String> = (0..CROWD).map(|i| format!("crowd-{i}")).collect();
         let v = table_version(&mut c).await;
         all_acked(&mut c, &crowd_ids, v).await;
-        tokio::time::sleep(Duration::from_secs(2)).await;
-        let syncd_crowd = rss_mib(spid);
+        let syncd_crowd = settled_rss(&[spid]).await.0[0];
         report.push_str(&format!(
             "| {routes} routes | {CROWD} edges spawned at once, all ready | {} (all processes up after {}) | {} |\n\
              | {routes} routes | syncd RSS with {} edges connected | {syncd_crowd:.0} MiB: {:.0} KiB per edge over the 3-edge figure | |\n",
