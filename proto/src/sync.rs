@@ -289,8 +289,9 @@ impl Assembler {
     /// Feed one message; returns an event when it completed one.
     pub fn push(&mut self, msg: watch_response::Msg) -> Result<Option<Event>, FramingError> {
         match (self.pending.take(), msg) {
-            (None, watch_response::Msg::SnapshotChunk(c)) => {
-                let table = RouteTable::from_routes(c.routes.iter().cloned());
+            (None, watch_response::Msg::SnapshotChunk(mut c)) => {
+                // The routes move into the table; the piece keeps the rest.
+                let table = RouteTable::from_routes(std::mem::take(&mut c.routes));
                 self.snapshot_piece(c.epoch.clone(), c.version, table, c)
             }
             (
@@ -299,7 +300,7 @@ impl Assembler {
                     version,
                     mut table,
                 }),
-                watch_response::Msg::SnapshotChunk(c),
+                watch_response::Msg::SnapshotChunk(mut c),
             ) => {
                 if c.epoch != epoch || c.version != version {
                     return Err(FramingError::Mismatch {
@@ -309,7 +310,7 @@ impl Assembler {
                         got_version: c.version,
                     });
                 }
-                for r in c.routes.iter().cloned() {
+                for r in std::mem::take(&mut c.routes) {
                     table.upsert(r);
                 }
                 self.snapshot_piece(epoch, version, table, c)

@@ -13,10 +13,12 @@
 //! what lets an edge apply a one-row delta to a copy of a 1M-route table and
 //! swap it in whole, and syncd hand every watcher the version it started
 //! from without copying it.
+use std::borrow::Borrow;
+use std::cmp::Ordering;
 use std::ops::Bound;
 use std::sync::Arc;
 
-use imbl::OrdMap;
+use imbl::{OrdMap, OrdSet};
 use prost::Message;
 
 use crate::hostname::normalize_player_hostname;
@@ -71,8 +73,53 @@ pub struct Match<'a> {
     pub pattern: &'a str,
 }
 
-/// Claim rank of a hostname: 0 for a server's own domain, 1 for an alias.
-type Claim = (u8, String);
+/// A route in the by-server set: ordered and found by its server name, so
+/// the name is stored once, inside the route.
+#[derive(Debug, Clone)]
+struct ByServer(Arc<Route>);
+
+impl PartialEq for ByServer {
+    fn eq(&self, other: &Self) -> bool {
+        self.0.server == other.0.server
+    }
+}
+
+impl Eq for ByServer {}
+
+impl PartialOrd for ByServer {
+    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for ByServer {
+    fn cmp(&self, other: &Self) -> Ordering {
+        self.0.server.cmp(&other.0.server)
+    }
+}
+
+/// Consistent with the order above: both compare the server name.
+impl Borrow<str> for ByServer {
+    fn borrow(&self) -> &str {
+        &self.0.server
+    }
+}
+
+/// One server's claim of a hostname pattern: rank 0 for its own domain, 1
+/// for an alias. It points at the route itself, so a lookup needs no second
+/// probe and the index holds no copy of the server name.
+#[derive(Debug, Clone)]
+struct Claim {
+    rank: u8,
+    route: Arc<Route>,
+}
+
+impl Claim {
+    /// What claims are ordered by: rank, then server name.
+    fn key(&self) -> (u8, &str) {
+        (self.rank, &self.route.server)
+    }
+}
 
 /// Every server claiming one pattern. Almost always one: that case is
 /// stored inline in the index node, with no allocation of its own (memory
@@ -93,17 +140,20 @@ impl Claims {
         }
     }
 
+    /// Add `claim`, replacing the same server's claim of the same rank.
     fn add(&mut self, claim: Claim) {
         match self {
-            Self::One(c) if *c == claim => {}
+            Self::One(c) if c.key() == claim.key() => *c = claim,
             Self::One(c) => {
                 let mut v = vec![c.clone(), claim];
-                v.sort();
+                v.sort_by(|a, b| a.key().cmp(&b.key()));
                 *self = Self::Many(Arc::new(v));
             }
             Self::Many(v) => {
-                if let Err(at) = v.binary_search(&claim) {
-                    Arc::make_mut(v).insert(at, claim);
+                let v = Arc::make_mut(v);
+                match v.binary_search_by(|c| c.key().cmp(&claim.key())) {
+                    Ok(at) => v[at] = claim,
+                    Err(at) => v.insert(at, claim),
                 }
             }
         }
@@ -112,10 +162,10 @@ impl Claims {
     /// Drop `server`'s claim of `rank`; true when no claim is left.
     fn remove(&mut self, rank: u8, server: &str) -> bool {
         let v = match self {
-            Self::One((r, s)) => return *r == rank && s == server,
+            Self::One(c) => return c.key() == (rank, server),
             Self::Many(v) => v,
         };
-        if let Ok(at) = v.binary_search_by(|(r, s)| (*r, s.as_str()).cmp(&(rank, server))) {
+        if let Ok(at) = v.binary_search_by(|c| c.key().cmp(&(rank, server))) {
             let v = Arc::make_mut(v);
             v.remove(at);
             if v.len() == 1 {
@@ -224,9 +274,10 @@ impl BucketSet {
 /// Routes keyed by server name plus a hostname index.
 #[derive(Debug, Clone)]
 pub struct RouteTable {
-    /// Routes behind an `Arc`: a node copied on write copies pointers, and
-    /// the nodes stay small.
-    routes: OrdMap<String, Arc<Route>>,
+    /// Routes behind an `Arc`, ordered by server name: a node copied on
+    /// write copies pointers, and the nodes stay small. The hostname index
+    /// below points at the same `Arc`s.
+    routes: OrdSet<ByServer>,
     /// Exact names and the `*` default, by name. B-trees, not hash tries:
     /// imbl's HAMT took ~180 bytes an entry here, its B-tree ~55 (heaptrack,
     /// `examples/table_heap.rs`), for a few string compares more a lookup.
@@ -242,7 +293,7 @@ pub struct RouteTable {
 impl Default for RouteTable {
     fn default() -> Self {
         Self {
-            routes: OrdMap::new(),
+            routes: OrdSet::new(),
             exact: OrdMap::new(),
             wild: OrdMap::new(),
             buckets: Arc::new(vec![0; BUCKETS]),
@@ -288,18 +339,29 @@ impl RouteTable {
 
     /// Routes in server-name order.
     pub fn routes(&self) -> impl Iterator<Item = &Route> {
-        self.routes.values().map(|r| &**r)
+        self.routes.iter().map(|r| &*r.0)
     }
 
     pub fn get(&self, server: &str) -> Option<&Route> {
-        self.routes.get(server).map(|r| &**r)
+        self.routes.get(server).map(|r| &*r.0)
     }
 
     /// Add or replace the route of `route.server`.
     pub fn upsert(&mut self, route: Route) {
-        self.remove(&route.server);
+        self.insert(Arc::new(route));
+    }
+
+    /// [`RouteTable::upsert`] of a shared route: one walk of the route set,
+    /// then the old version's claims out of the index and the new one's in.
+    fn insert(&mut self, route: Arc<Route>) {
+        if let Some(ByServer(old)) = self.routes.insert(ByServer(Arc::clone(&route))) {
+            self.unindex(&old);
+        }
         for (i, host) in route.hostnames.iter().enumerate() {
-            let claim = (u8::from(i > 0), route.server.clone());
+            let claim = Claim {
+                rank: u8::from(i > 0),
+                route: Arc::clone(&route),
+            };
             match index_key(host) {
                 (true, suffix) => match self.wild.get_mut(suffix) {
                     Some(w) => w.claims.add(claim),
@@ -321,14 +383,20 @@ impl RouteTable {
         }
         let b = bucket_of(&route.server);
         Arc::make_mut(&mut self.buckets)[b] = self.buckets[b].wrapping_add(route_hash(&route));
-        self.routes.insert(route.server.clone(), Arc::new(route));
     }
 
     /// Remove the route of `server`; returns it when it existed.
     pub fn remove(&mut self, server: &str) -> Option<Arc<Route>> {
-        let old = self.routes.remove(server)?;
+        let ByServer(old) = self.routes.remove(server)?;
+        self.unindex(&old);
+        Some(old)
+    }
+
+    /// Take `old`'s claims out of the index and its hash out of its bucket.
+    fn unindex(&mut self, old: &Route) {
+        let server = old.server.as_str();
         let b = bucket_of(server);
-        Arc::make_mut(&mut self.buckets)[b] = self.buckets[b].wrapping_sub(route_hash(&old));
+        Arc::make_mut(&mut self.buckets)[b] = self.buckets[b].wrapping_sub(route_hash(old));
         for (i, host) in old.hostnames.iter().enumerate() {
             let rank = u8::from(i > 0);
             match index_key(host) {
@@ -348,7 +416,6 @@ impl RouteTable {
                 }
             }
         }
-        Some(old)
     }
 
     /// Apply a delta: upserts, then removals.
@@ -364,13 +431,13 @@ impl RouteTable {
     /// The route owning exact name `name`, and the name as stored.
     fn exact_owner(&self, name: &str) -> Option<(&Route, &str)> {
         let (stored, claims) = self.exact.get_key_value(name)?;
-        Some((self.get(&claims.best().1)?, stored.as_str()))
+        Some((&claims.best().route, stored.as_str()))
     }
 
     /// The route owning wildcard `*.suffix`, and the pattern as stored.
     fn wildcard_owner(&self, suffix: &str) -> Option<(&Route, &str)> {
         let w = self.wild.get(suffix)?;
-        Some((self.get(&w.claims.best().1)?, w.pattern.as_str()))
+        Some((&w.claims.best().route, w.pattern.as_str()))
     }
 
     /// Resolve an already normalised hostname (see
@@ -439,17 +506,17 @@ impl RouteTable {
     /// Replace the routes of `buckets` by those of `with` (a partial
     /// snapshot), keeping every other bucket.
     pub fn replace_buckets(&mut self, buckets: &BucketSet, with: RouteTable) {
-        let stale: Vec<String> = self
+        let stale: Vec<Arc<Route>> = self
             .routes
-            .keys()
-            .filter(|s| buckets.contains_server(s))
-            .cloned()
+            .iter()
+            .filter(|r| buckets.contains_server(&r.0.server))
+            .map(|r| Arc::clone(&r.0))
             .collect();
-        for s in stale {
-            self.remove(&s);
+        for r in stale {
+            self.remove(&r.server);
         }
-        for (_, r) in with.routes {
-            self.upsert(Arc::unwrap_or_clone(r));
+        for ByServer(r) in with.routes {
+            self.insert(r);
         }
     }
 
@@ -482,7 +549,7 @@ impl RouteTable {
         };
         let mut out = Vec::new();
         let mut bytes = 0usize;
-        for (_, r) in self.routes.range::<_, str>((lower, Bound::Unbounded)) {
+        for ByServer(r) in self.routes.range::<_, str>((lower, Bound::Unbounded)) {
             if !keep(r) {
                 continue;
             }
@@ -661,6 +728,29 @@ mod tests {
             find(&t, "shared.example.com").map(|m| m.route.server.as_str()),
             Some("b")
         );
+    }
+
+    #[test]
+    fn a_lookup_sees_the_newest_version_of_a_route_in_every_claim() {
+        let hosts = ["a.example.com", "*.a.example.com", "shared.example.com"];
+        let mut t = RouteTable::from_routes([
+            route("a", &hosts, "a:1"),
+            route("b", &["b.example.com", "shared.example.com"], "b:1"),
+        ]);
+        let before = t.clone();
+        t.upsert(route("a", &hosts, "a:2"));
+        for host in ["a.example.com", "x.a.example.com", "shared.example.com"] {
+            let hit = find(&t, host).map(|m| (m.route.server.as_str(), m.route.address.as_str()));
+            assert_eq!(hit, Some(("a", "a:2")), "host {host}");
+            let old = find(&before, host).map(|m| m.route.address.as_str());
+            assert_eq!(old, Some("a:1"), "host {host} in the older version");
+        }
+        t.remove("a");
+        assert_eq!(
+            find(&t, "shared.example.com").map(|m| m.route.address.as_str()),
+            Some("b:1")
+        );
+        assert!(find(&t, "x.a.example.com").is_none());
     }
 
     #[test]
