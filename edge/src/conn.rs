@@ -15,12 +15,13 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 use tracing::{debug, field, info, info_span, Instrument, Span};
 
-use crate::balance;
+use crate::balance::{self, Seat};
 use crate::hold::{self, Held};
 use crate::limits::{ConnectionPermit, IpPermit, Refusal};
-use crate::registry::{ConnEntry, Phase};
+use crate::registry::{ConnEntry, ConnGuard, Phase};
 use crate::splice::{splice, Tally};
 use crate::status::{self, ConverseEnd, RelayEnd, StatusMode};
 use crate::sync_client::WakeError;
@@ -107,17 +108,41 @@ pub fn refused(shared: &Shared, peer: SocketAddr, reason: &'static str) {
     }
 }
 
-/// Serve one admitted connection to its end.
+/// How [`serve`] left a connection: ended, or joined to its backend with
+/// only the splice left to run.
+pub enum Served {
+    Ended(Outcome),
+    Joined(Box<Joined>),
+}
+
+impl From<Outcome> for Served {
+    fn from(o: Outcome) -> Self {
+        Self::Ended(o)
+    }
+}
+
+/// A player joined to a backend, the handshake replayed: what the splice
+/// needs and the slots the session holds until it ends.
+pub struct Joined {
+    stream: TcpStream,
+    upstream: TcpStream,
+    _seat: Seat,
+    admitted: Option<Admitted>,
+}
+
+/// Serve one admitted connection. A joined player's splice goes on in a
+/// task of its own on `tracker`, so an idle session keeps only that small
+/// task, not the state of the whole handshake, wake and hold path.
 pub async fn handle(
     stream: TcpStream,
     peer: SocketAddr,
     admitted: Admitted,
     shared: Arc<Shared>,
     cut: CancellationToken,
+    tracker: TaskTracker,
 ) {
-    let m = &shared.metrics;
     let guard = shared.conns.register(peer);
-    m.connections_active.inc();
+    shared.metrics.connections_active.inc();
     let span = info_span!(
         "conn",
         client.addr = %peer,
@@ -130,10 +155,57 @@ pub async fn handle(
         bytes.up = field::Empty,
         bytes.down = field::Empty,
     );
+    let served = tokio::select! {
+        s = serve(stream, peer, admitted, &shared, &guard.entry).instrument(span.clone()) => s,
+        () = cut.cancelled() => Served::Ended(Outcome::Cut),
+    };
+    match served {
+        Served::Ended(outcome) => finish(&shared, &guard, &span, outcome),
+        Served::Joined(joined) => {
+            tracker.spawn(spliced(joined, shared, guard, span, cut));
+        }
+    }
+}
+
+/// Splice a joined player until either side ends or the edge cuts it.
+async fn spliced(
+    joined: Box<Joined>,
+    shared: Arc<Shared>,
+    guard: ConnGuard,
+    span: Span,
+    cut: CancellationToken,
+) {
+    let Joined {
+        stream,
+        upstream,
+        _seat,
+        admitted,
+    } = *joined;
+    let up = Tally {
+        live: &guard.entry.bytes_up,
+        metric: shared.metrics.bytes_counter("upstream"),
+    };
+    let down = Tally {
+        live: &guard.entry.bytes_down,
+        metric: shared.metrics.bytes_counter("downstream"),
+    };
     let outcome = tokio::select! {
-        o = serve(stream, peer, admitted, &shared, &guard.entry).instrument(span.clone()) => o,
+        r = splice(stream, upstream, &shared.pipes, up, down).instrument(span.clone()) => {
+            if let Err(e) = r {
+                debug!(parent: &span, error = %e, "splice ended with an error");
+            }
+            Outcome::Proxied
+        }
         () = cut.cancelled() => Outcome::Cut,
     };
+    // The slots go before the end is counted, as they do for any other end.
+    drop((_seat, admitted));
+    finish(&shared, &guard, &span, outcome);
+}
+
+/// Record how a connection ended: span fields, metrics and its log line.
+fn finish(shared: &Shared, guard: &ConnGuard, span: &Span, outcome: Outcome) {
+    let m = &shared.metrics;
     let up = guard
         .entry
         .bytes_up
@@ -215,7 +287,7 @@ async fn serve(
     mut admitted: Admitted,
     shared: &Shared,
     entry: &ConnEntry,
-) -> Outcome {
+) -> Served {
     let _ = stream.set_nodelay(true);
     let cfg = &shared.config;
     let deadline = Instant::now() + cfg.handshake_timeout;
@@ -223,7 +295,7 @@ async fn serve(
 
     let who = match read_proxy_header(&mut stream, peer, shared, &mut buf, deadline).await {
         Ok(w) => w,
-        Err(o) => return o,
+        Err(o) => return o.into(),
     };
     if who.client != peer {
         Span::current().record("client.addr", field::display(who.client));
@@ -236,18 +308,18 @@ async fn serve(
             .admit_ip(who.client.ip(), std::time::Instant::now())
         {
             Ok(p) => admitted.ip = Some(p),
-            Err(r) => return Outcome::Refused(r.reason()),
+            Err(r) => return Outcome::Refused(r.reason()).into(),
         }
     }
 
     // Before any backend is dialled, and before the handshake is even read.
     if !balance::admitted(who.client.ip(), &cfg.allow_cidrs, &cfg.deny_cidrs) {
-        return Outcome::Refused("denied_address");
+        return Outcome::Refused("denied_address").into();
     }
 
     let first = match read_first_packet(&mut stream, &mut buf, deadline).await {
         Ok(f) => f,
-        Err(o) => return o,
+        Err(o) => return o.into(),
     };
     match first {
         FirstPacket::Legacy { ping, .. } => {
@@ -255,7 +327,7 @@ async fn serve(
             let raw = ping.hostname.clone().unwrap_or_default();
             let (route, capture) = lookup(shared, entry, &raw);
             if !route_admits(route.as_ref(), &who) {
-                return Outcome::Refused("denied_address");
+                return Outcome::Refused("denied_address").into();
             }
             let proxy = proxy_pair(shared, route.as_ref(), &who, &stream);
             let to = status::Target {
@@ -265,9 +337,9 @@ async fn serve(
             if let Some(answer) = status::legacy_answer(shared, to, &ping, proxy).await {
                 let _ = stream.write_all(&answer).await;
                 let _ = stream.shutdown().await;
-                Outcome::Legacy
+                Outcome::Legacy.into()
             } else {
-                Outcome::UnknownHost
+                Outcome::UnknownHost.into()
             }
         }
         FirstPacket::Modern { handshake, len } => {
@@ -275,7 +347,7 @@ async fn serve(
             match handshake.next_state {
                 NextState::Status => {
                     if !route_admits(route.as_ref(), &who) {
-                        return Outcome::Refused("denied_address");
+                        return Outcome::Refused("denied_address").into();
                     }
                     entry.set_phase(Phase::Status);
                     let rest = buf.split_off(len.min(buf.len()));
@@ -287,20 +359,28 @@ async fn serve(
                         route: route.as_ref(),
                         capture: capture.as_deref(),
                     };
-                    serve_status(&mut stream, shared, to, &handshake, &who, raw).await
+                    serve_status(&mut stream, shared, to, &handshake, &who, raw)
+                        .await
+                        .into()
                 }
                 NextState::Login | NextState::Transfer => {
                     let version = handshake.protocol_version;
                     if let Err(o) =
                         read_login_start(&mut stream, &mut buf, len, version, entry, deadline).await
                     {
-                        return o;
+                        return o.into();
                     }
                     let first = FirstBytes {
                         handshake: &handshake,
                         len,
                     };
-                    login(stream, shared, entry, route, capture, &who, buf, first).await
+                    match login(stream, shared, entry, route, capture, &who, buf, first).await {
+                        Served::Joined(mut joined) => {
+                            joined.admitted = Some(admitted);
+                            Served::Joined(joined)
+                        }
+                        ended => ended,
+                    }
                 }
             }
         }
@@ -663,7 +743,7 @@ async fn login(
     who: &Peer,
     mut buf: Vec<u8>,
     first: FirstBytes<'_>,
-) -> Outcome {
+) -> Served {
     let cfg = &shared.config;
     let Some(route) = route else {
         let msg = match &cfg.unknown_host {
@@ -671,12 +751,12 @@ async fn login(
             UnknownHost::Close => messages::UNKNOWN_HOST,
         };
         disconnect(&mut stream, msg).await;
-        return Outcome::UnknownHost;
+        return Outcome::UnknownHost.into();
     };
     // Allow/deny and the player limit come before any backend is dialled.
     if !route_admits(Some(&route), who) {
         disconnect(&mut stream, messages::DENIED).await;
-        return Outcome::Refused("denied_address");
+        return Outcome::Refused("denied_address").into();
     }
     let options = route.options.clone().unwrap_or_default();
     let Some(mut seat) = shared
@@ -684,13 +764,13 @@ async fn login(
         .take_seat(&route.server, options.max_players)
     else {
         disconnect(&mut stream, messages::FULL).await;
-        return Outcome::Refused("server_full");
+        return Outcome::Refused("server_full").into();
     };
     let plan = shared.balancer.plan_login(&route, capture.as_deref());
     let Some(first_choice) = plan.addresses.first().cloned() else {
         // A wildcard route whose address needs a label the hostname lacks.
         disconnect(&mut stream, messages::UNKNOWN_HOST).await;
-        return Outcome::UnknownHost;
+        return Outcome::UnknownHost.into();
     };
     if let Some(host) = rewrite_host(&route) {
         let mut head = mcproto::encode_rewritten_handshake(first.handshake, host);
@@ -722,7 +802,7 @@ async fn login(
             if !may_wake(shared, entry, &route) {
                 info!(server = %route.server, "login refused: this player may not wake the server");
                 disconnect(&mut stream, messages::ASLEEP).await;
-                return Outcome::Refused("wake_not_allowed");
+                return Outcome::Refused("wake_not_allowed").into();
             }
             if let Some(e) = &dial_error {
                 info!(backend = %address, error = %e, "backend unreachable; waking");
@@ -766,16 +846,16 @@ async fn login(
                 } => {
                     info!(backend = %woken, error = %error, "woken backend unreachable");
                     disconnect(&mut stream, messages::NOT_ACCEPTING).await;
-                    return Outcome::Offline;
+                    return Outcome::Offline.into();
                 }
-                Held::ClientGone => return Outcome::ClientGone,
+                Held::ClientGone => return Outcome::ClientGone.into(),
                 Held::Broken(reason) => {
                     disconnect(&mut stream, messages::HOLD_BROKEN).await;
-                    return Outcome::HoldBroken(reason);
+                    return Outcome::HoldBroken(reason).into();
                 }
                 Held::TooMany => {
                     disconnect(&mut stream, messages::TOO_MANY_WAITING).await;
-                    return Outcome::Refused("max_held_logins_per_ip");
+                    return Outcome::Refused("max_held_logins_per_ip").into();
                 }
                 Held::Failed(e) => {
                     // Without a usable waker a "stopped" route may still be up:
@@ -784,13 +864,13 @@ async fn login(
                         if let Ok(s) = dial(&address, cfg.connect_timeout).await {
                             seat.on_backend(&address);
                             let to = (Some(&route), who);
-                            return proxy(stream, s, shared, entry, to, &address, buf).await;
+                            return proxy(stream, s, shared, entry, to, &address, buf, seat).await;
                         }
                     }
                     let (msg, outcome) = wake_failure_message(&e);
                     info!(server = %route.server, error = %e, "login ended: wake failed");
                     disconnect(&mut stream, msg).await;
-                    return outcome;
+                    return outcome.into();
                 }
             }
         }
@@ -804,6 +884,7 @@ async fn login(
         (Some(&route), who),
         &address,
         buf,
+        seat,
     )
     .await
 }
@@ -847,8 +928,9 @@ fn wake_failure_message(e: &WakeError) -> (&'static str, Outcome) {
     }
 }
 
-/// Connect the player to `upstream`: optional PROXY v2, every buffered byte,
-/// then splice.
+/// Connect the player to `upstream`: optional PROXY v2 and every buffered
+/// byte; the splice is left to the caller.
+#[allow(clippy::too_many_arguments)]
 async fn proxy(
     mut stream: TcpStream,
     mut upstream: TcpStream,
@@ -857,7 +939,8 @@ async fn proxy(
     (route, who): (Option<&Route>, &Peer),
     address: &str,
     buf: Vec<u8>,
-) -> Outcome {
+    seat: Seat,
+) -> Served {
     Span::current().record("server.addr", address);
     entry.update(|d| d.backend = address.to_owned());
     entry.set_phase(Phase::Proxying);
@@ -870,33 +953,21 @@ async fn proxy(
     if let Err(e) = upstream.write_all(&head).await {
         info!(backend = %address, error = %e, "backend closed before the handshake was written");
         disconnect(&mut stream, messages::OFFLINE).await;
-        return Outcome::Offline;
+        return Outcome::Offline.into();
     }
     entry
         .bytes_up
         .fetch_add(head.len() as u64, std::sync::atomic::Ordering::Relaxed);
-    let up_counter = shared.metrics.bytes_counter("upstream");
-    up_counter.inc_by(head.len() as u64);
-    drop(head);
-    let r = splice(
+    shared
+        .metrics
+        .bytes_counter("upstream")
+        .inc_by(head.len() as u64);
+    Served::Joined(Box::new(Joined {
         stream,
         upstream,
-        &shared.pipes,
-        Tally {
-            live: &entry.bytes_up,
-            metric: up_counter,
-        },
-        Tally {
-            live: &entry.bytes_down,
-            metric: shared.metrics.bytes_counter("downstream"),
-        },
-    )
-    .instrument(Span::current())
-    .await;
-    if let Err(e) = r {
-        debug!(error = %e, "splice ended with an error");
-    }
-    Outcome::Proxied
+        _seat: seat,
+        admitted: None,
+    }))
 }
 
 #[cfg(test)]

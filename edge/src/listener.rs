@@ -44,7 +44,9 @@ pub async fn accept_loop(
                 };
                 let shared = shared.clone();
                 let cut = cut.clone();
-                tracker.spawn(crate::conn::handle(stream, peer, admitted, shared, cut));
+                let conn =
+                    crate::conn::handle(stream, peer, admitted, shared, cut, tracker.clone());
+                tracker.spawn(conn);
             }
             Err(e) => {
                 // EMFILE/ENFILE and friends: the listener is fine, the process

@@ -79,9 +79,11 @@ async fn pump(
 ) -> io::Result<()> {
     loop {
         from.readable().await?;
+        // Boxed: a parked pump holds only its readiness wait, not room for
+        // the larger state of a burst (an idle session's size is mostly this).
         let burst = match pipes.lend() {
-            Some(mut pipe) => pipe.splice_burst(&from, &to, &tally).await?,
-            None => copy_burst(&from, &mut to, &tally).await?,
+            Some(mut pipe) => Box::pin(pipe.splice_burst(&from, &to, &tally)).await?,
+            None => Box::pin(copy_burst(&from, &mut to, &tally)).await?,
         };
         if let Burst::Eof = burst {
             // The peer may already be gone; nothing more to deliver.
