@@ -8,7 +8,7 @@
 //! means this edge missed something: the stream is dropped and the next
 //! hello asks for a full snapshot. The last table keeps serving meanwhile.
 //!
-//! Snapshots and big deltas arrive in pieces of at most 256 KiB
+//! Snapshots and big deltas arrive in pieces of at most `CHUNK_BYTES` (64 KiB)
 //! ([`automc_proto::sync`] reassembles them); a new table is built aside and
 //! swapped in whole when its last piece arrives. The client's decode limit
 //! is set explicitly to [`MAX_MESSAGE_BYTES`].

@@ -31,7 +31,7 @@ use automc_proto::v1::{
     GetRouteRequest, GetSyncStatusRequest, ListEdgesRequest, ListRoutesRequest,
 };
 use automc_tests::pg::TestPg;
-use automc_tests::procs::{edge_args, rss_mib, syncd_args, Output, Proc};
+use automc_tests::procs::{cpu_secs, edge_args, rss_mib, syncd_args, Output, Proc};
 use automc_tests::stack::http_get;
 use tonic::transport::Channel;
 
@@ -470,6 +470,7 @@ async fn run(dir: &std::path::Path, routes: usize, report: &mut String) {
     // memory than this machine has to spare).
     if routes <= 100_000 {
         let before = settled_rss(&[spid]).await.0[0];
+        let syncd_cpu0 = cpu_secs(spid);
         let t0 = Instant::now();
         let spawned = futures::future::join_all(
             (0..CROWD).map(|i| spawn_edge(dir, &url, format!("crowd-{i}"), "warn")),
@@ -483,16 +484,25 @@ async fn run(dir: &std::path::Path, routes: usize, report: &mut String) {
         )
         .await;
         let crowd_ready = t0.elapsed();
+        let syncd_cpu = cpu_secs(spid) - syncd_cpu0;
+        let edge_cpu: Vec<f64> = spawned
+            .iter()
+            .filter_map(|e| e.pid())
+            .map(cpu_secs)
+            .collect();
+        let edge_cpu_sum: f64 = edge_cpu.iter().sum();
         let crowd_ids: Vec<String> = (0..CROWD).map(|i| format!("crowd-{i}")).collect();
         let v = table_version(&mut c).await;
         all_acked(&mut c, &crowd_ids, v).await;
         let syncd_crowd = settled_rss(&[spid]).await.0[0];
         report.push_str(&format!(
             "| {routes} routes | {CROWD} edges spawned at once, all ready | {} (all processes up after {}) | {} |\n\
+             | {routes} routes | CPU until all {CROWD} ready | syncd {syncd_cpu:.2} s; edges {edge_cpu_sum:.2} s in all ({:.0} ms each) | |\n\
              | {routes} routes | syncd RSS with {} edges connected | {syncd_crowd:.0} MiB: {:.0} KiB per edge over the 3-edge figure | |\n",
             ms(crowd_ready),
             ms(spawned_in),
             load(),
+            edge_cpu_sum * 1000.0 / edge_cpu.len().max(1) as f64,
             CROWD + 3,
             (syncd_crowd - before) * 1024.0 / CROWD as f64
         ));
