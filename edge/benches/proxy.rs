@@ -267,8 +267,31 @@ fn rss_kib(pid: u32) -> Option<u64> {
     line.split_whitespace().nth(1)?.parse().ok()
 }
 
-async fn idle_rss(addr: SocketAddr, pid: u32, n: usize) -> Result<f64, BoxErr> {
-    let before = rss_kib(pid).ok_or("no rss")?;
+/// RSS once it stops moving: read every second until three reads in a row
+/// are within 64 KiB of each other (at most 30 s). Freed memory leaves a
+/// process on its allocator's schedule (jemalloc's decay is 10 s), so a read
+/// right after a burst of work counts garbage as if it were live.
+async fn settled_kib(pid: u32) -> Option<u64> {
+    let t0 = Instant::now();
+    let mut last = rss_kib(pid)?;
+    let mut still = 0;
+    while still < 3 && t0.elapsed() < Duration::from_secs(30) {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let now = rss_kib(pid)?;
+        still = if now.abs_diff(last) > 64 {
+            0
+        } else {
+            still + 1
+        };
+        last = now;
+    }
+    Some(last)
+}
+
+/// Settled RSS before and while `n` sessions sit idle after their login,
+/// and what that is per session.
+async fn idle_rss(addr: SocketAddr, pid: u32, n: usize) -> Result<(u64, f64), BoxErr> {
+    let before = settled_kib(pid).await.ok_or("no rss")?;
     let base = BACKEND_LOGINS.load(Ordering::Relaxed);
     let mut conns = Vec::with_capacity(n);
     let hs = handshake(NextState::Login);
@@ -282,14 +305,16 @@ async fn idle_rss(addr: SocketAddr, pid: u32, n: usize) -> Result<f64, BoxErr> {
     while BACKEND_LOGINS.load(Ordering::Relaxed) < base + n && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    let after = rss_kib(pid).ok_or("no rss")?;
+    let after = settled_kib(pid).await.ok_or("no rss")?;
     drop(conns);
     let deadline = Instant::now() + Duration::from_secs(30);
     while BACKEND_LOGINS.load(Ordering::Relaxed) > base && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    Ok((after.saturating_sub(before)) as f64 * 1024.0 / n as f64)
+    Ok((
+        before,
+        after.saturating_sub(before) as f64 * 1024.0 / n as f64,
+    ))
 }
 
 /// Connect from a chosen loopback address (Linux routes all of 127/8 to lo).
@@ -391,7 +416,6 @@ async fn spawn_edge(syncd: SocketAddr, extra: &[&str]) -> Result<(Proc, SocketAd
             "127.0.0.1:0",
         ])
         .args(extra)
-        .env("RUST_LOG", "warn")
         .stdout(Stdio::null())
         .stderr(Stdio::inherit())
         .spawn()?;
@@ -510,16 +534,15 @@ async fn main() -> Result<(), BoxErr> {
     drop(edge_copy);
 
     println!("\n## RSS per idle spliced connection ({idle_n} connections)\n");
-    println!("| target | RSS before | bytes per connection |");
+    println!("| target | RSS before (settled) | bytes per connection (settled) |");
     println!("|---|---|---|");
     for (name, addr, pid) in [
         ("edge", edge_addr, edge.0.id()),
         ("haproxy", haproxy_addr, haproxy.0.id()),
     ] {
-        let before = rss_kib(pid).unwrap_or_default();
         match idle_rss(addr, pid, idle_n).await {
-            Ok(b) => println!("| {name} | {before} KiB | {b:.0} |"),
-            Err(e) => println!("| {name} | {before} KiB | error: {e} |"),
+            Ok((before, b)) => println!("| {name} | {before} KiB | {b:.0} |"),
+            Err(e) => println!("| {name} | – | error: {e} |"),
         }
     }
     drop(edge);
