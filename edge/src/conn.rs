@@ -162,25 +162,27 @@ pub async fn handle(
     match served {
         Served::Ended(outcome) => finish(&shared, &guard, &span, outcome),
         Served::Joined(joined) => {
-            tracker.spawn(spliced(joined, shared, guard, span, cut));
+            // The span wraps the task rather than living in it twice.
+            tracker.spawn(spliced(joined, shared, guard, cut).instrument(span));
         }
     }
 }
 
-/// Splice a joined player until either side ends or the edge cuts it.
+/// Splice a joined player until either side ends or the edge cuts it; runs
+/// inside the connection's span. What this future holds is what every idle
+/// session costs, so the box is emptied and freed before the first await.
 async fn spliced(
     joined: Box<Joined>,
     shared: Arc<Shared>,
     guard: ConnGuard,
-    span: Span,
     cut: CancellationToken,
 ) {
     let Joined {
         stream,
         upstream,
-        _seat,
+        _seat: seat,
         admitted,
-    } = *joined;
+    } = unbox(joined);
     let up = Tally {
         live: &guard.entry.bytes_up,
         metric: shared.metrics.bytes_counter("upstream"),
@@ -190,17 +192,23 @@ async fn spliced(
         metric: shared.metrics.bytes_counter("downstream"),
     };
     let outcome = tokio::select! {
-        r = splice(stream, upstream, &shared.pipes, up, down).instrument(span.clone()) => {
+        r = splice(stream, upstream, &shared.pipes, up, down) => {
             if let Err(e) = r {
-                debug!(parent: &span, error = %e, "splice ended with an error");
+                debug!(error = %e, "splice ended with an error");
             }
             Outcome::Proxied
         }
         () = cut.cancelled() => Outcome::Cut,
     };
     // The slots go before the end is counted, as they do for any other end.
-    drop((_seat, admitted));
-    finish(&shared, &guard, &span, outcome);
+    drop((seat, admitted));
+    finish(&shared, &guard, &Span::current(), outcome);
+}
+
+/// The value out of its box, the box freed now: moving out of `*b` in an
+/// async fn would keep the allocation until the future ends.
+fn unbox<T>(b: Box<T>) -> T {
+    *b
 }
 
 /// Record how a connection ended: span fields, metrics and its log line.

@@ -78,7 +78,9 @@ async fn pump(
     tally: Tally<'_>,
 ) -> io::Result<()> {
     loop {
-        from.readable().await?;
+        // `poll_read_ready` parks on the socket's own reader slot: no
+        // waiter node in this future, which is what an idle session holds.
+        std::future::poll_fn(|cx| from.as_ref().poll_read_ready(cx)).await?;
         // Boxed: a parked pump holds only its readiness wait, not room for
         // the larger state of a burst (an idle session's size is mostly this).
         let burst = match pipes.lend() {
