@@ -207,6 +207,7 @@ async fn spliced(
 
 /// The value out of its box, the box freed now: moving out of `*b` in an
 /// async fn would keep the allocation until the future ends.
+#[allow(clippy::boxed_local)] // taking the box by value is the point
 fn unbox<T>(b: Box<T>) -> T {
     *b
 }
