@@ -8,6 +8,7 @@
 //! every report interval so syncd can always recover from anything it
 //! missed or dropped.
 use std::collections::BTreeMap;
+use std::hash::{DefaultHasher, Hash, Hasher};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -34,6 +35,40 @@ pub struct Sessions {
     pub servers: BTreeMap<String, Counts>,
     /// By connection id.
     pub players: BTreeMap<u64, PlayerSession>,
+}
+
+/// What was last reported, as [`delta_report`] needs it: the counts, and
+/// per player only a fingerprint of its entry. An idle session then costs
+/// the report no second copy of its strings. Two different entries of one
+/// connection with the same 64-bit fingerprint would hide that change
+/// until the next full report, which every report interval sends anyway.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Reported {
+    servers: BTreeMap<String, Counts>,
+    players: BTreeMap<u64, u64>,
+}
+
+impl Reported {
+    pub fn of(s: &Sessions) -> Self {
+        Self {
+            servers: s.servers.clone(),
+            players: s
+                .players
+                .iter()
+                .map(|(id, p)| (*id, fingerprint(p)))
+                .collect(),
+        }
+    }
+}
+
+/// Every field of a player entry, hashed.
+fn fingerprint(p: &PlayerSession) -> u64 {
+    let mut h = DefaultHasher::new();
+    (
+        p.session, &p.server, &p.name, &p.uuid, p.since_ms, &p.backend,
+    )
+        .hash(&mut h);
+    h.finish()
 }
 
 /// The sessions of `conns` (connections not routed to a server yet are not
@@ -130,7 +165,7 @@ pub fn full_report(cur: &Sessions) -> Vec<SessionReport> {
 }
 
 /// What changed from `prev` to `cur`; empty when nothing did.
-pub fn delta_report(prev: &Sessions, cur: &Sessions) -> Vec<SessionReport> {
+pub fn delta_report(prev: &Reported, cur: &Sessions) -> Vec<SessionReport> {
     let mut p = Pieces::new(false);
     for (server, c) in &cur.servers {
         if prev.servers.get(server) != Some(c) {
@@ -149,7 +184,7 @@ pub fn delta_report(prev: &Sessions, cur: &Sessions) -> Vec<SessionReport> {
     }
     for (id, player) in &cur.players {
         match prev.players.get(id) {
-            Some(old) if old == player => {}
+            Some(old) if *old == fingerprint(player) => {}
             Some(_) => {
                 // Same connection, other details: leave and join again.
                 p.room().left.push(*id);
@@ -170,7 +205,7 @@ pub async fn run(
     stop: CancellationToken,
 ) {
     let mut changes = conns.subscribe();
-    let mut sent = Sessions::default();
+    let mut sent = Reported::default();
     let mut full_due = Instant::now();
     loop {
         let cur = collect(&conns.list());
@@ -186,7 +221,8 @@ pub async fn run(
                 r = tx.send(piece) => if r.is_err() { return },
             }
         }
-        sent = cur;
+        sent = Reported::of(&cur);
+        drop(cur);
         let last = Instant::now();
         tokio::select! {
             () = stop.cancelled() => return,
@@ -297,6 +333,20 @@ mod tests {
                 1,
             ),
             (
+                "same connection, other backend: leaves and joins again",
+                sessions(std::slice::from_ref(&a), &[]),
+                sessions(
+                    &[PlayerSession {
+                        backend: "10.0.0.9:25565".into(),
+                        ..a.clone()
+                    }],
+                    &[],
+                ),
+                0,
+                1,
+                1,
+            ),
+            (
                 "a held login only",
                 sessions(&[], &[]),
                 sessions(&[], &[("survival", held)]),
@@ -306,7 +356,7 @@ mod tests {
             ),
         ];
         for (what, before, after, servers, joined, left) in cases {
-            let reports = delta_report(&before, &after);
+            let reports = delta_report(&Reported::of(&before), &after);
             let count = |f: fn(&SessionReport) -> usize| reports.iter().map(f).sum::<usize>();
             assert_eq!(count(|r| r.servers.len()), servers, "{what}");
             assert_eq!(count(|r| r.joined.len()), joined, "{what}");
@@ -344,7 +394,7 @@ mod tests {
         apply(&mut held, &full);
         assert_eq!(held, cur);
 
-        let delta = delta_report(&Sessions::default(), &cur);
+        let delta = delta_report(&Reported::default(), &cur);
         assert!(delta.iter().all(|r| !r.more && !r.full));
         let mut held = Sessions::default();
         apply(&mut held, &delta);
@@ -356,6 +406,6 @@ mod tests {
         let full = full_report(&Sessions::default());
         assert_eq!(full.len(), 1);
         assert!(full[0].full && !full[0].more && full[0].servers.is_empty());
-        assert!(delta_report(&Sessions::default(), &Sessions::default()).is_empty());
+        assert!(delta_report(&Reported::default(), &Sessions::default()).is_empty());
     }
 }
