@@ -5,28 +5,19 @@
 //! `cargo run --release -p automc-proto --features fake --example snapshot_load -- 100000`.
 use std::time::Instant;
 
-use automc_proto::fake::route;
+use automc_proto::fake::{fleet_route, routes_arg};
 use automc_proto::sync::{snapshot_chunk, Assembler, Event};
 use automc_proto::v1::WatchResponse;
 use automc_proto::RouteTable;
 use prost::Message;
 
 fn main() {
-    let n: usize = std::env::args()
-        .nth(1)
-        .and_then(|a| a.parse().ok())
-        .unwrap_or(100_000);
+    let n = routes_arg();
     let rounds: usize = std::env::args()
         .nth(2)
         .and_then(|a| a.parse().ok())
         .unwrap_or(5);
-    let table = RouteTable::from_routes((1..=n).map(|i| {
-        route(
-            &format!("s{i}"),
-            &format!("s{i}.example.com"),
-            &format!("10.0.{}.{}:25565", i / 250 % 250, i % 250),
-        )
-    }));
+    let table = RouteTable::from_routes((1..=n).map(fleet_route));
     for round in 0..rounds {
         let t0 = Instant::now();
         let mut pieces = Vec::new();

@@ -145,6 +145,25 @@ pub fn route(server: &str, hostname: &str, address: &str) -> crate::v1::Route {
     }
 }
 
+/// Route number `i` of the fleet benchmark's table (`s{i}`, reached at
+/// `s{i}.example.com`), which the examples that size tables build too.
+pub fn fleet_route(i: usize) -> crate::v1::Route {
+    route(
+        &format!("s{i}"),
+        &format!("s{i}.example.com"),
+        &format!("10.0.{}.{}:25565", i / 250 % 250, i % 250),
+    )
+}
+
+/// The first argument as a count of routes, 100,000 when absent or not a
+/// number (the examples that size tables).
+pub fn routes_arg() -> usize {
+    std::env::args()
+        .nth(1)
+        .and_then(|a| a.parse().ok())
+        .unwrap_or(100_000)
+}
+
 /// [`route`] with `state` "stopped": asleep until something wakes it.
 pub fn stopped_route(server: &str, hostname: &str, address: &str) -> crate::v1::Route {
     crate::v1::Route {
