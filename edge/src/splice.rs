@@ -35,6 +35,18 @@ pub const BUF_SIZE: usize = 64 * 1024;
 /// Pipes kept at most by default (`--splice-pipes`): two per session moving
 /// bytes at the same instant, which idle players are not.
 pub const DEFAULT_PIPES: usize = 1024;
+/// A pipe starts at the kernel's default size (64 KiB). One that carries
+/// bulk (a world download, a resource pack: one burst moving more than a
+/// pipeful) grows to this, so the rest of the transfer takes a sixteenth of
+/// the `splice` calls; chatty sessions keep small pipes (docs/benchmarks.md,
+/// edge run 5, has the bulk figures for both sizes).
+pub const BULK_PIPE_BYTES: usize = 1024 * 1024;
+/// At most this many pipes of an edge are grown to [`BULK_PIPE_BYTES`]: the
+/// kernel charges pipe slots to the user whether or not they hold data, and
+/// past `fs.pipe-user-pages-soft` (16,384 pages by default) it gives that
+/// user's new pipes 8 KiB and refuses to grow any. 32 MiB of slots leaves
+/// the rest of the default budget to small pipes.
+pub const MAX_BULK_PIPES: usize = 32;
 
 /// Where a pump counts what it moved.
 pub struct Tally<'a> {
@@ -125,6 +137,8 @@ pub struct PipePool {
     max: usize,
     /// Pipes created and not closed (lent or idle).
     open: AtomicUsize,
+    /// Of those, grown to [`BULK_PIPE_BYTES`].
+    bulk: AtomicUsize,
     #[cfg(target_os = "linux")]
     idle: Mutex<Vec<linux::Pipe>>,
     #[cfg(not(target_os = "linux"))]
@@ -137,6 +151,7 @@ impl PipePool {
         Self {
             max,
             open: AtomicUsize::new(0),
+            bulk: AtomicUsize::new(0),
             idle: Mutex::new(Vec::new()),
         }
     }
@@ -144,6 +159,11 @@ impl PipePool {
     /// Pipes open now (lent or idle).
     pub fn open(&self) -> usize {
         self.open.load(Ordering::Relaxed)
+    }
+
+    /// Pipes grown for bulk transfers, open now.
+    pub fn bulk(&self) -> usize {
+        self.bulk.load(Ordering::Relaxed)
     }
 
     /// Pipes idle in the pool now.
@@ -181,26 +201,39 @@ mod linux {
     use std::os::fd::OwnedFd;
     use std::sync::atomic::Ordering;
 
-    use nix::fcntl::{splice, OFlag, SpliceFFlags};
+    use nix::fcntl::{fcntl, splice, FcntlArg, OFlag, SpliceFFlags};
     use tokio::io::Interest;
     use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 
-    use super::{Burst, PipePool, Tally};
+    use super::{Burst, PipePool, Tally, BULK_PIPE_BYTES, MAX_BULK_PIPES};
 
-    /// Bytes asked of one `splice` call (a default pipe holds 64 KiB).
-    const SPLICE_LEN: usize = 64 * 1024;
+    /// Bytes asked of one `splice` call: the most any pipe of ours holds
+    /// (the kernel moves at most what fits).
+    const SPLICE_LEN: usize = BULK_PIPE_BYTES;
+    /// The smallest pipe worth splicing through: the kernel's default. A
+    /// smaller new pipe means the user is past `fs.pipe-user-pages-soft`.
+    const MIN_PIPE_BYTES: usize = 64 * 1024;
 
     #[derive(Debug)]
     pub(super) struct Pipe {
         read: OwnedFd,
         write: OwnedFd,
+        /// What the pipe holds at most now.
+        pub(super) capacity: usize,
+    }
+
+    /// The capacity of a pipe, from its write end.
+    fn capacity(write: &OwnedFd) -> Option<usize> {
+        fcntl(write, FcntlArg::F_GETPIPE_SZ)
+            .ok()
+            .and_then(|n| usize::try_from(n).ok())
     }
 
     /// A pipe on loan; back to the pool on drop when empty, else closed
     /// (bytes stuck in it belong to a connection that failed).
     pub(super) struct Lent<'a> {
         pool: &'a PipePool,
-        pipe: Option<Pipe>,
+        pub(super) pipe: Option<Pipe>,
         holding: usize,
     }
 
@@ -222,7 +255,22 @@ mod linux {
                         return None;
                     }
                     match nix::unistd::pipe2(OFlag::O_CLOEXEC | OFlag::O_NONBLOCK) {
-                        Ok((read, write)) => Pipe { read, write },
+                        Ok((read, write)) => match capacity(&write) {
+                            Some(capacity) if capacity >= MIN_PIPE_BYTES => Pipe {
+                                read,
+                                write,
+                                capacity,
+                            },
+                            got => {
+                                // The user's pipe budget is spent: copy.
+                                self.open.fetch_sub(1, Ordering::AcqRel);
+                                tracing::debug!(
+                                    capacity = ?got,
+                                    "new pipe too small (fs.pipe-user-pages-soft reached); copying"
+                                );
+                                return None;
+                            }
+                        },
                         Err(e) => {
                             // Out of descriptors, say: copy instead.
                             self.open.fetch_sub(1, Ordering::AcqRel);
@@ -251,8 +299,39 @@ mod linux {
                     return;
                 }
             }
+            self.pool.close(pipe);
+        }
+    }
+
+    impl PipePool {
+        /// Close a pipe of this pool.
+        fn close(&self, pipe: Pipe) {
+            if pipe.capacity > MIN_PIPE_BYTES {
+                self.bulk.fetch_sub(1, Ordering::AcqRel);
+            }
             drop(pipe);
-            self.pool.open.fetch_sub(1, Ordering::AcqRel);
+            self.open.fetch_sub(1, Ordering::AcqRel);
+        }
+
+        /// Grow `pipe` for bulk when the budget allows; a refusal keeps it
+        /// as it is.
+        pub(super) fn grow(&self, pipe: &mut Pipe) {
+            if pipe.capacity >= BULK_PIPE_BYTES {
+                return;
+            }
+            if self.bulk.fetch_add(1, Ordering::AcqRel) >= MAX_BULK_PIPES {
+                self.bulk.fetch_sub(1, Ordering::AcqRel);
+                return;
+            }
+            let grown = fcntl(&pipe.write, FcntlArg::F_SETPIPE_SZ(BULK_PIPE_BYTES as i32))
+                .ok()
+                .and_then(|n| usize::try_from(n).ok());
+            match grown {
+                Some(n) if n > MIN_PIPE_BYTES => pipe.capacity = n,
+                _ => {
+                    self.bulk.fetch_sub(1, Ordering::AcqRel);
+                }
+            }
         }
     }
 
@@ -265,11 +344,13 @@ mod linux {
             to: &OwnedWriteHalf,
             tally: &Tally<'_>,
         ) -> io::Result<Burst> {
-            let Some(pipe) = &self.pipe else {
+            let pool = self.pool;
+            let Some(pipe) = &mut self.pipe else {
                 return Ok(Burst::Drained);
             };
             let src = from.as_ref();
             let dst = to.as_ref();
+            let mut moved = 0usize;
             loop {
                 let n = match src.try_io(Interest::READABLE, || {
                     splice(src, None, &pipe.write, None, SPLICE_LEN, flags())
@@ -300,6 +381,12 @@ mod linux {
                             ) => {}
                         Err(e) => return Err(e),
                     }
+                }
+                // A burst of more than a pipeful is bulk: grow the pipe
+                // (empty now) for the rest of it and for the next borrower.
+                moved = moved.saturating_add(n);
+                if moved > pipe.capacity {
+                    pool.grow(pipe);
                 }
             }
         }
@@ -414,6 +501,36 @@ mod tests {
         let before = pipes.open();
         exchange(&pipes, &pattern(1 << 20, 3), &pattern(1 << 20, 4)).await;
         assert!(pipes.open() <= before.max(2));
+    }
+
+    #[cfg(target_os = "linux")]
+    #[tokio::test]
+    async fn bulk_pipes_grow_within_their_budget_and_carry_bytes_exactly() {
+        let pipes = PipePool::new(DEFAULT_PIPES);
+        let mut lent: Vec<_> = (0..MAX_BULK_PIPES + 3)
+            .map(|_| pipes.lend().expect("a pipe"))
+            .collect();
+        for l in &mut lent {
+            let pipe = l.pipe.as_mut().expect("lent");
+            pipes.grow(pipe);
+        }
+        // The kernel may refuse (a user past its pipe budget); never more
+        // than the budget, and every grown pipe is the bulk size.
+        assert!(pipes.bulk() <= MAX_BULK_PIPES);
+        let grown = lent
+            .iter()
+            .filter(|l| l.pipe.as_ref().map(|p| p.capacity) == Some(BULK_PIPE_BYTES))
+            .count();
+        assert_eq!(grown, pipes.bulk());
+        // Back last to first: the pool is a stack, so the next borrower
+        // gets the first pipe, grown when the kernel allowed any.
+        while let Some(l) = lent.pop() {
+            drop(l);
+        }
+        assert_eq!(pipes.idle(), MAX_BULK_PIPES + 3, "all back, empty");
+        exchange(&pipes, &pattern(8 << 20, 11), &pattern(5 << 20, 12)).await;
+        assert_eq!(pipes.idle(), pipes.open());
+        assert!(pipes.bulk() <= MAX_BULK_PIPES);
     }
 
     #[tokio::test]
