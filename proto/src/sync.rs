@@ -3,6 +3,8 @@
 //! an edge puts them back together and applies a whole version at once. Pure
 //! functions, no I/O: syncd's publisher, the edge's sync client and the test
 //! harness all go through this module.
+use std::sync::Arc;
+
 use prost::Message;
 
 use crate::table::{route_entry_len, BucketSet, RouteTable};
@@ -234,10 +236,12 @@ pub enum FramingError {
 }
 
 enum Pending {
+    /// The routes so far, each moved behind the `Arc` the table keeps;
+    /// the table is built in one pass when the last piece arrives.
     Snapshot {
         epoch: String,
         version: u64,
-        table: RouteTable,
+        routes: Vec<Arc<Route>>,
     },
     Delta {
         epoch: String,
@@ -290,15 +294,18 @@ impl Assembler {
     pub fn push(&mut self, msg: watch_response::Msg) -> Result<Option<Event>, FramingError> {
         match (self.pending.take(), msg) {
             (None, watch_response::Msg::SnapshotChunk(mut c)) => {
-                // The routes move into the table; the piece keeps the rest.
-                let table = RouteTable::from_routes(std::mem::take(&mut c.routes));
-                self.snapshot_piece(c.epoch.clone(), c.version, table, c)
+                // The routes move out; the piece keeps the rest.
+                let routes = std::mem::take(&mut c.routes)
+                    .into_iter()
+                    .map(Arc::new)
+                    .collect();
+                self.snapshot_piece(c.epoch.clone(), c.version, routes, c)
             }
             (
                 Some(Pending::Snapshot {
                     epoch,
                     version,
-                    mut table,
+                    mut routes,
                 }),
                 watch_response::Msg::SnapshotChunk(mut c),
             ) => {
@@ -310,10 +317,8 @@ impl Assembler {
                         got_version: c.version,
                     });
                 }
-                for r in std::mem::take(&mut c.routes) {
-                    table.upsert(r);
-                }
-                self.snapshot_piece(epoch, version, table, c)
+                routes.extend(std::mem::take(&mut c.routes).into_iter().map(Arc::new));
+                self.snapshot_piece(epoch, version, routes, c)
             }
             (None, watch_response::Msg::Delta(d)) => self.delta_piece(
                 d.epoch,
@@ -378,14 +383,14 @@ impl Assembler {
         &mut self,
         epoch: String,
         version: u64,
-        table: RouteTable,
+        routes: Vec<Arc<Route>>,
         piece: SnapshotChunk,
     ) -> Result<Option<Event>, FramingError> {
         if piece.last {
             return Ok(Some(Event::Snapshot {
                 epoch,
                 version,
-                table,
+                table: RouteTable::from_arcs(routes),
                 wakes: piece.wakes,
                 partial: piece.partial.then(|| BucketSet::new(&piece.buckets)),
                 table_hash: piece.table_hash,
@@ -394,7 +399,7 @@ impl Assembler {
         self.pending = Some(Pending::Snapshot {
             epoch,
             version,
-            table,
+            routes,
         });
         Ok(None)
     }

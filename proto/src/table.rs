@@ -8,11 +8,13 @@
 //! hostname, a server's own `domain` beats another's alias, then the smaller
 //! server name wins, so every process resolves a conflict the same way.
 //!
-//! The maps are persistent (`imbl`): cloning a table is O(1) and shares
-//! structure, and an upsert or removal on a clone costs O(log n). That is
-//! what lets an edge apply a one-row delta to a copy of a 1M-route table and
-//! swap it in whole, and syncd hand every watcher the version it started
-//! from without copying it.
+//! A table is a base built in one pass from a whole set of routes plus a
+//! persistent overlay (`imbl`) of the changes since: cloning a table is O(1)
+//! and shares structure, and an upsert or removal on a clone costs O(log n)
+//! (amortized: a large overlay is folded into a new base). That is what lets
+//! an edge load a snapshot in one pass, apply a one-row delta to a copy of a
+//! 1M-route table and swap it in whole, and syncd hand every watcher the
+//! version it started from without copying it.
 use std::borrow::Borrow;
 use std::cmp::Ordering;
 use std::ops::Bound;
@@ -73,38 +75,6 @@ pub struct Match<'a> {
     pub pattern: &'a str,
 }
 
-/// A route in the by-server set: ordered and found by its server name, so
-/// the name is stored once, inside the route.
-#[derive(Debug, Clone)]
-struct ByServer(Arc<Route>);
-
-impl PartialEq for ByServer {
-    fn eq(&self, other: &Self) -> bool {
-        self.0.server == other.0.server
-    }
-}
-
-impl Eq for ByServer {}
-
-impl PartialOrd for ByServer {
-    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
-        Some(self.cmp(other))
-    }
-}
-
-impl Ord for ByServer {
-    fn cmp(&self, other: &Self) -> Ordering {
-        self.0.server.cmp(&other.0.server)
-    }
-}
-
-/// Consistent with the order above: both compare the server name.
-impl Borrow<str> for ByServer {
-    fn borrow(&self) -> &str {
-        &self.0.server
-    }
-}
-
 /// One server's claim of a hostname pattern: rank 0 for its own domain, 1
 /// for an alias. It points at the route itself, so a lookup needs no second
 /// probe and the index holds no copy of the server name.
@@ -132,6 +102,14 @@ enum Claims {
 }
 
 impl Claims {
+    /// Every claim, best first.
+    fn all(&self) -> &[Claim] {
+        match self {
+            Self::One(c) => std::slice::from_ref(c),
+            Self::Many(v) => v,
+        }
+    }
+
     fn best(&self) -> &Claim {
         match self {
             Self::One(c) => c,
@@ -272,30 +250,113 @@ impl BucketSet {
 }
 
 /// Routes keyed by server name plus a hostname index.
+///
+/// Two layers: a `base` built in one pass from a whole set of routes (a
+/// snapshot, syncd's first read) into sorted vectors, never changed after;
+/// and an `over`lay of persistent maps holding every change since, where a
+/// server's entry (its new route, or that it is gone) hides its base route.
+/// Building the base costs a sort of data that arrives sorted, where
+/// inserting into persistent maps one route at a time cost ~8x more (an
+/// edge loading 100k routes spent most of its start there). A change costs
+/// O(log n) in the overlay; once the overlay holds half as many servers as
+/// the base (and at least [`COMPACT_MIN`]), the table is re-based in one
+/// O(n) pass, so the overlay, and the lookup's second probe, stay small.
 #[derive(Debug, Clone)]
 pub struct RouteTable {
-    /// Routes behind an `Arc`, ordered by server name: a node copied on
-    /// write copies pointers, and the nodes stay small. The hostname index
-    /// below points at the same `Arc`s.
-    routes: OrdSet<ByServer>,
-    /// Exact names and the `*` default, by name. B-trees, not hash tries:
-    /// imbl's HAMT took ~180 bytes an entry here, its B-tree ~55 (heaptrack,
-    /// `examples/table_heap.rs`), for a few string compares more a lookup.
-    exact: OrdMap<String, Claims>,
-    /// `*.suffix` wildcards by `suffix`, so the suffix walk of a lookup
-    /// probes with slices of the hostname and allocates nothing.
-    wild: OrdMap<String, Wildcard>,
+    base: Arc<Base>,
+    over: Overlay,
+    /// Routes in the table (base routes not hidden, plus live overlay ones).
+    len: usize,
     /// Per-bucket wrapping sums of route hashes (8 KiB, copied on the first
     /// write after a clone).
     buckets: Arc<Vec<u64>>,
 }
 
+/// The overlay is folded into a new base once it holds this many servers
+/// and half as many as the base.
+pub const COMPACT_MIN: usize = 4096;
+
+/// The one-pass layer: every vector sorted by its key, keys unique.
+#[derive(Debug, Default)]
+struct Base {
+    /// Routes by server name. The index entries point at the same `Arc`s.
+    routes: Vec<Arc<Route>>,
+    /// Exact names and the `*` default.
+    exact: Vec<(Box<str>, Claims)>,
+    /// `*.suffix` wildcards by `suffix`.
+    wild: Vec<(Box<str>, Wildcard)>,
+}
+
+/// The changes since the base was built. B-trees, not hash tries: imbl's
+/// HAMT took ~180 bytes an entry here, its B-tree ~55 (heaptrack,
+/// `examples/table_heap.rs`), for a few string compares more a lookup.
+#[derive(Debug, Clone, Default)]
+struct Overlay {
+    /// One entry per server changed since the base: ordered and found by
+    /// server name, so the name is stored once.
+    routes: OrdSet<Changed>,
+    /// The claims of the live overlay routes only.
+    exact: OrdMap<String, Claims>,
+    wild: OrdMap<String, Wildcard>,
+}
+
+/// A server's state in the overlay.
+#[derive(Debug, Clone)]
+enum Changed {
+    Live(Arc<Route>),
+    /// Removed; only kept while the base still has a route for it.
+    Gone(Box<str>),
+}
+
+impl Changed {
+    fn server(&self) -> &str {
+        match self {
+            Self::Live(r) => &r.server,
+            Self::Gone(s) => s,
+        }
+    }
+
+    fn live(&self) -> Option<&Arc<Route>> {
+        match self {
+            Self::Live(r) => Some(r),
+            Self::Gone(_) => None,
+        }
+    }
+}
+
+impl PartialEq for Changed {
+    fn eq(&self, other: &Self) -> bool {
+        self.server() == other.server()
+    }
+}
+
+impl Eq for Changed {}
+
+impl PartialOrd for Changed {
+    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for Changed {
+    fn cmp(&self, other: &Self) -> Ordering {
+        self.server().cmp(other.server())
+    }
+}
+
+/// Consistent with the order above: both compare the server name.
+impl Borrow<str> for Changed {
+    fn borrow(&self) -> &str {
+        self.server()
+    }
+}
+
 impl Default for RouteTable {
     fn default() -> Self {
         Self {
-            routes: OrdSet::new(),
-            exact: OrdMap::new(),
-            wild: OrdMap::new(),
+            base: Arc::new(Base::default()),
+            over: Overlay::default(),
+            len: 0,
             buckets: Arc::new(vec![0; BUCKETS]),
         }
     }
@@ -315,35 +376,191 @@ pub fn route_entry_len(route: &Route) -> usize {
     1 + prost::length_delimiter_len(n) + n
 }
 
+/// Binary search of a sorted `(key, value)` vector.
+fn sorted_get<'a, V>(v: &'a [(Box<str>, V)], key: &str) -> Option<&'a (Box<str>, V)> {
+    v.binary_search_by(|(k, _)| (**k).cmp(key))
+        .ok()
+        .map(|i| &v[i])
+}
+
+impl Base {
+    /// Index `routes` (sorted by server name, names unique) in one pass.
+    fn build(routes: Vec<Arc<Route>>) -> Self {
+        // (pattern key, rank, route index): routes are in name order, so
+        // the index orders equal ranks by server name.
+        let mut exact: Vec<(&str, u8, u32)> = Vec::with_capacity(routes.len());
+        let mut wild: Vec<(&str, u8, u32)> = Vec::new();
+        for (i, r) in routes.iter().enumerate() {
+            for (j, host) in r.hostnames.iter().enumerate() {
+                let rank = u8::from(j > 0);
+                match index_key(host) {
+                    (true, suffix) => wild.push((suffix, rank, i as u32)),
+                    (false, name) => exact.push((name, rank, i as u32)),
+                }
+            }
+        }
+        exact.sort_unstable();
+        exact.dedup();
+        wild.sort_unstable();
+        wild.dedup();
+        let claims = |group: &[(&str, u8, u32)]| -> Claims {
+            let claim = |&(_, rank, i): &(&str, u8, u32)| Claim {
+                rank,
+                route: Arc::clone(&routes[i as usize]),
+            };
+            match group {
+                [one] => Claims::One(claim(one)),
+                many => Claims::Many(Arc::new(many.iter().map(claim).collect())),
+            }
+        };
+        let exact = exact
+            .chunk_by(|a, b| a.0 == b.0)
+            .map(|g| (Box::from(g[0].0), claims(g)))
+            .collect();
+        let wild = wild
+            .chunk_by(|a, b| a.0 == b.0)
+            .map(|g| {
+                let w = Wildcard {
+                    pattern: format!("*.{}", g[0].0),
+                    claims: claims(g),
+                };
+                (Box::from(g[0].0), w)
+            })
+            .collect();
+        Self {
+            routes,
+            exact,
+            wild,
+        }
+    }
+
+    fn get(&self, server: &str) -> Option<&Arc<Route>> {
+        self.routes
+            .binary_search_by(|r| r.server.as_str().cmp(server))
+            .ok()
+            .map(|i| &self.routes[i])
+    }
+}
+
+/// Routes of both layers in server-name order, from a starting point.
+struct Merged<'a> {
+    base: std::iter::Peekable<std::slice::Iter<'a, Arc<Route>>>,
+    over: std::iter::Peekable<
+        imbl::ordset::RangedIter<'a, Changed, imbl::shared_ptr::DefaultSharedPtr>,
+    >,
+}
+
+impl<'a> Iterator for Merged<'a> {
+    type Item = &'a Arc<Route>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        loop {
+            let order = match (self.base.peek(), self.over.peek()) {
+                (None, None) => return None,
+                (Some(_), None) => Ordering::Less,
+                (None, Some(_)) => Ordering::Greater,
+                (Some(b), Some(o)) => b.server.as_str().cmp(o.server()),
+            };
+            match order {
+                Ordering::Less => return self.base.next(),
+                // The overlay's entry hides the base's route.
+                Ordering::Equal => {
+                    self.base.next();
+                }
+                Ordering::Greater => {}
+            }
+            if let Some(r) = self.over.next().and_then(Changed::live) {
+                return Some(r);
+            }
+        }
+    }
+}
+
 impl RouteTable {
     pub fn new() -> Self {
         Self::default()
     }
 
-    /// Build a table from whole routes.
+    /// Build a table from whole routes (a later route of the same server
+    /// replaces an earlier one), in one pass.
     pub fn from_routes(routes: impl IntoIterator<Item = Route>) -> Self {
-        let mut t = Self::new();
-        for r in routes {
-            t.upsert(r);
+        Self::from_arcs(routes.into_iter().map(Arc::new).collect())
+    }
+
+    /// [`RouteTable::from_routes`] of shared routes.
+    pub(crate) fn from_arcs(mut routes: Vec<Arc<Route>>) -> Self {
+        // Stable, and linear on the sorted input syncd sends.
+        routes.sort_by(|a, b| a.server.cmp(&b.server));
+        // Keep the last of each name: `dedup_by` drops the later of two
+        // equal neighbours, so move the later into the kept slot first.
+        routes.dedup_by(|later, kept| {
+            let same = later.server == kept.server;
+            if same {
+                std::mem::swap(later, kept);
+            }
+            same
+        });
+        let mut buckets = vec![0u64; BUCKETS];
+        for r in &routes {
+            let b = bucket_of(&r.server);
+            buckets[b] = buckets[b].wrapping_add(route_hash(r));
         }
-        t
+        Self {
+            len: routes.len(),
+            base: Arc::new(Base::build(routes)),
+            over: Overlay::default(),
+            buckets: Arc::new(buckets),
+        }
     }
 
     pub fn len(&self) -> usize {
-        self.routes.len()
+        self.len
     }
 
     pub fn is_empty(&self) -> bool {
-        self.routes.is_empty()
+        self.len == 0
     }
 
     /// Routes in server-name order.
     pub fn routes(&self) -> impl Iterator<Item = &Route> {
-        self.routes.iter().map(|r| &*r.0)
+        self.merged("").map(|r| &**r)
+    }
+
+    /// Routes after server `after` (from the first for `""`), in name order.
+    fn merged(&self, after: &str) -> Merged<'_> {
+        let (start, lower) = if after.is_empty() {
+            (0, Bound::Unbounded)
+        } else {
+            let start = self
+                .base
+                .routes
+                .partition_point(|r| r.server.as_str() <= after);
+            (start, Bound::Excluded(after))
+        };
+        Merged {
+            base: self.base.routes[start..].iter().peekable(),
+            over: self
+                .over
+                .routes
+                .range::<_, str>((lower, Bound::Unbounded))
+                .peekable(),
+        }
     }
 
     pub fn get(&self, server: &str) -> Option<&Route> {
-        self.routes.get(server).map(|r| &*r.0)
+        self.get_arc(server).map(|r| &**r)
+    }
+
+    fn get_arc(&self, server: &str) -> Option<&Arc<Route>> {
+        match self.over.routes.get(server) {
+            Some(c) => c.live(),
+            None => self.base.get(server),
+        }
+    }
+
+    /// Whether the overlay has an entry for `server`, hiding its base route.
+    fn hidden(&self, server: &str) -> bool {
+        !self.over.routes.is_empty() && self.over.routes.contains(server)
     }
 
     /// Add or replace the route of `route.server`.
@@ -351,93 +568,99 @@ impl RouteTable {
         self.insert(Arc::new(route));
     }
 
-    /// [`RouteTable::upsert`] of a shared route: one walk of the route set,
-    /// then the old version's claims out of the index and the new one's in.
+    /// [`RouteTable::upsert`] of a shared route, into the overlay.
     fn insert(&mut self, route: Arc<Route>) {
-        if let Some(ByServer(old)) = self.routes.insert(ByServer(Arc::clone(&route))) {
-            self.unindex(&old);
-        }
-        for (i, host) in route.hostnames.iter().enumerate() {
-            let claim = Claim {
-                rank: u8::from(i > 0),
-                route: Arc::clone(&route),
-            };
-            match index_key(host) {
-                (true, suffix) => match self.wild.get_mut(suffix) {
-                    Some(w) => w.claims.add(claim),
-                    None => {
-                        let w = Wildcard {
-                            pattern: host.clone(),
-                            claims: Claims::One(claim),
-                        };
-                        self.wild.insert(suffix.to_owned(), w);
-                    }
-                },
-                (false, name) => match self.exact.get_mut(name) {
-                    Some(c) => c.add(claim),
-                    None => {
-                        self.exact.insert(name.to_owned(), Claims::One(claim));
-                    }
-                },
-            }
-        }
         let b = bucket_of(&route.server);
-        Arc::make_mut(&mut self.buckets)[b] = self.buckets[b].wrapping_add(route_hash(&route));
+        let mut sum = self.buckets[b].wrapping_add(route_hash(&route));
+        match self.get_arc(&route.server) {
+            Some(old) => sum = sum.wrapping_sub(route_hash(old)),
+            None => self.len += 1,
+        }
+        Arc::make_mut(&mut self.buckets)[b] = sum;
+        if let Some(Changed::Live(old)) = self.over.routes.insert(Changed::Live(Arc::clone(&route)))
+        {
+            self.over.unindex(&old);
+        }
+        self.over.index(&route);
     }
 
     /// Remove the route of `server`; returns it when it existed.
     pub fn remove(&mut self, server: &str) -> Option<Arc<Route>> {
-        let ByServer(old) = self.routes.remove(server)?;
-        self.unindex(&old);
+        let old = Arc::clone(self.get_arc(server)?);
+        let replaced = if self.base.get(server).is_some() {
+            self.over.routes.insert(Changed::Gone(server.into()))
+        } else {
+            self.over.routes.remove(server)
+        };
+        if let Some(Changed::Live(prev)) = replaced {
+            self.over.unindex(&prev);
+        }
+        self.len -= 1;
+        let b = bucket_of(server);
+        Arc::make_mut(&mut self.buckets)[b] = self.buckets[b].wrapping_sub(route_hash(&old));
         Some(old)
     }
 
-    /// Take `old`'s claims out of the index and its hash out of its bucket.
-    fn unindex(&mut self, old: &Route) {
-        let server = old.server.as_str();
-        let b = bucket_of(server);
-        Arc::make_mut(&mut self.buckets)[b] = self.buckets[b].wrapping_sub(route_hash(old));
-        for (i, host) in old.hostnames.iter().enumerate() {
-            let rank = u8::from(i > 0);
-            match index_key(host) {
-                (true, suffix) => {
-                    if let Some(w) = self.wild.get_mut(suffix) {
-                        if w.claims.remove(rank, server) {
-                            self.wild.remove(suffix);
-                        }
-                    }
-                }
-                (false, name) => {
-                    if let Some(c) = self.exact.get_mut(name) {
-                        if c.remove(rank, server) {
-                            self.exact.remove(name);
-                        }
-                    }
-                }
-            }
-        }
-    }
-
-    /// Apply a delta: upserts, then removals.
+    /// Apply a delta: upserts, then removals. A table with nothing in it
+    /// is built in one pass; a large overlay is folded into a new base.
     pub fn apply(&mut self, upserts: impl IntoIterator<Item = Route>, removed: &[String]) {
-        for r in upserts {
-            self.upsert(r);
+        if self.len == 0 && self.over.routes.is_empty() {
+            *self = Self::from_routes(upserts);
+        } else {
+            for r in upserts {
+                self.upsert(r);
+            }
         }
         for s in removed {
             self.remove(s);
+        }
+        self.compact_if_large();
+    }
+
+    fn compact_if_large(&mut self) {
+        let over = self.over.routes.len();
+        if over >= COMPACT_MIN && over >= self.base.routes.len() / 2 {
+            self.compact();
+        }
+    }
+
+    /// Fold the overlay into a new base (O(n)).
+    pub fn compact(&mut self) {
+        if self.over.routes.is_empty() {
+            return;
+        }
+        let routes: Vec<Arc<Route>> = self.merged("").cloned().collect();
+        self.base = Arc::new(Base::build(routes));
+        self.over = Overlay::default();
+    }
+
+    /// The best claim in `base` whose server the overlay does not hide,
+    /// and the best in `over`: whichever ranks first.
+    fn best<'a>(&self, base: Option<&'a Claims>, over: Option<&'a Claims>) -> Option<&'a Claim> {
+        let base = base.and_then(|c| c.all().iter().find(|c| !self.hidden(&c.route.server)));
+        let over = over.map(Claims::best);
+        match (base, over) {
+            (Some(b), Some(o)) => Some(if o.key() < b.key() { o } else { b }),
+            (b, o) => b.or(o),
         }
     }
 
     /// The route owning exact name `name`, and the name as stored.
     fn exact_owner(&self, name: &str) -> Option<(&Route, &str)> {
-        let (stored, claims) = self.exact.get_key_value(name)?;
-        Some((&claims.best().route, stored.as_str()))
+        let base = sorted_get(&self.base.exact, name);
+        let over = self.over.exact.get_key_value(name);
+        let best = self.best(base.map(|(_, c)| c), over.map(|(_, c)| c))?;
+        let stored = base.map(|(k, _)| &**k).or(over.map(|(k, _)| k.as_str()))?;
+        Some((&best.route, stored))
     }
 
     /// The route owning wildcard `*.suffix`, and the pattern as stored.
     fn wildcard_owner(&self, suffix: &str) -> Option<(&Route, &str)> {
-        let w = self.wild.get(suffix)?;
-        Some((&w.claims.best().route, w.pattern.as_str()))
+        let base = sorted_get(&self.base.wild, suffix).map(|(_, w)| w);
+        let over = self.over.wild.get(suffix);
+        let best = self.best(base.map(|w| &w.claims), over.map(|w| &w.claims))?;
+        let pattern = base.or(over).map(|w| w.pattern.as_str())?;
+        Some((&best.route, pattern))
     }
 
     /// Resolve an already normalised hostname (see
@@ -504,20 +727,13 @@ impl RouteTable {
     }
 
     /// Replace the routes of `buckets` by those of `with` (a partial
-    /// snapshot), keeping every other bucket.
+    /// snapshot), keeping every other bucket: one pass into a new base.
     pub fn replace_buckets(&mut self, buckets: &BucketSet, with: RouteTable) {
-        let stale: Vec<Arc<Route>> = self
-            .routes
-            .iter()
-            .filter(|r| buckets.contains_server(&r.0.server))
-            .map(|r| Arc::clone(&r.0))
-            .collect();
-        for r in stale {
-            self.remove(&r.server);
-        }
-        for ByServer(r) in with.routes {
-            self.insert(r);
-        }
+        let kept = self
+            .merged("")
+            .filter(|r| !buckets.contains_server(&r.server));
+        let routes: Vec<Arc<Route>> = kept.chain(with.merged("")).cloned().collect();
+        *self = Self::from_arcs(routes);
     }
 
     /// Routes after server `after` (from the first for `""`) in name order,
@@ -542,14 +758,9 @@ impl RouteTable {
         max_bytes: usize,
         keep: impl Fn(&Route) -> bool,
     ) -> (Vec<Route>, Option<String>) {
-        let lower = if after.is_empty() {
-            Bound::Unbounded
-        } else {
-            Bound::Excluded(after)
-        };
         let mut out = Vec::new();
         let mut bytes = 0usize;
-        for ByServer(r) in self.routes.range::<_, str>((lower, Bound::Unbounded)) {
+        for r in self.merged(after) {
             if !keep(r) {
                 continue;
             }
@@ -562,6 +773,60 @@ impl RouteTable {
             out.push(Route::clone(r));
         }
         (out, None)
+    }
+}
+
+impl Overlay {
+    /// Put `route`'s claims into the overlay's index.
+    fn index(&mut self, route: &Arc<Route>) {
+        for (i, host) in route.hostnames.iter().enumerate() {
+            let claim = Claim {
+                rank: u8::from(i > 0),
+                route: Arc::clone(route),
+            };
+            match index_key(host) {
+                (true, suffix) => match self.wild.get_mut(suffix) {
+                    Some(w) => w.claims.add(claim),
+                    None => {
+                        let w = Wildcard {
+                            pattern: host.clone(),
+                            claims: Claims::One(claim),
+                        };
+                        self.wild.insert(suffix.to_owned(), w);
+                    }
+                },
+                (false, name) => match self.exact.get_mut(name) {
+                    Some(c) => c.add(claim),
+                    None => {
+                        self.exact.insert(name.to_owned(), Claims::One(claim));
+                    }
+                },
+            }
+        }
+    }
+
+    /// Take `old`'s claims out of the overlay's index.
+    fn unindex(&mut self, old: &Route) {
+        let server = old.server.as_str();
+        for (i, host) in old.hostnames.iter().enumerate() {
+            let rank = u8::from(i > 0);
+            match index_key(host) {
+                (true, suffix) => {
+                    if let Some(w) = self.wild.get_mut(suffix) {
+                        if w.claims.remove(rank, server) {
+                            self.wild.remove(suffix);
+                        }
+                    }
+                }
+                (false, name) => {
+                    if let Some(c) = self.exact.get_mut(name) {
+                        if c.remove(rank, server) {
+                            self.exact.remove(name);
+                        }
+                    }
+                }
+            }
+        }
     }
 }
 
@@ -870,5 +1135,148 @@ mod tests {
         ours.upsert(make(7));
         assert_eq!(ours.bucket_hashes(), theirs.bucket_hashes());
         assert_eq!(ours.differing_buckets(&[1, 2, 3]), None);
+    }
+
+    /// What the rules in the module doc say, computed the slow way.
+    fn model_lookup(
+        model: &std::collections::BTreeMap<String, Route>,
+        host: &str,
+    ) -> Option<(String, MatchKind, String)> {
+        let best = |pattern: &str| {
+            model
+                .values()
+                .flat_map(|r| {
+                    r.hostnames
+                        .iter()
+                        .enumerate()
+                        .filter(|(_, h)| h.as_str() == pattern)
+                        .map(|(i, _)| (u8::from(i > 0), r.server.clone()))
+                })
+                .min()
+                .map(|(_, server)| server)
+        };
+        if !host.is_empty() {
+            if let Some(s) = best(host) {
+                return Some((s, MatchKind::Exact, host.to_owned()));
+            }
+            let mut rest = host;
+            while let Some(dot) = rest.find('.') {
+                rest = &rest[dot + 1..];
+                if rest.is_empty() {
+                    break;
+                }
+                let pattern = format!("*.{rest}");
+                if let Some(s) = best(&pattern) {
+                    return Some((s, MatchKind::Wildcard, pattern));
+                }
+            }
+        }
+        best("*").map(|s| (s, MatchKind::Default, "*".to_owned()))
+    }
+
+    #[derive(Debug, Clone)]
+    enum Op {
+        Upsert(usize, Vec<usize>, u8),
+        Remove(usize),
+        Compact,
+    }
+
+    const POOL: [&str; 10] = [
+        "a.x", "b.x", "*.x", "*", "c.a.x", "*.a.x", "x", "*.c.a.x", "shared", "*.",
+    ];
+    const QUERIES: [&str; 12] = [
+        "a.x", "b.x", "z.x", "c.a.x", "d.c.a.x", "q.a.x", "x", "shared", "*", "", "other", "y.",
+    ];
+
+    fn op() -> impl proptest::strategy::Strategy<Value = Op> {
+        use proptest::prelude::*;
+        prop_oneof![
+            6 => (0..8usize, proptest::collection::vec(0..POOL.len(), 0..4), any::<u8>())
+                .prop_map(|(s, h, a)| Op::Upsert(s, h, a)),
+            3 => (0..8usize).prop_map(Op::Remove),
+            1 => Just(Op::Compact),
+        ]
+    }
+
+    fn op_route(s: usize, hosts: &[usize], a: u8) -> Route {
+        let hosts: Vec<&str> = hosts.iter().map(|&h| POOL[h]).collect();
+        route(&format!("s{s}"), &hosts, &format!("10.0.0.{a}:25565"))
+    }
+
+    proptest::proptest! {
+        /// Any mix of a one-pass base, overlay changes and re-basing answers
+        /// every lookup, listing and hash exactly as the rules say, and an
+        /// earlier clone keeps answering for its own version.
+        #[test]
+        fn base_and_overlay_answer_like_the_rules(
+            initial in proptest::collection::vec((0..8usize, proptest::collection::vec(0..POOL.len(), 0..4), proptest::prelude::any::<u8>()), 0..8),
+            ops in proptest::collection::vec(op(), 0..40),
+        ) {
+            let mut model = std::collections::BTreeMap::new();
+            let first: Vec<Route> = initial.iter().map(|(s, h, a)| op_route(*s, h, *a)).collect();
+            for r in &first {
+                model.insert(r.server.clone(), r.clone());
+            }
+            let mut t = RouteTable::from_routes(first);
+            let (before, before_model) = (t.clone(), model.clone());
+            for op in ops {
+                match op {
+                    Op::Upsert(s, h, a) => {
+                        let r = op_route(s, &h, a);
+                        model.insert(r.server.clone(), r.clone());
+                        t.apply([r], &[]);
+                    }
+                    Op::Remove(s) => {
+                        let name = format!("s{s}");
+                        let had = model.remove(&name).is_some();
+                        proptest::prop_assert_eq!(t.remove(&name).is_some(), had);
+                    }
+                    Op::Compact => t.compact(),
+                }
+                for (table, m) in [(&t, &model), (&before, &before_model)] {
+                    for q in QUERIES {
+                        let got = table.lookup(q).expect("short").map(|m| {
+                            (m.route.server.clone(), m.kind, m.pattern.to_owned())
+                        });
+                        proptest::prop_assert_eq!(got, model_lookup(m, q), "host {:?}", q);
+                    }
+                    let listed: Vec<&Route> = table.routes().collect();
+                    let want: Vec<&Route> = m.values().collect();
+                    proptest::prop_assert_eq!(listed, want);
+                    proptest::prop_assert_eq!(table.len(), m.len());
+                    let fresh = RouteTable::from_routes(m.values().cloned());
+                    proptest::prop_assert_eq!(table.bucket_hashes(), fresh.bucket_hashes());
+                    for s in 0..8 {
+                        let name = format!("s{s}");
+                        proptest::prop_assert_eq!(table.get(&name), m.get(&name));
+                        let (after, _) = table.page(&name, usize::MAX, usize::MAX);
+                        let want: Vec<Route> = m
+                            .range::<str, _>((Bound::Excluded(name.as_str()), Bound::Unbounded))
+                            .map(|(_, r)| r.clone())
+                            .collect();
+                        proptest::prop_assert_eq!(after, want);
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn a_large_overlay_is_folded_into_a_new_base() {
+        let make =
+            |i: usize, a: &str| route(&format!("s{i:05}"), &[&format!("s{i}.example.com")], a);
+        let mut t = RouteTable::from_routes((0..COMPACT_MIN).map(|i| make(i, "a:1")));
+        for i in 0..COMPACT_MIN - 1 {
+            t.apply([make(i, "b:2")], &[]);
+        }
+        assert_eq!(t.over.routes.len(), COMPACT_MIN - 1);
+        t.apply([make(COMPACT_MIN - 1, "b:2")], &[]);
+        assert!(t.over.routes.is_empty(), "re-based");
+        assert_eq!(t.len(), COMPACT_MIN);
+        assert!(t.routes().all(|r| r.address == "b:2"));
+        assert_eq!(
+            find(&t, "s7.example.com").map(|m| m.route.address.as_str()),
+            Some("b:2")
+        );
     }
 }
