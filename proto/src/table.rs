@@ -168,14 +168,39 @@ struct Wildcard {
 /// sum of its routes' hashes, so it is kept up to date per upsert.
 pub const BUCKETS: usize = 1024;
 
+const FNV_OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
+const FNV_PRIME: u64 = 0x0000_0100_0000_01b3;
+/// `FNV_PRIME_POW[k]` is the prime to the power `k` (wrapping).
+const FNV_PRIME_POW: [u64; 9] = {
+    let mut p = [1u64; 9];
+    let mut k = 1;
+    while k < 9 {
+        p[k] = p[k - 1].wrapping_mul(FNV_PRIME);
+        k += 1;
+    }
+    p
+};
+
 /// FNV-1a, then the splitmix64 finaliser so sums of hashes stay well mixed.
 /// Stable across processes and versions: it is part of the protocol.
 fn hash_parts<'a>(parts: impl IntoIterator<Item = &'a [u8]>) -> u64 {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    let mut h: u64 = FNV_OFFSET;
     for part in parts {
-        for b in (part.len() as u64).to_le_bytes().iter().chain(part) {
+        // Each part is its 8-byte little-endian length, then its bytes. A
+        // zero byte only multiplies, so the length's high zero bytes are one
+        // multiplication by a power of the prime (same result, a third
+        // fewer multiplications for a route: this hash is a large share of
+        // loading a snapshot).
+        let len = part.len() as u64;
+        let significant = 8 - (len.leading_zeros() / 8) as usize;
+        for b in &len.to_le_bytes()[..significant] {
             h ^= u64::from(*b);
-            h = h.wrapping_mul(0x0000_0100_0000_01b3);
+            h = h.wrapping_mul(FNV_PRIME);
+        }
+        h = h.wrapping_mul(FNV_PRIME_POW[8 - significant]);
+        for b in part {
+            h ^= u64::from(*b);
+            h = h.wrapping_mul(FNV_PRIME);
         }
     }
     h ^= h >> 30;
@@ -1277,6 +1302,43 @@ mod tests {
         assert_eq!(
             find(&t, "s7.example.com").map(|m| m.route.address.as_str()),
             Some("b:2")
+        );
+    }
+
+    /// The hash is part of the protocol: the fast form gives exactly what
+    /// FNV-1a over every byte (lengths included) does.
+    #[test]
+    fn the_route_hash_is_fnv_over_every_byte() {
+        fn slow(parts: &[&[u8]]) -> u64 {
+            let mut h = FNV_OFFSET;
+            for part in parts {
+                for b in (part.len() as u64).to_le_bytes().iter().chain(part.iter()) {
+                    h ^= u64::from(*b);
+                    h = h.wrapping_mul(FNV_PRIME);
+                }
+            }
+            h ^= h >> 30;
+            h = h.wrapping_mul(0xbf58_476d_1ce4_e5b9);
+            h ^= h >> 27;
+            h = h.wrapping_mul(0x94d0_49bb_1331_11eb);
+            h ^ (h >> 31)
+        }
+        let long = vec![7u8; 70_000];
+        let mid = vec![b'x'; 300];
+        let cases: [&[&[u8]]; 5] = [
+            &[],
+            &[b""],
+            &[b"s1", b"10.0.0.1:25565", b"running", b"s1.example.com"],
+            &[&mid, b"", &long],
+            &[&long[..256], &long[..255], &long[..65_536]],
+        ];
+        for parts in cases {
+            assert_eq!(hash_parts(parts.iter().copied()), slow(parts));
+        }
+        // Recorded: what every edge and syncd computes for this route.
+        assert_eq!(
+            route_hash(&route("s1", &["s1.example.com"], "10.0.0.1:25565")),
+            0x43c1_4adb_7023_5af5
         );
     }
 }
