@@ -19,11 +19,14 @@ use automc_proto::v1::{
 };
 use futures::Stream;
 use tokio_util::sync::CancellationToken;
+use tonic::codegen::{http, Body, BoxFuture, Context, Poll, Service, StdError};
+use tonic::server::NamedService;
 use tonic::service::interceptor::InterceptedService;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::events::Events;
 use crate::fleet::Fleet;
+use crate::pieces::WatchOut;
 use crate::publisher::Publisher;
 use crate::sleep::Sleeper;
 use crate::wake::Wakes;
@@ -49,24 +52,13 @@ pub struct RouteSyncService {
 
 type WatchStream = Pin<Box<dyn Stream<Item = Result<WatchResponse, Status>> + Send + 'static>>;
 
-#[tonic::async_trait]
-impl RouteSync for RouteSyncService {
-    type WatchRoutesStream = WatchStream;
-    type WatchEventsStream =
-        Pin<Box<dyn Stream<Item = Result<FleetEvent, Status>> + Send + 'static>>;
-
-    async fn watch_events(
-        &self,
-        _req: Request<WatchEventsRequest>,
-    ) -> Result<Response<Self::WatchEventsStream>, Status> {
-        use futures::StreamExt;
-        Ok(Response::new(Box::pin(self.events.stream().map(Ok))))
-    }
-
-    async fn watch_routes(
+impl RouteSyncService {
+    /// Read the hello (within the hello deadline), register the watcher
+    /// and start reading its acks and session reports.
+    async fn open_watch(
         &self,
         req: Request<Streaming<WatchRequest>>,
-    ) -> Result<Response<Self::WatchRoutesStream>, Status> {
+    ) -> Result<crate::publisher::WatchStream, Status> {
         let peer = req.remote_addr();
         let mut inbound = req.into_inner();
         let first = tokio::time::timeout(self.hello_timeout, inbound.message())
@@ -107,7 +99,111 @@ impl RouteSync for RouteSyncService {
                 fleet.lost(id);
             }
         });
-        Ok(Response::new(Box::pin(stream.into_stream())))
+        Ok(stream)
+    }
+}
+
+/// The path tonic serves `WatchRoutes` at.
+const WATCH_ROUTES: &str = "/automc.v1.RouteSync/WatchRoutes";
+
+/// `RouteSync` as served: the generated server for every method but
+/// `WatchRoutes`, which goes through the same prost codec with
+/// [`WatchOut`] as its message, so a snapshot piece encoded once
+/// ([`crate::pieces`]) reaches every watcher as the same bytes.
+#[derive(Clone)]
+struct Served {
+    svc: Arc<RouteSyncService>,
+    rest: RouteSyncServer<RouteSyncService>,
+}
+
+impl Served {
+    fn new(svc: RouteSyncService) -> Self {
+        let svc = Arc::new(svc);
+        Self {
+            rest: RouteSyncServer::from_arc(svc.clone()),
+            svc,
+        }
+    }
+}
+
+impl NamedService for Served {
+    const NAME: &'static str = <RouteSyncServer<RouteSyncService> as NamedService>::NAME;
+}
+
+impl<B> Service<http::Request<B>> for Served
+where
+    B: Body + Send + 'static,
+    B::Error: Into<StdError> + Send + 'static,
+{
+    type Response = http::Response<tonic::body::Body>;
+    type Error = std::convert::Infallible;
+    type Future = BoxFuture<Self::Response, Self::Error>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: http::Request<B>) -> Self::Future {
+        if req.uri().path() != WATCH_ROUTES {
+            return self.rest.call(req);
+        }
+        let watch = Watch(self.svc.clone());
+        Box::pin(async move {
+            // The generated server's settings: no compression, tonic's
+            // default message limits.
+            let codec = tonic_prost::ProstCodec::<WatchOut, WatchRequest>::default();
+            Ok(tonic::server::Grpc::new(codec).streaming(watch, req).await)
+        })
+    }
+}
+
+type OutStream = Pin<Box<dyn Stream<Item = Result<WatchOut, Status>> + Send + 'static>>;
+
+struct Watch(Arc<RouteSyncService>);
+
+impl tonic::server::StreamingService<WatchRequest> for Watch {
+    type Response = WatchOut;
+    type ResponseStream = OutStream;
+    type Future = BoxFuture<Response<OutStream>, Status>;
+
+    fn call(&mut self, req: Request<Streaming<WatchRequest>>) -> Self::Future {
+        let svc = self.0.clone();
+        Box::pin(async move {
+            let stream = svc.open_watch(req).await?.into_stream();
+            Ok(Response::new(Box::pin(stream) as OutStream))
+        })
+    }
+}
+
+#[tonic::async_trait]
+impl RouteSync for RouteSyncService {
+    type WatchRoutesStream = WatchStream;
+    type WatchEventsStream =
+        Pin<Box<dyn Stream<Item = Result<FleetEvent, Status>> + Send + 'static>>;
+
+    async fn watch_events(
+        &self,
+        _req: Request<WatchEventsRequest>,
+    ) -> Result<Response<Self::WatchEventsStream>, Status> {
+        use futures::StreamExt;
+        Ok(Response::new(Box::pin(self.events.stream().map(Ok))))
+    }
+
+    /// What a caller of the generated server gets. syncd serves this method
+    /// through [`Served`] instead, which hands shared snapshot pieces to
+    /// tonic as they are; here they are decoded back into messages.
+    async fn watch_routes(
+        &self,
+        req: Request<Streaming<WatchRequest>>,
+    ) -> Result<Response<Self::WatchRoutesStream>, Status> {
+        use futures::StreamExt;
+        let stream = self.open_watch(req).await?.into_stream().map(|item| {
+            item.and_then(|out| {
+                out.into_response()
+                    .map_err(|e| Status::internal(format!("a shared snapshot piece: {e}")))
+            })
+        });
+        Ok(Response::new(Box::pin(stream)))
     }
 
     async fn list_routes(
@@ -281,7 +377,7 @@ pub async fn serve(
     let v1alpha = reflection()
         .build_v1alpha()
         .map_err(crate::Error::Reflection)?;
-    let svc = RouteSyncServer::new(RouteSyncService {
+    let svc = Served::new(RouteSyncService {
         publisher,
         hello_timeout,
         wakes,

@@ -25,6 +25,7 @@ pub mod metrics;
 pub mod options;
 pub mod pg;
 pub mod pg_tls;
+pub mod pieces;
 pub mod publisher;
 pub mod schema;
 pub mod servers;

@@ -31,7 +31,7 @@ use arc_swap::ArcSwap;
 use automc_proto::sync::{counts_pieces, delta_piece, snapshot_chunk};
 use automc_proto::v1::{
     watch_response, EdgeInfo, GetRouteResponse, Heartbeat, PlayerCounts, Route, ServerCount,
-    WakeFailure, WakePhase, WakeSet, WakeUpdate, WatchHello, WatchResponse,
+    WakeFailure, WakePhase, WakeSet, WakeUpdate, WatchHello,
 };
 use automc_proto::{BucketSet, HostnameTooLong, RouteTable, BUCKETS};
 use futures::Stream;
@@ -41,6 +41,7 @@ use tonic::Status;
 
 use crate::diff::{self, Change, Routes};
 use crate::metrics::Metrics;
+use crate::pieces::{SharedSnapshot, WatchOut};
 
 /// Bounds on each watch stream (see `Config`).
 #[derive(Debug, Clone, Copy)]
@@ -107,6 +108,9 @@ struct State {
     /// `overflowed` when more than [`MAX_CHANGED`] did (recheck all).
     changed: std::collections::HashSet<String>,
     overflowed: bool,
+    /// The full snapshot of the current version being sent to watchers,
+    /// while any watcher holds it (see `pieces`).
+    shared: std::sync::Weak<SharedSnapshot>,
 }
 
 /// Changed server names kept for the player counts before they give up
@@ -165,13 +169,7 @@ impl Cut {
 
 /// What a watcher still has to be sent.
 enum Item {
-    Snapshot {
-        table: RouteTable,
-        version: u64,
-        wakes: Vec<WakeUpdate>,
-        /// Partial: only these buckets (the rest matched the hello).
-        only: Option<BucketSet>,
-    },
+    Snapshot(Snap),
     Change {
         from: u64,
         version: u64,
@@ -204,13 +202,26 @@ impl CountsUpdate {
     }
 }
 
-/// The item being sent in pieces.
-enum Sending {
-    Snapshot {
+/// A snapshot to send: the full table of the latest version, shared with
+/// the other watchers sent it, or one cut for this watcher alone.
+enum Snap {
+    Shared(Arc<SharedSnapshot>),
+    Own {
         table: RouteTable,
         version: u64,
         wakes: Vec<WakeUpdate>,
+        /// Partial: only these buckets (the rest matched the hello).
         only: Option<BucketSet>,
+    },
+}
+
+/// The item being sent in pieces.
+enum Sending {
+    Snapshot {
+        snap: Snap,
+        /// Pieces sent so far.
+        index: usize,
+        /// Where the next piece starts.
         after: String,
     },
     Change {
@@ -234,31 +245,57 @@ struct Queue {
 
 impl Queue {
     /// The next message to send, building at most one piece.
-    fn next_msg(&mut self, epoch: &str) -> Option<watch_response::Msg> {
+    fn next_msg(&mut self, epoch: &str) -> Option<WatchOut> {
         loop {
             match self.sending.take() {
                 Some(Sending::Snapshot {
-                    table,
-                    version,
-                    wakes,
-                    only,
+                    mut snap,
+                    index,
                     after,
                 }) => {
-                    let (msg, next) =
-                        snapshot_chunk(&table, &after, (epoch, version), &wakes, only.as_ref());
+                    let (out, next, version) = match &snap {
+                        Snap::Shared(s) => match s.piece(index, &after, epoch) {
+                            Some((bytes, next)) => (WatchOut::Encoded(bytes), next, s.version),
+                            None => {
+                                // Retired: the table moved on. Cut the rest
+                                // of this version alone.
+                                snap = Snap::Own {
+                                    table: s.table.clone(),
+                                    version: s.version,
+                                    wakes: s.wakes.clone(),
+                                    only: None,
+                                };
+                                self.sending = Some(Sending::Snapshot { snap, index, after });
+                                continue;
+                            }
+                        },
+                        Snap::Own {
+                            table,
+                            version,
+                            wakes,
+                            only,
+                        } => {
+                            let (msg, next) = snapshot_chunk(
+                                table,
+                                &after,
+                                (epoch, *version),
+                                wakes,
+                                only.as_ref(),
+                            );
+                            (WatchOut::msg(msg), next, *version)
+                        }
+                    };
                     match next {
                         Some(after) => {
                             self.sending = Some(Sending::Snapshot {
-                                table,
-                                version,
-                                wakes,
-                                only,
+                                snap,
+                                index: index + 1,
                                 after,
                             })
                         }
                         None => self.sent_version = version,
                     }
-                    return Some(msg);
+                    return Some(out);
                 }
                 Some(Sending::Change {
                     from,
@@ -282,30 +319,23 @@ impl Queue {
                     } else {
                         self.sent_version = version;
                     }
-                    return Some(msg);
+                    return Some(WatchOut::msg(msg));
                 }
                 Some(Sending::Counts(mut pieces)) => {
                     if let Some(piece) = pieces.pop_front() {
                         if !pieces.is_empty() {
                             self.sending = Some(Sending::Counts(pieces));
                         }
-                        return Some(watch_response::Msg::Counts(piece));
+                        return Some(WatchOut::msg(watch_response::Msg::Counts(piece)));
                     }
                 }
                 None => {}
             }
             match self.items.pop_front()? {
-                Item::Snapshot {
-                    table,
-                    version,
-                    wakes,
-                    only,
-                } => {
+                Item::Snapshot(snap) => {
                     self.sending = Some(Sending::Snapshot {
-                        table,
-                        version,
-                        wakes,
-                        only,
+                        snap,
+                        index: 0,
                         after: String::new(),
                     })
                 }
@@ -321,11 +351,13 @@ impl Queue {
                         pos: 0,
                     })
                 }
-                Item::Wake(w) => return Some(watch_response::Msg::Wake(w)),
+                Item::Wake(w) => return Some(WatchOut::msg(watch_response::Msg::Wake(w))),
                 Item::WakeSet(wakes) => {
-                    return Some(watch_response::Msg::WakeSet(WakeSet { wakes }))
+                    return Some(WatchOut::msg(watch_response::Msg::WakeSet(WakeSet {
+                        wakes,
+                    })))
                 }
-                Item::Heartbeat => return Some(self.heartbeat(epoch)),
+                Item::Heartbeat => return Some(WatchOut::msg(self.heartbeat(epoch))),
                 Item::Counts(u) => {
                     let pieces = counts_pieces(u.full, u.servers.into_values().collect());
                     self.sending = Some(Sending::Counts(pieces.into()));
@@ -522,6 +554,9 @@ impl Publisher {
                 st.changed
                     .extend(names.chain(change.removed.iter()).cloned());
             }
+        }
+        if let Some(old) = st.shared.upgrade() {
+            old.retire();
         }
         let change = Arc::new(change);
         if whole_table {
@@ -787,12 +822,16 @@ impl Publisher {
                 } else {
                     "snapshot"
                 };
-                items.push_back(Item::Snapshot {
-                    table: st.table.clone(),
-                    version: st.version,
-                    wakes: wakes.clone(),
-                    only,
-                });
+                let snap = match only {
+                    Some(only) => Snap::Own {
+                        table: st.table.clone(),
+                        version: st.version,
+                        wakes: wakes.clone(),
+                        only: Some(only),
+                    },
+                    None => Snap::Shared(shared_snapshot(&mut st, &wakes)),
+                };
+                items.push_back(Item::Snapshot(snap));
                 (String::new(), 0, 0, how)
             };
         if resumed {
@@ -886,6 +925,25 @@ impl Publisher {
     }
 }
 
+/// The shared full snapshot of the current version with `wakes`: the one
+/// being sent already, or a new one (retiring one with other wakes).
+fn shared_snapshot(st: &mut State, wakes: &[WakeUpdate]) -> Arc<SharedSnapshot> {
+    let live = st.shared.upgrade();
+    if let Some(s) = &live {
+        if s.fits(st.version, wakes) {
+            return s.clone();
+        }
+        s.retire();
+    }
+    let s = Arc::new(SharedSnapshot::new(
+        st.table.clone(),
+        st.version,
+        wakes.to_vec(),
+    ));
+    st.shared = Arc::downgrade(&s);
+    s
+}
+
 fn waking_updates(waking: &BTreeMap<String, WakePhase>) -> Vec<WakeUpdate> {
     waking
         .iter()
@@ -911,7 +969,7 @@ impl WatchStream {
         self.id
     }
 
-    async fn next_message(&mut self) -> Result<WatchResponse, Status> {
+    async fn next_message(&mut self) -> Result<WatchOut, Status> {
         // tonic asks for the next message: the last one was taken.
         self.outbox.handed_ms.store(0, Ordering::Release);
         let epoch = self.publisher.epoch.as_str();
@@ -933,19 +991,19 @@ impl WatchStream {
                     }
                     () = self.outbox.ready.notified() => continue,
                     () = tokio::time::sleep(self.publisher.limits.heartbeat) => {
-                        self.outbox.lock().heartbeat(epoch)
+                        WatchOut::msg(self.outbox.lock().heartbeat(epoch))
                     }
                 },
             };
             self.outbox
                 .handed_ms
                 .store(now_ms().max(1), Ordering::Release);
-            return Ok(WatchResponse { msg: Some(msg) });
+            return Ok(msg);
         }
     }
 
     /// Turn into a `Stream` for tonic; it ends after the first error.
-    pub fn into_stream(self) -> impl Stream<Item = Result<WatchResponse, Status>> + Send + 'static {
+    pub fn into_stream(self) -> impl Stream<Item = Result<WatchOut, Status>> + Send + 'static {
         futures::stream::unfold((self, false), |(mut s, done)| async move {
             if done {
                 return None;
@@ -966,6 +1024,7 @@ impl Drop for WatchStream {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use automc_proto::v1::WatchResponse;
     use futures::StreamExt;
 
     fn route(name: &str, address: &str) -> Route {
@@ -1014,12 +1073,14 @@ mod tests {
     }
 
     async fn first(
-        s: &mut (impl Stream<Item = Result<WatchResponse, Status>> + Unpin),
+        s: &mut (impl Stream<Item = Result<WatchOut, Status>> + Unpin),
     ) -> watch_response::Msg {
         s.next()
             .await
             .expect("stream item")
             .expect("ok item")
+            .into_response()
+            .expect("decodes")
             .msg
             .expect("msg")
     }
@@ -1138,8 +1199,10 @@ mod tests {
         q.push_back(Item::Heartbeat);
         let outbox = Outbox::new(q, 7);
         p.apply_full(&routes(&[route("a", "1:2")]));
-        match outbox.lock().next_msg(&epoch) {
-            Some(watch_response::Msg::Heartbeat(h)) => assert_eq!(h.version, 7),
+        match outbox.lock().next_msg(&epoch).map(WatchOut::into_response) {
+            Some(Ok(WatchResponse {
+                msg: Some(watch_response::Msg::Heartbeat(h)),
+            })) => assert_eq!(h.version, 7),
             other => panic!("{other:?}"),
         }
         assert_eq!(p.version(), 2);
@@ -1245,5 +1308,103 @@ mod tests {
         let st = p.lock();
         assert!(st.history_size <= history_budget(st.table.len()));
         assert_eq!(st.history.len(), 1, "each change set is a whole table");
+    }
+
+    /// Read one whole snapshot from `s`: the table it stands for and the
+    /// shared bytes of each piece (null for a piece built for this watcher).
+    async fn whole_snapshot(
+        s: &mut (impl Stream<Item = Result<WatchOut, Status>> + Unpin),
+    ) -> (u64, RouteTable, Vec<*const u8>) {
+        use automc_proto::sync::{Assembler, Event};
+        let mut asm = Assembler::new();
+        let mut shared = Vec::new();
+        loop {
+            let out = s.next().await.expect("item").expect("ok");
+            shared.push(match &out {
+                WatchOut::Encoded(b) => b.as_ptr(),
+                WatchOut::Msg(_) => std::ptr::null(),
+            });
+            let msg = out.into_response().expect("decodes").msg.expect("msg");
+            match asm.push(msg).expect("framing") {
+                Some(Event::Snapshot {
+                    version,
+                    table,
+                    table_hash,
+                    ..
+                }) => {
+                    assert_eq!(table.table_hash(), table_hash);
+                    return (version, table, shared);
+                }
+                Some(other) => panic!("{other:?} inside a snapshot"),
+                None => {}
+            }
+        }
+    }
+
+    fn many(n: usize, address: &str) -> Routes {
+        (0..n)
+            .map(|i| route(&format!("s{i:05}"), address))
+            .map(|r| (r.server.clone(), r))
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn watchers_of_one_version_share_its_pieces_and_a_change_retires_them() {
+        let p = publisher(8, 8);
+        p.apply_full(&many(5_000, "1:1"));
+        let table_v1 = p.current().table.clone();
+        let mut a = Box::pin(sub(&p, &hello("", 0)).into_stream());
+        let mut b = Box::pin(sub(&p, &hello("", 0)).into_stream());
+        let (va, ta, pa) = whole_snapshot(&mut a).await;
+        let (vb, tb, pb) = whole_snapshot(&mut b).await;
+        assert_eq!((va, vb), (1, 1));
+        assert_eq!(ta.table_hash(), table_v1.table_hash());
+        assert_eq!(tb.table_hash(), table_v1.table_hash());
+        assert!(pa.len() > 2, "several pieces");
+        assert!(pa.iter().all(|p| !p.is_null()), "full snapshots are shared");
+        assert_eq!(pa, pb, "the second watcher got the first one's bytes");
+        drop((a, b));
+
+        // A third watcher is half way through when the table changes: the
+        // rest of its snapshot is still version 1, cut for it alone, and
+        // the pieces are no longer kept.
+        let mut c = Box::pin(sub(&p, &hello("", 0)).into_stream());
+        let piece = c.next().await.expect("item").expect("ok");
+        assert!(matches!(piece, WatchOut::Encoded(_)));
+        p.apply_full(&many(5_000, "2:2"));
+        assert!(p.lock().shared.upgrade().is_none_or(|s| !s.fits(1, &[])));
+        let mut asm = automc_proto::sync::Assembler::new();
+        let msg = piece.into_response().expect("decodes").msg.expect("msg");
+        assert!(asm.push(msg).expect("framing").is_none());
+        let rest = loop {
+            let out = c.next().await.expect("item").expect("ok");
+            assert!(matches!(out, WatchOut::Msg(_)), "retired: built alone");
+            let msg = out.into_response().expect("decodes").msg.expect("msg");
+            if let Some(ev) = asm.push(msg).expect("framing") {
+                break ev;
+            }
+        };
+        match rest {
+            automc_proto::sync::Event::Snapshot { version, table, .. } => {
+                assert_eq!(version, 1);
+                assert_eq!(table.table_hash(), table_v1.table_hash());
+            }
+            other => panic!("{other:?}"),
+        }
+        // Then the change, as a delta.
+        match first(&mut c).await {
+            watch_response::Msg::Delta(d) => assert_eq!((d.from_version, d.version), (1, 2)),
+            other => panic!("{other:?}"),
+        }
+        // A watcher of version 2 gets fresh shared pieces of version 2.
+        drop(c);
+        let mut d = Box::pin(sub(&p, &hello("", 0)).into_stream());
+        let (vd, td, pd) = whole_snapshot(&mut d).await;
+        assert_eq!(vd, 2);
+        assert_eq!(td.table_hash(), p.current().table.table_hash());
+        assert!(pd.iter().all(|p| !p.is_null()));
+        // Nothing holds the pieces once no watcher is sending them.
+        drop(d);
+        assert!(p.lock().shared.upgrade().is_none());
     }
 }
