@@ -432,8 +432,10 @@ async fn run(dir: &std::path::Path, routes: usize, report: &mut String) {
                 .expect("prepare");
             let mut last = (String::new(), String::new());
             for j in 0..BURST / BURST_CONNECTIONS {
-                let i = k * (BURST / BURST_CONNECTIONS) + j;
-                let name = format!("s{}", 1 + (i * 104_729) % routes);
+                // Each connection has its own rows (so its last write to
+                // a row is the row's last), spread over the table.
+                let per = routes / BURST_CONNECTIONS;
+                let name = format!("s{}", 1 + k + BURST_CONNECTIONS * ((j * 104_729) % per));
                 let addr = format!("10.8.{}.{}:{}", k, j % 250, 30000 + j);
                 client
                     .execute(&stmt, &[&addr, &name])
