@@ -75,9 +75,10 @@ pub struct Match<'a> {
     pub pattern: &'a str,
 }
 
-/// One server's claim of a hostname pattern: rank 0 for its own domain, 1
-/// for an alias. It points at the route itself, so a lookup needs no second
-/// probe and the index holds no copy of the server name.
+/// One server's claim of a hostname pattern in the overlay: rank 0 for its
+/// own domain, 1 for an alias. It points at the route itself, so a lookup
+/// needs no second probe and the index holds no copy of the server name
+/// (the base's claims are [`At`]s).
 #[derive(Debug, Clone)]
 struct Claim {
     rank: u8,
@@ -91,8 +92,8 @@ impl Claim {
     }
 }
 
-/// Every server claiming one pattern. Almost always one: that case is
-/// stored inline in the index node, with no allocation of its own (memory
+/// Every server claiming one pattern in the overlay. Almost always one:
+/// that case is stored inline in the index node, with no allocation of its own (memory
 /// per hostname is what limits a 1M-route table).
 #[derive(Debug, Clone)]
 enum Claims {
@@ -102,14 +103,6 @@ enum Claims {
 }
 
 impl Claims {
-    /// Every claim, best first.
-    fn all(&self) -> &[Claim] {
-        match self {
-            Self::One(c) => std::slice::from_ref(c),
-            Self::Many(v) => v,
-        }
-    }
-
     fn best(&self) -> &Claim {
         match self {
             Self::One(c) => c,
@@ -301,15 +294,34 @@ pub struct RouteTable {
 /// and half as many as the base.
 pub const COMPACT_MIN: usize = 4096;
 
-/// The one-pass layer: every vector sorted by its key, keys unique.
+/// The one-pass layer, never changed after it is built.
 #[derive(Debug, Default)]
 struct Base {
-    /// Routes by server name. The index entries point at the same `Arc`s.
+    /// Routes by server name, names unique.
     routes: Vec<Arc<Route>>,
-    /// Exact names and the `*` default.
-    exact: Vec<(Box<str>, Claims)>,
-    /// `*.suffix` wildcards by `suffix`.
-    wild: Vec<(Box<str>, Wildcard)>,
+    /// Claims of exact names and the `*` default.
+    exact: Vec<At>,
+    /// Claims of `*.suffix` wildcards, keyed by `suffix`.
+    wild: Vec<At>,
+}
+
+/// One claim in the base's index: hostname `host` of route `route`. The
+/// key and the pattern are read from the route itself, so the index holds
+/// no copy of a hostname and no pointer of its own: 8 bytes a claim, where
+/// a key and a claim of their own took ~64 and one allocation (memory is
+/// what a new edge's load of a big table is made of). An index is sorted
+/// by (key, rank, server), so a pattern's claims are adjacent, best first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct At {
+    route: u32,
+    host: u32,
+}
+
+impl At {
+    /// Rank 0 for a server's own domain (its first hostname), 1 for an alias.
+    fn rank(self) -> u8 {
+        u8::from(self.host > 0)
+    }
 }
 
 /// The changes since the base was built. B-trees, not hash tries: imbl's
@@ -401,62 +413,59 @@ pub fn route_entry_len(route: &Route) -> usize {
     1 + prost::length_delimiter_len(n) + n
 }
 
-/// Binary search of a sorted `(key, value)` vector.
-fn sorted_get<'a, V>(v: &'a [(Box<str>, V)], key: &str) -> Option<&'a (Box<str>, V)> {
-    v.binary_search_by(|(k, _)| (**k).cmp(key))
-        .ok()
-        .map(|i| &v[i])
-}
-
 impl Base {
     /// Index `routes` (sorted by server name, names unique) in one pass.
     fn build(routes: Vec<Arc<Route>>) -> Self {
-        // (pattern key, rank, route index): routes are in name order, so
-        // the index orders equal ranks by server name.
-        let mut exact: Vec<(&str, u8, u32)> = Vec::with_capacity(routes.len());
-        let mut wild: Vec<(&str, u8, u32)> = Vec::new();
+        // (pattern key, rank, route, hostname): routes are in name order,
+        // so equal ranks sort by server name.
+        type Entry<'a> = (&'a str, u8, u32, u32);
+        let mut exact: Vec<Entry> = Vec::with_capacity(routes.len());
+        let mut wild: Vec<Entry> = Vec::new();
         for (i, r) in routes.iter().enumerate() {
             for (j, host) in r.hostnames.iter().enumerate() {
                 let rank = u8::from(j > 0);
                 match index_key(host) {
-                    (true, suffix) => wild.push((suffix, rank, i as u32)),
-                    (false, name) => exact.push((name, rank, i as u32)),
+                    (true, suffix) => wild.push((suffix, rank, i as u32, j as u32)),
+                    (false, name) => exact.push((name, rank, i as u32, j as u32)),
                 }
             }
         }
-        exact.sort_unstable();
-        exact.dedup();
-        wild.sort_unstable();
-        wild.dedup();
-        let claims = |group: &[(&str, u8, u32)]| -> Claims {
-            let claim = |&(_, rank, i): &(&str, u8, u32)| Claim {
-                rank,
-                route: Arc::clone(&routes[i as usize]),
-            };
-            match group {
-                [one] => Claims::One(claim(one)),
-                many => Claims::Many(Arc::new(many.iter().map(claim).collect())),
-            }
+        // One claim per (pattern, rank, server): a hostname listed twice
+        // counts once.
+        let index = |mut v: Vec<Entry>| -> Vec<At> {
+            v.sort_unstable();
+            v.dedup_by(|a, b| (a.0, a.1, a.2) == (b.0, b.1, b.2));
+            v.into_iter()
+                .map(|(_, _, route, host)| At { route, host })
+                .collect()
         };
-        let exact = exact
-            .chunk_by(|a, b| a.0 == b.0)
-            .map(|g| (Box::from(g[0].0), claims(g)))
-            .collect();
-        let wild = wild
-            .chunk_by(|a, b| a.0 == b.0)
-            .map(|g| {
-                let w = Wildcard {
-                    pattern: format!("*.{}", g[0].0),
-                    claims: claims(g),
-                };
-                (Box::from(g[0].0), w)
-            })
-            .collect();
+        let exact = index(exact);
+        let wild = index(wild);
         Self {
             routes,
             exact,
             wild,
         }
+    }
+
+    fn route(&self, at: At) -> &Arc<Route> {
+        &self.routes[at.route as usize]
+    }
+
+    /// The hostname pattern a claim stands for, as stored.
+    fn pattern(&self, at: At) -> &str {
+        &self.route(at).hostnames[at.host as usize]
+    }
+
+    /// The claims of `key` in `index` (`exact` or `wild`), best first.
+    fn claims<'a>(&self, index: &'a [At], key: &str) -> &'a [At] {
+        let key_of = |at: &At| index_key(self.pattern(*at)).1;
+        let start = index.partition_point(|at| key_of(at) < key);
+        let len = index[start..]
+            .iter()
+            .take_while(|at| key_of(at) == key)
+            .count();
+        &index[start..start + len]
     }
 
     fn get(&self, server: &str) -> Option<&Arc<Route>> {
@@ -659,33 +668,49 @@ impl RouteTable {
         self.over = Overlay::default();
     }
 
-    /// The best claim in `base` whose server the overlay does not hide,
-    /// and the best in `over`: whichever ranks first.
-    fn best<'a>(&self, base: Option<&'a Claims>, over: Option<&'a Claims>) -> Option<&'a Claim> {
-        let base = base.and_then(|c| c.all().iter().find(|c| !self.hidden(&c.route.server)));
-        let over = over.map(Claims::best);
-        match (base, over) {
-            (Some(b), Some(o)) => Some(if o.key() < b.key() { o } else { b }),
-            (b, o) => b.or(o),
-        }
+    /// The best of the base's claims `base` whose server the overlay does
+    /// not hide, and the best in `over`: whichever ranks first.
+    fn best<'a>(&'a self, base: &[At], over: Option<&'a Claims>) -> Option<&'a Route> {
+        let base = base
+            .iter()
+            .map(|&at| (at.rank(), self.base.route(at)))
+            .find(|(_, r)| !self.hidden(&r.server));
+        let over = over.map(Claims::best).map(|c| (c.rank, &c.route));
+        let best = match (base, over) {
+            (Some(b), Some(o)) => {
+                if (o.0, o.1.server.as_str()) < (b.0, b.1.server.as_str()) {
+                    o
+                } else {
+                    b
+                }
+            }
+            (b, o) => b.or(o)?,
+        };
+        Some(best.1)
     }
 
     /// The route owning exact name `name`, and the name as stored.
     fn exact_owner(&self, name: &str) -> Option<(&Route, &str)> {
-        let base = sorted_get(&self.base.exact, name);
+        let base = self.base.claims(&self.base.exact, name);
         let over = self.over.exact.get_key_value(name);
-        let best = self.best(base.map(|(_, c)| c), over.map(|(_, c)| c))?;
-        let stored = base.map(|(k, _)| &**k).or(over.map(|(k, _)| k.as_str()))?;
-        Some((&best.route, stored))
+        let best = self.best(base, over.map(|(_, c)| c))?;
+        let stored = match base.first() {
+            Some(&at) => self.base.pattern(at),
+            None => over.map(|(k, _)| k.as_str())?,
+        };
+        Some((best, stored))
     }
 
     /// The route owning wildcard `*.suffix`, and the pattern as stored.
     fn wildcard_owner(&self, suffix: &str) -> Option<(&Route, &str)> {
-        let base = sorted_get(&self.base.wild, suffix).map(|(_, w)| w);
+        let base = self.base.claims(&self.base.wild, suffix);
         let over = self.over.wild.get(suffix);
-        let best = self.best(base.map(|w| &w.claims), over.map(|w| &w.claims))?;
-        let pattern = base.or(over).map(|w| w.pattern.as_str())?;
-        Some((&best.route, pattern))
+        let best = self.best(base, over.map(|w| &w.claims))?;
+        let pattern = match base.first() {
+            Some(&at) => self.base.pattern(at),
+            None => over.map(|w| w.pattern.as_str())?,
+        };
+        Some((best, pattern))
     }
 
     /// Resolve an already normalised hostname (see
