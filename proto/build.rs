@@ -20,6 +20,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         // A route carries its options inline otherwise: 264 of its 384 bytes,
         // in every copy of a 100k-route table, for the few servers that have any.
         .boxed(".automc.v1.Route.options")
+        // Its routes are the `Arc`s a table keeps (src/chunk.rs).
+        .extern_path(".automc.v1.SnapshotChunk", "crate::chunk::SnapshotChunk")
         .compile_fds(descriptors)?;
     Ok(())
 }

@@ -637,7 +637,7 @@ mod tests {
             watch_response::Msg::SnapshotChunk(SnapshotChunk {
                 epoch: "e1".into(),
                 version: 1,
-                routes: vec![route("a", "a.example.com", "a:25565")],
+                routes: vec![route("a", "a.example.com", "a:25565").into()],
                 wakes: vec![],
                 last: false,
                 ..SnapshotChunk::default()
@@ -649,7 +649,7 @@ mod tests {
             watch_response::Msg::SnapshotChunk(SnapshotChunk {
                 epoch: "e1".into(),
                 version: 1,
-                routes: vec![route("z", "z.example.com", "z:25565")],
+                routes: vec![route("z", "z.example.com", "z:25565").into()],
                 wakes: vec![WakeUpdate {
                     server: "a".into(),
                     phase: WakePhase::Waking as i32,
@@ -720,7 +720,7 @@ mod tests {
             watch_response::Msg::SnapshotChunk(SnapshotChunk {
                 epoch: "e2".into(),
                 version: 1,
-                routes: vec![route("c", "c.example.com", "c:25565")],
+                routes: vec![route("c", "c.example.com", "c:25565").into()],
                 wakes: vec![],
                 last: true,
                 ..SnapshotChunk::default()

@@ -7,6 +7,7 @@
 
 pub mod auth;
 pub mod backend;
+pub mod chunk;
 #[cfg(feature = "fake")]
 pub mod fake;
 pub mod hostname;
@@ -20,6 +21,7 @@ pub mod wake;
 pub mod v1 {
     #![allow(clippy::all, clippy::pedantic, missing_docs)]
     tonic::include_proto!("automc.v1");
+    pub use crate::chunk::{SharedRoute, SnapshotChunk};
 }
 
 /// Encoded `FileDescriptorSet` of every automc `.proto`, for server reflection.

@@ -9,8 +9,8 @@ use prost::Message;
 
 use crate::table::{route_entry_len, BucketSet, RouteTable};
 use crate::v1::{
-    watch_response, Delta, Heartbeat, PlayerCounts, Route, ServerCount, Snapshot, SnapshotChunk,
-    WakeSet, WakeUpdate,
+    watch_response, Delta, Heartbeat, PlayerCounts, Route, ServerCount, SharedRoute, Snapshot,
+    SnapshotChunk, WakeSet, WakeUpdate,
 };
 
 /// The most one watch message should take encoded. A route larger than the
@@ -72,7 +72,7 @@ pub fn snapshot_chunk(
     let chunk = SnapshotChunk {
         epoch: epoch.to_owned(),
         version,
-        routes,
+        routes: routes.into_iter().map(SharedRoute).collect(),
         wakes: if last { wakes.to_vec() } else { Vec::new() },
         last,
         partial: last && only.is_some(),
@@ -273,15 +273,6 @@ fn kind(msg: &watch_response::Msg) -> &'static str {
     }
 }
 
-/// A decoded snapshot route as the table keeps it: behind its `Arc`, its
-/// hostname list cut to its length (decoding grows a list of one hostname
-/// to room for four: 72 wasted bytes a route, 7 MB of a 100k-route table;
-/// the freed room is reused by the next piece's decoding).
-fn kept(mut route: Route) -> Arc<Route> {
-    route.hostnames.shrink_to_fit();
-    Arc::new(route)
-}
-
 /// Reassembles pieces into [`Event`]s. A new table is built aside while its
 /// pieces arrive; nothing of it is visible until the last one.
 #[derive(Default)]
@@ -306,7 +297,7 @@ impl Assembler {
                 // The routes move out; the piece keeps the rest.
                 let routes = std::mem::take(&mut c.routes)
                     .into_iter()
-                    .map(kept)
+                    .map(|r| r.0)
                     .collect();
                 self.snapshot_piece(c.epoch.clone(), c.version, routes, c)
             }
@@ -326,7 +317,7 @@ impl Assembler {
                         got_version: c.version,
                     });
                 }
-                routes.extend(std::mem::take(&mut c.routes).into_iter().map(kept));
+                routes.extend(std::mem::take(&mut c.routes).into_iter().map(|r| r.0));
                 self.snapshot_piece(epoch, version, routes, c)
             }
             (None, watch_response::Msg::Delta(d)) => self.delta_piece(

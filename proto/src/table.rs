@@ -852,7 +852,7 @@ impl RouteTable {
         after: &str,
         max_routes: usize,
         max_bytes: usize,
-    ) -> (Vec<Route>, Option<String>) {
+    ) -> (Vec<Arc<Route>>, Option<String>) {
         self.page_where(after, max_routes, max_bytes, |_| true)
     }
 
@@ -864,8 +864,8 @@ impl RouteTable {
         max_routes: usize,
         max_bytes: usize,
         keep: impl Fn(&Route) -> bool,
-    ) -> (Vec<Route>, Option<String>) {
-        let mut out = Vec::new();
+    ) -> (Vec<Arc<Route>>, Option<String>) {
+        let mut out: Vec<Arc<Route>> = Vec::new();
         let mut bytes = 0usize;
         for r in self.merged(after) {
             if !keep(r) {
@@ -873,11 +873,11 @@ impl RouteTable {
             }
             let len = route_entry_len(r);
             if !out.is_empty() && (out.len() >= max_routes || bytes + len > max_bytes) {
-                let next = out.last().map(|r: &Route| r.server.clone());
+                let next = out.last().map(|r| r.server.clone());
                 return (out, next);
             }
             bytes += len;
-            out.push(Route::clone(r));
+            out.push(Arc::clone(r));
         }
         (out, None)
     }
@@ -954,7 +954,7 @@ impl RouteTable {
         ListRoutesResponse {
             epoch: epoch.to_owned(),
             version,
-            routes,
+            routes: routes.iter().map(|r| Route::clone(r)).collect(),
             next_page_token: next.unwrap_or_default(),
         }
     }
@@ -1197,9 +1197,9 @@ mod tests {
         let mut after = String::new();
         loop {
             let (page, next) = t.page(&after, 100, 4096);
-            let bytes: usize = page.iter().map(route_entry_len).sum();
+            let bytes: usize = page.iter().map(|r| route_entry_len(r)).sum();
             assert!(!page.is_empty() && page.len() <= 100 && bytes <= 4096);
-            seen.extend(page.into_iter().map(|r| r.server));
+            seen.extend(page.iter().map(|r| r.server.clone()));
             match next {
                 Some(n) => after = n,
                 None => break,
@@ -1232,7 +1232,7 @@ mod tests {
             set.contains_server(&r.server)
         });
         let mut rebuilt = theirs.clone();
-        rebuilt.replace_buckets(&set, RouteTable::from_routes(part));
+        rebuilt.replace_buckets(&set, RouteTable::from_arcs(part));
         assert!(rebuilt.routes().eq(ours.routes()));
         assert_eq!(rebuilt.table_hash(), ours.table_hash());
         assert_ne!(theirs.table_hash(), ours.table_hash());
@@ -1357,9 +1357,9 @@ mod tests {
                         let name = format!("s{s}");
                         proptest::prop_assert_eq!(table.get(&name), m.get(&name));
                         let (after, _) = table.page(&name, usize::MAX, usize::MAX);
-                        let want: Vec<Route> = m
+                        let want: Vec<Arc<Route>> = m
                             .range::<str, _>((Bound::Excluded(name.as_str()), Bound::Unbounded))
-                            .map(|(_, r)| r.clone())
+                            .map(|(_, r)| Arc::new(r.clone()))
                             .collect();
                         proptest::prop_assert_eq!(after, want);
                     }

@@ -95,7 +95,7 @@ pub fn page_names(
     let size = page_size_of(page_size);
     // One more than the page, to know whether another page follows.
     let (routes, _) = table.page(after, size + 1, usize::MAX);
-    let mut names: Vec<String> = routes.into_iter().map(|r| r.server).collect();
+    let mut names: Vec<String> = routes.iter().map(|r| r.server.clone()).collect();
     let lower = std::ops::Bound::Excluded(after.to_owned());
     let range = if after.is_empty() {
         fleet.range::<String, _>(..)

@@ -638,7 +638,7 @@ pub async fn fake_stack(
     let snapshot = watch_response::Msg::SnapshotChunk(SnapshotChunk {
         epoch: epoch.clone(),
         version: 1,
-        routes,
+        routes: routes.into_iter().map(Into::into).collect(),
         last: true,
         ..SnapshotChunk::default()
     });
