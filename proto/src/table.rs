@@ -18,7 +18,7 @@
 use std::borrow::Borrow;
 use std::cmp::Ordering;
 use std::ops::Bound;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use imbl::{OrdMap, OrdSet};
 use prost::Message;
@@ -251,7 +251,7 @@ pub fn route_hash(r: &Route) -> u64 {
 /// at a time, so the CPU overlaps four of FNV's serial multiply chains
 /// (one route at a time, hashing was ~40 % of building a table from a
 /// snapshot).
-fn route_hashes(routes: &[Arc<Route>]) -> Vec<u64> {
+fn route_hashes(routes: &[&Route]) -> Vec<u64> {
     const LANES: usize = 4;
     let mut out = Vec::with_capacity(routes.len());
     let mut extra = Vec::new();
@@ -340,8 +340,11 @@ pub struct RouteTable {
     /// Routes in the table (base routes not hidden, plus live overlay ones).
     len: usize,
     /// Per-bucket wrapping sums of route hashes (8 KiB, copied on the first
-    /// write after a clone).
-    buckets: Arc<Vec<u64>>,
+    /// write after a clone). Worked out from the routes when first asked
+    /// for, then kept up to date by every change: an edge loading a
+    /// snapshot needs them only at its next hello, and a crowd of edges
+    /// loading one is CPU-bound.
+    buckets: Arc<OnceLock<Vec<u64>>>,
 }
 
 /// The overlay is folded into a new base once it holds this many servers
@@ -448,7 +451,7 @@ impl Default for RouteTable {
             base: Arc::new(Base::default()),
             over: Overlay::default(),
             len: 0,
-            buckets: Arc::new(vec![0; BUCKETS]),
+            buckets: Arc::new(OnceLock::from(vec![0; BUCKETS])),
         }
     }
 }
@@ -591,16 +594,11 @@ impl RouteTable {
                 same
             });
         }
-        let mut buckets = vec![0u64; BUCKETS];
-        for (r, h) in routes.iter().zip(route_hashes(&routes)) {
-            let b = bucket_of(&r.server);
-            buckets[b] = buckets[b].wrapping_add(h);
-        }
         Self {
             len: routes.len(),
             base: Arc::new(Base::build(routes)),
             over: Overlay::default(),
-            buckets: Arc::new(buckets),
+            buckets: Arc::new(OnceLock::new()),
         }
     }
 
@@ -661,13 +659,11 @@ impl RouteTable {
 
     /// [`RouteTable::upsert`] of a shared route, into the overlay.
     fn insert(&mut self, route: Arc<Route>) {
-        let b = bucket_of(&route.server);
-        let mut sum = self.buckets[b].wrapping_add(route_hash(&route));
-        match self.get_arc(&route.server) {
-            Some(old) => sum = sum.wrapping_sub(route_hash(old)),
-            None => self.len += 1,
+        let old = self.get_arc(&route.server).cloned();
+        if old.is_none() {
+            self.len += 1;
         }
-        Arc::make_mut(&mut self.buckets)[b] = sum;
+        self.rehash(&route.server, old.as_deref(), Some(&route));
         if let Some(Changed::Live(old)) = self.over.routes.insert(Changed::Live(Arc::clone(&route)))
         {
             self.over.unindex(&old);
@@ -687,9 +683,27 @@ impl RouteTable {
             self.over.unindex(&prev);
         }
         self.len -= 1;
-        let b = bucket_of(server);
-        Arc::make_mut(&mut self.buckets)[b] = self.buckets[b].wrapping_sub(route_hash(&old));
+        self.rehash(server, Some(&old), None);
         Some(old)
+    }
+
+    /// Move `server`'s bucket sum from route `old` to `new`, when the sums
+    /// are worked out (else they will be, from the routes, when asked for).
+    /// Always unshares them first: a clone taken before this change must
+    /// not see, or work out, this table's sums.
+    fn rehash(&mut self, server: &str, old: Option<&Route>, new: Option<&Route>) {
+        let Some(buckets) = Arc::make_mut(&mut self.buckets).get_mut() else {
+            return;
+        };
+        let b = bucket_of(server);
+        let mut sum = buckets[b];
+        if let Some(old) = old {
+            sum = sum.wrapping_sub(route_hash(old));
+        }
+        if let Some(new) = new {
+            sum = sum.wrapping_add(route_hash(new));
+        }
+        buckets[b] = sum;
     }
 
     /// Apply a delta: upserts, then removals. A table with nothing in it
@@ -808,12 +822,22 @@ impl RouteTable {
 
     /// Hash of each bucket ([`BUCKETS`] of them).
     pub fn bucket_hashes(&self) -> &[u64] {
-        &self.buckets
+        self.buckets.get_or_init(|| {
+            let routes: Vec<&Route> = self.routes().collect();
+            let mut sums = vec![0u64; BUCKETS];
+            for (r, h) in routes.iter().zip(route_hashes(&routes)) {
+                let b = bucket_of(&r.server);
+                sums[b] = sums[b].wrapping_add(h);
+            }
+            sums
+        })
     }
 
     /// Sum of every bucket hash: equal tables have equal sums.
     pub fn table_hash(&self) -> u64 {
-        self.buckets.iter().fold(0u64, |a, b| a.wrapping_add(*b))
+        self.bucket_hashes()
+            .iter()
+            .fold(0u64, |a, b| a.wrapping_add(*b))
     }
 
     /// Buckets whose hash differs from `theirs`; `None` when `theirs` is not
@@ -823,7 +847,7 @@ impl RouteTable {
             return None;
         }
         Some(
-            self.buckets
+            self.bucket_hashes()
                 .iter()
                 .zip(theirs)
                 .enumerate()
@@ -1214,6 +1238,47 @@ mod tests {
     }
 
     #[test]
+    fn bucket_sums_worked_out_late_equal_sums_kept_up_to_date() {
+        let make = |i: usize| route(&format!("s{i:05}"), &[&format!("s{i}.example.com")], "a:1");
+        let change = |t: &mut RouteTable| {
+            t.upsert(route("s00007", &["s7.example.com"], "b:2"));
+            t.remove("s00100");
+            t.upsert(make(999));
+        };
+        let sums = |t: &RouteTable| {
+            RouteTable::from_routes(t.routes().cloned())
+                .bucket_hashes()
+                .to_vec()
+        };
+        // Worked out before the changes, then kept up to date by them.
+        let mut early = RouteTable::from_routes((0..300).map(make));
+        early.bucket_hashes();
+        change(&mut early);
+        // Worked out only after them.
+        let mut late = RouteTable::from_routes((0..300).map(make));
+        change(&mut late);
+        assert_eq!(early.bucket_hashes(), late.bucket_hashes());
+        assert_eq!(late.bucket_hashes(), sums(&late));
+        // A clone taken before a change shares nothing worked out after it,
+        // whichever side asks first.
+        for before_first in [true, false] {
+            let before = RouteTable::from_routes((0..300).map(make));
+            let mut after = before.clone();
+            change(&mut after);
+            let (b, a) = if before_first {
+                let b = before.bucket_hashes().to_vec();
+                (b, after.bucket_hashes().to_vec())
+            } else {
+                let a = after.bucket_hashes().to_vec();
+                (before.bucket_hashes().to_vec(), a)
+            };
+            assert_eq!(b, sums(&before));
+            assert_eq!(a, sums(&after));
+            assert_ne!(a, b);
+        }
+    }
+
+    #[test]
     fn bucket_hashes_follow_every_change_and_replacing_differing_buckets_converges() {
         let make = |i: usize| route(&format!("s{i:05}"), &[&format!("s{i}.example.com")], "a:1");
         let theirs = RouteTable::from_routes((0..5000).map(make));
@@ -1442,8 +1507,9 @@ mod tests {
         Arc::make_mut(&mut routes[6]).options = Some(Box::default());
         Arc::make_mut(&mut routes[7]).address = "a".repeat(300);
         for n in 0..=routes.len() {
-            let one_by_one: Vec<u64> = routes[..n].iter().map(|r| route_hash(r)).collect();
-            assert_eq!(route_hashes(&routes[..n]), one_by_one, "{n} routes");
+            let group: Vec<&Route> = routes[..n].iter().map(|r| &**r).collect();
+            let one_by_one: Vec<u64> = group.iter().map(|r| route_hash(r)).collect();
+            assert_eq!(route_hashes(&group), one_by_one, "{n} routes");
         }
         // Recorded: what every edge and syncd computes for this route.
         assert_eq!(
