@@ -174,7 +174,7 @@ impl EdgeAdmin for AdminService {
                 let d = e.detail();
                 Connection {
                     id: e.id,
-                    client: d.client,
+                    client: d.client.to_string(),
                     hostname: d.hostname,
                     server: d.server,
                     backend: d.backend,

@@ -223,27 +223,49 @@ fn finish(shared: &Shared, guard: &ConnGuard, span: &Span, outcome: Outcome) {
         .entry
         .bytes_down
         .load(std::sync::atomic::Ordering::Relaxed);
-    span.record("outcome", outcome.label());
-    span.record("bytes.up", up);
-    span.record("bytes.down", down);
-    m.connection_ended(outcome.label());
+    let label = outcome.label();
+    // For an exporter the span carries the end; a log line carries it
+    // itself (recording into the span costs every connection a formatting
+    // of these fields, logged or not).
+    if automc_telemetry::exporting_spans() {
+        span.record("outcome", label);
+        span.record("bytes.up", up);
+        span.record("bytes.down", down);
+    }
+    m.connection_ended(label);
     m.connections_active.dec();
     let _e = span.enter();
     match outcome {
         Outcome::HandshakeError(reason) => {
             m.handshake_error(reason);
-            debug!(reason, "handshake failed");
+            debug!(
+                reason,
+                outcome = label,
+                bytes.up = up,
+                bytes.down = down,
+                "handshake failed"
+            );
         }
         Outcome::Refused(reason) => {
             m.refused(reason);
             if let Some(suppressed) = shared.refusal_log.check(std::time::Instant::now()) {
-                info!(reason, suppressed, "connection refused");
+                info!(reason, suppressed, outcome = label, "connection refused");
             }
         }
         Outcome::Offline | Outcome::WakeFailed | Outcome::HoldBroken(_) | Outcome::Cut => {
-            info!("connection ended")
+            info!(
+                outcome = label,
+                bytes.up = up,
+                bytes.down = down,
+                "connection ended"
+            )
         }
-        _ => debug!("connection ended"),
+        _ => debug!(
+            outcome = label,
+            bytes.up = up,
+            bytes.down = down,
+            "connection ended"
+        ),
     }
 }
 
@@ -308,7 +330,7 @@ async fn serve(
     };
     if who.client != peer {
         Span::current().record("client.addr", field::display(who.client));
-        entry.update(|d| d.client = who.client.to_string());
+        entry.update(|d| d.client = who.client);
     }
     if admitted.ip.is_none() {
         // A trusted load balancer: its player is known only now.

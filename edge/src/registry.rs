@@ -41,9 +41,10 @@ impl Phase {
 }
 
 /// Who a connection is and where it goes; filled in as it progresses.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct ConnDetail {
-    pub client: String,
+    /// Kept as an address: formatted only when someone lists it.
+    pub client: SocketAddr,
     pub hostname: String,
     pub server: String,
     pub backend: String,
@@ -91,7 +92,11 @@ impl ConnEntry {
     }
 
     pub fn detail(&self) -> ConnDetail {
-        self.detail.lock().map(|d| d.clone()).unwrap_or_default()
+        // A panic elsewhere while holding the lock leaves the data whole.
+        self.detail
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
     }
 }
 
@@ -131,8 +136,12 @@ impl Connections {
             id,
             started_ms,
             detail: Mutex::new(ConnDetail {
-                client: client.to_string(),
-                ..Default::default()
+                client,
+                hostname: String::new(),
+                server: String::new(),
+                backend: String::new(),
+                player: String::new(),
+                player_uuid: String::new(),
             }),
             phase: AtomicU8::new(Phase::Handshake as u8),
             bytes_up: AtomicU64::new(0),

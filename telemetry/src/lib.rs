@@ -14,6 +14,7 @@ mod throttle;
 pub use throttle::LogThrottle;
 
 use std::io::IsTerminal as _;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use opentelemetry::trace::TracerProvider as _;
@@ -23,6 +24,18 @@ use opentelemetry_sdk::Resource;
 use tracing_subscriber::layer::SubscriberExt as _;
 use tracing_subscriber::util::SubscriberInitExt as _;
 use tracing_subscriber::{EnvFilter, Layer};
+
+/// Set by [`init`] when spans are exported.
+static EXPORTING: AtomicBool = AtomicBool::new(false);
+
+/// Whether spans leave the process (`--otlp-endpoint`). A field only a
+/// span's end carries (a connection's outcome and bytes) is worth recording
+/// into the span only then: the log layer formats every recorded field at
+/// once, whether or not a line is ever written in that span, so for logs
+/// the closing line carries such fields itself.
+pub fn exporting_spans() -> bool {
+    EXPORTING.load(Ordering::Relaxed)
+}
 
 /// Bound on each OTLP export call.
 pub const OTLP_EXPORT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -143,5 +156,6 @@ pub fn init(config: &TelemetryConfig) -> Result<Telemetry, TelemetryError> {
         .with(logs)
         .with(otel)
         .try_init()?;
+    EXPORTING.store(provider.is_some(), Ordering::Relaxed);
     Ok(Telemetry { provider })
 }

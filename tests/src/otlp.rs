@@ -1,6 +1,7 @@
 //! A fake OpenTelemetry collector: a real tonic server on 127.0.0.1:0
 //! speaking OTLP/gRPC (`opentelemetry.proto.collector.trace.v1.TraceService`),
-//! recording every span it receives as (service.name, span name).
+//! recording every span it receives as (service.name, span name, attribute
+//! keys).
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 
@@ -18,6 +19,8 @@ use tokio_util::sync::CancellationToken;
 pub struct SpanSeen {
     pub service: String,
     pub name: String,
+    /// The span's attribute keys (its recorded fields).
+    pub keys: Vec<String>,
 }
 
 #[derive(Clone, Default)]
@@ -47,6 +50,7 @@ impl TraceService for Recorder {
                     seen.push(SpanSeen {
                         service: service.clone(),
                         name: span.name,
+                        keys: span.attributes.into_iter().map(|kv| kv.key).collect(),
                     });
                 }
             }
@@ -107,6 +111,15 @@ impl FakeCollector {
             .iter()
             .filter(|s| s.service == service && s.name == name)
             .count()
+    }
+
+    /// Whether a span named `name` from `service` carries every one of `keys`.
+    pub fn has_span_with(&self, service: &str, name: &str, keys: &[&str]) -> bool {
+        self.spans().iter().any(|s| {
+            s.service == service
+                && s.name == name
+                && keys.iter().all(|k| s.keys.iter().any(|have| have == k))
+        })
     }
 }
 

@@ -69,10 +69,22 @@ async fn connection_and_wake_spans_reach_the_otlp_collector() {
     drop(player);
 
     // Spans leave in batches; wait for them rather than for a fixed delay.
+    // The connection's span carries how it ended, as an operator reads it
+    // in a trace.
     eventually(
-        "an edge `conn` span and a syncd `wake` span at the collector",
+        "an edge `conn` span with its outcome and a syncd `wake` span at the collector",
         Duration::from_secs(60),
-        || async { collector.count("edge", "conn") >= 1 && collector.count("syncd", "wake") >= 1 },
+        || async {
+            let conn = [
+                "client.addr",
+                "hostname",
+                "route",
+                "outcome",
+                "bytes.up",
+                "bytes.down",
+            ];
+            collector.has_span_with("edge", "conn", &conn) && collector.count("syncd", "wake") >= 1
+        },
     )
     .await;
 }
