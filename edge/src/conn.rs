@@ -143,20 +143,10 @@ pub async fn handle(
 ) {
     let guard = shared.conns.register(peer);
     shared.metrics.connections_active.inc();
-    let span = info_span!(
-        "conn",
-        client.addr = %peer,
-        hostname = field::Empty,
-        route = field::Empty,
-        player.name = field::Empty,
-        player.uuid = field::Empty,
-        server.addr = field::Empty,
-        outcome = field::Empty,
-        bytes.up = field::Empty,
-        bytes.down = field::Empty,
-    );
+    // The span opens once the first packet says what the connection is.
+    let mut span = Span::none();
     let served = tokio::select! {
-        s = serve(stream, peer, admitted, &shared, &guard.entry).instrument(span.clone()) => s,
+        s = serve(stream, peer, admitted, &shared, &guard.entry, &mut span) => s,
         () = cut.cancelled() => Served::Ended(Outcome::Cut),
     };
     match served {
@@ -212,7 +202,40 @@ fn unbox<T>(b: Box<T>) -> T {
     *b
 }
 
-/// Record how a connection ended: span fields, metrics and its log line.
+/// The connection's span, opened once its first packet says what it is:
+/// at info for a login (its lines say who goes where), at debug for a
+/// status ping, which server lists send by the hundred (off at the default
+/// level, so a ping pays for no span).
+fn conn_span(status: bool, client: SocketAddr, hostname: &str, route: Option<&Route>) -> Span {
+    let route = route.map(|r| r.server.as_str());
+    if status {
+        tracing::debug_span!(
+            "conn",
+            client.addr = %client,
+            hostname,
+            route,
+            outcome = field::Empty,
+            bytes.up = field::Empty,
+            bytes.down = field::Empty,
+        )
+    } else {
+        info_span!(
+            "conn",
+            client.addr = %client,
+            hostname,
+            route,
+            player.name = field::Empty,
+            player.uuid = field::Empty,
+            server.addr = field::Empty,
+            outcome = field::Empty,
+            bytes.up = field::Empty,
+            bytes.down = field::Empty,
+        )
+    }
+}
+
+/// Record how a connection ended: span fields, metrics and its log line
+/// (which names the client itself when no span of the connection is on).
 fn finish(shared: &Shared, guard: &ConnGuard, span: &Span, outcome: Outcome) {
     let m = &shared.metrics;
     let up = guard
@@ -224,6 +247,9 @@ fn finish(shared: &Shared, guard: &ConnGuard, span: &Span, outcome: Outcome) {
         .bytes_down
         .load(std::sync::atomic::Ordering::Relaxed);
     let label = outcome.label();
+    let client = span
+        .is_disabled()
+        .then(|| field::display(guard.entry.detail().client));
     // For an exporter the span carries the end; a log line carries it
     // itself (recording into the span costs every connection a formatting
     // of these fields, logged or not).
@@ -249,11 +275,18 @@ fn finish(shared: &Shared, guard: &ConnGuard, span: &Span, outcome: Outcome) {
         Outcome::Refused(reason) => {
             m.refused(reason);
             if let Some(suppressed) = shared.refusal_log.check(std::time::Instant::now()) {
-                info!(reason, suppressed, outcome = label, "connection refused");
+                info!(
+                    client.addr = client,
+                    reason,
+                    suppressed,
+                    outcome = label,
+                    "connection refused"
+                );
             }
         }
         Outcome::Offline | Outcome::WakeFailed | Outcome::HoldBroken(_) | Outcome::Cut => {
             info!(
+                client.addr = client,
                 outcome = label,
                 bytes.up = up,
                 bytes.down = down,
@@ -318,6 +351,7 @@ async fn serve(
     mut admitted: Admitted,
     shared: &Shared,
     entry: &ConnEntry,
+    span: &mut Span,
 ) -> Served {
     let _ = stream.set_nodelay(true);
     let cfg = &shared.config;
@@ -329,7 +363,6 @@ async fn serve(
         Err(o) => return o.into(),
     };
     if who.client != peer {
-        Span::current().record("client.addr", field::display(who.client));
         entry.update(|d| d.client = who.client);
     }
     if admitted.ip.is_none() {
@@ -356,64 +389,73 @@ async fn serve(
         FirstPacket::Legacy { ping, .. } => {
             entry.set_phase(Phase::Status);
             let raw = ping.hostname.clone().unwrap_or_default();
-            let (route, capture) = lookup(shared, entry, &raw);
-            if !route_admits(route.as_ref(), &who) {
-                return Outcome::Refused("denied_address").into();
-            }
-            let proxy = proxy_pair(shared, route.as_ref(), &who, &stream);
-            let to = status::Target {
-                route: route.as_ref(),
-                capture: capture.as_deref(),
+            let (route, capture) = lookup(shared, entry, &raw, true, who.client, span);
+            let rest = async move {
+                if !route_admits(route.as_ref(), &who) {
+                    return Outcome::Refused("denied_address").into();
+                }
+                let proxy = proxy_pair(shared, route.as_ref(), &who, &stream);
+                let to = status::Target {
+                    route: route.as_ref(),
+                    capture: capture.as_deref(),
+                };
+                if let Some(answer) = status::legacy_answer(shared, to, &ping, proxy).await {
+                    let _ = stream.write_all(&answer).await;
+                    let _ = stream.shutdown().await;
+                    Outcome::Legacy.into()
+                } else {
+                    Outcome::UnknownHost.into()
+                }
             };
-            if let Some(answer) = status::legacy_answer(shared, to, &ping, proxy).await {
-                let _ = stream.write_all(&answer).await;
-                let _ = stream.shutdown().await;
-                Outcome::Legacy.into()
-            } else {
-                Outcome::UnknownHost.into()
-            }
+            rest.instrument(span.clone()).await
         }
         FirstPacket::Modern { handshake, len } => {
-            let (route, capture) = lookup(shared, entry, &handshake.server_address);
-            match handshake.next_state {
-                NextState::Status => {
-                    if !route_admits(route.as_ref(), &who) {
-                        return Outcome::Refused("denied_address").into();
-                    }
-                    entry.set_phase(Phase::Status);
-                    let rest = buf.split_off(len.min(buf.len()));
-                    let raw = StatusRaw {
-                        handshake: buf,
-                        rest,
-                    };
-                    let to = status::Target {
-                        route: route.as_ref(),
-                        capture: capture.as_deref(),
-                    };
-                    serve_status(&mut stream, shared, to, &handshake, &who, raw)
-                        .await
-                        .into()
-                }
-                NextState::Login | NextState::Transfer => {
-                    let version = handshake.protocol_version;
-                    if let Err(o) =
-                        read_login_start(&mut stream, &mut buf, len, version, entry, deadline).await
-                    {
-                        return o.into();
-                    }
-                    let first = FirstBytes {
-                        handshake: &handshake,
-                        len,
-                    };
-                    match login(stream, shared, entry, route, capture, &who, buf, first).await {
-                        Served::Joined(mut joined) => {
-                            joined.admitted = Some(admitted);
-                            Served::Joined(joined)
+            let status = handshake.next_state == NextState::Status;
+            let address = &handshake.server_address;
+            let (route, capture) = lookup(shared, entry, address, status, who.client, span);
+            let rest = async move {
+                match handshake.next_state {
+                    NextState::Status => {
+                        if !route_admits(route.as_ref(), &who) {
+                            return Outcome::Refused("denied_address").into();
                         }
-                        ended => ended,
+                        entry.set_phase(Phase::Status);
+                        let rest = buf.split_off(len.min(buf.len()));
+                        let raw = StatusRaw {
+                            handshake: buf,
+                            rest,
+                        };
+                        let to = status::Target {
+                            route: route.as_ref(),
+                            capture: capture.as_deref(),
+                        };
+                        serve_status(&mut stream, shared, to, &handshake, &who, raw)
+                            .await
+                            .into()
+                    }
+                    NextState::Login | NextState::Transfer => {
+                        let version = handshake.protocol_version;
+                        if let Err(o) =
+                            read_login_start(&mut stream, &mut buf, len, version, entry, deadline)
+                                .await
+                        {
+                            return o.into();
+                        }
+                        let first = FirstBytes {
+                            handshake: &handshake,
+                            len,
+                        };
+                        match login(stream, shared, entry, route, capture, &who, buf, first).await {
+                            Served::Joined(mut joined) => {
+                                joined.admitted = Some(admitted);
+                                Served::Joined(joined)
+                            }
+                            ended => ended,
+                        }
                     }
                 }
-            }
+            };
+            rest.instrument(span.clone()).await
         }
     }
 }
@@ -532,7 +574,16 @@ async fn read_login_start(
 
 /// Resolve the player's hostname against the current table; also what a
 /// `*.suffix` pattern captured (for `{1}` in the backend address).
-fn lookup(shared: &Shared, entry: &ConnEntry, raw: &str) -> (Option<Route>, Option<String>) {
+/// The route for `raw` (a player's hostname), and what a wildcard captured;
+/// opens the connection's span (see [`conn_span`]) into `span`.
+fn lookup(
+    shared: &Shared,
+    entry: &ConnEntry,
+    raw: &str,
+    status: bool,
+    client: SocketAddr,
+    span: &mut Span,
+) -> (Option<Route>, Option<String>) {
     let hostname = normalize_player_hostname(raw);
     let view = shared.routes.view();
     // The handshake already bounds the address to 255 characters.
@@ -544,11 +595,7 @@ fn lookup(shared: &Shared, entry: &ConnEntry, raw: &str) -> (Option<Route>, Opti
         None => (None, None),
     };
     shared.metrics.route_lookup(route.is_some());
-    let span = Span::current();
-    span.record("hostname", hostname.as_str());
-    if let Some(r) = &route {
-        span.record("route", r.server.as_str());
-    }
+    *span = conn_span(status, client, &hostname, route.as_ref());
     entry.update(|d| {
         d.hostname = hostname;
         if let Some(r) = &route {
