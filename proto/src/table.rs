@@ -820,7 +820,14 @@ impl RouteTable {
         }))
     }
 
-    /// Hash of each bucket ([`BUCKETS`] of them).
+    /// Whether the bucket hashes are worked out (else the next
+    /// [`RouteTable::bucket_hashes`] hashes every route).
+    pub fn hashes_worked_out(&self) -> bool {
+        self.buckets.get().is_some()
+    }
+
+    /// Hash of each bucket ([`BUCKETS`] of them): worked out from every
+    /// route on the first call after a one-pass build, O(1) from then on.
     pub fn bucket_hashes(&self) -> &[u64] {
         self.buckets.get_or_init(|| {
             let routes: Vec<&Route> = self.routes().collect();
@@ -1252,8 +1259,11 @@ mod tests {
         };
         // Worked out before the changes, then kept up to date by them.
         let mut early = RouteTable::from_routes((0..300).map(make));
+        assert!(!early.hashes_worked_out());
         early.bucket_hashes();
+        assert!(early.hashes_worked_out());
         change(&mut early);
+        assert!(early.hashes_worked_out(), "changes keep them");
         // Worked out only after them.
         let mut late = RouteTable::from_routes((0..300).map(make));
         change(&mut late);

@@ -545,6 +545,12 @@ impl Publisher {
         let whole_table = st.table.is_empty() && change.len() > HISTORY_MIN;
         st.table
             .apply(change.upserts.iter().cloned(), &change.removed);
+        // syncd's own table keeps its bucket hashes worked out (a table
+        // built in one pass, as the first read's is, works them out only
+        // when asked): every later change then updates them in place, and
+        // no hello or snapshot hashes the whole table again, under this
+        // lock or anywhere.
+        st.table.bucket_hashes();
         if !st.overflowed {
             if st.changed.len() + change.len() > MAX_CHANGED {
                 st.overflowed = true;
@@ -1083,6 +1089,25 @@ mod tests {
             .expect("decodes")
             .msg
             .expect("msg")
+    }
+
+    #[tokio::test]
+    async fn syncds_table_keeps_its_bucket_hashes_worked_out() {
+        // A first read big enough to build the table in one pass, then a
+        // change: no hello or snapshot after either has to hash it all.
+        let p = publisher(8, 8);
+        let first: Vec<Route> = (0..HISTORY_MIN + 10)
+            .map(|i| route(&format!("s{i:05}"), "1:1"))
+            .collect();
+        p.apply_full(&routes(&first));
+        assert!(p.current().table.hashes_worked_out());
+        let mut next = first.clone();
+        next[3].address = "2:2".into();
+        p.apply_full(&routes(&next));
+        let cur = p.current();
+        assert!(cur.table.hashes_worked_out());
+        let fresh = RouteTable::from_routes(next);
+        assert_eq!(cur.table.bucket_hashes(), fresh.bucket_hashes());
     }
 
     #[tokio::test]
