@@ -247,9 +247,6 @@ fn finish(shared: &Shared, guard: &ConnGuard, span: &Span, outcome: Outcome) {
         .bytes_down
         .load(std::sync::atomic::Ordering::Relaxed);
     let label = outcome.label();
-    let client = span
-        .is_disabled()
-        .then(|| field::display(guard.entry.detail().client));
     // For an exporter the span carries the end; a log line carries it
     // itself (recording into the span costs every connection a formatting
     // of these fields, logged or not).
@@ -261,6 +258,11 @@ fn finish(shared: &Shared, guard: &ConnGuard, span: &Span, outcome: Outcome) {
     m.connection_ended(label);
     m.connections_active.dec();
     let _e = span.enter();
+    // For the info lines: the client, when no span of this connection says it.
+    let client = || {
+        span.is_disabled()
+            .then(|| field::display(guard.entry.client()))
+    };
     match outcome {
         Outcome::HandshakeError(reason) => {
             m.handshake_error(reason);
@@ -276,7 +278,7 @@ fn finish(shared: &Shared, guard: &ConnGuard, span: &Span, outcome: Outcome) {
             m.refused(reason);
             if let Some(suppressed) = shared.refusal_log.check(std::time::Instant::now()) {
                 info!(
-                    client.addr = client,
+                    client.addr = client(),
                     reason,
                     suppressed,
                     outcome = label,
@@ -286,7 +288,7 @@ fn finish(shared: &Shared, guard: &ConnGuard, span: &Span, outcome: Outcome) {
         }
         Outcome::Offline | Outcome::WakeFailed | Outcome::HoldBroken(_) | Outcome::Cut => {
             info!(
-                client.addr = client,
+                client.addr = client(),
                 outcome = label,
                 bytes.up = up,
                 bytes.down = down,

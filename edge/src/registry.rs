@@ -91,6 +91,14 @@ impl ConnEntry {
         }
     }
 
+    /// The client's address (the PROXY header's source when trusted).
+    pub fn client(&self) -> SocketAddr {
+        self.detail
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .client
+    }
+
     pub fn detail(&self) -> ConnDetail {
         // A panic elsewhere while holding the lock leaves the data whole.
         self.detail
