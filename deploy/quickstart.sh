@@ -151,13 +151,16 @@ pids+=("$!")
 
 psql_cmd=("$pgbin/psql" -X -q -v ON_ERROR_STOP=1 -h 127.0.0.1 -p "$PG_PORT" -U postgres -d automc)
 say "adding the demo routes: 'localhost' (running) and 'sleepy.localhost' (asleep)"
+# One transaction: the routes and their aliases reach the edge together.
 "${psql_cmd[@]}" <<SQL
+BEGIN;
 INSERT INTO servers (name, domain, address, state)
 VALUES ('demo', 'localhost', '127.0.0.1:$BACKEND_PORT', 'running'),
        ('sleepy', 'sleepy.localhost', '127.0.0.1:$SLEEPY_PORT', 'stopped')
 ON CONFLICT (name) DO UPDATE SET domain = EXCLUDED.domain, address = EXCLUDED.address, state = EXCLUDED.state;
 INSERT INTO server_aliases (domain, server) VALUES ('127.0.0.1', 'demo'), ('127.0.0.2', 'sleepy')
 ON CONFLICT DO NOTHING;
+COMMIT;
 SQL
 
 # GET a path on 127.0.0.1:PORT with bash's /dev/tcp (no curl needed); true on 200.
