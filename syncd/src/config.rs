@@ -481,7 +481,7 @@ pub struct ServeArgs {
     /// 64 KiB) within this long: it stopped reading.
     #[arg(long, env = "SYNCD_WATCH_SEND_TIMEOUT", default_value_t = DEFAULT_WATCH_SEND_TIMEOUT.into())]
     pub watch_send_timeout: humantime::Duration,
-    /// A new WatchRoutes stream must send its WatchHello within this long.
+    /// A new WatchRoutes stream must send its WatchHello within this long (and waits at most this long for syncd's first read of the routes).
     #[arg(long, env = "SYNCD_HELLO_TIMEOUT", default_value_t = DEFAULT_HELLO_TIMEOUT.into())]
     pub hello_timeout: humantime::Duration,
     /// WatchRoutes streams open at once from one peer IP address.

@@ -44,6 +44,9 @@ pub struct RouteSyncService {
     wakes: Arc<Wakes>,
     /// False while this instance is a hot standby (see `leader`).
     active: tokio::sync::watch::Receiver<bool>,
+    /// True once the `servers` table was first read: until then the
+    /// table in memory is empty, not the routes.
+    ready: tokio::sync::watch::Receiver<bool>,
     /// Sessions reported by the edges.
     fleet: Arc<Fleet>,
     sleeper: Arc<Sleeper>,
@@ -52,7 +55,22 @@ pub struct RouteSyncService {
 
 type WatchStream = Pin<Box<dyn Stream<Item = Result<WatchResponse, Status>> + Send + 'static>>;
 
+/// What a caller that needs the routes hears before syncd's first read.
+fn not_read_yet() -> Status {
+    Status::unavailable("syncd has not read the routes from Postgres yet; retry shortly")
+}
+
 impl RouteSyncService {
+    /// The routes are read, or the call is refused as unavailable (an
+    /// empty answer would say that no route exists).
+    fn routes_read(&self) -> Result<(), Status> {
+        if *self.ready.borrow() {
+            Ok(())
+        } else {
+            Err(not_read_yet())
+        }
+    }
+
     /// Read the hello (within the hello deadline), register the watcher
     /// and start reading its acks and session reports.
     async fn open_watch(
@@ -74,6 +92,15 @@ impl RouteSyncService {
                 ))
             }
         };
+        // An edge takes its first snapshot for the routes, so none is sent
+        // before the first read: the watch waits for it within the hello
+        // deadline, then is refused as unavailable and the edge retries
+        // (here, or at another syncd that has read them).
+        let mut ready = self.ready.clone();
+        match tokio::time::timeout(self.hello_timeout, ready.wait_for(|r| *r)).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(_)) | Err(_) => return Err(not_read_yet()),
+        }
         let stream = self.publisher.subscribe(&hello, peer)?;
         let id = stream.id();
         let publisher = self.publisher.clone();
@@ -210,6 +237,7 @@ impl RouteSync for RouteSyncService {
         &self,
         req: Request<ListRoutesRequest>,
     ) -> Result<Response<ListRoutesResponse>, Status> {
+        self.routes_read()?;
         let cur = self.publisher.current();
         Ok(Response::new(cur.table.list_page(
             self.publisher.epoch(),
@@ -222,6 +250,7 @@ impl RouteSync for RouteSyncService {
         &self,
         req: Request<GetRouteRequest>,
     ) -> Result<Response<GetRouteResponse>, Status> {
+        self.routes_read()?;
         let mut resp = self
             .publisher
             .resolve(&req.get_ref().hostname)
@@ -271,6 +300,7 @@ impl RouteSync for RouteSyncService {
             return Err(automc_proto::WakeFailure::Standby
                 .to_status("this syncd is a standby: wakes are served by the active instance"));
         }
+        self.routes_read()?;
         self.wakes
             .wake(&r.server, &r.caller)
             .await
@@ -302,6 +332,7 @@ impl RouteSync for RouteSyncService {
         &self,
         req: Request<ListServersRequest>,
     ) -> Result<Response<ListServersResponse>, Status> {
+        self.routes_read()?;
         let req = req.into_inner();
         let cur = self.publisher.current();
         let st = self.fleet.lock();
@@ -382,6 +413,7 @@ pub async fn serve(
         hello_timeout,
         wakes,
         active,
+        ready: ready.clone(),
         fleet,
         sleeper,
         events,

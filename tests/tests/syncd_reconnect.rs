@@ -1,9 +1,11 @@
 //! Postgres goes away (restart, terminated backend) and changes are made
 //! while syncd is disconnected: all of them reach the watchers afterwards,
-//! and the table keeps serving meanwhile.
+//! and the table keeps serving meanwhile. Before its first read, syncd
+//! hands no one an empty table.
+use automc_proto::v1::{ListRoutesRequest, WatchHello};
 use automc_tests::stack::{
-    eventually, metric_value, migrated_pg, start_syncd, syncd_role_dsn, terminate_syncd_backends,
-    DEADLINE,
+    eventually, metric_value, migrated_pg, start_edge, start_syncd, syncd_role_dsn,
+    terminate_syncd_backends, RouteWatcher, DEADLINE,
 };
 
 const SEED: &str = "INSERT INTO servers (name, domain, address) VALUES
@@ -109,7 +111,11 @@ async fn syncd_starting_before_postgres_becomes_ready_once_it_can_read() {
     let mut pg = migrated_pg().await;
     pg.execute(SEED).await;
     pg.stop().await;
-    let syncd = automc_tests::stack::spawn_syncd(&pg.dsn(), |_| {}).await;
+    // A short wait for the first read, so the refusal below comes soon.
+    let syncd = automc_tests::stack::spawn_syncd(&pg.dsn(), |c| {
+        c.hello_timeout = std::time::Duration::from_secs(1);
+    })
+    .await;
     let (status, _) = automc_tests::stack::http_get(syncd.http_addr, "/readyz")
         .await
         .expect("readyz");
@@ -118,8 +124,32 @@ async fn syncd_starting_before_postgres_becomes_ready_once_it_can_read() {
         .await
         .expect("healthz");
     assert_eq!(status, 200);
+    // Until the first read the table in memory is empty, not the routes: a
+    // watch is refused as unavailable rather than handed an empty snapshot,
+    // and so are the calls that answer from the table.
+    let refused = RouteWatcher::connect(&syncd.grpc_url(), WatchHello::default(), None)
+        .await
+        .err()
+        .map(|s| s.code());
+    assert_eq!(refused, Some(tonic::Code::Unavailable));
+    let mut client = syncd.client().await;
+    let listed = client.list_routes(ListRoutesRequest::default()).await;
+    assert_eq!(
+        listed.err().map(|s| s.code()),
+        Some(tonic::Code::Unavailable)
+    );
+    // So an edge started now is not ready, and the first table it takes
+    // is the one Postgres holds.
+    let edge = start_edge(&[syncd.grpc_url()], |_| {}).await;
+    assert!(
+        !edge.running().is_ready(),
+        "an edge must not turn ready before syncd has read the routes"
+    );
     pg.start_again().await;
     syncd.wait_ready().await;
+    edge.ready().await;
+    assert_eq!(edge.running().table().table.len(), 3);
     let w = syncd.watch("edge").await;
     assert_eq!(w.state().table.len(), 3);
+    edge.stop().await;
 }
