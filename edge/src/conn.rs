@@ -16,12 +16,12 @@ use tokio::net::TcpStream;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::{debug, field, info, info_span, Instrument, Span};
+use tracing::{debug, field, info, info_span, Instrument, Level, Span};
 
 use crate::balance::{self, Seat};
 use crate::hold::{self, Held};
 use crate::limits::{ConnectionPermit, IpPermit, Refusal};
-use crate::registry::{ConnEntry, ConnGuard, Phase};
+use crate::registry::{ConnDetail, ConnEntry, ConnGuard, Phase};
 use crate::splice::{splice, Tally};
 use crate::status::{self, ConverseEnd, RelayEnd, StatusMode};
 use crate::sync_client::WakeError;
@@ -152,6 +152,16 @@ pub async fn handle(
     match served {
         Served::Ended(outcome) => finish(&shared, &guard, &span, outcome),
         Served::Joined(joined) => {
+            // An idle session costs mostly what it holds, and a span is a
+            // registry slot plus its formatted fields: it stays only for
+            // what reads it (an exporter, or debug lines). At info a
+            // spliced session logs nothing until its end, and that line
+            // names the connection itself when the span is gone.
+            let span = if automc_telemetry::exporting_spans() || tracing::enabled!(Level::DEBUG) {
+                span
+            } else {
+                Span::none()
+            };
             // The span wraps the task rather than living in it twice.
             tracker.spawn(spliced(joined, shared, guard, cut).instrument(span));
         }
@@ -192,6 +202,7 @@ async fn spliced(
     };
     // The slots go before the end is counted, as they do for any other end.
     drop((seat, admitted));
+    // The task's span, or none (a worker polls it with no other span entered).
     finish(&shared, &guard, &Span::current(), outcome);
 }
 
@@ -287,8 +298,17 @@ fn finish(shared: &Shared, guard: &ConnGuard, span: &Span, outcome: Outcome) {
             }
         }
         Outcome::Offline | Outcome::WakeFailed | Outcome::HoldBroken(_) | Outcome::Cut => {
+            // Rare ends, each worth a line that says whose connection it
+            // was: from the registry when no span of the connection is on.
+            let who = span.is_disabled().then(|| guard.entry.detail());
+            let who = who.as_ref();
+            let named = |f: fn(&ConnDetail) -> &str| who.map(f).filter(|v| !v.is_empty());
             info!(
-                client.addr = client(),
+                client.addr = who.map(|d| field::display(d.client)),
+                hostname = named(|d| &d.hostname),
+                route = named(|d| &d.server),
+                player.name = named(|d| &d.player),
+                server.addr = named(|d| &d.backend),
                 outcome = label,
                 bytes.up = up,
                 bytes.down = down,

@@ -625,11 +625,19 @@ pub async fn fake_stack(
     routes: Vec<Route>,
     tweak: impl FnOnce(&mut edge::Config),
 ) -> (automc_proto::fake::FakeSyncd, EdgeHandle) {
-    use automc_proto::v1::{watch_response, SnapshotChunk};
     let mut syncd = automc_proto::fake::FakeSyncd::start(automc_proto::fake::no_waker())
         .await
         .expect("fake syncd starts");
     let edge = start_edge(&[syncd.url()], tweak).await;
+    serve_routes(&mut syncd, routes).await;
+    edge.ready().await;
+    (syncd, edge)
+}
+
+/// Answer the next watch stream an edge opens at the fake with a snapshot
+/// of `routes`, then heartbeats (the edge may be in-process or a child).
+pub async fn serve_routes(syncd: &mut automc_proto::fake::FakeSyncd, routes: Vec<Route>) {
+    use automc_proto::v1::{watch_response, SnapshotChunk};
     let watch = syncd
         .next_watch(DEADLINE)
         .await
@@ -643,8 +651,6 @@ pub async fn fake_stack(
         ..SnapshotChunk::default()
     });
     watch.serve_quietly(snapshot, epoch, 1, Duration::from_secs(1));
-    edge.ready().await;
-    (syncd, edge)
 }
 
 /// An edge running in-process on 127.0.0.1 port 0; drained when dropped.

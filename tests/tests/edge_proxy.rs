@@ -4,11 +4,15 @@
 //! test the edge alone, fed by a FakeSyncd.
 use std::time::Duration;
 
+use automc_proto::fake::{no_waker, FakeSyncd};
 use automc_tests::mc::{
     self, login, login_with, random_sha256, send_bytes, status_ping, BackendOptions, LoginMode,
     McBackend, DEFAULT_PROTOCOL,
 };
-use automc_tests::stack::{eventually, fake_stack, http_get, route, stack, EdgeHandle, DEADLINE};
+use automc_tests::procs::{edge_args, Proc};
+use automc_tests::stack::{
+    eventually, fake_stack, http_get, route, serve_routes, stack, EdgeHandle, DEADLINE,
+};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const WAIT: Duration = Duration::from_secs(20);
@@ -288,6 +292,59 @@ async fn proxy_protocol_from_an_untrusted_peer_is_refused() {
         edge.metric("automc_edge_refused_total{reason=\"untrusted_proxy_header\"}") >= 1.0
     })
     .await;
+}
+
+/// At the default log level a spliced session holds no span (an idle
+/// player costs less); the line for a session cut when the drain runs out
+/// still says whose it was, from the connection registry.
+#[tokio::test]
+async fn a_session_cut_when_the_drain_runs_out_is_logged_with_whose_it_was() {
+    let echo = McBackend::with_motd("echo").await;
+    let mut syncd = FakeSyncd::start(no_waker()).await.expect("fake syncd");
+    // `edge_args` drains for 1 s.
+    let edge = Proc::spawn("edge", &edge_args(&syncd.url(), &[]), &[]).await;
+    serve_routes(
+        &mut syncd,
+        vec![route("e", "e.example.com", &echo.addr().to_string())],
+    )
+    .await;
+    edge.wait_ready().await;
+    let mut conn = login(edge.main_addr, "e.example.com", "steve")
+        .await
+        .expect("login");
+    conn.send(b"hello").await.expect("send");
+    assert_eq!(conn.read_exact(5).await.expect("echo"), b"hello");
+
+    let pid = edge.pid().expect("edge pid").to_string();
+    let killed = std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .expect("kill runs");
+    assert!(killed.success());
+    let output = edge.output.clone();
+    let backend = echo.addr().to_string();
+    let backend = &backend;
+    eventually(
+        "a `connection ended` line for the cut session naming it",
+        DEADLINE,
+        || {
+            let text = output.text();
+            async move {
+                text.lines().any(|l| {
+                    l.contains("connection ended")
+                        && l.contains("cut")
+                        && l.contains("steve")
+                        && l.contains("e.example.com")
+                        && l.contains(backend.as_str())
+                })
+            }
+        },
+    )
+    .await;
+    assert!(
+        conn.closed_within(WAIT).await,
+        "the cut player is disconnected"
+    );
 }
 
 #[tokio::test]
