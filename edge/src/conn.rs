@@ -38,6 +38,8 @@ pub enum Outcome {
     Status,
     Legacy,
     UnknownHost,
+    /// No table from syncd yet: every hostname would look unknown.
+    NoTable,
     Offline,
     WakeFailed,
     /// A held client broke the keep-alive exchange (the label says how).
@@ -49,12 +51,23 @@ pub enum Outcome {
 }
 
 impl Outcome {
+    /// A connection whose hostname matched no route: unknown, or not
+    /// known yet because the edge has no table.
+    fn unrouted(shared: &Shared) -> Self {
+        if shared.routes.has_snapshot() {
+            Self::UnknownHost
+        } else {
+            Self::NoTable
+        }
+    }
+
     pub fn label(self) -> &'static str {
         match self {
             Self::Proxied => "proxied",
             Self::Status => "status",
             Self::Legacy => "legacy_status",
             Self::UnknownHost => "unknown_host",
+            Self::NoTable => "no_table",
             Self::Offline => "backend_unreachable",
             Self::WakeFailed => "wake_failed",
             Self::HoldBroken(_) => "hold_broken",
@@ -426,7 +439,7 @@ async fn serve(
                     let _ = stream.shutdown().await;
                     Outcome::Legacy.into()
                 } else {
-                    Outcome::UnknownHost.into()
+                    Outcome::unrouted(shared).into()
                 }
             };
             rest.instrument(span.clone()).await
@@ -711,14 +724,14 @@ async fn serve_status(
     }
     let rest = raw.rest;
     let Some(json) = status::status_json_for(shared, to, handshake, proxy).await else {
-        return Outcome::UnknownHost;
+        return Outcome::unrouted(shared);
     };
     // One deadline for the whole conversation: trickled bytes do not extend it.
     let deadline = Instant::now() + shared.config.handshake_timeout;
     match status::converse(stream, rest, &json, deadline).await {
         Ok(()) => {
             if route.is_none() {
-                Outcome::UnknownHost
+                Outcome::unrouted(shared)
             } else {
                 Outcome::Status
             }
@@ -821,6 +834,10 @@ pub mod messages {
     pub const UNREACHABLE_SYNCD: &str =
         "§cThe server cannot be started right now (the router's control plane is unreachable).\n§7Please try again in a moment.";
     pub const UNKNOWN_HOST: &str = "§cThere is no server at this address.";
+    /// Before the edge's first table from syncd (a load balancer that checks
+    /// `/readyz` sends no player here until then).
+    pub const NO_TABLE: &str =
+        "§eThis router is starting and has not loaded its servers yet.\n§7Please try again in a moment.";
     pub const COULD_NOT_START: &str =
         "§cThe server could not be started right now.\n§7Please try again later.";
     pub const HOLD_BROKEN: &str =
@@ -847,11 +864,12 @@ async fn login(
     let cfg = &shared.config;
     let Some(route) = route else {
         let msg = match &cfg.unknown_host {
+            _ if !shared.routes.has_snapshot() => messages::NO_TABLE,
             UnknownHost::Motd(m) => m.as_str(),
             UnknownHost::Close => messages::UNKNOWN_HOST,
         };
         disconnect(&mut stream, msg).await;
-        return Outcome::UnknownHost.into();
+        return Outcome::unrouted(shared).into();
     };
     // Allow/deny and the player limit come before any backend is dialled.
     if !route_admits(Some(&route), who) {

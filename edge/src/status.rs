@@ -352,6 +352,10 @@ pub fn decide(shared: &Shared, route: Option<&Route>) -> Answer {
     let cfg = &shared.config;
     let Some(route) = route else {
         return match &cfg.unknown_host {
+            // No table yet: not "unknown", only not known yet.
+            _ if !shared.routes.has_snapshot() => {
+                Answer::Local(crate::conn::messages::NO_TABLE.to_owned())
+            }
             UnknownHost::Motd(m) => Answer::Local(m.clone()),
             UnknownHost::Close => Answer::Close,
         };

@@ -294,6 +294,43 @@ async fn proxy_protocol_from_an_untrusted_peer_is_refused() {
     .await;
 }
 
+/// Before its first table from syncd an edge knows no hostname yet: a
+/// player hears that the router is starting, not that the address is
+/// unknown, and the metric says which it was.
+#[tokio::test]
+async fn before_its_first_table_the_edge_says_it_is_starting_not_unknown_host() {
+    // A syncd that takes the watch and never answers it.
+    let mut syncd = FakeSyncd::start(no_waker()).await.expect("fake syncd");
+    let edge = automc_tests::stack::start_edge(&[syncd.url()], |_| {}).await;
+    let _held = syncd.next_watch(DEADLINE).await.expect("the edge watches");
+    assert!(!edge.running().is_ready());
+
+    let reply = status_ping(edge.listen_addr, "e.example.com", DEFAULT_PROTOCOL)
+        .await
+        .expect("a status answer");
+    assert!(
+        reply.motd().contains("has not loaded its servers yet"),
+        "{}",
+        reply.motd()
+    );
+    let mut player = login(edge.listen_addr, "e.example.com", "steve")
+        .await
+        .expect("connect");
+    let said = player
+        .read_disconnect_within(WAIT)
+        .await
+        .expect("a disconnect");
+    assert!(said.contains("has not loaded its servers yet"), "{said}");
+    eventually("both counted as no_table", DEADLINE, || async {
+        edge.metric("automc_edge_connections_total{outcome=\"no_table\"}") >= 2.0
+    })
+    .await;
+    assert_eq!(
+        edge.metric("automc_edge_connections_total{outcome=\"unknown_host\"}"),
+        0.0
+    );
+}
+
 /// At the default log level a spliced session holds no span (an idle
 /// player costs less); the line for a session cut when the drain runs out
 /// still says whose it was, from the connection registry.
