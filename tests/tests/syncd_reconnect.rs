@@ -153,3 +153,61 @@ async fn syncd_starting_before_postgres_becomes_ready_once_it_can_read() {
     assert_eq!(w.state().table.len(), 3);
     edge.stop().await;
 }
+
+#[tokio::test]
+async fn edges_keep_their_routes_while_a_restarted_syncd_has_not_read_yet() {
+    let pg = migrated_pg().await;
+    pg.execute(SEED).await;
+    let dsn = syncd_role_dsn(&pg).await;
+    let short_wait = |c: &mut syncd::Config| c.hello_timeout = std::time::Duration::from_secs(1);
+    let syncd = start_syncd(&dsn, short_wait).await;
+    let grpc_addr = syncd.grpc_addr;
+    let url = syncd.grpc_url();
+    let edge = start_edge(&[url], |_| {}).await;
+    edge.ready().await;
+    let held = edge.running().table();
+    assert_eq!(held.table.len(), 3);
+
+    // syncd restarts on the same address and cannot log in to Postgres.
+    pg.execute("ALTER ROLE syncd NOLOGIN").await;
+    syncd.stop().await;
+    let syncd = automc_tests::stack::spawn_syncd(&dsn, |c| {
+        short_wait(c);
+        c.grpc_listen = grpc_addr;
+    })
+    .await;
+    // The edge reaches the new syncd and is told it has not read the routes
+    // (rather than handed its empty table): it keeps what it holds.
+    let running = edge.running();
+    eventually(
+        "the edge hears that the new syncd has not read the routes",
+        DEADLINE,
+        || async move {
+            running
+                .sync_status()
+                .last_error
+                .contains("has not read the routes")
+        },
+    )
+    .await;
+    let now = edge.running().table();
+    assert_eq!(now.table.len(), 3, "the edge kept every route");
+    assert_eq!(now.epoch, held.epoch);
+    edge.wait_route("a.example.com", Some("a")).await;
+
+    // Once syncd has read them, the edge moves to its epoch, all routes there.
+    pg.execute("ALTER ROLE syncd LOGIN").await;
+    syncd.wait_ready().await;
+    let epoch = syncd.epoch.clone();
+    let epoch = &epoch;
+    eventually(
+        "the edge takes the new syncd's table",
+        DEADLINE,
+        || async move {
+            let t = running.table();
+            t.epoch == *epoch && t.table.len() == 3
+        },
+    )
+    .await;
+    edge.stop().await;
+}
