@@ -170,7 +170,7 @@ pub async fn handle(
             // what reads it (an exporter, or debug lines). At info a
             // spliced session logs nothing until its end, and that line
             // names the connection itself when the span is gone.
-            let span = if automc_telemetry::exporting_spans() || tracing::enabled!(Level::DEBUG) {
+            let span = if splice_span_read() {
                 span
             } else {
                 Span::none()
@@ -179,6 +179,14 @@ pub async fn handle(
             tracker.spawn(spliced(joined, shared, guard, cut).instrument(span));
         }
     }
+}
+
+/// Whether anything reads a spliced session's span: an exporter, or the
+/// debug lines of the splice (this module's or the pumps').
+fn splice_span_read() -> bool {
+    automc_telemetry::exporting_spans()
+        || tracing::enabled!(Level::DEBUG)
+        || tracing::enabled!(target: "edge::splice", Level::DEBUG)
 }
 
 /// Splice a joined player until either side ends or the edge cuts it; runs
