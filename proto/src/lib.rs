@@ -21,7 +21,7 @@ pub mod wake;
 pub mod v1 {
     #![allow(clippy::all, clippy::pedantic, missing_docs)]
     tonic::include_proto!("automc.v1");
-    pub use crate::chunk::{SharedRoute, SnapshotChunk};
+    pub use crate::chunk::{SnapshotChunk, StoredRoute};
 }
 
 /// Encoded `FileDescriptorSet` of every automc `.proto`, for server reflection.

@@ -3,14 +3,13 @@
 //! an edge puts them back together and applies a whole version at once. Pure
 //! functions, no I/O: syncd's publisher, the edge's sync client and the test
 //! harness all go through this module.
-use std::sync::Arc;
 
 use prost::Message;
 
 use crate::table::{route_entry_len, BucketSet, RouteTable};
 use crate::v1::{
-    watch_response, Delta, Heartbeat, PlayerCounts, Route, ServerCount, SharedRoute, Snapshot,
-    SnapshotChunk, WakeSet, WakeUpdate,
+    watch_response, Delta, Heartbeat, PlayerCounts, Route, ServerCount, Snapshot, SnapshotChunk,
+    StoredRoute, WakeSet, WakeUpdate,
 };
 
 /// The most one watch message should take encoded. A route larger than the
@@ -72,7 +71,7 @@ pub fn snapshot_chunk(
     let chunk = SnapshotChunk {
         epoch: epoch.to_owned(),
         version,
-        routes: routes.into_iter().map(SharedRoute).collect(),
+        routes: routes.into_iter().map(StoredRoute::from).collect(),
         wakes: if last { wakes.to_vec() } else { Vec::new() },
         last,
         partial: last && only.is_some(),
@@ -238,12 +237,12 @@ pub enum FramingError {
 }
 
 enum Pending {
-    /// The routes so far, each moved behind the `Arc` the table keeps;
-    /// the table is built in one pass when the last piece arrives.
+    /// The routes so far, as the table keeps them; the table is built in
+    /// one pass when the last piece arrives.
     Snapshot {
         epoch: String,
         version: u64,
-        routes: Vec<Arc<Route>>,
+        routes: Vec<StoredRoute>,
     },
     Delta {
         epoch: String,
@@ -297,10 +296,7 @@ impl Assembler {
         match (self.pending.take(), msg) {
             (None, watch_response::Msg::SnapshotChunk(mut c)) => {
                 // The routes move out; the piece keeps the rest.
-                let routes = std::mem::take(&mut c.routes)
-                    .into_iter()
-                    .map(|r| r.0)
-                    .collect();
+                let routes = std::mem::take(&mut c.routes);
                 self.snapshot_piece(c.epoch.clone(), c.version, routes, c)
             }
             (
@@ -319,7 +315,7 @@ impl Assembler {
                         got_version: c.version,
                     });
                 }
-                routes.extend(std::mem::take(&mut c.routes).into_iter().map(|r| r.0));
+                routes.extend(std::mem::take(&mut c.routes));
                 self.snapshot_piece(epoch, version, routes, c)
             }
             (None, watch_response::Msg::Delta(d)) => self.delta_piece(
@@ -385,14 +381,14 @@ impl Assembler {
         &mut self,
         epoch: String,
         version: u64,
-        routes: Vec<Arc<Route>>,
+        routes: Vec<StoredRoute>,
         piece: SnapshotChunk,
     ) -> Result<Option<Event>, FramingError> {
         if piece.last {
             return Ok(Some(Event::Snapshot {
                 epoch,
                 version,
-                table: RouteTable::from_arcs(routes),
+                table: RouteTable::from_stored(routes),
                 wakes: piece.wakes,
                 partial: piece.partial.then(|| BucketSet::new(&piece.buckets)),
                 table_hash: piece.table_hash,

@@ -23,6 +23,7 @@ use std::sync::{Arc, OnceLock};
 use imbl::{OrdMap, OrdSet};
 use prost::Message;
 
+use crate::chunk::StoredRoute;
 use crate::hostname::normalize_player_hostname;
 use crate::v1::{GetRouteResponse, ListRoutesRequest, ListRoutesResponse, Route};
 
@@ -247,11 +248,26 @@ pub fn route_hash(r: &Route) -> u64 {
     hash_parts(route_parts(r, &mut Vec::new()))
 }
 
+/// What [`route_parts`] yields for a table entry, read from its bytes
+/// while it is a plain route nothing decoded yet (the same parts: such a
+/// route has neither backends nor options).
+fn entry_parts<'a>(e: Entry<'a>, extra: &'a mut Vec<u8>) -> impl Iterator<Item = &'a [u8]> {
+    let plain = match e {
+        Entry::Base(s) => s.plain_parts(),
+        Entry::Over(_) => None,
+    };
+    let decoded = plain.is_none().then(|| route_parts(e.route(), extra));
+    plain
+        .into_iter()
+        .flatten()
+        .chain(decoded.into_iter().flatten())
+}
+
 /// [`route_hash`] of every route, in order: the same values, four routes
 /// at a time, so the CPU overlaps four of FNV's serial multiply chains
 /// (one route at a time, hashing was ~40 % of building a table from a
 /// snapshot).
-fn route_hashes(routes: &[&Route]) -> Vec<u64> {
+fn route_hashes(routes: &[Entry<'_>]) -> Vec<u64> {
     const LANES: usize = 4;
     let mut out = Vec::with_capacity(routes.len());
     let mut extra = Vec::new();
@@ -260,7 +276,7 @@ fn route_hashes(routes: &[&Route]) -> Vec<u64> {
     for group in routes.chunks(LANES) {
         for (stream, r) in streams.iter_mut().zip(group) {
             stream.clear();
-            for part in route_parts(r, &mut extra) {
+            for part in entry_parts(*r, &mut extra) {
                 stream.extend_from_slice(&(part.len() as u64).to_le_bytes());
                 stream.extend_from_slice(part);
             }
@@ -354,8 +370,10 @@ pub const COMPACT_MIN: usize = 4096;
 /// The one-pass layer, never changed after it is built.
 #[derive(Debug, Default)]
 struct Base {
-    /// Routes by server name, names unique.
-    routes: Vec<Arc<Route>>,
+    /// Routes by server name, names unique. An edge's are mostly still the
+    /// bytes they came in (see [`StoredRoute`]): names and hostnames are
+    /// read from those, and a route is decoded the first time it is used.
+    routes: Vec<StoredRoute>,
     /// Claims of exact names and the `*` default.
     exact: Vec<At>,
     /// Claims of `*.suffix` wildcards, keyed by `suffix`.
@@ -464,6 +482,14 @@ fn index_key(pattern: &str) -> (bool, &str) {
     }
 }
 
+/// [`index_key`] of a pattern's bytes.
+fn index_key_bytes(pattern: &[u8]) -> (bool, &[u8]) {
+    match pattern.strip_prefix(b"*.") {
+        Some(suffix) if !suffix.is_empty() => (true, suffix),
+        _ => (false, pattern),
+    }
+}
+
 /// Encoded size of `route` as one element of a `repeated Route` field.
 pub fn route_entry_len(route: &Route) -> usize {
     let n = route.encoded_len();
@@ -472,16 +498,17 @@ pub fn route_entry_len(route: &Route) -> usize {
 
 impl Base {
     /// Index `routes` (sorted by server name, names unique) in one pass.
-    fn build(routes: Vec<Arc<Route>>) -> Self {
+    fn build(routes: Vec<StoredRoute>) -> Self {
         // (pattern key, rank, route, hostname): routes are in name order,
-        // so equal ranks sort by server name.
-        type Entry<'a> = (&'a str, u8, u32, u32);
+        // so equal ranks sort by server name. Keys are bytes (they order
+        // as the text does), read from a received route's encoding.
+        type Entry<'a> = (&'a [u8], u8, u32, u32);
         let mut exact: Vec<Entry> = Vec::with_capacity(routes.len());
         let mut wild: Vec<Entry> = Vec::new();
         for (i, r) in routes.iter().enumerate() {
-            for (j, host) in r.hostnames.iter().enumerate() {
+            for (j, host) in r.hostnames().enumerate() {
                 let rank = u8::from(j > 0);
-                match index_key(host) {
+                match index_key_bytes(host) {
                     (true, suffix) => wild.push((suffix, rank, i as u32, j as u32)),
                     (false, name) => exact.push((name, rank, i as u32, j as u32)),
                 }
@@ -505,18 +532,19 @@ impl Base {
         }
     }
 
-    fn route(&self, at: At) -> &Arc<Route> {
+    fn stored(&self, at: At) -> &StoredRoute {
         &self.routes[at.route as usize]
     }
 
     /// The hostname pattern a claim stands for, as stored.
     fn pattern(&self, at: At) -> &str {
-        &self.route(at).hostnames[at.host as usize]
+        self.stored(at).hostname(at.host as usize)
     }
 
     /// The claims of `key` in `index` (`exact` or `wild`), best first.
     fn claims<'a>(&self, index: &'a [At], key: &str) -> &'a [At] {
-        let key_of = |at: &At| index_key(self.pattern(*at)).1;
+        let key_of = |at: &At| index_key_bytes(self.stored(*at).hostname_bytes(at.host as usize)).1;
+        let key = key.as_bytes();
         let start = index.partition_point(|at| key_of(at) < key);
         let len = index[start..]
             .iter()
@@ -525,24 +553,60 @@ impl Base {
         &index[start..start + len]
     }
 
-    fn get(&self, server: &str) -> Option<&Arc<Route>> {
+    fn find(&self, server: &str) -> Option<&StoredRoute> {
         self.routes
-            .binary_search_by(|r| r.server.as_str().cmp(server))
+            .binary_search_by(|r| r.server_bytes().cmp(server.as_bytes()))
             .ok()
             .map(|i| &self.routes[i])
+    }
+
+    fn get(&self, server: &str) -> Option<&Arc<Route>> {
+        self.find(server).map(StoredRoute::route)
+    }
+}
+
+/// A route of either layer, as a walk over the table meets it.
+#[derive(Debug, Clone, Copy)]
+enum Entry<'a> {
+    Base(&'a StoredRoute),
+    Over(&'a Arc<Route>),
+}
+
+impl<'a> Entry<'a> {
+    /// Read without decoding a base route.
+    fn server(self) -> &'a str {
+        match self {
+            Self::Base(s) => s.server(),
+            Self::Over(r) => &r.server,
+        }
+    }
+
+    fn route(self) -> &'a Arc<Route> {
+        match self {
+            Self::Base(s) => s.route(),
+            Self::Over(r) => r,
+        }
+    }
+
+    /// For a new base: a base route moves over as it is, decoded or not.
+    fn stored(self) -> StoredRoute {
+        match self {
+            Self::Base(s) => s.clone(),
+            Self::Over(r) => StoredRoute::from(Arc::clone(r)),
+        }
     }
 }
 
 /// Routes of both layers in server-name order, from a starting point.
 struct Merged<'a> {
-    base: std::iter::Peekable<std::slice::Iter<'a, Arc<Route>>>,
+    base: std::iter::Peekable<std::slice::Iter<'a, StoredRoute>>,
     over: std::iter::Peekable<
         imbl::ordset::RangedIter<'a, Changed, imbl::shared_ptr::DefaultSharedPtr>,
     >,
 }
 
 impl<'a> Iterator for Merged<'a> {
-    type Item = &'a Arc<Route>;
+    type Item = Entry<'a>;
 
     fn next(&mut self) -> Option<Self::Item> {
         loop {
@@ -550,10 +614,10 @@ impl<'a> Iterator for Merged<'a> {
                 (None, None) => return None,
                 (Some(_), None) => Ordering::Less,
                 (None, Some(_)) => Ordering::Greater,
-                (Some(b), Some(o)) => b.server.as_str().cmp(o.server()),
+                (Some(b), Some(o)) => b.server_bytes().cmp(o.server().as_bytes()),
             };
             match order {
-                Ordering::Less => return self.base.next(),
+                Ordering::Less => return self.base.next().map(Entry::Base),
                 // The overlay's entry hides the base's route.
                 Ordering::Equal => {
                     self.base.next();
@@ -561,7 +625,7 @@ impl<'a> Iterator for Merged<'a> {
                 Ordering::Greater => {}
             }
             if let Some(r) = self.over.next().and_then(Changed::live) {
-                return Some(r);
+                return Some(Entry::Over(r));
             }
         }
     }
@@ -575,19 +639,19 @@ impl RouteTable {
     /// Build a table from whole routes (a later route of the same server
     /// replaces an earlier one), in one pass.
     pub fn from_routes(routes: impl IntoIterator<Item = Route>) -> Self {
-        Self::from_arcs(routes.into_iter().map(Arc::new).collect())
+        Self::from_stored(routes.into_iter().map(StoredRoute::from).collect())
     }
 
-    /// [`RouteTable::from_routes`] of shared routes.
-    pub(crate) fn from_arcs(mut routes: Vec<Arc<Route>>) -> Self {
+    /// [`RouteTable::from_routes`] of stored routes (a snapshot's).
+    pub(crate) fn from_stored(mut routes: Vec<StoredRoute>) -> Self {
         // syncd sends routes in name order, names unique: one pass checks
         // that, and only other input is sorted and deduplicated.
-        if !routes.is_sorted_by(|a, b| a.server < b.server) {
-            routes.sort_by(|a, b| a.server.cmp(&b.server));
+        if !routes.is_sorted_by(|a, b| a.server_bytes() < b.server_bytes()) {
+            routes.sort_by(|a, b| a.server_bytes().cmp(b.server_bytes()));
             // Keep the last of each name: `dedup_by` drops the later of two
             // equal neighbours, so move the later into the kept slot first.
             routes.dedup_by(|later, kept| {
-                let same = later.server == kept.server;
+                let same = later.server_bytes() == kept.server_bytes();
                 if same {
                     std::mem::swap(later, kept);
                 }
@@ -612,7 +676,7 @@ impl RouteTable {
 
     /// Routes in server-name order.
     pub fn routes(&self) -> impl Iterator<Item = &Route> {
-        self.merged("").map(|r| &**r)
+        self.merged("").map(|e| &**e.route())
     }
 
     /// Routes after server `after` (from the first for `""`), in name order.
@@ -623,7 +687,7 @@ impl RouteTable {
             let start = self
                 .base
                 .routes
-                .partition_point(|r| r.server.as_str() <= after);
+                .partition_point(|r| r.server_bytes() <= after.as_bytes());
             (start, Bound::Excluded(after))
         };
         Merged {
@@ -674,7 +738,7 @@ impl RouteTable {
     /// Remove the route of `server`; returns it when it existed.
     pub fn remove(&mut self, server: &str) -> Option<Arc<Route>> {
         let old = Arc::clone(self.get_arc(server)?);
-        let replaced = if self.base.get(server).is_some() {
+        let replaced = if self.base.find(server).is_some() {
             self.over.routes.insert(Changed::Gone(server.into()))
         } else {
             self.over.routes.remove(server)
@@ -734,7 +798,7 @@ impl RouteTable {
         if self.over.routes.is_empty() {
             return;
         }
-        let routes: Vec<Arc<Route>> = self.merged("").cloned().collect();
+        let routes: Vec<StoredRoute> = self.merged("").map(Entry::stored).collect();
         self.base = Arc::new(Base::build(routes));
         self.over = Overlay::default();
     }
@@ -744,12 +808,14 @@ impl RouteTable {
     fn best<'a>(&'a self, base: &[At], over: Option<&'a Claims>) -> Option<&'a Route> {
         let base = base
             .iter()
-            .map(|&at| (at.rank(), self.base.route(at)))
-            .find(|(_, r)| !self.hidden(&r.server));
-        let over = over.map(Claims::best).map(|c| (c.rank, &c.route));
+            .map(|&at| (at.rank(), Entry::Base(self.base.stored(at))))
+            .find(|(_, r)| !self.hidden(r.server()));
+        let over = over
+            .map(Claims::best)
+            .map(|c| (c.rank, Entry::Over(&c.route)));
         let best = match (base, over) {
             (Some(b), Some(o)) => {
-                if (o.0, o.1.server.as_str()) < (b.0, b.1.server.as_str()) {
+                if (o.0, o.1.server()) < (b.0, b.1.server()) {
                     o
                 } else {
                     b
@@ -757,7 +823,7 @@ impl RouteTable {
             }
             (b, o) => b.or(o)?,
         };
-        Some(best.1)
+        Some(best.1.route())
     }
 
     /// The route owning exact name `name`, and the name as stored.
@@ -830,10 +896,10 @@ impl RouteTable {
     /// route on the first call after a one-pass build, O(1) from then on.
     pub fn bucket_hashes(&self) -> &[u64] {
         self.buckets.get_or_init(|| {
-            let routes: Vec<&Route> = self.routes().collect();
+            let routes: Vec<Entry> = self.merged("").collect();
             let mut sums = vec![0u64; BUCKETS];
             for (r, h) in routes.iter().zip(route_hashes(&routes)) {
-                let b = bucket_of(&r.server);
+                let b = bucket_of(r.server());
                 sums[b] = sums[b].wrapping_add(h);
             }
             sums
@@ -869,9 +935,9 @@ impl RouteTable {
     pub fn replace_buckets(&mut self, buckets: &BucketSet, with: RouteTable) {
         let kept = self
             .merged("")
-            .filter(|r| !buckets.contains_server(&r.server));
-        let routes: Vec<Arc<Route>> = kept.chain(with.merged("")).cloned().collect();
-        *self = Self::from_arcs(routes);
+            .filter(|r| !buckets.contains_server(r.server()));
+        let routes = kept.chain(with.merged("")).map(Entry::stored).collect();
+        *self = Self::from_stored(routes);
     }
 
     /// Routes after server `after` (from the first for `""`) in name order,
@@ -898,7 +964,7 @@ impl RouteTable {
     ) -> (Vec<Arc<Route>>, Option<String>) {
         let mut out: Vec<Arc<Route>> = Vec::new();
         let mut bytes = 0usize;
-        for r in self.merged(after) {
+        for r in self.merged(after).map(Entry::route) {
             if !keep(r) {
                 continue;
             }
@@ -1307,7 +1373,10 @@ mod tests {
             set.contains_server(&r.server)
         });
         let mut rebuilt = theirs.clone();
-        rebuilt.replace_buckets(&set, RouteTable::from_arcs(part));
+        rebuilt.replace_buckets(
+            &set,
+            RouteTable::from_stored(part.into_iter().map(StoredRoute::from).collect()),
+        );
         assert!(rebuilt.routes().eq(ours.routes()));
         assert_eq!(rebuilt.table_hash(), ours.table_hash());
         assert_ne!(theirs.table_hash(), ours.table_hash());
@@ -1385,13 +1454,26 @@ mod tests {
         route(&format!("s{s}"), &hosts, &format!("10.0.0.{a}:25565"))
     }
 
+    /// A table as an edge builds it from a snapshot: routes kept as the
+    /// bytes they came in.
+    fn received<'a>(routes: impl IntoIterator<Item = &'a Route>) -> RouteTable {
+        RouteTable::from_stored(
+            routes
+                .into_iter()
+                .map(|r| StoredRoute::from_encoding(&r.encode_to_vec()).expect("decodes"))
+                .collect(),
+        )
+    }
+
     proptest::proptest! {
-        /// Any mix of a one-pass base, overlay changes and re-basing answers
-        /// every lookup, listing and hash exactly as the rules say, and an
-        /// earlier clone keeps answering for its own version.
+        /// Any mix of a one-pass base (decoded, or kept as received),
+        /// overlay changes and re-basing answers every lookup, listing and
+        /// hash exactly as the rules say, and an earlier clone keeps
+        /// answering for its own version.
         #[test]
         fn base_and_overlay_answer_like_the_rules(
             initial in proptest::collection::vec((0..8usize, proptest::collection::vec(0..POOL.len(), 0..4), proptest::prelude::any::<u8>()), 0..8),
+            encoded in proptest::prelude::any::<bool>(),
             ops in proptest::collection::vec(op(), 0..40),
         ) {
             let mut model = std::collections::BTreeMap::new();
@@ -1399,7 +1481,11 @@ mod tests {
             for r in &first {
                 model.insert(r.server.clone(), r.clone());
             }
-            let mut t = RouteTable::from_routes(first);
+            let mut t = if encoded {
+                received(&first)
+            } else {
+                RouteTable::from_routes(first)
+            };
             let (before, before_model) = (t.clone(), model.clone());
             for op in ops {
                 match op {
@@ -1428,6 +1514,8 @@ mod tests {
                     proptest::prop_assert_eq!(table.len(), m.len());
                     let fresh = RouteTable::from_routes(m.values().cloned());
                     proptest::prop_assert_eq!(table.bucket_hashes(), fresh.bucket_hashes());
+                    let fresh_received = received(m.values());
+                    proptest::prop_assert_eq!(fresh_received.bucket_hashes(), fresh.bucket_hashes());
                     for s in 0..8 {
                         let name = format!("s{s}");
                         proptest::prop_assert_eq!(table.get(&name), m.get(&name));
@@ -1516,10 +1604,19 @@ mod tests {
             });
         Arc::make_mut(&mut routes[6]).options = Some(Box::default());
         Arc::make_mut(&mut routes[7]).address = "a".repeat(300);
+        // Routes as a snapshot brings them (read from their bytes when
+        // plain) hash as the decoded ones do.
+        let encoded: Vec<StoredRoute> = routes
+            .iter()
+            .map(|r| StoredRoute::from_encoding(&r.encode_to_vec()).expect("decodes"))
+            .collect();
+        assert!(encoded[4].plain_parts().is_some() && encoded[5].plain_parts().is_none());
         for n in 0..=routes.len() {
-            let group: Vec<&Route> = routes[..n].iter().map(|r| &**r).collect();
-            let one_by_one: Vec<u64> = group.iter().map(|r| route_hash(r)).collect();
+            let one_by_one: Vec<u64> = routes[..n].iter().map(|r| route_hash(r)).collect();
+            let group: Vec<Entry> = routes[..n].iter().map(Entry::Over).collect();
             assert_eq!(route_hashes(&group), one_by_one, "{n} routes");
+            let group: Vec<Entry> = encoded[..n].iter().map(Entry::Base).collect();
+            assert_eq!(route_hashes(&group), one_by_one, "{n} encoded routes");
         }
         // Recorded: what every edge and syncd computes for this route.
         assert_eq!(
