@@ -325,9 +325,10 @@ impl StoredRoute {
 
     /// The server name's bytes (names order as their bytes do).
     pub fn server_bytes(&self) -> &[u8] {
-        match self.undecoded() {
-            Some(raw) => last_of(raw, 1),
-            None => self.route().server.as_bytes(),
+        match (self.decoded.get(), &self.raw) {
+            (Some(r), _) => r.server.as_bytes(),
+            (None, Some(raw)) => last_of(raw, 1),
+            (None, None) => &[],
         }
     }
 
@@ -338,9 +339,10 @@ impl StoredRoute {
 
     /// [`StoredRoute::hostname`] as bytes.
     pub fn hostname_bytes(&self, i: usize) -> &[u8] {
-        match self.undecoded() {
-            Some(raw) => hosts_of(raw).nth(i).unwrap_or_default(),
-            None => self.route().hostnames.get(i).map_or(&[], |h| h.as_bytes()),
+        match (self.decoded.get(), &self.raw) {
+            (Some(r), _) => r.hostnames.get(i).map_or(&[], |h| h.as_bytes()),
+            (None, Some(raw)) => hosts_of(raw).nth(i).unwrap_or_default(),
+            (None, None) => &[],
         }
     }
 

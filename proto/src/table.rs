@@ -711,9 +711,11 @@ impl RouteTable {
         }
     }
 
-    /// Whether the overlay has an entry for `server`, hiding its base route.
-    fn hidden(&self, server: &str) -> bool {
-        !self.over.routes.is_empty() && self.over.routes.contains(server)
+    /// Whether the overlay has an entry for `e`'s server, hiding its base
+    /// route.
+    fn hidden(&self, e: Entry<'_>) -> bool {
+        // Its name is read only when the overlay has anything.
+        !self.over.routes.is_empty() && self.over.routes.contains(e.server())
     }
 
     /// Add or replace the route of `route.server`.
@@ -809,7 +811,7 @@ impl RouteTable {
         let base = base
             .iter()
             .map(|&at| (at.rank(), Entry::Base(self.base.stored(at))))
-            .find(|(_, r)| !self.hidden(r.server()));
+            .find(|(_, r)| !self.hidden(*r));
         let over = over
             .map(Claims::best)
             .map(|c| (c.rank, Entry::Over(&c.route)));
