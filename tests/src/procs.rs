@@ -89,6 +89,32 @@ pub struct Proc {
 }
 
 /// Three fresh loopback addresses: `{main}`, `{http}`, `{grpc}`.
+/// `args` with the `{main}`, `{main_port}`, `{http}` and `{grpc}` holes filled.
+fn fill_addrs(args: &[String], [main_addr, http_addr, grpc_addr]: [SocketAddr; 3]) -> Vec<String> {
+    args.iter()
+        .map(|a| {
+            a.replace("{main}", &main_addr.to_string())
+                .replace("{main_port}", &main_addr.port().to_string())
+                .replace("{http}", &http_addr.to_string())
+                .replace("{grpc}", &grpc_addr.to_string())
+        })
+        .collect()
+}
+
+/// The command for child `bin` of `dir`: output captured, killed on drop.
+fn command(dir: &std::path::Path, bin: &str, args: &[String], env: &[(&str, &str)]) -> Command {
+    let mut cmd = Command::new(dir.join(bin));
+    cmd.args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd
+}
+
 fn fresh_addrs() -> [SocketAddr; 3] {
     [(); 3].map(|()| SocketAddr::from(([127, 0, 0, 1], free_port())))
 }
@@ -122,6 +148,38 @@ impl Proc {
         panic!("{bin} failed to start: {last}");
     }
 
+    /// Start `bin` on fresh addresses without waiting for it to answer: a
+    /// bench spawning a crowd at once, whose polling of each child would
+    /// take CPU from the children it measures. The caller learns it is up
+    /// some other way, and asks [`Proc::exited`] when it does not come up.
+    pub fn spawn_unwatched(
+        dir: &std::path::Path,
+        bin: &str,
+        args: &[String],
+        env: &[(&str, &str)],
+    ) -> Proc {
+        let [main_addr, http_addr, grpc_addr] = fresh_addrs();
+        let args = fill_addrs(args, [main_addr, http_addr, grpc_addr]);
+        let mut child = command(dir, bin, &args, env)
+            .spawn()
+            .unwrap_or_else(|e| panic!("spawn {bin}: {e}"));
+        let output = Output::default();
+        output.capture(&mut child);
+        Proc {
+            child,
+            http_addr,
+            main_addr,
+            grpc_addr,
+            output,
+        }
+    }
+
+    /// How it ended and what it printed, once it has exited.
+    pub fn exited(&mut self) -> Option<String> {
+        let status = self.child.try_wait().ok()??;
+        Some(format!("exited with {status}: {}", self.output.text()))
+    }
+
     /// Start again on a known main address (a restarted syncd keeps its URL).
     pub async fn spawn_on(
         bin: &str,
@@ -148,25 +206,10 @@ impl Proc {
         env: &[(&str, &str)],
         [main_addr, http_addr, grpc_addr]: [SocketAddr; 3],
     ) -> Result<Proc, String> {
-        let args: Vec<String> = args
-            .iter()
-            .map(|a| {
-                a.replace("{main}", &main_addr.to_string())
-                    .replace("{main_port}", &main_addr.port().to_string())
-                    .replace("{http}", &http_addr.to_string())
-                    .replace("{grpc}", &grpc_addr.to_string())
-            })
-            .collect();
-        let mut cmd = Command::new(dir.join(bin));
-        cmd.args(&args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .kill_on_drop(true);
-        for (k, v) in env {
-            cmd.env(k, v);
-        }
-        let mut child = cmd.spawn().map_err(|e| format!("spawn: {e}"))?;
+        let args = fill_addrs(args, [main_addr, http_addr, grpc_addr]);
+        let mut child = command(dir, bin, &args, env)
+            .spawn()
+            .map_err(|e| format!("spawn: {e}"))?;
         let output = Output::default();
         output.capture(&mut child);
         let mut p = Proc {

@@ -134,6 +134,7 @@ async fn all_acked(
     ids: &[String],
     version: u64,
     every: Duration,
+    procs: &mut [Proc],
 ) {
     let end = Instant::now() + Duration::from_secs(300);
     loop {
@@ -150,6 +151,9 @@ async fn all_acked(
         });
         if done {
             return;
+        }
+        if let Some(why) = procs.iter_mut().find_map(Proc::exited) {
+            panic!("an edge of the crowd {why}");
         }
         assert!(Instant::now() < end, "edges never acked {version}");
         tokio::time::sleep(every).await;
@@ -297,7 +301,7 @@ async fn run(dir: &std::path::Path, routes: usize, report: &mut String) {
         edges.push(e);
     }
     let v = table_version(&mut c).await;
-    all_acked(&mut c, &ids, v, Duration::from_micros(200)).await;
+    all_acked(&mut c, &ids, v, Duration::from_micros(200), &mut edges).await;
     let mut pids = vec![spid];
     pids.extend(edges.iter().map(|e| e.pid().expect("pid")));
     let (settled, _) = settled_rss(&pids).await;
@@ -410,7 +414,7 @@ async fn run(dir: &std::path::Path, routes: usize, report: &mut String) {
         let want = table_version(&mut c).await + 1;
         let t0 = Instant::now();
         pgc.execute(&stmt, &[&addr, &name]).await.expect("update");
-        all_acked(&mut c, &ids, want, Duration::from_micros(200)).await;
+        all_acked(&mut c, &ids, want, Duration::from_micros(200), &mut edges).await;
         lat.push(t0.elapsed());
     }
     report.push_str(&format!(
@@ -508,18 +512,27 @@ async fn crowd(
     let ids: Vec<String> = (0..CROWD).map(|i| format!("crowd-{round}-{i}")).collect();
     let syncd_cpu0 = cpu_secs(spid);
     let t0 = Instant::now();
-    let mut spawned = futures::future::join_all(
-        ids.iter()
-            .map(|id| spawn_edge(dir, url, id.clone(), "warn")),
-    )
-    .await;
+    // Not one `/healthz` poll each every 20 ms while they start, as
+    // `spawn_edge` does (runs 1-13: 2,500 HTTP requests a second on the
+    // two cores being measured); an edge that did not come up is reported.
+    let mut spawned: Vec<Proc> = ids
+        .iter()
+        .map(|id| {
+            Proc::spawn_unwatched(
+                dir,
+                "edge",
+                &edge_args(url, &["--edge-id", id]),
+                &[("RUST_LOG", "warn")],
+            )
+        })
+        .collect();
     let spawned_in = t0.elapsed();
     // Ready = acknowledged the table's version, which an edge sends right
     // after applying the whole table (when `/readyz` turns 200), seen
     // through one `ListEdges` call every 10 ms. Polling each of the 50
     // edges' `/readyz` every 10 ms instead was itself 5,000 HTTP requests a
     // second on the two cores being measured (runs 1-8).
-    all_acked(c, &ids, v, Duration::from_millis(10)).await;
+    all_acked(c, &ids, v, Duration::from_millis(10), &mut spawned).await;
     let ready = t0.elapsed();
     let syncd_cpu = cpu_secs(spid) - syncd_cpu0;
     for e in &spawned {
@@ -537,7 +550,7 @@ async fn crowd(
     let edge_cpu_sum: f64 = edge_cpu.iter().sum();
     let syncd_crowd = settled_rss(&[spid]).await.0[0];
     report.push_str(&format!(
-        "| {routes} routes | {CROWD} edges spawned at once, all ready ({round} crowd) | {} (all processes up after {}) | {} |\n\
+        "| {routes} routes | {CROWD} edges spawned at once, all ready ({round} crowd) | {} (all {CROWD} spawned after {}) | {} |\n\
          | {routes} routes | CPU until all {CROWD} ready ({round} crowd) | syncd {syncd_cpu:.2} s; edges {edge_cpu_sum:.2} s in all ({:.0} ms each) | |\n\
          | {routes} routes | syncd RSS with {} edges connected ({round} crowd) | {syncd_crowd:.0} MiB: {:.0} KiB per edge over the figure before | |\n",
         ms(ready),
