@@ -239,7 +239,13 @@ impl<'a> Fields<'a> {
     }
 }
 
-/// Whether `raw` is a plain route's encoding, every value UTF-8.
+/// A route kept as its bytes has at most this many fields: the table reads
+/// a name or a hostname by walking them, once per probe of a lookup, so a
+/// route listing hundreds of aliases is decoded when it arrives instead.
+pub const MAX_PLAIN_FIELDS: usize = 12;
+
+/// Whether `raw` is a plain route's encoding (at most [`MAX_PLAIN_FIELDS`]
+/// fields), every value UTF-8.
 fn is_plain(raw: &[u8]) -> bool {
     // When every key and length is one byte, they are ASCII bytes, which
     // no UTF-8 sequence ends with or continues into: then the values are
@@ -247,10 +253,13 @@ fn is_plain(raw: &[u8]) -> bool {
     // one a field). Each varint is at least one byte, so they all are one
     // exactly when the fields add up to two bytes each plus their values.
     let mut one_byte = 0;
-    for field in Fields(raw) {
+    for (n, field) in Fields(raw).enumerate() {
         let Some((_, v)) = field else {
             return false;
         };
+        if n == MAX_PLAIN_FIELDS {
+            return false;
+        }
         one_byte += 2 + v.len();
     }
     if one_byte == raw.len() {
@@ -520,6 +529,24 @@ mod tests {
         assert!(Arc::ptr_eq(got.route(), got.route()), "decoded once");
         assert_eq!(got.server(), "lobby");
         assert!(got.hostnames().eq(hosts));
+    }
+
+    #[test]
+    fn a_route_with_many_hostnames_is_decoded_when_it_arrives() {
+        let hosts: Vec<String> = (0..MAX_PLAIN_FIELDS)
+            .map(|i| format!("h{i}.example"))
+            .collect();
+        let hosts: Vec<&str> = hosts.iter().map(String::as_str).collect();
+        // Server, address and state plus as many hostnames as fit.
+        let fits = route("hub", &hosts[..MAX_PLAIN_FIELDS - 3]);
+        assert!(stored(&fits.encode_to_vec())
+            .expect("decodes")
+            .undecoded()
+            .is_some());
+        let many = route("hub", &hosts);
+        let got = stored(&many.encode_to_vec()).expect("decodes");
+        assert!(got.undecoded().is_none());
+        assert_eq!(**got.route(), many);
     }
 
     #[test]
