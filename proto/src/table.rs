@@ -474,20 +474,20 @@ impl Default for RouteTable {
     }
 }
 
-/// Which index a stored hostname pattern lives in, and under which key.
-fn index_key(pattern: &str) -> (bool, &str) {
-    match pattern.strip_prefix("*.") {
-        Some(suffix) if !suffix.is_empty() => (true, suffix),
-        _ => (false, pattern),
-    }
-}
-
-/// [`index_key`] of a pattern's bytes.
+/// Which index a stored hostname pattern lives in, and under which key
+/// (read from a received route's bytes, or text as in [`index_key`]).
 fn index_key_bytes(pattern: &[u8]) -> (bool, &[u8]) {
     match pattern.strip_prefix(b"*.") {
         Some(suffix) if !suffix.is_empty() => (true, suffix),
         _ => (false, pattern),
     }
+}
+
+/// [`index_key_bytes`] of a text pattern: the key is its tail, cut after
+/// the ASCII `*.`, so on a character boundary.
+fn index_key(pattern: &str) -> (bool, &str) {
+    let (wild, key) = index_key_bytes(pattern.as_bytes());
+    (wild, &pattern[pattern.len() - key.len()..])
 }
 
 /// Encoded size of `route` as one element of a `repeated Route` field.
