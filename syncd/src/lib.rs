@@ -257,8 +257,10 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
         publisher: publisher.clone(),
         metrics: metrics.clone(),
         ready: ready_tx,
-        on_change: Arc::new(move |c| hook_wakes.routes_changed(c)),
-        on_sleep_options: Arc::new(move |o| hook_sleeper.set_overrides(o)),
+        on_change: Arc::new(move |c| {
+            hook_wakes.routes_changed(c);
+            hook_sleeper.routes_changed(c);
+        }),
         reconnect_min: config.reconnect_min,
         reconnect_max: config.reconnect_max.max(config.reconnect_min),
         probe_interval: config.pg_probe_interval,

@@ -50,10 +50,8 @@ pub enum ListenError {
 }
 
 /// Called with every applied change set (the wake coordinator watches for
-/// `state = running`).
+/// `state = running`; the sleeper keeps each route's `sleep_after`).
 pub type ChangeHook = Arc<dyn Fn(&Change) + Send + Sync>;
-/// Receives `server_options.sleep_after` (server → duration) after each read.
-pub type SleepOptionsHook = Arc<dyn Fn(std::collections::HashMap<String, Duration>) + Send + Sync>;
 
 pub struct Listener {
     pub pg: tokio_postgres::Config,
@@ -68,8 +66,6 @@ pub struct Listener {
     pub reconnect_max: Duration,
     pub probe_interval: Duration,
     pub probe_timeout: Duration,
-    /// Gets the per-server `sleep_after` overrides after every read.
-    pub on_sleep_options: SleepOptionsHook,
     /// Wake phases this instance announces (payloads for `automc_wakes`).
     pub wake_relay: tokio::sync::Mutex<mpsc::UnboundedReceiver<String>>,
     pub shutdown: CancellationToken,
@@ -342,18 +338,6 @@ impl Listener {
             tracing::debug!(version = a.version, changes = a.changes, "routes changed");
             (self.on_change)(&change);
         }
-        if let Some(q) = &q.sleep_options {
-            let rows = client.query(q, &[]).await?;
-            let mut overrides = std::collections::HashMap::new();
-            for r in rows {
-                let server: String = r.try_get(0)?;
-                let secs: f64 = r.try_get(1)?;
-                if secs.is_finite() && secs >= 0.0 {
-                    overrides.insert(server, Duration::from_secs_f64(secs.min(1e9)));
-                }
-            }
-            (self.on_sleep_options)(overrides);
-        }
         Ok(pending)
     }
 }
@@ -361,22 +345,13 @@ impl Listener {
 struct Queries {
     all: Statement,
     some: Statement,
-    /// `None` on a database without `server_options.sleep_after`.
-    sleep_options: Option<Statement>,
 }
 
 impl Queries {
     async fn prepare(client: &Client, shape: Shape) -> Result<Self, tokio_postgres::Error> {
-        // From the shape, which also knows whether this role may read it.
-        let sleep_options = if shape.has_sleep_after() {
-            Some(client.prepare(schema::SLEEP_OPTIONS_SQL).await?)
-        } else {
-            None
-        };
         Ok(Self {
             all: client.prepare(&shape.read_query(false)).await?,
             some: client.prepare(&shape.read_query(true)).await?,
-            sleep_options,
         })
     }
 }

@@ -146,12 +146,6 @@ CREATE TRIGGER automc_server_options_truncate_notify
 DROP FUNCTION IF EXISTS automc_notify_alias_changed();
 "#;
 
-/// Per-server `sleep_after` overrides (rows with a value), in seconds; only
-/// prepared when [`Shape::has_sleep_after`] (an original automc schema, or a
-/// role that may not read the table: no overrides).
-pub const SLEEP_OPTIONS_SQL: &str = "SELECT server, EXTRACT(EPOCH FROM sleep_after)::float8 \
-     FROM server_options WHERE sleep_after IS NOT NULL";
-
 /// Apply [`MIGRATE_SQL`] in one transaction.
 pub async fn migrate(client: &mut Client) -> Result<(), tokio_postgres::Error> {
     let tx = client.transaction().await?;
@@ -313,14 +307,6 @@ impl Shape {
             && self.has_aliases
             && self.has_backends
             && self.options & ALL_OPTIONS == ALL_OPTIONS
-    }
-
-    /// Whether `server_options.sleep_after` exists and this role may read it.
-    pub fn has_sleep_after(&self) -> bool {
-        OPTION_COLUMNS
-            .iter()
-            .position(|(name, _, _)| *name == "sleep_after")
-            .is_some_and(|i| self.has_option(i))
     }
 
     /// Whether `server_options` exists.

@@ -20,6 +20,7 @@ use automc_proto::RouteState;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
+use crate::diff::Change;
 use crate::fleet::{Counts, Fleet};
 use crate::metrics::Metrics;
 use crate::publisher::{now_ms, Publisher};
@@ -220,7 +221,7 @@ struct Book {
     /// Since when each server has been seen up.
     up_since: HashMap<String, i64>,
     active_since: Option<i64>,
-    /// `server_options.sleep_after`.
+    /// Each route's `server_options.sleep_after`, kept by [`note_sleep_after`].
     overrides: HashMap<String, Duration>,
     /// Servers with a per-server player gauge.
     gauged: BTreeSet<String>,
@@ -261,9 +262,10 @@ impl Sleeper {
         self.book.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// New `server_options.sleep_after` values (from the LISTEN connection).
-    pub fn set_overrides(&self, overrides: HashMap<String, Duration>) {
-        self.book().overrides = overrides;
+    /// Hook for applied change sets: the per-server `sleep_after` comes with
+    /// each route's options, so no read of its own is needed.
+    pub fn routes_changed(&self, change: &Change) {
+        note_sleep_after(&mut self.book().overrides, change);
     }
 
     fn sleep_after(&self, book: &Book, server: &str) -> Option<Duration> {
@@ -407,6 +409,26 @@ impl Sleeper {
                 () = tokio::time::sleep(self.tick()) => {}
             }
         }
+    }
+}
+
+/// Keep `overrides` (server → its own `sleep_after`) in step with a change
+/// set. A route whose `server_options` row was refused has no options, so
+/// the global `--sleep-after` applies to it, as for every other option.
+fn note_sleep_after(overrides: &mut HashMap<String, Duration>, change: &Change) {
+    for r in &change.upserts {
+        match r.options.as_ref().and_then(|o| o.sleep_after_ms) {
+            Some(ms) => {
+                overrides.insert(r.server.clone(), Duration::from_millis(ms));
+            }
+            None if !overrides.is_empty() => {
+                overrides.remove(&r.server);
+            }
+            None => {}
+        }
+    }
+    for s in &change.removed {
+        overrides.remove(s);
     }
 }
 
@@ -604,5 +626,48 @@ mod tests {
             assert_eq!(p.view.at_ms, at, "{what}");
             assert!(decide(&Inputs { now_ms: at, ..i }).stop, "{what} at {at}");
         }
+    }
+
+    fn route(server: &str, sleep_after_ms: Option<u64>) -> automc_proto::v1::Route {
+        automc_proto::v1::Route {
+            server: server.into(),
+            hostnames: vec![format!("{server}.example.com")],
+            address: "10.0.0.1:25565".into(),
+            options: sleep_after_ms.map(|ms| {
+                Box::new(automc_proto::v1::RouteOptions {
+                    sleep_after_ms: Some(ms),
+                    ..Default::default()
+                })
+            }),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn each_routes_sleep_after_follows_its_changes() {
+        let mut o = HashMap::new();
+        let first = Change {
+            upserts: vec![
+                route("a", Some(600_000)),
+                route("b", None),
+                route("c", Some(1)),
+            ],
+            removed: vec![],
+        };
+        note_sleep_after(&mut o, &first);
+        let want = |pairs: &[(&str, u64)]| -> HashMap<String, Duration> {
+            pairs
+                .iter()
+                .map(|(s, ms)| (s.to_string(), Duration::from_millis(*ms)))
+                .collect()
+        };
+        assert_eq!(o, want(&[("a", 600_000), ("c", 1)]));
+        // Set on b, cleared on a (its options row gone or refused), c's route gone.
+        let next = Change {
+            upserts: vec![route("a", None), route("b", Some(30_000))],
+            removed: vec!["c".into()],
+        };
+        note_sleep_after(&mut o, &next);
+        assert_eq!(o, want(&[("b", 30_000)]));
     }
 }
