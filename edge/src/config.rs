@@ -10,6 +10,7 @@ use clap::Parser;
 use ipnet::IpNet;
 
 use crate::limits::LimitsConfig;
+use automc_proto::sync::MAX_EDGE_ID_BYTES;
 
 /// The player port: open to the world, that is the product.
 pub const DEFAULT_LISTEN: &str = "0.0.0.0:25565";
@@ -251,6 +252,8 @@ pub enum ConfigError {
         "--wake-allow-players entry {0:?} is not a player name (1 to 16 characters, no spaces)"
     )]
     BadPlayerName(String),
+    #[error("--edge-id is {0} bytes long; the most syncd takes is {MAX_EDGE_ID_BYTES}")]
+    LongEdgeId(usize),
     #[error(transparent)]
     TokenFile(#[from] automc_proto::auth::TokenFileError),
 }
@@ -281,6 +284,9 @@ impl Config {
             .find(|n| !mcproto::is_listable_username(n))
         {
             return Err(ConfigError::BadPlayerName(bad.clone()));
+        }
+        if self.edge_id.len() > MAX_EDGE_ID_BYTES {
+            return Err(ConfigError::LongEdgeId(self.edge_id.len()));
         }
         Ok(())
     }
@@ -389,7 +395,7 @@ pub struct Args {
     /// How long a backend whose dial failed is tried only after a server's other backends.
     #[arg(long, env = "EDGE_BACKEND_BACKOFF", default_value_t = crate::balance::DEFAULT_BACKEND_BACKOFF.into())]
     pub backend_backoff: humantime::Duration,
-    /// Id shown by syncd's ListEdges (default: $HOSTNAME).
+    /// Id shown by syncd's ListEdges, at most 255 bytes (default: $HOSTNAME).
     #[arg(long, env = "EDGE_ID")]
     pub edge_id: Option<String>,
     /// How long a backend's status answer is reused as fresh.
@@ -638,6 +644,21 @@ mod tests {
         assert!(matches!(
             args.into_config(),
             Err(ConfigError::BadSyncdUrl(_))
+        ));
+    }
+
+    #[test]
+    fn an_edge_id_longer_than_syncd_takes_is_rejected() {
+        let parse = |id: &str| {
+            Args::try_parse_from(["edge", "--syncd", "http://a:1", "--edge-id", id])
+                .unwrap_or_else(|e| panic!("{e}"))
+                .into_config()
+        };
+        let longest = "e".repeat(MAX_EDGE_ID_BYTES);
+        assert!(parse(&longest).is_ok());
+        assert!(matches!(
+            parse(&format!("{longest}e")),
+            Err(ConfigError::LongEdgeId(n)) if n == MAX_EDGE_ID_BYTES + 1
         ));
     }
 

@@ -26,6 +26,11 @@ pub const CHUNK_BYTES: usize = 64 * 1024;
 /// tested rather than assumed.
 pub const MAX_MESSAGE_BYTES: usize = 4 * 1024 * 1024;
 
+/// The longest `WatchHello.edge_id` syncd takes: the id is kept per stream,
+/// logged and copied into every `ListEdges` entry and every player of
+/// `ListPlayers`, so it is a name, not a payload.
+pub const MAX_EDGE_ID_BYTES: usize = 255;
+
 /// Room kept for everything in a piece besides its routes or names (the
 /// oneof tag, epoch, versions, flags).
 fn overhead(epoch: &str) -> usize {

@@ -30,10 +30,16 @@ use crate::v1::{GetRouteResponse, ListRoutesRequest, ListRoutesResponse, Route};
 /// The longest hostname a lookup accepts, in UTF-16 units: the limit of the
 /// Minecraft handshake's server address field.
 pub const MAX_HOSTNAME_CHARS: usize = 255;
+/// The most a whole server address may take, suffixes included (a
+/// TCPShield `///ip:port///timestamp///signature` alone is ~400 bytes): the
+/// handshake field's own bound, `mcproto::MAX_HANDSHAKE_BYTES`.
+pub const MAX_SERVER_ADDRESS_BYTES: usize = 1024;
 
 /// A hostname longer than [`MAX_HOSTNAME_CHARS`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-#[error("hostname is longer than {MAX_HOSTNAME_CHARS} characters ({bytes} bytes)")]
+#[error(
+    "hostname is longer than {MAX_HOSTNAME_CHARS} characters, or the whole server address longer than {MAX_SERVER_ADDRESS_BYTES} bytes ({bytes} bytes)"
+)]
 pub struct HostnameTooLong {
     pub bytes: usize,
 }
@@ -1061,9 +1067,15 @@ impl RouteTable {
     /// Answer a `GetRoute` for what a player typed: normalise it exactly as
     /// the edge's connection path does, then look it up. syncd and every
     /// edge's admin API answer through this one function. The raw input is
-    /// bounded like the handshake field it stands for.
+    /// bounded like the handshake field it stands for: the whole address by
+    /// [`MAX_SERVER_ADDRESS_BYTES`], the hostname part (what `lookup` gets)
+    /// by [`MAX_HOSTNAME_CHARS`].
     pub fn resolve(&self, hostname: &str) -> Result<GetRouteResponse, HostnameTooLong> {
-        check_len(hostname)?;
+        if hostname.len() > MAX_SERVER_ADDRESS_BYTES {
+            return Err(HostnameTooLong {
+                bytes: hostname.len(),
+            });
+        }
         let normalized = normalize_player_hostname(hostname);
         Ok(match self.lookup(&normalized)? {
             Some(m) => {
@@ -1266,6 +1278,18 @@ mod tests {
         // 255 three-byte characters are 255 UTF-16 units: accepted.
         assert!(t.resolve(&"é".repeat(MAX_HOSTNAME_CHARS)).is_ok());
         assert!(t.resolve(&"é".repeat(MAX_HOSTNAME_CHARS + 1)).is_err());
+        // The bound is the hostname part's, as in a handshake: a TCPShield
+        // suffix comes on top of a hostname of the longest length.
+        let shielded = format!("{ok}///1.2.3.4:25565///1700000000///{}", "s".repeat(400));
+        let hit = t
+            .resolve(&shielded)
+            .expect("hostname part within the bound");
+        assert_eq!(hit.normalized, ok);
+        let too_long = format!("a.example.com\0{}", "x".repeat(MAX_SERVER_ADDRESS_BYTES));
+        assert!(
+            t.resolve(&too_long).is_err(),
+            "the whole address is bounded"
+        );
     }
 
     #[test]

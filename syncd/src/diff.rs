@@ -3,7 +3,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use automc_proto::v1::Route;
-use automc_proto::{normalize_domain, RouteTable};
+use automc_proto::{normalize_domain, RouteTable, MAX_HOSTNAME_CHARS};
 
 use crate::options::{self, BackendRow, OptionsRow, RowProblem};
 
@@ -23,16 +23,64 @@ pub struct ServerRow {
     pub options: Option<OptionsRow>,
 }
 
+/// Most hostnames (domain and aliases, after deduplication) one route
+/// routes; more are left out and told as a problem. Every edge holds every
+/// hostname, and a route is sent whole in one watch message.
+pub const MAX_HOSTNAMES_PER_ROUTE: usize = 1024;
+/// Longest `servers.address` taken (a `host:port` is a few hundred bytes at
+/// most): with the hostname and options bounds it keeps the largest route
+/// well under a megabyte, far below any edge's decode limit.
+pub const MAX_ROUTE_ADDRESS_BYTES: usize = 64 * 1024;
+/// Longest `servers.state` taken (the known states are a few letters).
+pub const MAX_STATE_BYTES: usize = 64;
+
+/// The first characters of `s`, to name an oversized value in a log line.
+fn shown(s: &str) -> String {
+    const SHOWN: usize = 64;
+    match s.char_indices().nth(SHOWN) {
+        Some((cut, _)) => format!("{}… ({} bytes)", &s[..cut], s.len()),
+        None => s.to_owned(),
+    }
+}
+
+/// Why a row with an oversized field is not a route, if it has one.
+fn oversized(row: &ServerRow) -> Option<String> {
+    use crate::fleet::MAX_SERVER_NAME_BYTES;
+    if row.name.len() > MAX_SERVER_NAME_BYTES {
+        Some(format!("name is longer than {MAX_SERVER_NAME_BYTES} bytes"))
+    } else if row.address.len() > MAX_ROUTE_ADDRESS_BYTES {
+        Some(format!(
+            "address is {} bytes (at most {MAX_ROUTE_ADDRESS_BYTES})",
+            row.address.len()
+        ))
+    } else if row.state.len() > MAX_STATE_BYTES {
+        Some(format!("state is longer than {MAX_STATE_BYTES} bytes"))
+    } else {
+        None
+    }
+}
+
 /// Routes keyed by server name.
 pub type Routes = BTreeMap<String, Route>;
 
 /// The route a row describes, if it is one: enabled (not `false`), a
 /// non-empty address, and at least one usable hostname. Hostnames are
 /// normalised, the row's own domain first, then aliases in order, without
-/// duplicates. Invalid backend and options rows are left out and told to
-/// `problems`; the route itself stays.
+/// duplicates. Invalid backend and options rows, hostnames longer than a
+/// handshake can carry and hostnames past [`MAX_HOSTNAMES_PER_ROUTE`] are
+/// left out and told to `problems`; the route itself stays. A row with an
+/// oversized name, address or state is not a route (also told).
 pub fn route_from_row(row: ServerRow, problems: &mut Vec<RowProblem>) -> Option<Route> {
     if row.enabled == Some(false) || row.address.trim().is_empty() {
+        return None;
+    }
+    if let Some(reason) = oversized(&row) {
+        problems.push(RowProblem {
+            table: "servers",
+            server: shown(&row.name),
+            key: None,
+            reason,
+        });
         return None;
     }
     let address = row.address.trim();
@@ -48,14 +96,40 @@ pub fn route_from_row(row: ServerRow, problems: &mut Vec<RowProblem>) -> Option<
             return None;
         }
     }
-    let mut hostnames: Vec<String> = Vec::with_capacity(1 + row.aliases.len());
+    let mut hostnames: Vec<String> =
+        Vec::with_capacity((1 + row.aliases.len()).min(MAX_HOSTNAMES_PER_ROUTE));
     let candidates = row.domain.iter().chain(row.aliases.iter());
     for d in candidates {
-        if let Some(h) = normalize_domain(d) {
-            if !hostnames.contains(&h) {
-                hostnames.push(h);
-            }
+        let Some(h) = normalize_domain(d) else {
+            continue;
+        };
+        if h.encode_utf16().count() > MAX_HOSTNAME_CHARS {
+            problems.push(RowProblem {
+                table: "server_aliases",
+                server: row.name.clone(),
+                key: None,
+                reason: format!(
+                    "hostname {:?} is longer than {MAX_HOSTNAME_CHARS} characters: no player can send it",
+                    shown(&h)
+                ),
+            });
+            continue;
         }
+        if hostnames.contains(&h) {
+            continue;
+        }
+        if hostnames.len() == MAX_HOSTNAMES_PER_ROUTE {
+            problems.push(RowProblem {
+                table: "server_aliases",
+                server: row.name.clone(),
+                key: None,
+                reason: format!(
+                    "more than {MAX_HOSTNAMES_PER_ROUTE} hostnames: the rest are left out"
+                ),
+            });
+            break;
+        }
+        hostnames.push(h);
     }
     if hostnames.is_empty() {
         return None;
@@ -292,6 +366,48 @@ mod tests {
         let template = row("w", Some("*.mc.example.com"), "{1}:bad");
         assert!(route_from_row(template, &mut problems).is_none());
         assert_eq!(problems.last().map(|p| p.table), Some("servers"));
+    }
+
+    #[test]
+    fn oversized_rows_and_hostnames_are_bounded_and_told() {
+        let mut problems = Vec::new();
+        for big in [
+            row(&"n".repeat(256), Some("a.example.com"), "10.0.0.1:25565"),
+            row(
+                "a",
+                Some("a.example.com"),
+                &format!("10.0.0.1:{}", "9".repeat(MAX_ROUTE_ADDRESS_BYTES)),
+            ),
+            ServerRow {
+                state: "s".repeat(MAX_STATE_BYTES + 1),
+                ..row("a", Some("a.example.com"), "10.0.0.1:25565")
+            },
+        ] {
+            assert_eq!(route_from_row(big, &mut problems), None);
+            let told = problems.last().expect("told");
+            assert_eq!(told.table, "servers");
+            assert!(told.server.len() < 256, "the name is cut in the report");
+        }
+
+        let long_host = format!("{}.example.com", "h".repeat(MAX_HOSTNAME_CHARS));
+        let mut aliases: Vec<String> = vec![long_host, "A.example.com".into()];
+        aliases.extend((0..MAX_HOSTNAMES_PER_ROUTE + 10).map(|i| format!("h{i}.example.com")));
+        let many = ServerRow {
+            aliases,
+            ..row("a", Some("a.example.com"), "10.0.0.1:25565")
+        };
+        let mut problems = Vec::new();
+        let r = route_from_row(many, &mut problems).expect("still a route");
+        assert_eq!(r.hostnames.len(), MAX_HOSTNAMES_PER_ROUTE);
+        assert_eq!(
+            r.hostnames[0], "a.example.com",
+            "the row's own domain first"
+        );
+        assert_eq!(r.hostnames[1], "h0.example.com", "the duplicate is dropped");
+        let reasons: Vec<&str> = problems.iter().map(|p| p.reason.as_str()).collect();
+        assert_eq!(reasons.len(), 2, "{reasons:?}");
+        assert!(reasons[0].contains("longer than 255"), "{reasons:?}");
+        assert!(reasons[1].contains("more than 1024"), "{reasons:?}");
     }
 
     #[test]

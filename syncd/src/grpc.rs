@@ -9,6 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use automc_proto::backend::{order, BackendState};
+use automc_proto::sync::MAX_EDGE_ID_BYTES;
 use automc_proto::v1::route_sync_server::{RouteSync, RouteSyncServer};
 use automc_proto::v1::CountSource;
 use automc_proto::v1::{
@@ -92,6 +93,12 @@ impl RouteSyncService {
                 ))
             }
         };
+        if hello.edge_id.len() > MAX_EDGE_ID_BYTES {
+            return Err(Status::invalid_argument(format!(
+                "WatchHello.edge_id is {} bytes; the most is {MAX_EDGE_ID_BYTES}",
+                hello.edge_id.len()
+            )));
+        }
         // An edge takes its first snapshot for the routes, so none is sent
         // before the first read: the watch waits for it within the hello
         // deadline, then is refused as unavailable and the edge retries

@@ -21,6 +21,7 @@
 //! watcher's stream ends with an error when it is next polled and the edge
 //! resubscribes, resuming from its epoch and version when the history still
 //! covers it.
+use std::collections::hash_map::Entry;
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
@@ -100,6 +101,11 @@ struct State {
     /// Routes and names held by `history`, bounded by about one table.
     history_size: usize,
     watchers: HashMap<u64, Watcher>,
+    /// Watch streams open per peer address: registered watchers and cut
+    /// ones whose stream the client has not closed yet (a client that never
+    /// reads keeps tonic from polling, so a cut stream lives until the
+    /// connection goes). `--max-watchers-per-peer` counts these.
+    streams: HashMap<IpAddr, usize>,
     /// Servers with a wake or a stop in flight, or stopped by syncd: the
     /// phases a new watcher must know (the others end with the event).
     waking: BTreeMap<String, WakePhase>,
@@ -467,6 +473,28 @@ fn history_budget(table_len: usize) -> usize {
 /// the table.
 const HISTORY_MIN: usize = 1024;
 
+/// Most routes (upserted or removed) a resume composes from the history:
+/// the composition runs under the state lock and each resumed watcher keeps
+/// its own copy, so an edge that missed more gets a snapshot of the buckets
+/// that differ (or the shared full snapshot) instead.
+const MAX_RESUME_ROUTES: usize = 4096;
+
+/// Whether the changes after `version` in `history` touch at most
+/// [`MAX_RESUME_ROUTES`] routes (counted from the newest, stopping early).
+fn missed_fits(history: &VecDeque<(u64, Arc<Change>)>, version: u64) -> bool {
+    let mut missed = 0usize;
+    for (v, c) in history.iter().rev() {
+        if *v <= version {
+            break;
+        }
+        missed += c.len();
+        if missed > MAX_RESUME_ROUTES {
+            return false;
+        }
+    }
+    true
+}
+
 fn ip_of(peer: Option<SocketAddr>) -> Option<IpAddr> {
     peer.map(|p| p.ip().to_canonical())
 }
@@ -765,12 +793,9 @@ impl Publisher {
     ) -> Result<WatchStream, Status> {
         let id = self.next_watcher.fetch_add(1, Ordering::Relaxed);
         let mut st = self.lock();
-        if let Some(ip) = ip_of(peer) {
-            let from_peer = st
-                .watchers
-                .values()
-                .filter(|w| ip_of(w.peer) == Some(ip))
-                .count();
+        let peer_ip = ip_of(peer);
+        if let Some(ip) = peer_ip {
+            let from_peer = st.streams.get(&ip).copied().unwrap_or(0);
             if from_peer >= self.limits.per_peer {
                 drop(st);
                 self.metrics.watchers_refused.inc();
@@ -791,7 +816,8 @@ impl Publisher {
         let covered = st
             .history
             .front()
-            .is_some_and(|(v, _)| v.saturating_sub(1) <= hello.version);
+            .is_some_and(|(v, _)| v.saturating_sub(1) <= hello.version)
+            && missed_fits(&st.history, hello.version);
         let wakes = waking_updates(&st.waking);
         let (acked_epoch, acked_version, sent_version, how) =
             if resumed && hello.version == st.version {
@@ -857,6 +883,9 @@ impl Publisher {
                 acked_version,
             },
         );
+        if let Some(ip) = peer_ip {
+            *st.streams.entry(ip).or_default() += 1;
+        }
         self.metrics.watchers.set(st.watchers.len() as i64);
         self.update_lag_locked(&st);
         let version = st.version;
@@ -873,6 +902,7 @@ impl Publisher {
         );
         Ok(WatchStream {
             id,
+            peer_ip,
             publisher: self.clone(),
             outbox,
         })
@@ -888,10 +918,20 @@ impl Publisher {
         self.update_lag_locked(&st);
     }
 
-    fn remove(&self, id: u64) {
+    /// Stream `id` (from `peer_ip`) ended: the watcher, if it was not cut
+    /// already, and its count against the peer's limit go.
+    fn remove(&self, id: u64, peer_ip: Option<IpAddr>) {
         let mut st = self.lock();
         if st.watchers.remove(&id).is_some() {
             tracing::info!(watcher.id = id, "watcher left");
+        }
+        if let Some(ip) = peer_ip {
+            if let Entry::Occupied(mut open) = st.streams.entry(ip) {
+                *open.get_mut() -= 1;
+                if *open.get() == 0 {
+                    open.remove();
+                }
+            }
         }
         self.metrics.watchers.set(st.watchers.len() as i64);
         self.update_lag_locked(&st);
@@ -966,6 +1006,7 @@ fn waking_updates(waking: &BTreeMap<String, WakePhase>) -> Vec<WakeUpdate> {
 /// interval. Dropping it (the edge went away) unregisters the watcher.
 pub struct WatchStream {
     id: u64,
+    peer_ip: Option<IpAddr>,
     publisher: Arc<Publisher>,
     outbox: Arc<Outbox>,
 }
@@ -1023,7 +1064,7 @@ impl WatchStream {
 
 impl Drop for WatchStream {
     fn drop(&mut self) {
-        self.publisher.remove(self.id);
+        self.publisher.remove(self.id, self.peer_ip);
     }
 }
 
@@ -1286,6 +1327,53 @@ mod tests {
         assert!(p.subscribe(&hello("", 0), Some(other)).is_ok());
         drop(held);
         assert!(p.subscribe(&hello("", 0), peer(9)).is_ok());
+    }
+
+    #[tokio::test]
+    async fn a_cut_stream_counts_against_its_peer_until_the_client_closes_it() {
+        let p = publisher(8, 8);
+        p.apply_full(&routes(&[route("a", "1:1")]));
+        let mut stalled = Box::pin(sub(&p, &hello("", 0)).into_stream());
+        first(&mut stalled).await; // handed out, never asked for the next
+        assert_eq!(p.cut_stalled(now_ms() + 6_000), 1);
+        assert!(p.edges().1.is_empty(), "cut: no longer listed");
+        let _two: Vec<WatchStream> = (0..2).map(|_| sub(&p, &hello("", 0))).collect();
+        let err = p
+            .subscribe(&hello("", 0), peer(9))
+            .err()
+            .expect("the cut stream is still open, so this is the fourth");
+        assert_eq!(err.code(), tonic::Code::ResourceExhausted);
+        drop(stalled);
+        assert!(p.subscribe(&hello("", 0), peer(9)).is_ok());
+    }
+
+    #[tokio::test]
+    async fn a_resume_that_missed_too_many_routes_gets_a_snapshot_not_a_delta() {
+        let p = publisher(8, 100_000);
+        let name = |i: usize| format!("s{i:05}");
+        let mut t: Routes = (0..20_000)
+            .map(|i| (name(i), route(&name(i), "1:1")))
+            .collect();
+        p.apply_full(&t);
+        let half = MAX_RESUME_ROUTES / 2 + 1;
+        for (round, range) in [(2, 0..half), (3, half..2 * half)] {
+            for i in range {
+                t.insert(name(i), route(&name(i), &format!("1:{round}")));
+            }
+            p.apply_full(&t);
+        }
+        let epoch = p.epoch().to_owned();
+        let mut s = Box::pin(sub(&p, &hello(&epoch, 2)).into_stream());
+        match first(&mut s).await {
+            watch_response::Msg::Delta(d) => assert_eq!((d.from_version, d.version), (2, 3)),
+            other => panic!("one change missed: expected a delta, got {other:?}"),
+        }
+        let mut s = Box::pin(sub(&p, &hello(&epoch, 1)).into_stream());
+        assert!(
+            matches!(first(&mut s).await, watch_response::Msg::SnapshotChunk(_)),
+            "{} routes missed: a snapshot",
+            2 * half
+        );
     }
 
     #[tokio::test]

@@ -1,6 +1,6 @@
 //! The watch protocol: resume by epoch+version, acks seen in ListEdges,
-//! heartbeats, no-op notifications, and a stuck watcher cut off while the
-//! others keep receiving.
+//! heartbeats, no-op notifications, a stuck watcher cut off while the
+//! others keep receiving, and hellos that are late or too big refused.
 use std::time::Duration;
 
 use futures::StreamExt as _;
@@ -266,4 +266,42 @@ async fn a_stuck_watcher_is_cut_off_while_the_others_keep_receiving() {
         .edges;
     let ids: Vec<_> = edges.iter().map(|e| e.edge_id.as_str()).collect();
     assert_eq!(ids, vec!["live"], "the stuck watcher is gone");
+}
+
+/// A watch whose hello never comes is ended at the hello deadline, and one
+/// whose edge id is longer than a name is refused; a proper edge still gets
+/// its table meanwhile.
+#[tokio::test]
+async fn a_late_hello_and_an_oversized_edge_id_are_refused() {
+    let pg = migrated_pg().await;
+    pg.execute(SEED).await;
+    let syncd = start_syncd(&pg.dsn(), |c| c.hello_timeout = Duration::from_millis(300)).await;
+    let mut client = syncd.client().await;
+
+    let silent = client
+        .watch_routes(futures::stream::pending::<WatchRequest>())
+        .await
+        .expect_err("no hello: refused");
+    assert_eq!(silent.code(), tonic::Code::DeadlineExceeded, "{silent:?}");
+
+    let long_id = "e".repeat(automc_proto::sync::MAX_EDGE_ID_BYTES + 1);
+    let err = RouteWatcher::connect(
+        &syncd.grpc_url(),
+        WatchHello {
+            edge_id: long_id,
+            ..Default::default()
+        },
+        None,
+    )
+    .await
+    .err()
+    .expect("an edge id over the limit is refused");
+    assert_eq!(err.code(), tonic::Code::InvalidArgument, "{err:?}");
+    assert!(err.message().contains("edge_id"), "{err:?}");
+
+    let mut ok = syncd
+        .watch(&"e".repeat(automc_proto::sync::MAX_EDGE_ID_BYTES))
+        .await;
+    ok.wait_until("the table arrives", DEADLINE, |s| s.table.len() == 2)
+        .await;
 }
