@@ -10,31 +10,45 @@
 //! and nothing this edge admits waits for a report to be seen.
 use std::collections::HashMap;
 use std::net::IpAddr;
+use std::num::NonZeroUsize;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use automc_proto::backend::{order, BackendState};
 use automc_proto::v1::{Backend, CountSource, Route};
 use ipnet::IpNet;
+use lru::LruCache;
 
 use crate::counts::{FleetCounts, Others};
 
 /// How long a backend whose dial failed is tried only after the others.
 pub const DEFAULT_BACKEND_BACKOFF: Duration = Duration::from_secs(10);
-/// Most entries in each map (backoffs, turns, counts); past it, expired
-/// backoffs are dropped and new ones not recorded.
+/// Most entries in each map (backoffs, turns, counts); past it, the least
+/// recently failed backoff goes (a backoff is a hint: O(1), never a scan of
+/// the map, however many addresses wildcard captures make fail).
 const MAX_ENTRIES: usize = 65_536;
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct State {
     /// Expanded address → backed off until.
-    backoff: HashMap<String, Instant>,
+    backoff: LruCache<String, Instant>,
     /// Server → logins picked so far (round-robin turn).
     turns: HashMap<String, u64>,
     /// Expanded address → players spliced to it from this edge.
     on_backend: HashMap<String, u32>,
     /// Server → players (and seats being taken) on this edge.
     on_server: HashMap<String, u32>,
+}
+
+impl Default for State {
+    fn default() -> Self {
+        Self {
+            backoff: LruCache::new(NonZeroUsize::new(MAX_ENTRIES).unwrap_or(NonZeroUsize::MIN)),
+            turns: HashMap::new(),
+            on_backend: HashMap::new(),
+            on_server: HashMap::new(),
+        }
+    }
 }
 
 /// Per-edge backend state, shared by every connection.
@@ -87,7 +101,7 @@ impl Balancer {
     ) -> Vec<BackendState> {
         set.iter()
             .map(|b| BackendState {
-                backed_off: st.backoff.get(&b.address).is_some_and(|t| *t > now),
+                backed_off: st.backoff.peek(&b.address).is_some_and(|t| *t > now),
                 players: st
                     .on_backend
                     .get(&b.address)
@@ -149,22 +163,15 @@ impl Balancer {
 
     /// A dial to `address` failed: try it last for a while.
     pub fn dial_failed(&self, address: &str) {
-        let mut st = self.lock();
-        let now = Instant::now();
-        if st.backoff.len() >= MAX_ENTRIES {
-            st.backoff.retain(|_, t| *t > now);
-        }
-        if st.backoff.len() < MAX_ENTRIES {
-            st.backoff
-                .insert(address.to_owned(), now + self.backoff_for);
-        }
+        let until = Instant::now() + self.backoff_for;
+        self.lock().backoff.put(address.to_owned(), until);
     }
 
     /// A dial to `address` worked: it is a first choice again.
     pub fn dial_worked(&self, address: &str) {
         let mut st = self.lock();
         if !st.backoff.is_empty() {
-            st.backoff.remove(address);
+            st.backoff.pop(address);
         }
     }
 
@@ -172,7 +179,7 @@ impl Balancer {
     pub fn is_backed_off(&self, address: &str) -> bool {
         self.lock()
             .backoff
-            .get(address)
+            .peek(address)
             .is_some_and(|t| *t > Instant::now())
     }
 
@@ -321,6 +328,19 @@ mod tests {
         let expired = Balancer::new(Duration::ZERO, Arc::default());
         expired.dial_failed("a:1");
         assert_eq!(expired.plan_login(&r, None).addresses, ["a:1", "b:1"]);
+    }
+
+    #[test]
+    fn backoffs_past_the_cap_push_out_the_least_recent_in_constant_time() {
+        let b = Balancer::new(Duration::from_secs(3600), Arc::default());
+        b.dial_failed("first:1");
+        for i in 0..MAX_ENTRIES {
+            b.dial_failed(&format!("h{i}:1"));
+        }
+        assert!(!b.is_backed_off("first:1"), "the least recent went");
+        assert!(b.is_backed_off("h0:1"));
+        assert!(b.is_backed_off(&format!("h{}:1", MAX_ENTRIES - 1)));
+        assert_eq!(b.lock().backoff.len(), MAX_ENTRIES);
     }
 
     #[test]

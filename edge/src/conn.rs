@@ -721,7 +721,15 @@ async fn serve_status(
             head.extend_from_slice(&raw.rest);
             let deadline = Instant::now() + shared.config.handshake_timeout;
             let timeout = shared.config.connect_timeout;
-            match status::relay(stream, &address, &head, timeout, deadline).await {
+            let end = status::relay(stream, &address, &head, timeout, deadline).await;
+            // Like a login's dial: a dead first backend is tried last for a
+            // while, so the next relayed pings do not each wait it out.
+            if end == RelayEnd::Unreachable {
+                shared.balancer.dial_failed(&address);
+            } else {
+                shared.balancer.dial_worked(&address);
+            }
+            match end {
                 RelayEnd::Done => return Outcome::Status,
                 RelayEnd::Timeout => return Outcome::HandshakeError("timeout"),
                 RelayEnd::Io => return Outcome::ClientGone,

@@ -41,7 +41,8 @@ const MAX_STATUS_BACKENDS: usize = 3;
 const LEGACY_FETCH_PROTOCOL: i32 = 47;
 /// Protocol numbers above this (outside the snapshot range) are not a real
 /// client's: they share one cache entry instead of one each.
-const MAX_PLAUSIBLE_PROTOCOL: i32 = 4096;
+/// Releases are at 774 in 2026 and grow by a few a year.
+const MAX_PLAUSIBLE_PROTOCOL: i32 = 1024;
 /// Snapshots number their protocols from here (`0x40000000 | n`).
 const SNAPSHOT_PROTOCOL_BASE: i32 = 0x4000_0000;
 /// Protocol sent when fetching for an implausible client protocol: "unknown".
@@ -91,10 +92,31 @@ impl ProtocolBucket {
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct StatusKey {
     pub address: String,
-    /// The handshake's server address exactly as it is sent to the backend
-    /// (a hub or a Velocity proxy with forced hosts answers per hostname).
+    /// The hostname sent to the backend (a hub or a Velocity proxy with
+    /// forced hosts answers per hostname), as [`cache_hostname`] keys it.
     pub hostname: String,
     pub protocol: ProtocolBucket,
+}
+
+/// Longest Forge marker kept in a cache key (`FML3` today).
+const MAX_MARKER_CHARS: usize = 8;
+
+/// The part of a server address that a backend's status answer depends on:
+/// the hostname as routing reads it (case, a trailing dot and a
+/// per-connection suffix such as TCPShield's signed `///ip///time///sig` do
+/// not make another answer, and would otherwise make every ping a miss and
+/// let a client push real entries out of the cache), plus a Forge marker,
+/// for which a Forge server lists its mods.
+pub fn cache_hostname(server_address: &str) -> String {
+    let host = automc_proto::normalize_player_hostname(server_address);
+    let marker = server_address
+        .split('\0')
+        .nth(1)
+        .filter(|m| (m.starts_with("FML") || *m == "FORGE") && m.len() <= MAX_MARKER_CHARS);
+    match marker {
+        Some(m) => format!("{host}\0{m}"),
+        None => host,
+    }
 }
 
 /// What a finished fetch hands its waiters.
@@ -186,7 +208,7 @@ impl StatusCache {
         target.handshake.protocol_version = bucket.fetch_protocol();
         let key = StatusKey {
             address: target.address.clone(),
-            hostname: target.handshake.server_address.clone(),
+            hostname: cache_hostname(&target.handshake.server_address),
             protocol: bucket,
         };
         let step = {
@@ -197,7 +219,9 @@ impl StatusCache {
                 (Some((json, at)), _) if now.duration_since(*at) < ttl => {
                     Step::Done(Fetched::Fresh(json.clone()))
                 }
-                (_, Some(rx)) => Step::Wait(rx.clone()),
+                // A fetch task that ended without clearing its mark (it
+                // panicked) dropped its sender: fetch again, never wait on it.
+                (_, Some(rx)) if rx.has_changed().is_ok() => Step::Wait(rx.clone()),
                 _ if entry.failed_at.is_some_and(|t| now.duration_since(t) < ttl) => {
                     Step::Done(entry.stale(now, stale_for))
                 }
@@ -777,6 +801,7 @@ mod tests {
         );
         for random in [
             -5,
+            1025,
             4097,
             123_456_789,
             i32::MAX,
@@ -791,6 +816,26 @@ mod tests {
         }
         assert_eq!(ProtocolBucket::Other.fetch_protocol(), -1);
         assert_eq!(ProtocolBucket::of(47).fetch_protocol(), 47);
+    }
+
+    #[test]
+    fn the_cache_keys_a_hostname_as_routing_reads_it_and_keeps_a_forge_marker() {
+        let cases = [
+            ("play.example.com", "play.example.com"),
+            ("Play.Example.COM.", "play.example.com"),
+            (
+                "play.example.com///1.2.3.4:5555///1700000000///sigA",
+                "play.example.com",
+            ),
+            ("play.example.com\0FML2\0", "play.example.com\0FML2"),
+            ("PLAY.example.com.\0FML3\0", "play.example.com\0FML3"),
+            ("play.example.com\0FORGE", "play.example.com\0FORGE"),
+            ("play.example.com\0noise-123", "play.example.com"),
+            ("play.example.com\0FMLFMLFMLFML\0", "play.example.com"),
+        ];
+        for (raw, key) in cases {
+            assert_eq!(cache_hostname(raw), key, "{raw:?}");
+        }
     }
 
     #[test]

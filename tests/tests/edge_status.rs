@@ -342,6 +342,46 @@ async fn two_hostnames_on_one_backend_each_get_their_own_motd_from_the_cache() {
 }
 
 #[tokio::test]
+async fn pings_through_tcpshield_or_in_other_case_share_one_cached_answer_and_forge_gets_its_own() {
+    let b = McBackend::start(BackendOptions::with_motd("lobby"))
+        .await
+        .expect("backend");
+    let (_syncd, edge) = fake_stack(
+        vec![route("lobby", "lobby.example.com", &b.addr().to_string())],
+        |c| c.status_cache_ttl = Duration::from_secs(600),
+    )
+    .await;
+    // What TCPShield appends is signed per connection: each ping differs.
+    for host in [
+        "lobby.example.com",
+        "Lobby.Example.COM.",
+        "lobby.example.com///203.0.113.7:51000///1700000000///c2lnLW9uZQ==",
+        "lobby.example.com///203.0.113.8:51001///1700000001///c2lnLXR3bw==",
+    ] {
+        let reply = status_ping(edge.listen_addr, host, DEFAULT_PROTOCOL)
+            .await
+            .expect("status");
+        assert_eq!(reply.motd(), "lobby", "{host:?}");
+    }
+    assert_eq!(b.status_requests(), 1, "one fetch answered them all");
+    for _ in 0..2 {
+        let reply = status_ping(
+            edge.listen_addr,
+            "lobby.example.com\0FML2\0",
+            DEFAULT_PROTOCOL,
+        )
+        .await
+        .expect("status");
+        assert_eq!(reply.motd(), "lobby");
+    }
+    assert_eq!(
+        b.status_requests(),
+        2,
+        "a Forge client gets its own entry, once"
+    );
+}
+
+#[tokio::test]
 async fn relay_mode_forwards_the_status_conversation_byte_for_byte() {
     let json = r#"{"version":{"name":"Velocity 3","protocol":769},"players":{"online":7,"max":500},"description":"relayed as is","enforcesSecureChat":true}"#;
     let b = McBackend::start(BackendOptions {
