@@ -131,6 +131,19 @@ pub struct WakerConfig {
     pub history: usize,
 }
 
+/// Slack on top of the longest wake before a relayed one is given up.
+const RELAYED_PHASE_GRACE: Duration = Duration::from_secs(10);
+
+impl WakerConfig {
+    /// How long a standby believes a wake or stop relayed from the active
+    /// syncd whose end it has not heard (NOTIFY is not durable): the longest
+    /// a wake can take there, with its last request and readiness check,
+    /// and some slack (the instances run with the same waker flags).
+    pub fn relayed_phase_ttl(&self) -> Duration {
+        self.timeout + self.request_timeout + self.ready_check_timeout + RELAYED_PHASE_GRACE
+    }
+}
+
 impl Default for WakerConfig {
     fn default() -> Self {
         Self {

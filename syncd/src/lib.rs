@@ -165,7 +165,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
         metrics.clone(),
         shutdown.clone(),
     );
-    tasks.spawn(publisher.clone().enforce_send_timeout());
+    tasks.spawn(publisher.clone().enforce_deadlines());
     let epoch = publisher.epoch().to_owned();
     let (ready_tx, ready_rx) = watch::channel(false);
     let (relay_tx, relay_rx) = tokio::sync::mpsc::unbounded_channel();
@@ -265,6 +265,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
         reconnect_max: config.reconnect_max.max(config.reconnect_min),
         probe_interval: config.pg_probe_interval,
         probe_timeout: config.pg_probe_timeout,
+        relayed_phase_ttl: config.waker.relayed_phase_ttl(),
         wake_relay: tokio::sync::Mutex::new(relay_rx),
         shutdown: shutdown.clone(),
     };

@@ -66,6 +66,9 @@ pub struct Listener {
     pub reconnect_max: Duration,
     pub probe_interval: Duration,
     pub probe_timeout: Duration,
+    /// How long a relayed wake or stop is believed without its end: about
+    /// the longest the active syncd's wake can take.
+    pub relayed_phase_ttl: Duration,
     /// Wake phases this instance announces (payloads for `automc_wakes`).
     pub wake_relay: tokio::sync::Mutex<mpsc::UnboundedReceiver<String>>,
     pub shutdown: CancellationToken,
@@ -268,7 +271,9 @@ impl Listener {
         match crate::wake::parse_relay(payload) {
             Some(r) if r.epoch != self.publisher.epoch() => {
                 tracing::debug!(server = %r.server, phase = ?r.phase, from.epoch = %r.epoch, "relaying a wake phase");
-                self.publisher.set_wake(&r.server, r.phase, r.failure);
+                let until = std::time::Instant::now() + self.relayed_phase_ttl;
+                self.publisher
+                    .set_relayed_wake(&r.server, r.phase, r.failure, until);
             }
             Some(_) => {}
             None => tracing::debug!(

@@ -26,7 +26,7 @@ use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use arc_swap::ArcSwap;
 use automc_proto::sync::{counts_pieces, delta_piece, snapshot_chunk};
@@ -109,6 +109,12 @@ struct State {
     /// Servers with a wake or a stop in flight, or stopped by syncd: the
     /// phases a new watcher must know (the others end with the event).
     waking: BTreeMap<String, WakePhase>,
+    /// Phases in `waking` that another syncd announced (relayed through
+    /// Postgres, so this is a standby) and until when they are believed:
+    /// NOTIFY is not durable, so the phase that ends a relayed wake can be
+    /// lost (the active syncd died mid-wake, or this one's LISTEN session
+    /// was reconnecting), and the server must not show "starting" forever.
+    relayed_until: HashMap<String, Instant>,
     /// Servers whose route changed since [`Publisher::take_changed`] (what
     /// the player counts recheck: a route may start or stop using them);
     /// `overflowed` when more than [`MAX_CHANGED`] did (recheck all).
@@ -675,7 +681,7 @@ impl Publisher {
 
     /// Cut every watcher that was handed a message longer than the send
     /// timeout ago and has not asked for the next one. Run by
-    /// [`Publisher::enforce_send_timeout`]; public for tests.
+    /// [`Publisher::enforce_deadlines`]; public for tests.
     pub fn cut_stalled(&self, now_ms: i64) -> usize {
         let limit = i64::try_from(self.limits.send_timeout.as_millis()).unwrap_or(i64::MAX);
         let mut st = self.lock();
@@ -697,8 +703,9 @@ impl Publisher {
         stalled.len()
     }
 
-    /// Check the send timeout until shutdown (a few times per timeout).
-    pub async fn enforce_send_timeout(self: Arc<Self>) {
+    /// Check the send timeout (a few times per timeout) and the relayed
+    /// phases' lifetimes until shutdown.
+    pub async fn enforce_deadlines(self: Arc<Self>) {
         let every =
             (self.limits.send_timeout / 4).clamp(Duration::from_millis(50), Duration::from_secs(1));
         let mut tick = tokio::time::interval(every);
@@ -706,7 +713,15 @@ impl Publisher {
         loop {
             tokio::select! {
                 () = self.shutdown.cancelled() => return,
-                _ = tick.tick() => { self.cut_stalled(now_ms()); }
+                _ = tick.tick() => {
+                    self.cut_stalled(now_ms());
+                    for server in self.expire_relayed(Instant::now()) {
+                        tracing::warn!(
+                            server,
+                            "no end heard for a wake or stop relayed from another syncd; edges now show it as failed"
+                        );
+                    }
+                }
             }
         }
     }
@@ -733,6 +748,55 @@ impl Publisher {
     /// (`failure`: why, for `WAKE_PHASE_FAILED`; UNSPECIFIED otherwise).
     pub fn set_wake(&self, server: &str, phase: WakePhase, failure: WakeFailure) {
         let mut st = self.lock();
+        // This instance's own word on the server supersedes a relayed one.
+        st.relayed_until.remove(server);
+        self.set_wake_locked(&mut st, server, phase, failure);
+    }
+
+    /// A phase another syncd announced: told like this instance's own, and
+    /// believed until `until` if it is one that waits for an end (a wake or
+    /// a stop in flight); see [`Self::expire_relayed`].
+    pub fn set_relayed_wake(
+        &self,
+        server: &str,
+        phase: WakePhase,
+        failure: WakeFailure,
+        until: Instant,
+    ) {
+        let mut st = self.lock();
+        if matches!(phase, WakePhase::Waking | WakePhase::Stopping) {
+            st.relayed_until.insert(server.to_owned(), until);
+        } else {
+            st.relayed_until.remove(server);
+        }
+        self.set_wake_locked(&mut st, server, phase, failure);
+    }
+
+    /// Relayed wakes and stops whose end was never heard by `now`: each is
+    /// told as failed by timeout (its outcome is unknown here), so edges stop
+    /// showing it as starting. Returns the servers.
+    pub fn expire_relayed(&self, now: Instant) -> Vec<String> {
+        let mut st = self.lock();
+        let expired: Vec<String> = st
+            .relayed_until
+            .iter()
+            .filter(|(_, until)| **until <= now)
+            .map(|(server, _)| server.clone())
+            .collect();
+        for server in &expired {
+            st.relayed_until.remove(server);
+            self.set_wake_locked(&mut st, server, WakePhase::Failed, WakeFailure::Timeout);
+        }
+        expired
+    }
+
+    fn set_wake_locked(
+        &self,
+        st: &mut State,
+        server: &str,
+        phase: WakePhase,
+        failure: WakeFailure,
+    ) {
         if matches!(
             phase,
             WakePhase::Waking | WakePhase::Asleep | WakePhase::Stopping
@@ -746,7 +810,7 @@ impl Publisher {
             phase: phase as i32,
             failure: failure as i32,
         };
-        self.broadcast_locked(&mut st, || Item::Wake(update.clone()));
+        self.broadcast_locked(st, || Item::Wake(update.clone()));
     }
 
     /// Servers whose route changed since the last call.
@@ -1237,6 +1301,39 @@ mod tests {
         let err = stuck.next().await.expect("item").expect_err("cut off");
         assert_eq!(err.code(), tonic::Code::ResourceExhausted);
         assert!(stuck.next().await.is_none());
+    }
+
+    #[tokio::test]
+    async fn a_relayed_wake_whose_end_is_never_heard_is_failed_when_it_expires() {
+        let p = publisher(8, 8);
+        p.apply_full(&routes(&[route("a", "1:1"), route("b", "1:1")]));
+        let now = Instant::now();
+        let ttl = Duration::from_secs(100);
+        p.set_relayed_wake("a", WakePhase::Waking, WakeFailure::Unspecified, now + ttl);
+        p.set_relayed_wake("b", WakePhase::Waking, WakeFailure::Unspecified, now + ttl);
+        // This instance's own word on b supersedes the relayed one.
+        p.set_wake("b", WakePhase::Waking, WakeFailure::Unspecified);
+        let mut s = Box::pin(sub(&p, &hello("", 0)).into_stream());
+        assert!(matches!(
+            first(&mut s).await,
+            watch_response::Msg::SnapshotChunk(_)
+        ));
+        assert!(p.expire_relayed(now + ttl / 2).is_empty(), "not yet");
+        assert_eq!(p.expire_relayed(now + ttl), ["a"]);
+        assert_eq!(p.wake_phase("a"), None);
+        assert_eq!(p.wake_phase("b"), Some(WakePhase::Waking));
+        match first(&mut s).await {
+            watch_response::Msg::Wake(w) => {
+                assert_eq!(w.server, "a");
+                assert_eq!(w.phase(), WakePhase::Failed);
+                assert_eq!(w.failure(), WakeFailure::Timeout);
+            }
+            other => panic!("expected the wake's end, got {other:?}"),
+        }
+        // A relayed end clears the lease: nothing left to expire.
+        p.set_relayed_wake("a", WakePhase::Waking, WakeFailure::Unspecified, now);
+        p.set_relayed_wake("a", WakePhase::Running, WakeFailure::Unspecified, now);
+        assert!(p.expire_relayed(now + ttl).is_empty());
     }
 
     #[tokio::test]
