@@ -120,6 +120,8 @@ pub struct Config {
     pub status_mode: crate::status::StatusMode,
     /// Most pipes kept for zero-copy splicing (0 = copy through user space).
     pub splice_pipes: usize,
+    /// A spliced session whose peer takes no bytes this long is cut.
+    pub stall_timeout: Duration,
     /// A watch stream silent this long (no heartbeat) is reconnected.
     pub heartbeat_timeout: Duration,
     pub sync_backoff_min: Duration,
@@ -166,6 +168,7 @@ impl Default for Config {
             status_cache_size: crate::status::DEFAULT_CACHE_ENTRIES,
             status_mode: crate::status::StatusMode::Cache,
             splice_pipes: crate::splice::DEFAULT_PIPES,
+            stall_timeout: crate::splice::DEFAULT_STALL_TIMEOUT,
             heartbeat_timeout: DEFAULT_HEARTBEAT_TIMEOUT,
             sync_backoff_min: DEFAULT_SYNC_BACKOFF_MIN,
             sync_backoff_max: DEFAULT_SYNC_BACKOFF_MAX,
@@ -215,6 +218,7 @@ impl fmt::Debug for Config {
             .field("status_cache_size", &self.status_cache_size)
             .field("status_mode", &self.status_mode)
             .field("splice_pipes", &self.splice_pipes)
+            .field("stall_timeout", &self.stall_timeout)
             .field("heartbeat_timeout", &self.heartbeat_timeout)
             .field("report_interval", &self.report_interval)
             .field("limits", &self.limits)
@@ -413,6 +417,9 @@ pub struct Args {
     /// Most pipes kept for zero-copy splice on Linux (0 = always copy through user space).
     #[arg(long, env = "EDGE_SPLICE_PIPES", default_value_t = crate::splice::DEFAULT_PIPES)]
     pub splice_pipes: usize,
+    /// How long a spliced session may wait on a player or backend that takes no bytes (its TCP window stays shut) before it is cut.
+    #[arg(long, env = "EDGE_STALL_TIMEOUT", default_value_t = crate::splice::DEFAULT_STALL_TIMEOUT.into())]
+    pub stall_timeout: humantime::Duration,
     /// Send syncd a full report of the live sessions this often (what changed
     /// goes at once, at most one report per 250 ms).
     #[arg(long, env = "EDGE_REPORT_INTERVAL", default_value_t = DEFAULT_REPORT_INTERVAL.into())]
@@ -519,6 +526,7 @@ impl Args {
             status_cache_size: self.status_cache_size,
             status_mode: self.status_mode,
             splice_pipes: self.splice_pipes,
+            stall_timeout: self.stall_timeout.into(),
             report_interval: self.report_interval.into(),
             limits: LimitsConfig {
                 max_connections: self.max_connections,

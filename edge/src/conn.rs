@@ -22,7 +22,7 @@ use crate::balance::{self, Seat};
 use crate::hold::{self, Held};
 use crate::limits::{ConnectionPermit, IpPermit, Refusal};
 use crate::registry::{ConnDetail, ConnEntry, ConnGuard, Phase};
-use crate::splice::{splice, Tally};
+use crate::splice::{splice, Pumping, Tally};
 use crate::status::{self, ConverseEnd, RelayEnd, StatusMode};
 use crate::sync_client::WakeError;
 use crate::{Shared, UnknownHost};
@@ -48,6 +48,8 @@ pub enum Outcome {
     Refused(&'static str),
     ClientGone,
     Cut,
+    /// A spliced side took no bytes for `--stall-timeout`.
+    Stalled,
 }
 
 impl Outcome {
@@ -75,6 +77,7 @@ impl Outcome {
             Self::Refused(_) => "refused",
             Self::ClientGone => "client_gone",
             Self::Cut => "cut",
+            Self::Stalled => "stalled",
         }
     }
 }
@@ -212,13 +215,22 @@ async fn spliced(
         live: &guard.entry.bytes_down,
         metric: shared.metrics.bytes_counter("downstream"),
     };
+    let how = Pumping {
+        pipes: &shared.pipes,
+        stall: shared.config.stall_timeout,
+    };
     let outcome = tokio::select! {
-        r = splice(stream, upstream, &shared.pipes, up, down) => {
-            if let Err(e) = r {
-                debug!(error = %e, "splice ended with an error");
+        r = splice(stream, upstream, how, up, down) => match r {
+            Ok(()) => Outcome::Proxied,
+            Err(e) if e.kind() == io::ErrorKind::TimedOut => {
+                debug!(error = %e, "session cut: a side stopped taking bytes");
+                Outcome::Stalled
             }
-            Outcome::Proxied
-        }
+            Err(e) => {
+                debug!(error = %e, "splice ended with an error");
+                Outcome::Proxied
+            }
+        },
         () = cut.cancelled() => Outcome::Cut,
     };
     // The slots go before the end is counted, as they do for any other end.

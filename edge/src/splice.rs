@@ -17,6 +17,13 @@
 //! comes from tokio (`readable`/`writable` + `try_io`, which clears a stale
 //! readiness on `EAGAIN`), so a pump is as cheap to park as a plain read.
 //!
+//! A pump that cannot hand bytes on (the receiver's TCP window stays shut:
+//! a client that stopped reading, a backend that froze) waits at most the
+//! stall timeout (`--stall-timeout`) without progress, then the session
+//! ends with [`io::ErrorKind::TimedOut`]: otherwise it would keep its
+//! slots, its seat and a lent pipe or buffer for as long as the peer keeps
+//! the connection open, and the other direction's end would never be seen.
+//!
 //! Why not `copy_bidirectional_with_sizes`: it allocates both buffers up
 //! front and holds them for the life of the connection, so 10,000 idle
 //! players would pin 1.3 GB. The byte counters are updated live for
@@ -24,11 +31,17 @@
 use std::io;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Mutex;
+use std::time::Duration;
 
 use prometheus_client::metrics::counter::Counter;
 use tokio::io::AsyncWriteExt;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
+
+/// How long a pump waits on a destination that takes no bytes before the
+/// session is cut (`--stall-timeout`). A Minecraft server kicks a client that
+/// answered no keep-alive for 30 s, so a live session never waits this long.
+pub const DEFAULT_STALL_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// Read size per pump while data flows (copy path).
 pub const BUF_SIZE: usize = 64 * 1024;
@@ -61,18 +74,45 @@ impl Tally<'_> {
     }
 }
 
-/// Copy both ways until both directions ended, or either failed.
+/// How a pump moves bytes: where it borrows pipes, and how long it waits on
+/// a destination that takes none.
+#[derive(Clone, Copy)]
+pub struct Pumping<'a> {
+    pub pipes: &'a PipePool,
+    pub stall: Duration,
+}
+
+/// Copy both ways until both directions ended, or either failed (a stall
+/// is a failure: [`io::ErrorKind::TimedOut`]).
 pub async fn splice(
     downstream: TcpStream,
     upstream: TcpStream,
-    pipes: &PipePool,
+    how: Pumping<'_>,
     up: Tally<'_>,
     down: Tally<'_>,
 ) -> io::Result<()> {
     let (dr, dw) = downstream.into_split();
     let (ur, uw) = upstream.into_split();
-    futures::future::try_join(pump(dr, uw, pipes, up), pump(ur, dw, pipes, down)).await?;
+    futures::future::try_join(pump(dr, uw, how, up), pump(ur, dw, how, down)).await?;
     Ok(())
+}
+
+/// The error a stalled destination ends a session with.
+fn stalled(stall: Duration) -> io::Error {
+    io::Error::new(
+        io::ErrorKind::TimedOut,
+        format!("the peer took no bytes for {stall:?}"),
+    )
+}
+
+/// `write` within `stall`, or the stall error.
+async fn within<T>(
+    stall: Duration,
+    write: impl std::future::Future<Output = io::Result<T>>,
+) -> io::Result<T> {
+    tokio::time::timeout(stall, write)
+        .await
+        .unwrap_or_else(|_| Err(stalled(stall)))
 }
 
 /// How a burst of bytes ended.
@@ -86,7 +126,7 @@ enum Burst {
 async fn pump(
     from: OwnedReadHalf,
     mut to: OwnedWriteHalf,
-    pipes: &PipePool,
+    how: Pumping<'_>,
     tally: Tally<'_>,
 ) -> io::Result<()> {
     loop {
@@ -95,9 +135,9 @@ async fn pump(
         std::future::poll_fn(|cx| from.as_ref().poll_read_ready(cx)).await?;
         // Boxed: a parked pump holds only its readiness wait, not room for
         // the larger state of a burst (an idle session's size is mostly this).
-        let burst = match pipes.lend() {
-            Some(mut pipe) => Box::pin(pipe.splice_burst(&from, &to, &tally)).await?,
-            None => Box::pin(copy_burst(&from, &mut to, &tally)).await?,
+        let burst = match how.pipes.lend() {
+            Some(mut pipe) => Box::pin(pipe.splice_burst(&from, &to, &tally, how.stall)).await?,
+            None => Box::pin(copy_burst(&from, &mut to, &tally, how.stall)).await?,
         };
         if let Burst::Eof = burst {
             // The peer may already be gone; nothing more to deliver.
@@ -112,6 +152,7 @@ async fn copy_burst(
     from: &OwnedReadHalf,
     to: &mut OwnedWriteHalf,
     tally: &Tally<'_>,
+    stall: Duration,
 ) -> io::Result<Burst> {
     // Uninitialised capacity: `try_read_buf` fills it without zeroing
     // 64 KiB on every wake-up.
@@ -121,7 +162,7 @@ async fn copy_burst(
         match from.try_read_buf(&mut buf) {
             Ok(0) => return Ok(Burst::Eof),
             Ok(n) => {
-                to.write_all(&buf[..n]).await?;
+                within(stall, to.write_all(&buf[..n])).await?;
                 tally.add(n);
             }
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(Burst::Drained),
@@ -190,6 +231,7 @@ impl NoPipe {
         _: &OwnedReadHalf,
         _: &OwnedWriteHalf,
         _: &Tally<'_>,
+        _: std::time::Duration,
     ) -> io::Result<Burst> {
         match *self {}
     }
@@ -205,7 +247,7 @@ mod linux {
     use tokio::io::Interest;
     use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 
-    use super::{Burst, PipePool, Tally, BULK_PIPE_BYTES, MAX_BULK_PIPES};
+    use super::{within, Burst, PipePool, Tally, BULK_PIPE_BYTES, MAX_BULK_PIPES};
 
     /// Bytes asked of one `splice` call: the most any pipe of ours holds
     /// (the kernel moves at most what fits).
@@ -343,6 +385,7 @@ mod linux {
             from: &OwnedReadHalf,
             to: &OwnedWriteHalf,
             tally: &Tally<'_>,
+            stall: std::time::Duration,
         ) -> io::Result<Burst> {
             let pool = self.pool;
             let Some(pipe) = &mut self.pipe else {
@@ -364,7 +407,7 @@ mod linux {
                 };
                 self.holding = n;
                 while self.holding > 0 {
-                    dst.writable().await?;
+                    within(stall, dst.writable()).await?;
                     match dst.try_io(Interest::WRITABLE, || {
                         splice(&pipe.read, None, dst, None, self.holding, flags())
                             .map_err(io::Error::from)
@@ -417,7 +460,10 @@ mod tests {
             splice(
                 edge_down,
                 edge_up,
-                pipes,
+                Pumping {
+                    pipes,
+                    stall: DEFAULT_STALL_TIMEOUT,
+                },
                 Tally {
                     live: &up_n,
                     metric: Counter::default(),
@@ -531,6 +577,48 @@ mod tests {
         exchange(&pipes, &pattern(8 << 20, 11), &pattern(5 << 20, 12)).await;
         assert_eq!(pipes.idle(), pipes.open());
         assert!(pipes.bulk() <= MAX_BULK_PIPES);
+    }
+
+    /// A backend that never reads: the player's bytes fill every buffer on
+    /// the way, then the pump waits on a shut window and the session ends as
+    /// a stall, through a pipe and through the copy path alike, leaving no
+    /// pipe behind.
+    #[tokio::test]
+    async fn a_side_that_takes_no_bytes_ends_the_session_after_the_stall_timeout() {
+        for pipes in [PipePool::new(DEFAULT_PIPES), PipePool::new(0)] {
+            let (mut player, edge_down) = pair().await;
+            let (edge_up, backend) = pair().await;
+            let flood = tokio::spawn(async move {
+                let chunk = pattern(1 << 20, 1);
+                // Ends when the edge closes the connection.
+                while player.write_all(&chunk).await.is_ok() {}
+            });
+            let n = AtomicU64::new(0);
+            let stall = Duration::from_millis(300);
+            let how = Pumping {
+                pipes: &pipes,
+                stall,
+            };
+            let tally = || Tally {
+                live: &n,
+                metric: Counter::default(),
+            };
+            let ended = tokio::time::timeout(
+                Duration::from_secs(60),
+                splice(edge_down, edge_up, how, tally(), tally()),
+            )
+            .await
+            .expect("the session ends");
+            let err = ended.expect_err("a stall is an error");
+            assert_eq!(err.kind(), io::ErrorKind::TimedOut, "{err}");
+            assert!(
+                n.load(Ordering::Relaxed) > 0,
+                "bytes moved until the window shut"
+            );
+            assert_eq!(pipes.idle(), pipes.open(), "no pipe is held");
+            flood.await.expect("flood task");
+            drop(backend);
+        }
     }
 
     #[tokio::test]
