@@ -13,7 +13,13 @@
 //! buffer borrowed the same way.
 //!
 //! The `splice` calls are `nix`'s safe wrappers over owned/borrowed file
-//! descriptors, so this crate keeps `unsafe_code = "forbid"`. Readiness
+//! descriptors, so this crate keeps `unsafe_code = "forbid"`. Weighed
+//! against it: `tokio-splice` (0.2, over `libc`) and `tokio-splice2` (0.3,
+//! over `rustix`) are safe too, but their `copy_bidirectional` opens a pipe
+//! per direction for the life of the call ("reuse pipe" is still on
+//! tokio-splice2's to-do list): four descriptors and two pipe buffers held
+//! by every idle player, which the pool here exists to avoid, and no say in
+//! pipe sizes, stall deadlines or the copy fallback. Readiness
 //! comes from tokio (`readable`/`writable` + `try_io`, which clears a stale
 //! readiness on `EAGAIN`), so a pump is as cheap to park as a plain read.
 //!

@@ -99,6 +99,17 @@ async fn players_are_routed_by_hostname_case_dot_forge_wildcard_alias_and_defaul
 
 #[tokio::test]
 async fn sixty_four_mib_each_way_arrive_intact_and_half_close_is_honoured() {
+    bulk_each_way_arrives_intact(|_| {}).await;
+}
+
+/// The same through an edge that never splices (`--splice-pipes 0`): the
+/// copy path every burst takes when the pipe pool is exhausted.
+#[tokio::test]
+async fn through_the_copy_path_the_same_bytes_arrive_intact() {
+    bulk_each_way_arrives_intact(|c| c.splice_pipes = 0).await;
+}
+
+async fn bulk_each_way_arrives_intact(tweak: impl FnOnce(&mut edge::Config)) {
     const SIZE: u64 = 64 * 1024 * 1024;
     let bulk = McBackend::start(BackendOptions {
         login: LoginMode::Bulk {
@@ -111,7 +122,7 @@ async fn sixty_four_mib_each_way_arrive_intact_and_half_close_is_honoured() {
     .expect("backend");
     let (_syncd, edge) = fake_stack(
         vec![route("bulk", "bulk.example.com", &bulk.addr().to_string())],
-        |_| {},
+        tweak,
     )
     .await;
     let conn = login(edge.listen_addr, "bulk.example.com", "steve")
@@ -174,17 +185,20 @@ async fn hostile_handshakes_are_closed_within_the_timeout_while_others_are_serve
     let mut bad_varint = send_bytes(addr, &[0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x01])
         .await
         .expect("connect");
-    // A handshake as valid as it is slow: one byte per second.
+    // A handshake as valid as it is slow: a byte every 500 ms, so each
+    // byte comes well within the 1 s timeout of the last one and the whole
+    // takes several seconds; only a deadline for the phase cuts it.
     let slow = tokio::net::TcpStream::connect(addr).await.expect("connect");
     let (mut slow_r, mut slow_w) = slow.into_split();
     let slow_bytes = full.clone();
     let dripper = tokio::spawn(async move {
-        for b in slow_bytes {
-            if slow_w.write_all(&[b]).await.is_err() {
-                return;
+        for (i, b) in slow_bytes.iter().enumerate() {
+            if slow_w.write_all(&[*b]).await.is_err() {
+                return i;
             }
-            tokio::time::sleep(Duration::from_secs(1)).await;
+            tokio::time::sleep(Duration::from_millis(500)).await;
         }
+        slow_bytes.len()
     });
 
     // Meanwhile another player is served normally.
@@ -205,7 +219,18 @@ async fn hostile_handshakes_are_closed_within_the_timeout_while_others_are_serve
     let mut sink = Vec::new();
     let slow_closed = tokio::time::timeout(WAIT, slow_r.read_to_end(&mut sink)).await;
     assert!(slow_closed.is_ok(), "slow handshake closed");
-    dripper.abort();
+    // Closed before the handshake was through: bytes trickled in on time
+    // did not extend the deadline. (The close reaches a write as an error
+    // within a write or two.)
+    let sent = tokio::time::timeout(WAIT, dripper)
+        .await
+        .expect("the dripper sees the close")
+        .expect("dripper task");
+    assert!(
+        sent < full.len(),
+        "the whole trickled handshake ({} bytes) went through",
+        full.len()
+    );
     assert_eq!(
         good.logins().len(),
         0,
