@@ -2,8 +2,9 @@
 //! trickling handshakes are cut at one deadline, one address cannot hold
 //! more than its share of handshakes or connections, and meanwhile a real
 //! edge (from another address: 127.0.0.2 is a different peer on Linux
-//! loopback) still connects and syncs. Everything runs with the shipped
-//! defaults except the per-peer connection cap, lowered to keep the test small.
+//! loopback) still connects and syncs; each connection is told its stream
+//! cap. Everything runs with the shipped defaults except the per-peer
+//! connection cap and the stream cap, lowered to keep the tests small.
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::Duration;
 
@@ -185,4 +186,89 @@ async fn one_address_cannot_open_more_connections_than_its_cap_while_another_sti
         || async { list(from_other_peer()).await.is_ok() },
     )
     .await;
+}
+
+/// What syncd's HTTP/2 SETTINGS frame (its side of the preface) says about
+/// `id`, read off a raw connection as any client sees it.
+async fn advertised_setting(to: SocketAddr, id: u16) -> Option<u32> {
+    let mut s = TcpStream::connect(to).await.expect("connect");
+    s.write_all(PREFACE).await.expect("preface");
+    // An empty SETTINGS frame: length 0, type 4, no flags, stream 0.
+    s.write_all(&[0, 0, 0, 4, 0, 0, 0, 0, 0])
+        .await
+        .expect("settings");
+    let read = async {
+        loop {
+            let mut head = [0u8; 9];
+            s.read_exact(&mut head).await.ok()?;
+            let len = usize::from(head[0]) << 16 | usize::from(head[1]) << 8 | usize::from(head[2]);
+            let mut body = vec![0u8; len];
+            s.read_exact(&mut body).await.ok()?;
+            // SETTINGS, not an ack.
+            if head[3] == 4 && head[4] & 1 == 0 {
+                return body.chunks_exact(6).find_map(|e| {
+                    (u16::from_be_bytes([e[0], e[1]]) == id)
+                        .then(|| u32::from_be_bytes([e[2], e[3], e[4], e[5]]))
+                });
+            }
+        }
+    };
+    tokio::time::timeout(DEADLINE, read)
+        .await
+        .expect("SETTINGS within the deadline")
+}
+
+#[tokio::test]
+async fn each_connection_is_told_the_stream_cap_and_streams_up_to_it_are_served() {
+    const SETTINGS_MAX_CONCURRENT_STREAMS: u16 = 0x3;
+    let (pg, _) = setup().await;
+    // The shipped default, then a lowered one.
+    let syncd = start_syncd(&pg.dsn(), |_| {}).await;
+    let shipped = syncd::accept::Limits::default().max_streams_per_connection;
+    assert_eq!(
+        advertised_setting(syncd.grpc_addr, SETTINGS_MAX_CONCURRENT_STREAMS).await,
+        Some(shipped)
+    );
+    syncd.stop().await;
+    let syncd = start_syncd(&pg.dsn(), |c| c.accept.max_streams_per_connection = 2).await;
+    assert_eq!(
+        advertised_setting(syncd.grpc_addr, SETTINGS_MAX_CONCURRENT_STREAMS).await,
+        Some(2)
+    );
+    // Two watches on one connection are both served.
+    let channel = Endpoint::from_shared(syncd.grpc_url())
+        .expect("endpoint")
+        .connect()
+        .await
+        .expect("connect");
+    let mut held = Vec::new();
+    for id in ["one", "two"] {
+        let hello = automc_proto::v1::WatchRequest {
+            msg: Some(automc_proto::v1::watch_request::Msg::Hello(
+                automc_proto::v1::WatchHello {
+                    edge_id: id.into(),
+                    ..Default::default()
+                },
+            )),
+        };
+        let stream = RouteSyncClient::new(channel.clone())
+            .watch_routes(futures::StreamExt::chain(
+                futures::stream::iter(vec![hello]),
+                futures::stream::pending(),
+            ))
+            .await
+            .expect("a watch within the cap");
+        held.push(stream);
+    }
+    // A third stream on that connection would wait for one of the two (the
+    // client keeps to the advertised cap), so ask on another connection.
+    let edges = syncd
+        .client()
+        .await
+        .list_edges(automc_proto::v1::ListEdgesRequest {})
+        .await
+        .expect("ListEdges")
+        .into_inner()
+        .edges;
+    assert_eq!(edges.len(), 2, "{edges:?}");
 }
