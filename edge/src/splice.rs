@@ -168,8 +168,17 @@ async fn copy_burst(
         match from.try_read_buf(&mut buf) {
             Ok(0) => return Ok(Burst::Eof),
             Ok(n) => {
-                within(stall, to.write_all(&buf[..n])).await?;
-                tally.add(n);
+                // The stall is a wait without progress: each write gets it.
+                let mut sent = 0;
+                while sent < n {
+                    match within(stall, to.write(&buf[sent..n])).await? {
+                        0 => return Err(io::ErrorKind::WriteZero.into()),
+                        m => {
+                            sent += m;
+                            tally.add(m);
+                        }
+                    }
+                }
             }
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(Burst::Drained),
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
