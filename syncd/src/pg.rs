@@ -195,16 +195,7 @@ impl Listener {
                         None => return Err(ListenError::Closed(driver.finish().await)),
                     },
                     Some(payload) = relay.recv() => {
-                        let sent = client
-                            .execute("SELECT pg_notify($1, $2)", &[&schema::WAKE_CHANNEL, &payload])
-                            .await;
-                        match sent {
-                            Ok(_) => {}
-                            Err(e) if client.is_closed() => return Err(e.into()),
-                            // A refused payload (too long) must not cost the
-                            // LISTEN connection.
-                            Err(e) => tracing::warn!(error = %e, "could not announce a wake phase to standbys"),
-                        }
+                        announce_wake(&client, &payload).await?;
                         continue;
                     }
                     _ = probe.tick() => {
@@ -231,6 +222,11 @@ impl Listener {
                 }
             }
             pending = self.reread(&client, &queries, pending, &mut rx).await?;
+            // Under a steady stream of changes the loop is seldom idle: wake
+            // phases waiting to be announced go out between re-reads too.
+            while let Ok(payload) = relay.try_recv() {
+                announce_wake(&client, &payload).await?;
+            }
             if first {
                 first = false;
                 tracing::info!(
@@ -377,6 +373,26 @@ impl Listener {
             );
         }
         routes
+    }
+}
+
+/// Announce a wake phase of this instance on `automc_wakes` (for standbys).
+/// A refused payload (too long) must not cost the LISTEN connection; a
+/// closed connection is this session's end.
+async fn announce_wake(client: &Client, payload: &str) -> Result<(), ListenError> {
+    match client
+        .execute(
+            "SELECT pg_notify($1, $2)",
+            &[&schema::WAKE_CHANNEL, &payload],
+        )
+        .await
+    {
+        Ok(_) => Ok(()),
+        Err(e) if client.is_closed() => Err(e.into()),
+        Err(e) => {
+            tracing::warn!(error = %e, "could not announce a wake phase to standbys");
+            Ok(())
+        }
     }
 }
 
