@@ -549,8 +549,23 @@ impl Publisher {
     /// Replace the whole table by `routes` (a full re-read): publishes the
     /// difference, if any.
     pub fn apply_full(&self, routes: &Routes) -> Option<(Applied, Arc<Change>)> {
+        // A whole-table diff is O(table): it runs on a version of the table
+        // (an O(1) clone) without the state lock, which subscribes, acks and
+        // wake updates need meanwhile. Should another change have been
+        // published in between (the LISTEN loop is the only writer, so it
+        // cannot today), the diff is made again under the lock.
+        let (table, version) = {
+            let st = self.lock();
+            (st.table.clone(), st.version)
+        };
+        let change = diff::diff_all(&table, routes);
+        drop(table);
         let mut st = self.lock();
-        let change = diff::diff_all(&st.table, routes);
+        let change = if st.version == version {
+            change
+        } else {
+            diff::diff_all(&st.table, routes)
+        };
         self.publish_locked(&mut st, change)
     }
 
