@@ -31,7 +31,7 @@ pub const FILE_DESCRIPTOR_SET: &[u8] =
 pub use hostname::{normalize_domain, normalize_player_hostname};
 pub use state::RouteState;
 pub use table::{
-    bucket_of, route_entry_len, BucketSet, HostnameTooLong, Match, MatchKind, RouteTable, BUCKETS,
-    MAX_HOSTNAME_CHARS, MAX_SERVER_ADDRESS_BYTES,
+    bucket_of, check_hostname_len, route_entry_len, BucketSet, HostnameTooLong, Match, MatchKind,
+    RouteTable, BUCKETS, MAX_HOSTNAME_CHARS, MAX_SERVER_ADDRESS_BYTES,
 };
 pub use wake::{WakeFailure, ERROR_DOMAIN};

@@ -44,9 +44,11 @@ pub struct HostnameTooLong {
     pub bytes: usize,
 }
 
-/// Check the Minecraft bound without walking a long string: UTF-8 never has
-/// fewer bytes than UTF-16 units, and never more than three per unit.
-fn check_len(s: &str) -> Result<(), HostnameTooLong> {
+/// Check the Minecraft bound on a hostname ([`MAX_HOSTNAME_CHARS`] UTF-16
+/// units) without walking a long string: UTF-8 never has fewer bytes than
+/// UTF-16 units, and never more than three per unit. Lookups and syncd's
+/// row checks share it.
+pub fn check_hostname_len(s: &str) -> Result<(), HostnameTooLong> {
     let bytes = s.len();
     let ok = bytes <= MAX_HOSTNAME_CHARS
         || (bytes <= MAX_HOSTNAME_CHARS * 3 && s.encode_utf16().count() <= MAX_HOSTNAME_CHARS);
@@ -862,7 +864,7 @@ impl RouteTable {
     /// [`crate::normalize_player_hostname`]). Costs one index probe per label,
     /// allocates nothing; longer than [`MAX_HOSTNAME_CHARS`] is refused.
     pub fn lookup(&self, host: &str) -> Result<Option<Match<'_>>, HostnameTooLong> {
-        check_len(host)?;
+        check_hostname_len(host)?;
         if !host.is_empty() {
             if let Some((route, pattern)) = self.exact_owner(host) {
                 return Ok(Some(Match {

@@ -3,7 +3,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use automc_proto::v1::Route;
-use automc_proto::{normalize_domain, RouteTable, MAX_HOSTNAME_CHARS};
+use automc_proto::{check_hostname_len, normalize_domain, RouteTable, MAX_HOSTNAME_CHARS};
 
 use crate::options::{self, BackendRow, OptionsRow, RowProblem};
 
@@ -103,7 +103,7 @@ pub fn route_from_row(row: ServerRow, problems: &mut Vec<RowProblem>) -> Option<
         let Some(h) = normalize_domain(d) else {
             continue;
         };
-        if h.encode_utf16().count() > MAX_HOSTNAME_CHARS {
+        if check_hostname_len(&h).is_err() {
             problems.push(RowProblem {
                 table: "server_aliases",
                 server: row.name.clone(),
