@@ -699,6 +699,11 @@ async fn converse_inner(
                 if rest.len() >= mcproto::MAX_HANDSHAKE_BYTES {
                     return Err(ConverseEnd::Protocol("status packet too large"));
                 }
+                // `rest` may have no spare room left (it was split off the
+                // handshake read, and its request drained): without this,
+                // the 10-byte ping would take two reads, the first one
+                // sized to what was left.
+                rest.reserve(STATUS_READ_ROOM);
                 let n = stream
                     .read_buf(&mut rest)
                     .await
@@ -715,6 +720,10 @@ async fn converse_inner(
         }
     }
 }
+
+/// Room for one read of the status conversation: a ping (10 bytes), or a
+/// status request with it, in one system call.
+const STATUS_READ_ROOM: usize = 64;
 
 /// Bytes a relayed client may send (a status request and a ping are 12).
 const RELAY_UP_CAP: u64 = 4 * 1024;
