@@ -14,7 +14,9 @@
 //! (default 1 s) and off (`--status-cache-ttl 0s`), each ping a new TCP
 //! connection (handshake, status request, response, ping, pong); bulk
 //! throughput of one connection with splice on and off
-//! (`--splice-pipes 0`); RSS per idle spliced connection; and a flood of
+//! (`--splice-pipes 0`), with the CPU seconds per GiB of the proxy and of
+//! the bench itself (player and backend) and the ceiling those set on this
+//! machine's cores; RSS per idle spliced connection; and a flood of
 //! silent connections from 127.0.0.2 against an edge with its production
 //! admission limits while a player on 127.0.0.1 asks for status and joins.
 use std::net::SocketAddr;
@@ -257,6 +259,16 @@ fn median(v: &mut [f64]) -> Option<f64> {
         _ if n % 2 == 1 => Some(v[n / 2]),
         _ => Some((v[n / 2 - 1] + v[n / 2]) / 2.0),
     }
+}
+
+/// The most MiB/s a transfer costing `cpu_per_gib` CPU seconds per GiB
+/// (every process it runs through, kernel time included) can reach on
+/// `cores` cores, were all of them busy with it and nothing else.
+fn ceiling(cores: usize, cpu_per_gib: f64) -> f64 {
+    if cpu_per_gib <= 0.0 {
+        return f64::INFINITY;
+    }
+    cores as f64 / cpu_per_gib * 1024.0
 }
 
 /// CPU seconds (user + system) a process has used so far.
@@ -532,9 +544,13 @@ async fn main() -> Result<(), BoxErr> {
     // this shared machine depending on where the scheduler puts the client,
     // the backend and the proxy, more than the targets differ.
     let rounds = env_num("BENCH_BULK_ROUNDS", 3.0).max(1.0) as usize;
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     println!("\n## bulk, one connection, {bulk_mib} MiB player → backend, {rounds} rounds\n");
-    println!("| target | MiB/s, median | each round | proxy CPU s per GiB, median |");
-    println!("|---|---|---|---|");
+    println!(
+        "| target | MiB/s, median | each round | proxy CPU s per GiB, median | \
+         bench CPU s per GiB, median | ceiling on {cores} cores, MiB/s |"
+    );
+    println!("|---|---|---|---|---|---|");
     let bulk_targets = [
         ("direct", backend_addr, None),
         ("edge, splice", edge_addr, Some(edge.0.id())),
@@ -547,15 +563,24 @@ async fn main() -> Result<(), BoxErr> {
     ];
     let mut rates: Vec<Vec<f64>> = vec![Vec::new(); bulk_targets.len()];
     let mut cpus: Vec<Vec<f64>> = vec![Vec::new(); bulk_targets.len()];
+    // The bench's own CPU (the player's writes and the backend's reads) per
+    // GiB too: with the proxy's, it bounds what any target can reach when
+    // all of them share this machine's cores.
+    let mut own: Vec<Vec<f64>> = vec![Vec::new(); bulk_targets.len()];
+    let me = std::process::id();
     let mut failed: Vec<Option<String>> = vec![None; bulk_targets.len()];
     for _ in 0..rounds {
         for (i, (_, addr, pid)) in bulk_targets.iter().enumerate() {
             let cpu0 = pid.and_then(cpu_secs);
+            let own0 = cpu_secs(me);
             match bulk(*addr, bulk_mib).await {
                 Ok(g) => {
                     rates[i].push(g * 1024.0);
                     if let (Some(b), Some(a)) = (pid.and_then(cpu_secs), cpu0) {
                         cpus[i].push((b - a) * 1024.0 / bulk_mib as f64);
+                    }
+                    if let (Some(b), Some(a)) = (cpu_secs(me), own0) {
+                        own[i].push((b - a) * 1024.0 / bulk_mib as f64);
                     }
                 }
                 Err(e) => failed[i] = Some(e.to_string()),
@@ -564,15 +589,22 @@ async fn main() -> Result<(), BoxErr> {
     }
     for (i, (name, _, _)) in bulk_targets.iter().enumerate() {
         if let Some(e) = &failed[i] {
-            println!("| {name} | error: {e} | | |");
+            println!("| {name} | error: {e} | | | | |");
             continue;
         }
         let each: Vec<String> = rates[i].iter().map(|r| format!("{r:.0}")).collect();
-        let cpu = median(&mut cpus[i]).map_or("–".into(), |c| format!("{c:.2}"));
+        let proxy = median(&mut cpus[i]);
+        let bench = median(&mut own[i]);
+        let show = |c: Option<f64>| c.map_or("–".into(), |c| format!("{c:.2}"));
         println!(
-            "| {name} | {:.0} | {} | {cpu} |",
+            "| {name} | {:.0} | {} | {} | {} | {} |",
             median(&mut rates[i]).unwrap_or_default(),
-            each.join(" / ")
+            each.join(" / "),
+            show(proxy),
+            show(bench),
+            bench.map_or("–".into(), |b| {
+                format!("{:.0}", ceiling(cores, b + proxy.unwrap_or_default()))
+            }),
         );
     }
     drop(edge_copy);
