@@ -269,3 +269,73 @@ async fn silent_connections_past_the_per_address_cap_are_closed_at_once_while_an
     .await;
     drop(held);
 }
+
+#[tokio::test]
+async fn behind_a_trusted_balancer_one_ipv6_slash_64_shares_one_cap_and_the_next_prefix_is_served()
+{
+    let (_pg, _lobby, _syncd, edge) = lobby_stack("served", |c| {
+        // The test's connections all come from 127.0.0.1: the balancer.
+        c.proxy_protocol_trusted = vec!["127.0.0.0/8".parse().expect("cidr")];
+        c.limits.max_connections_per_ip = 2;
+        c.handshake_timeout = Duration::from_secs(600);
+    })
+    .await;
+    assert_eq!(
+        edge::limits::LimitsConfig::default().ipv6_prefix,
+        64,
+        "players are grouped by /64 unless told otherwise"
+    );
+    let addr = edge.listen_addr;
+    let balancer: SocketAddr = "[2001:db8:ffff::1]:25565".parse().expect("addr");
+    let player = |ip: &str| -> Vec<u8> {
+        let source = SocketAddr::new(ip.parse().expect("ipv6"), 50_000);
+        mcproto::encode_proxy_v2(source, balancer)
+    };
+
+    // Two players of one /64 (different addresses in it) send their header and then nothing.
+    let mut held = Vec::new();
+    for ip in ["2001:db8:aa:1::1", "2001:db8:aa:1:ffff:ffff:ffff:fffe"] {
+        let mut s = TcpStream::connect(addr).await.expect("connect");
+        s.write_all(&player(ip)).await.expect("header");
+        held.push(s);
+    }
+    let e = &edge;
+    eventually("both are admitted", DEADLINE, || async move {
+        e.running().active_connections() == 2
+    })
+    .await;
+
+    // A third address in the same /64 is one identity too many.
+    let mut third = TcpStream::connect(addr).await.expect("connect");
+    third
+        .write_all(&player("2001:db8:aa:1:1234:5678:9abc:def0"))
+        .await
+        .expect("header");
+    let mut sink = Vec::new();
+    tokio::time::timeout(DEADLINE, third.read_to_end(&mut sink))
+        .await
+        .expect("the third in one /64 is closed")
+        .ok();
+    assert!(sink.is_empty(), "closed without a byte");
+    assert_eq!(
+        edge.metric("automc_edge_refused_total{reason=\"max_connections_per_ip\"}"),
+        1.0
+    );
+
+    // The neighbouring /64 is another player, served while the first two are held.
+    let reply = automc_tests::mc::status_ping_after(
+        addr,
+        &player("2001:db8:aa:2::1"),
+        "lobby.example.com",
+        DEFAULT_PROTOCOL,
+    )
+    .await
+    .expect("the next /64 is served");
+    assert_eq!(reply.motd(), "served");
+    assert_eq!(
+        edge.metric("automc_edge_refused_total{reason=\"max_connections_per_ip\"}"),
+        1.0,
+        "nobody else was refused"
+    );
+    drop(held);
+}

@@ -51,8 +51,20 @@ async fn connect(addr: SocketAddr) -> Result<TcpStream> {
 
 /// Full server-list ping: handshake + status request in one write, then ping/pong.
 pub async fn status_ping(addr: SocketAddr, hostname: &str, protocol: i32) -> Result<StatusReply> {
+    status_ping_after(addr, &[], hostname, protocol).await
+}
+
+/// [`status_ping`] with `prefix` (a PROXY header, as a load balancer sends) first, in the same
+/// write as the handshake.
+pub async fn status_ping_after(
+    addr: SocketAddr,
+    prefix: &[u8],
+    hostname: &str,
+    protocol: i32,
+) -> Result<StatusReply> {
     let mut conn = McConn::connect(addr).await?;
-    let mut first = handshake_packet(protocol, hostname, 25565, 1);
+    let mut first = prefix.to_vec();
+    first.extend(handshake_packet(protocol, hostname, 25565, 1));
     first.extend_from_slice(&mcproto::encode_status_request());
     conn.send(&first).await?;
     let (id, body) = conn.read_packet().await?;
