@@ -108,11 +108,12 @@ impl Routes {
     }
 
     /// Apply a delta on a copy (O(1), structurally shared) of the current
-    /// table and swap it in.
+    /// table and swap it in: O(log n) a change (the occasional fold is
+    /// [`Routes::compact_if_due`]).
     pub fn apply_delta(&self, version: u64, upserts: Vec<Route>, removed: &[String]) {
         let old = self.view();
         let mut table = RouteTable::clone(&old.table);
-        table.apply(upserts, removed);
+        table.apply_changes(upserts, removed);
         let view = TableView {
             table: Arc::new(table),
             epoch: old.epoch.clone(),
@@ -122,6 +123,45 @@ impl Routes {
         self.current.store(Arc::new(view));
         self.confirm();
         self.version_tx.send_replace(version);
+    }
+
+    /// Fold the current table's changes since its base into a new base
+    /// once they are that many (half a table of changed servers): O(n),
+    /// ~0.25 s at a million routes, so on a blocking thread, not on a
+    /// runtime thread that players' connections share. Readers keep the
+    /// current view meanwhile; the folded one (the same routes, version and
+    /// epoch) replaces it unless another view was stored in between.
+    pub async fn compact_if_due(&self) {
+        let view = self.view();
+        if !view.table.wants_compaction() {
+            return;
+        }
+        let mut table = RouteTable::clone(&view.table);
+        let Ok(table) = tokio::task::spawn_blocking(move || {
+            table.compact();
+            table
+        })
+        .await
+        else {
+            return;
+        };
+        self.install_folded(&view, table);
+        // Freeing the unfolded table's changes costs about what the fold
+        // did: on the blocking thread too, when this was its last holder.
+        let _ = tokio::task::spawn_blocking(move || drop(view)).await;
+    }
+
+    /// Store `table`, the fold of `view`'s, in its place; false (and
+    /// nothing stored) when `view` is no longer the current one.
+    fn install_folded(&self, view: &Arc<TableView>, table: RouteTable) -> bool {
+        let folded = Arc::new(TableView {
+            table: Arc::new(table),
+            epoch: view.epoch.clone(),
+            version: view.version,
+            applied_at: view.applied_at,
+        });
+        let prev = self.current.compare_and_swap(view, folded);
+        Arc::ptr_eq(&prev, view)
     }
 
     /// Record `server`'s new phase; `failure` says why a `Failed` one failed.
@@ -234,6 +274,47 @@ mod tests {
         assert!(found(&after, "b.example.com"));
         assert_eq!((after.epoch.as_str(), after.version), ("e1", 4));
         assert!(routes.has_snapshot());
+    }
+
+    #[tokio::test]
+    async fn a_due_fold_keeps_the_view_and_a_newer_view_is_not_replaced() {
+        let n = automc_proto::COMPACT_MIN;
+        let make = |i: usize, a: &str| route(&format!("s{i}"), &format!("s{i}.example.com"), a);
+        let routes = Routes::new();
+        routes.apply_snapshot(
+            "e1".into(),
+            1,
+            RouteTable::from_routes((0..n).map(|i| make(i, "a:1"))),
+            HashMap::new(),
+        );
+        routes.compact_if_due().await;
+        assert_eq!(routes.view().version, 1, "nothing due: the same view");
+        routes.apply_delta(2, (0..n).map(|i| make(i, "b:2")).collect(), &[]);
+        let before = routes.view();
+        assert!(before.table.wants_compaction(), "the delta left the fold");
+        routes.compact_if_due().await;
+        let after = routes.view();
+        assert!(!after.table.wants_compaction(), "folded");
+        assert_eq!((after.epoch.as_str(), after.version), ("e1", 2));
+        assert_eq!(after.table.table_hash(), before.table.table_hash());
+        let address = |v: &TableView| {
+            v.table
+                .lookup("s7.example.com")
+                .ok()
+                .flatten()
+                .map(|m| m.route.address.clone())
+        };
+        assert_eq!(address(&after).as_deref(), Some("b:2"));
+
+        // A fold of a view that a newer delta replaced is dropped.
+        routes.apply_delta(3, (0..n).map(|i| make(i, "c:3")).collect(), &[]);
+        let stale = routes.view();
+        routes.apply_delta(4, vec![make(7, "d:4")], &[]);
+        let mut folded = RouteTable::clone(&stale.table);
+        folded.compact();
+        assert!(!routes.install_folded(&stale, folded));
+        assert_eq!(routes.view().version, 4);
+        assert_eq!(address(&routes.view()).as_deref(), Some("d:4"));
     }
 
     #[test]

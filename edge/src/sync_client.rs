@@ -427,6 +427,7 @@ impl SyncClient {
                     .table_version
                     .set(i64::try_from(version).unwrap_or(i64::MAX));
                 ack_tx.send_replace(Some(WatchAck { epoch, version }));
+                self.routes.compact_if_due().await;
             }
         }
     }

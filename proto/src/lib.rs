@@ -32,6 +32,6 @@ pub use hostname::{normalize_domain, normalize_player_hostname};
 pub use state::RouteState;
 pub use table::{
     bucket_of, check_hostname_len, route_entry_len, BucketSet, HostnameTooLong, Match, MatchKind,
-    RouteTable, BUCKETS, MAX_HOSTNAME_CHARS, MAX_SERVER_ADDRESS_BYTES,
+    RouteTable, BUCKETS, COMPACT_MIN, MAX_HOSTNAME_CHARS, MAX_SERVER_ADDRESS_BYTES,
 };
 pub use wake::{WakeFailure, ERROR_DOMAIN};

@@ -783,6 +783,17 @@ impl RouteTable {
     /// Apply a delta: upserts, then removals. A table with nothing in it
     /// is built in one pass; a large overlay is folded into a new base.
     pub fn apply(&mut self, upserts: impl IntoIterator<Item = Route>, removed: &[String]) {
+        self.apply_changes(upserts, removed);
+        if self.wants_compaction() {
+            self.compact();
+        }
+    }
+
+    /// [`RouteTable::apply`] without the fold: O(log n) a change, always.
+    /// For a writer that folds a clone elsewhere when
+    /// [`RouteTable::wants_compaction`] says so (the fold is O(n): ~0.25 s
+    /// at a million routes, too long to hold a lock or a runtime thread).
+    pub fn apply_changes(&mut self, upserts: impl IntoIterator<Item = Route>, removed: &[String]) {
         if self.len == 0 && self.over.routes.is_empty() {
             *self = Self::from_routes(upserts);
         } else {
@@ -793,14 +804,13 @@ impl RouteTable {
         for s in removed {
             self.remove(s);
         }
-        self.compact_if_large();
     }
 
-    fn compact_if_large(&mut self) {
+    /// Whether the overlay has grown enough to be folded into a new base:
+    /// at least [`COMPACT_MIN`] servers, and half as many as the base.
+    pub fn wants_compaction(&self) -> bool {
         let over = self.over.routes.len();
-        if over >= COMPACT_MIN && over >= self.base.routes.len() / 2 {
-            self.compact();
-        }
+        over >= COMPACT_MIN && over >= self.base.routes.len() / 2
     }
 
     /// Fold the overlay into a new base (O(n)).
@@ -1575,6 +1585,41 @@ mod tests {
         assert_eq!(
             find(&t, "s7.example.com").map(|m| m.route.address.as_str()),
             Some("b:2")
+        );
+    }
+
+    #[test]
+    fn apply_changes_leaves_the_fold_to_its_caller_and_a_folded_clone_is_the_same_table() {
+        let make =
+            |i: usize, a: &str| route(&format!("s{i:05}"), &[&format!("s{i}.example.com")], a);
+        let mut t = RouteTable::from_routes((0..COMPACT_MIN).map(|i| make(i, "a:1")));
+        for i in 0..COMPACT_MIN {
+            assert!(!t.wants_compaction());
+            t.apply_changes([make(i, "b:2")], &[]);
+        }
+        t.apply_changes([], &["s00001".to_string()]);
+        assert!(t.wants_compaction());
+        assert_eq!(t.over.routes.len(), COMPACT_MIN, "not folded");
+        let hashes = t.bucket_hashes().to_vec();
+
+        let mut folded = t.clone();
+        folded.compact();
+        assert!(folded.over.routes.is_empty() && !folded.wants_compaction());
+        assert_eq!(folded.len(), t.len());
+        assert_eq!(folded.bucket_hashes(), &hashes[..]);
+        assert!(folded.routes().eq(t.routes()), "the same routes, in order");
+        assert_eq!(
+            find(&folded, "s7.example.com").map(|m| m.route.address.as_str()),
+            Some("b:2")
+        );
+        assert!(
+            find(&folded, "s1.example.com").is_none(),
+            "removed stays removed"
+        );
+        assert_eq!(
+            t.over.routes.len(),
+            COMPACT_MIN,
+            "the original is untouched"
         );
     }
 

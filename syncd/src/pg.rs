@@ -338,6 +338,7 @@ impl Listener {
         if let Some((a, change)) = applied {
             tracing::debug!(version = a.version, changes = a.changes, "routes changed");
             (self.on_change)(&change);
+            self.publisher.compact_if_due().await;
         }
         Ok(pending)
     }

@@ -580,6 +580,58 @@ impl Publisher {
         self.publish_locked(&mut st, change)
     }
 
+    /// Fold the table's changes since its last base into a new base when
+    /// they have grown that large (once per half a table of changed
+    /// servers): O(n), ~0.25 s at a million routes, so it runs on a
+    /// blocking thread over a clone, without the state lock that
+    /// subscribes, acks, wake updates and every publish need. The result is
+    /// the same table, swapped in if no change was published meanwhile
+    /// (the LISTEN loop, the one writer, awaits this; should it not, the
+    /// fold is dropped and tried again after the next change).
+    pub async fn compact_if_due(&self) {
+        let (mut table, version) = {
+            let st = self.lock();
+            if !st.table.wants_compaction() {
+                return;
+            }
+            (st.table.clone(), st.version)
+        };
+        let started = Instant::now();
+        let Ok(table) = tokio::task::spawn_blocking(move || {
+            table.compact();
+            table
+        })
+        .await
+        else {
+            return;
+        };
+        // What is left to free: the unfolded table (freeing its changes
+        // costs about what the fold did, ~0.2 s at a million routes, so not
+        // under the lock either), or the fold itself if it came too late.
+        let (installed, garbage): (Option<usize>, Box<dyn std::any::Any + Send>) = {
+            let mut st = self.lock();
+            if st.version == version {
+                let unfolded = std::mem::replace(&mut st.table, table);
+                let current = self.current.swap(Arc::new(Current {
+                    version,
+                    table: st.table.clone(),
+                }));
+                (Some(st.table.len()), Box::new((unfolded, current)))
+            } else {
+                (None, Box::new(table))
+            }
+        };
+        let _ = tokio::task::spawn_blocking(move || drop(garbage)).await;
+        if let Some(routes) = installed {
+            tracing::debug!(
+                version,
+                routes,
+                took_ms = started.elapsed().as_millis() as u64,
+                "route table re-based"
+            );
+        }
+    }
+
     fn publish_locked(&self, st: &mut State, change: Change) -> Option<(Applied, Arc<Change>)> {
         if change.is_empty() {
             return None;
@@ -592,8 +644,10 @@ impl Publisher {
         // is not kept (at 100k routes it would pin a second copy of every
         // route). History stays contiguous: what came before it goes too.
         let whole_table = st.table.is_empty() && change.len() > HISTORY_MIN;
+        // O(log n) a change; the occasional O(n) fold of the table's
+        // overlay is left to `compact_if_due`, off this lock.
         st.table
-            .apply(change.upserts.iter().cloned(), &change.removed);
+            .apply_changes(change.upserts.iter().cloned(), &change.removed);
         // syncd's own table keeps its bucket hashes worked out (a table
         // built in one pass, as the first read's is, works them out only
         // when asked): every later change then updates them in place, and
@@ -1571,6 +1625,28 @@ mod tests {
             .map(|i| route(&format!("s{i:05}"), address))
             .map(|r| (r.server.clone(), r))
             .collect()
+    }
+
+    #[tokio::test]
+    async fn a_due_fold_swaps_in_the_same_table_at_the_same_version() {
+        let p = publisher(8, 8);
+        p.apply_full(&many(5_000, "1:1"));
+        p.compact_if_due().await;
+        assert!(!p.lock().table.wants_compaction(), "a fresh base");
+        p.apply_full(&many(5_000, "2:2"));
+        let before = p.current();
+        assert!(before.table.wants_compaction(), "publishing left the fold");
+        p.compact_if_due().await;
+        let after = p.current();
+        assert_eq!(after.version, before.version);
+        assert!(!after.table.wants_compaction(), "served from the new base");
+        assert!(!p.lock().table.wants_compaction());
+        assert_eq!(after.table.table_hash(), before.table.table_hash());
+        assert!(after.table.routes().eq(before.table.routes()));
+        // The table goes on taking changes from its new base.
+        p.apply_full(&many(5_001, "2:2"));
+        assert_eq!(p.version(), before.version + 1);
+        assert_eq!(p.current().table.len(), 5_001);
     }
 
     #[tokio::test]
