@@ -1,7 +1,8 @@
 //! Sync at fleet scale with the shipped client settings: a 100,000-route
 //! table reaches a real edge in bounded pieces; a client that stops reading
 //! holds nothing another edge needs; an oversized hostname is refused
-//! without holding anything up.
+//! without holding anything up; a table folded after half of it changed
+//! goes on taking changes.
 use automc_proto::v1::route_sync_client::RouteSyncClient;
 use automc_proto::v1::{
     watch_request, GetRouteRequest, ListRoutesRequest, WatchHello, WatchRequest,
@@ -234,4 +235,75 @@ async fn after_a_syncd_restart_a_resuming_edge_gets_only_the_buckets_that_differ
         "{} bytes when nothing changed",
         same.bytes
     );
+}
+
+#[tokio::test]
+async fn after_half_the_table_changes_and_is_folded_every_later_change_still_reaches_the_edge() {
+    use automc_tests::stack::eventually;
+    let pg = migrated_pg().await;
+    let first = McBackend::with_motd("first").await;
+    let second = McBackend::with_motd("second").await;
+    // Twice the smallest overlay that is folded: one transaction changing
+    // every route makes syncd and the edge fold their tables.
+    let n = 2 * automc_proto::COMPACT_MIN;
+    seed(&pg, n, "127.0.0.1:1").await;
+    let syncd = start_syncd(&pg.dsn(), |_| {}).await;
+    let edge = start_edge(&[syncd.grpc_url()], |_| {}).await;
+    edge.ready().await;
+    let last = format!("s{n}");
+    pg.execute(&format!(
+        "UPDATE servers SET address = CASE WHEN name = '{last}' THEN '{}'
+                                          ELSE '10.1.' || (substr(name, 2)::int / 250) || '.' || (substr(name, 2)::int % 250) || ':25565' END",
+        first.addr()
+    ))
+    .await;
+    let e = &edge;
+    eventually(
+        "the edge applied the change of every route and folded its table",
+        DEADLINE,
+        || async move {
+            let view = e.running().table();
+            view.table.get("s1").map(|r| r.address.as_str()) == Some("10.1.0.1:25565")
+                && !view.table.wants_compaction()
+        },
+    )
+    .await;
+    let _conn = login(edge.listen_addr, &format!("{last}.example.com"), "steve")
+        .await
+        .expect("login");
+    first
+        .wait_for_logins(1, DEADLINE)
+        .await
+        .expect("routed by the folded table");
+
+    // Changes after the fold are diffed against syncd's folded table and
+    // applied to the edge's: the edge ends holding what the database does.
+    pg.execute(&format!(
+        "UPDATE servers SET address = '{}' WHERE name = '{last}';
+         DELETE FROM servers WHERE name = 's2';
+         INSERT INTO servers (name, domain, address, state) VALUES ('late', 'late.example.com', '10.2.0.1:25565', 'running')",
+        second.addr()
+    ))
+    .await;
+    let mut reference = syncd.watch("reference").await;
+    let want = reference
+        .wait_until("syncd holds the later changes", DEADLINE, |s| {
+            s.table.get("late").is_some()
+        })
+        .await;
+    assert_eq!(want.table.len(), n);
+    assert_eq!(want.address_of(&last), Some(second.addr().to_string()));
+    assert_eq!(want.address_of("s2"), None);
+    let want = &want.table;
+    eventually("the edge holds syncd's table", DEADLINE, || async move {
+        e.running().table().table.routes().eq(want.routes())
+    })
+    .await;
+    let _conn = login(edge.listen_addr, &format!("{last}.example.com"), "alex")
+        .await
+        .expect("login");
+    second
+        .wait_for_logins(1, DEADLINE)
+        .await
+        .expect("the change after the fold routes the player");
 }
