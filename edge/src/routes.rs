@@ -136,13 +136,8 @@ impl Routes {
         if !view.table.wants_compaction() {
             return;
         }
-        let mut table = RouteTable::clone(&view.table);
-        let Ok(table) = tokio::task::spawn_blocking(move || {
-            table.compact();
-            table
-        })
-        .await
-        else {
+        let table = RouteTable::clone(&view.table);
+        let Ok(table) = tokio::task::spawn_blocking(move || table.folded()).await else {
             return;
         };
         self.install_folded(&view, table);

@@ -813,6 +813,13 @@ impl RouteTable {
         over >= COMPACT_MIN && over >= self.base.routes.len() / 2
     }
 
+    /// This table folded ([`RouteTable::compact`]): for a writer that folds
+    /// a clone on another thread and swaps it in.
+    pub fn folded(mut self) -> Self {
+        self.compact();
+        self
+    }
+
     /// Fold the overlay into a new base (O(n)).
     pub fn compact(&mut self) {
         if self.over.routes.is_empty() {

@@ -589,7 +589,7 @@ impl Publisher {
     /// (the LISTEN loop, the one writer, awaits this; should it not, the
     /// fold is dropped and tried again after the next change).
     pub async fn compact_if_due(&self) {
-        let (mut table, version) = {
+        let (table, version) = {
             let st = self.lock();
             if !st.table.wants_compaction() {
                 return;
@@ -597,12 +597,7 @@ impl Publisher {
             (st.table.clone(), st.version)
         };
         let started = Instant::now();
-        let Ok(table) = tokio::task::spawn_blocking(move || {
-            table.compact();
-            table
-        })
-        .await
-        else {
+        let Ok(table) = tokio::task::spawn_blocking(move || table.folded()).await else {
             return;
         };
         // What is left to free: the unfolded table (freeing its changes
